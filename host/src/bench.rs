@@ -1,0 +1,265 @@
+//! `synod bench`: what the Wasm boundary costs and what group commit buys.
+//! Prints figures and ratios measured in one run (machines are noisy, so
+//! compare the ratios, not the absolute numbers across runs).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use synod_guest_sdk::{Commands, InitConfig, Membership};
+
+use crate::clock::SystemClock;
+use crate::engine::{PluginEngine, SandboxLimits};
+use crate::node::{Node, NodeConfig};
+use crate::plugin::{Call, PluginInstance, PluginSource};
+use crate::region::core::RegionCore;
+use crate::region::{RegionLog, RegionName};
+use crate::state_machine::{KvCommand, KvStateMachine};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Seconds per group-commit configuration.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Regions in the multi-region group-commit run.
+    #[arg(long, default_value_t = 8)]
+    regions: usize,
+    /// Concurrent writers per region in the multi-region run.
+    #[arg(long, default_value_t = 32)]
+    writers: usize,
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    if !(args.seconds > 0.0) || args.regions == 0 || args.writers == 0 {
+        bail!("--seconds, --regions and --writers must be positive");
+    }
+    println!("== Wasm boundary (wasmtime, pooling allocator, fuel + epoch deadline on) ==");
+    tokio::task::spawn_blocking(call_costs).await??;
+    println!();
+    println!("== Group commit (one WAL and one fsync stream per node, 64-byte values) ==");
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let single = group_commit(1, 1, seconds).await?;
+    let many = group_commit(args.regions, args.writers, seconds).await?;
+    println!(
+        "  ratio: {:.1}x the writes/s with {:.1}x the fsyncs/s ({} regions x {} writers vs 1 x 1)",
+        many.writes_per_second / single.writes_per_second.max(1e-9),
+        many.fsyncs_per_second / single.fsyncs_per_second.max(1e-9),
+        args.regions,
+        args.writers
+    );
+    Ok(())
+}
+
+fn new_core(name: &str) -> Result<RegionCore> {
+    Ok(RegionCore::new(
+        RegionName::new(name)?,
+        1,
+        RegionLog::default(),
+        BTreeMap::new(),
+        KvStateMachine::default(),
+        Arc::new(SystemClock::new()),
+        7,
+    ))
+}
+
+fn init(params: &[(&str, &str)]) -> Call {
+    Call::Init(InitConfig {
+        self_id: 1,
+        membership: Membership {
+            voters: vec![1],
+            learners: vec![],
+        },
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        recovering: false,
+        applied_position: 0,
+    })
+}
+
+/// Nanoseconds per iteration of `f`, best of three runs of `iterations`.
+fn time_per(iterations: u32, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        for _ in 0..iterations {
+            f()?;
+        }
+        best = best.min(started.elapsed().as_nanos() as f64 / f64::from(iterations));
+    }
+    Ok(best)
+}
+
+fn call(instance: &mut dyn PluginInstance, core: &mut RegionCore, call: Call) -> Result<()> {
+    instance.call(core, call)?;
+    core.commit_callback();
+    Ok(())
+}
+
+fn commands(count: usize, first_id: u64) -> Commands {
+    let mut commands = Commands::default();
+    for i in 0..count {
+        let command = KvCommand::Put {
+            key: format!("key-{}", i % 1024).into_bytes(),
+            value: vec![b'x'; 64],
+        };
+        commands.ids.push(first_id + i as u64);
+        commands.payloads.push(&command.encode());
+        commands.keys.push(i as u64);
+        commands.key_ends.push(commands.keys.len() as u32);
+    }
+    commands
+}
+
+fn call_costs() -> Result<()> {
+    let cache = tempfile::tempdir()?;
+    let engine = Arc::new(PluginEngine::new(
+        SandboxLimits::default(),
+        Some(cache.path().to_path_buf()),
+    )?);
+    let started = Instant::now();
+    let misbehave = engine.load(synod_plugin_artifacts::MISBEHAVE_WASM)?;
+    let cold = started.elapsed();
+    let started = Instant::now();
+    let reloaded = PluginEngine::new(SandboxLimits::default(), Some(cache.path().to_path_buf()))?;
+    reloaded.load(synod_plugin_artifacts::MISBEHAVE_WASM)?;
+    let warm = started.elapsed();
+    println!(
+        "  load {} KiB component: compile {:.1} ms, from the on-disk cache {:.2} ms",
+        synod_plugin_artifacts::MISBEHAVE_WASM.len() / 1024,
+        cold.as_secs_f64() * 1e3,
+        warm.as_secs_f64() * 1e3
+    );
+    let instantiate = time_per(200, || {
+        engine.instantiate(&misbehave)?;
+        Ok(())
+    })?;
+    println!("  instantiate + drop: {:.1} us", instantiate / 1e3);
+
+    let mut core = new_core("bench")?;
+    let mut fixture = engine.instantiate(&misbehave)?;
+    call(&mut fixture, &mut core, init(&[]))?;
+    let export = time_per(20_000, || {
+        call(&mut fixture, &mut core, Call::Timers(Vec::new()))
+    })?;
+    let imports_per_call = 10_000u32;
+    let timers: Vec<u64> = (0..u64::from(imports_per_call)).collect();
+    let with_imports = time_per(50, || {
+        call(&mut fixture, &mut core, Call::Timers(timers.clone()))
+    })?;
+    let import = (with_imports - export) / f64::from(imports_per_call);
+    println!("  export call (empty batch): {export:.0} ns");
+    println!("  import call (clock.now from the guest): {import:.0} ns");
+
+    let standalone_wasm = engine.load(synod_plugin_artifacts::STANDALONE_WASM)?;
+    let sources = [
+        (
+            "wasm",
+            PluginSource::Wasm {
+                engine: engine.clone(),
+                component: standalone_wasm,
+            },
+        ),
+        (
+            "native",
+            PluginSource::native::<synod_plugin_standalone::Standalone>(),
+        ),
+    ];
+    let batch = 256usize;
+    let mut per_command = Vec::new();
+    for (mode, source) in sources {
+        let mut core = new_core(mode)?;
+        let mut instance = source.instantiate()?;
+        call(
+            instance.as_mut(),
+            &mut core,
+            init(&[("snapshot-interval", "0")]),
+        )?;
+        let mut next_id = 0u64;
+        let nanos = time_per(200, || {
+            let batch_commands = commands(batch, next_id);
+            next_id += batch as u64;
+            call(instance.as_mut(), &mut core, Call::Commands(batch_commands))
+        })?;
+        per_command.push(nanos / batch as f64);
+        println!(
+            "  standalone on-commands, {batch} x 64 B puts per call ({mode}): {:.0} ns per command (log append + apply + effects)",
+            nanos / batch as f64
+        );
+    }
+    println!(
+        "  ratio wasm/native per command: {:.2}x",
+        per_command[0] / per_command[1].max(1e-9)
+    );
+    Ok(())
+}
+
+struct GroupCommitFigures {
+    writes_per_second: f64,
+    fsyncs_per_second: f64,
+}
+
+async fn group_commit(
+    regions: usize,
+    writers: usize,
+    duration: Duration,
+) -> Result<GroupCommitFigures> {
+    let dir = tempfile::tempdir()?;
+    let node = Node::open(NodeConfig::new(1, dir.path().to_path_buf())).await?;
+    let mut handles = Vec::new();
+    for index in 0..regions {
+        handles.push(
+            node.create_region(&format!("r{index}"), "standalone", Vec::new())
+                .await
+                .context("creating a bench region")?,
+        );
+    }
+    let before = node.wal_stats();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for (region_index, handle) in handles.iter().enumerate() {
+        for writer in 0..writers {
+            let handle = handle.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let command = KvCommand::Put {
+                        key: format!("w{region_index}-{writer}-{}", done % 100).into_bytes(),
+                        value: vec![b'v'; 64],
+                    };
+                    if handle
+                        .write(&command, Duration::from_secs(10))
+                        .await
+                        .is_ok()
+                    {
+                        done += 1;
+                    }
+                }
+                done
+            }));
+        }
+    }
+    let mut writes = 0u64;
+    for task in tasks {
+        writes += task.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = node.wal_stats();
+    node.shutdown().await;
+    let fsyncs = after.fsyncs - before.fsyncs;
+    let figures = GroupCommitFigures {
+        writes_per_second: writes as f64 / elapsed,
+        fsyncs_per_second: fsyncs as f64 / elapsed,
+    };
+    println!(
+        "  {regions} region(s) x {writers} writer(s): {:.0} region-writes/s, {:.0} fsyncs/s, {:.1} writes per fsync",
+        figures.writes_per_second,
+        figures.fsyncs_per_second,
+        writes as f64 / fsyncs.max(1) as f64
+    );
+    Ok(figures)
+}

@@ -1,0 +1,342 @@
+//! The `synod` command line: run a node, administer regions, read and write
+//! keys, and run the demo and benchmarks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::client::ApiClient;
+use crate::node::{Node, NodeConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "synod",
+    version,
+    about = "Consensus runtime whose protocols are sandboxed Wasm plugins"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Target {
+    /// Base URL of a node's HTTP API.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNOD_NODE",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    node: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: storage in --data-dir, HTTP API on --listen.
+    Serve(ServeArgs),
+    /// Start a local node, run a workload, restart it and verify every
+    /// acknowledged write survived.
+    Demo(crate::demo::DemoArgs),
+    /// Measure Wasm call costs and group commit; prints figures and ratios.
+    Bench(crate::bench::BenchArgs),
+    /// Create, list, inspect and restart regions.
+    Region {
+        #[command(subcommand)]
+        command: RegionCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Publish and list plugin components.
+    Component {
+        #[command(subcommand)]
+        command: ComponentCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write KEY=VALUE in REGION.
+    Put {
+        region: String,
+        key: String,
+        value: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Read KEY from REGION.
+    Get {
+        region: String,
+        key: String,
+        /// linearizable, lease or local.
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete KEY from REGION.
+    Delete {
+        region: String,
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Compare-and-swap: set KEY to --new (or delete with --delete) only if
+    /// it holds --expected (or is absent with --expect-absent).
+    Cas(CasArgs),
+    /// Node status.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Where the WAL, snapshots, components and compile cache live.
+    #[arg(long, default_value = "./synod-data")]
+    data_dir: PathBuf,
+    /// HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// This node's id in the cluster.
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum RegionCommand {
+    /// Create a region running PROTOCOL (standalone, a published
+    /// component's name, sha256:<digest> or native:<name>).
+    Create {
+        name: String,
+        #[arg(long, default_value = "standalone")]
+        protocol: String,
+        /// Protocol parameter, repeatable: --param snapshot-interval=1000
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+    },
+    List,
+    Status {
+        name: String,
+    },
+    /// Rebuild a fenced or quarantined replica now.
+    Restart {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ComponentCommand {
+    /// Validate and publish a .wasm component.
+    Publish {
+        file: PathBuf,
+    },
+    List,
+}
+
+#[derive(Args, Debug)]
+struct CasArgs {
+    region: String,
+    key: String,
+    #[arg(long, conflicts_with = "expect_absent")]
+    expected: Option<String>,
+    #[arg(long)]
+    expect_absent: bool,
+    #[arg(long, conflicts_with = "delete")]
+    new: Option<String>,
+    #[arg(long)]
+    delete: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {text:?}"))
+}
+
+/// Entry point of the `synod` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Region { command, target } => region(command, &ApiClient::new(&target.node)).await,
+        Command::Component { command, target } => {
+            component(command, &ApiClient::new(&target.node)).await
+        }
+        Command::Put {
+            region,
+            key,
+            value,
+            target,
+        } => {
+            ApiClient::new(&target.node)
+                .put(&region, &key, &value)
+                .await?;
+            println!("ok");
+            Ok(())
+        }
+        Command::Get {
+            region,
+            key,
+            consistency,
+            target,
+        } => {
+            match ApiClient::new(&target.node)
+                .get(&region, &key, &consistency)
+                .await?
+            {
+                Some(value) => println!("{value}"),
+                None => bail!("key {key:?} is not set in region {region}"),
+            }
+            Ok(())
+        }
+        Command::Delete {
+            region,
+            key,
+            target,
+        } => {
+            let existed = ApiClient::new(&target.node).delete(&region, &key).await?;
+            println!("{}", if existed { "deleted" } else { "absent" });
+            Ok(())
+        }
+        Command::Cas(args) => cas(args).await,
+        Command::Status { target } => print_json(&ApiClient::new(&target.node).status().await?),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = NodeConfig::new(args.node_id, args.data_dir.clone());
+    let node = Node::open(config)
+        .await
+        .with_context(|| format!("opening node data in {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the API to {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, data_dir = %args.data_dir.display(), "serving the HTTP API");
+    println!("synod node {} listening on http://{address}", args.node_id);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    crate::api::serve(node.clone(), listener, shutdown).await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn region(command: RegionCommand, client: &ApiClient) -> Result<()> {
+    match command {
+        RegionCommand::Create {
+            name,
+            protocol,
+            params,
+        } => print_json(&client.create_region(&name, &protocol, &params).await?),
+        RegionCommand::List => {
+            let listing = client.regions().await?;
+            let regions = listing["regions"].as_array().cloned().unwrap_or_default();
+            if regions.is_empty() {
+                println!("no regions");
+            }
+            for region in regions {
+                println!(
+                    "{:<20} {:<12} {:<12} applied={:<8} keys={:<8} {}",
+                    region["name"].as_str().unwrap_or("?"),
+                    region["protocol"]["name"].as_str().unwrap_or("?"),
+                    region["health"]["state"].as_str().unwrap_or("?"),
+                    region["state_machine"]["applied_position"],
+                    region["state_machine"]["keys"],
+                    region["health"]["reason"].as_str().unwrap_or(""),
+                );
+            }
+            Ok(())
+        }
+        RegionCommand::Status { name } => print_json(&client.region_status(&name).await?),
+        RegionCommand::Restart { name } => print_json(&client.restart_region(&name).await?),
+    }
+}
+
+async fn component(command: ComponentCommand, client: &ApiClient) -> Result<()> {
+    match command {
+        ComponentCommand::Publish { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            print_json(&client.publish_component(bytes).await?)
+        }
+        ComponentCommand::List => print_json(&client.components().await?),
+    }
+}
+
+async fn cas(args: CasArgs) -> Result<()> {
+    if args.expected.is_none() && !args.expect_absent {
+        bail!("say what the key must hold: --expected VALUE or --expect-absent");
+    }
+    if args.new.is_none() && !args.delete {
+        bail!("say what to write: --new VALUE or --delete");
+    }
+    let outcome = ApiClient::new(&args.target.node)
+        .cas(
+            &args.region,
+            &args.key,
+            args.expected.as_deref(),
+            args.new.as_deref(),
+        )
+        .await?;
+    if outcome.succeeded {
+        println!("swapped");
+        Ok(())
+    } else {
+        bail!(
+            "not swapped: {:?} currently holds {}",
+            args.key,
+            outcome
+                .current
+                .as_deref()
+                .map_or("nothing".to_string(), |v| format!("{v:?}"))
+        )
+    }
+}
+
+fn print_json(value: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// How long CLI helpers wait for a node to come up.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);

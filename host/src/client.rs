@@ -1,0 +1,255 @@
+//! A typed client for the HTTP API, used by the CLI, the demo and tests.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// An API call that did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiClientError {
+    #[error("{url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The node answered with an error document.
+    #[error("{status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected response from {url}: {why}")]
+    Decode { url: String, why: String },
+}
+
+impl ApiClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ApiClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Outcome of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasOutcome {
+    pub succeeded: bool,
+    pub current: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// `base` like `http://127.0.0.1:7070`.
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: String,
+    ) -> Result<T, ApiClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ApiClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| ApiClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            let document: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let error = &document["error"];
+            return Err(ApiClientError::Api {
+                status: status.as_u16(),
+                code: error["code"].as_str().unwrap_or("unknown").to_string(),
+                message: error["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ApiClientError::Decode {
+            url,
+            why: e.to_string(),
+        })
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
+        let url = self.url(path);
+        self.send(self.http.get(&url), url).await
+    }
+
+    async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, ApiClientError> {
+        let url = self.url(path);
+        self.send(self.http.post(&url).json(body), url).await
+    }
+
+    fn key_path(region: &str, key: &str) -> String {
+        format!("/v1/regions/{}/kv/{}", encode(region), encode(key))
+    }
+
+    pub async fn status(&self) -> Result<Value, ApiClientError> {
+        self.get_json("/v1/status").await
+    }
+
+    pub async fn create_region(
+        &self,
+        name: &str,
+        protocol: &str,
+        params: &[(String, String)],
+    ) -> Result<Value, ApiClientError> {
+        let params: serde_json::Map<String, Value> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        self.post_json(
+            "/v1/regions",
+            &json!({ "name": name, "protocol": protocol, "params": params }),
+        )
+        .await
+    }
+
+    pub async fn regions(&self) -> Result<Value, ApiClientError> {
+        self.get_json("/v1/regions").await
+    }
+
+    pub async fn region_status(&self, region: &str) -> Result<Value, ApiClientError> {
+        self.get_json(&format!("/v1/regions/{}", encode(region)))
+            .await
+    }
+
+    pub async fn restart_region(&self, region: &str) -> Result<Value, ApiClientError> {
+        self.post_json(
+            &format!("/v1/regions/{}/restart", encode(region)),
+            &json!({}),
+        )
+        .await
+    }
+
+    pub async fn put(&self, region: &str, key: &str, value: &str) -> Result<(), ApiClientError> {
+        let url = self.url(&Self::key_path(region, key));
+        let _: Value = self
+            .send(self.http.put(&url).json(&json!({ "value": value })), url)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a key at `consistency` (linearizable, lease or local).
+    pub async fn get(
+        &self,
+        region: &str,
+        key: &str,
+        consistency: &str,
+    ) -> Result<Option<String>, ApiClientError> {
+        let path = format!(
+            "{}?consistency={}",
+            Self::key_path(region, key),
+            encode(consistency)
+        );
+        let body: Value = self.get_json(&path).await?;
+        Ok(body["value"].as_str().map(str::to_string))
+    }
+
+    /// Deletes a key; returns whether it existed.
+    pub async fn delete(&self, region: &str, key: &str) -> Result<bool, ApiClientError> {
+        let url = self.url(&Self::key_path(region, key));
+        let body: Value = self.send(self.http.delete(&url), url).await?;
+        Ok(body["deleted"].as_bool().unwrap_or(false))
+    }
+
+    pub async fn cas(
+        &self,
+        region: &str,
+        key: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<CasOutcome, ApiClientError> {
+        let body: Value = self
+            .post_json(
+                &format!("/v1/regions/{}/cas", encode(region)),
+                &json!({ "key": key, "expected": expected, "new": new }),
+            )
+            .await?;
+        Ok(CasOutcome {
+            succeeded: body["succeeded"].as_bool().unwrap_or(false),
+            current: body["current"].as_str().map(str::to_string),
+        })
+    }
+
+    pub async fn publish_component(&self, bytes: Vec<u8>) -> Result<Value, ApiClientError> {
+        let url = self.url("/v1/components");
+        self.send(
+            self.http
+                .post(&url)
+                .header("content-type", "application/wasm")
+                .body(bytes),
+            url,
+        )
+        .await
+    }
+
+    pub async fn components(&self) -> Result<Value, ApiClientError> {
+        self.get_json("/v1/components").await
+    }
+
+    /// Polls `/v1/status` until the node answers or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ApiClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.status().await {
+                Ok(_) => return Ok(()),
+                Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

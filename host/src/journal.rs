@@ -1,0 +1,206 @@
+//! What a node writes to its write-ahead log, and how a node's state is
+//! rebuilt by folding those records at start.
+//!
+//! One WAL serves every region of the node (group commit: one fsync covers
+//! many regions). Each WAL entry is the postcard encoding of a
+//! `Vec<JournalRecord>`: the storage effects of one driver round.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use synod_guest_sdk::Batch;
+
+use crate::region::{RegionLog, RegionSpec};
+
+/// One durable effect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JournalRecord {
+    /// The node started; request ids of this run embed `incarnation`.
+    NodeBoot {
+        incarnation: u64,
+    },
+    RegionCreated {
+        spec: RegionSpec,
+    },
+    RegionDropped {
+        region: String,
+    },
+    LogAppend {
+        region: String,
+        first: u64,
+        data: ByteBuf,
+        ends: Vec<u32>,
+    },
+    LogTruncate {
+        region: String,
+        from: u64,
+    },
+    LogCompact {
+        region: String,
+        through: u64,
+    },
+    MetaPut {
+        region: String,
+        key: ByteBuf,
+        value: ByteBuf,
+    },
+    MetaDelete {
+        region: String,
+        key: ByteBuf,
+    },
+}
+
+impl JournalRecord {
+    pub fn encode_all(records: &[JournalRecord]) -> Vec<u8> {
+        postcard::to_allocvec(records).unwrap_or_default()
+    }
+
+    pub fn decode_all(bytes: &[u8]) -> Result<Vec<JournalRecord>, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// A region's durable storage as rebuilt from the journal.
+#[derive(Debug, Default)]
+pub struct RecoveredRegion {
+    pub spec: Option<RegionSpec>,
+    pub log: RegionLog,
+    pub meta: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Everything the journal says about a node.
+#[derive(Debug, Default)]
+pub struct RecoveredNode {
+    pub incarnation: u64,
+    pub regions: HashMap<String, RecoveredRegion>,
+}
+
+/// Errors folding the journal: the WAL's checksums passed, so these mean a
+/// bug or a journal from an incompatible version, never a torn write.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("WAL entry {index} does not decode as journal records: {source}")]
+    Decode {
+        index: usize,
+        source: postcard::Error,
+    },
+    #[error("WAL entry {index}: {reason}")]
+    Inconsistent { index: usize, reason: String },
+}
+
+impl RecoveredNode {
+    /// Folds the WAL entries in order.
+    pub fn rebuild(entries: &[Vec<u8>]) -> Result<Self, JournalError> {
+        let mut node = RecoveredNode::default();
+        for (index, entry) in entries.iter().enumerate() {
+            let records = JournalRecord::decode_all(entry)
+                .map_err(|source| JournalError::Decode { index, source })?;
+            for record in records {
+                node.fold(record)
+                    .map_err(|reason| JournalError::Inconsistent { index, reason })?;
+            }
+        }
+        node.regions.retain(|_, region| region.spec.is_some());
+        Ok(node)
+    }
+
+    fn fold(&mut self, record: JournalRecord) -> Result<(), String> {
+        match record {
+            JournalRecord::NodeBoot { incarnation } => {
+                self.incarnation = self.incarnation.max(incarnation);
+            }
+            JournalRecord::RegionCreated { spec } => {
+                let region = self.regions.entry(spec.name.clone()).or_default();
+                *region = RecoveredRegion {
+                    spec: Some(spec),
+                    ..RecoveredRegion::default()
+                };
+            }
+            JournalRecord::RegionDropped { region } => {
+                self.regions.remove(&region);
+            }
+            JournalRecord::LogAppend {
+                region,
+                first,
+                data,
+                ends,
+            } => {
+                let batch = Batch {
+                    data: data.into_vec(),
+                    ends,
+                };
+                if !batch.is_well_formed() {
+                    return Err(format!("malformed log append for region {region}"));
+                }
+                self.region(&region)
+                    .log
+                    .append(first, &batch)
+                    .map_err(|e| format!("log append for region {region}: {e}"))?;
+            }
+            JournalRecord::LogTruncate { region, from } => {
+                self.region(&region)
+                    .log
+                    .truncate_suffix(from)
+                    .map_err(|e| format!("log truncate for region {region}: {e}"))?;
+            }
+            JournalRecord::LogCompact { region, through } => {
+                self.region(&region).log.compact_prefix(through);
+            }
+            JournalRecord::MetaPut { region, key, value } => {
+                self.region(&region)
+                    .meta
+                    .insert(key.into_vec(), value.into_vec());
+            }
+            JournalRecord::MetaDelete { region, key } => {
+                self.region(&region).meta.remove(key.as_slice());
+            }
+        }
+        Ok(())
+    }
+
+    fn region(&mut self, name: &str) -> &mut RecoveredRegion {
+        self.regions.entry(name.to_string()).or_default()
+    }
+
+    /// The records that recreate this state: the input of a WAL checkpoint.
+    pub fn checkpoint_records(&self) -> Vec<JournalRecord> {
+        let mut records = vec![JournalRecord::NodeBoot {
+            incarnation: self.incarnation,
+        }];
+        let mut names: Vec<&String> = self.regions.keys().collect();
+        names.sort();
+        for name in names {
+            let region = &self.regions[name];
+            let Some(spec) = &region.spec else { continue };
+            records.push(JournalRecord::RegionCreated { spec: spec.clone() });
+            let bounds = region.log.bounds();
+            if bounds.first > 1 {
+                records.push(JournalRecord::LogCompact {
+                    region: name.clone(),
+                    through: bounds.first - 1,
+                });
+            }
+            if !region.log.is_empty() {
+                let batch = region
+                    .log
+                    .read(bounds.first, bounds.last, u32::MAX)
+                    .unwrap_or_default();
+                records.push(JournalRecord::LogAppend {
+                    region: name.clone(),
+                    first: bounds.first,
+                    data: ByteBuf::from(batch.data),
+                    ends: batch.ends,
+                });
+            }
+            for (key, value) in &region.meta {
+                records.push(JournalRecord::MetaPut {
+                    region: name.clone(),
+                    key: ByteBuf::from(key.clone()),
+                    value: ByteBuf::from(value.clone()),
+                });
+            }
+        }
+        records
+    }
+}

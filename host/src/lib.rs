@@ -1,0 +1,31 @@
+//! # Synod host
+//!
+//! The native runtime that runs consensus protocols as sandboxed
+//! WebAssembly components. Where things live:
+//!
+//! - [`engine`]: wasmtime, component validation, the compile cache, limits;
+//! - [`plugin`]: one running instance (Wasm or native) behind one trait;
+//! - [`region`]: a region replica's effects, failure containment and driver
+//!   (where a client write goes: `api` → `region::driver` → plugin →
+//!   `region::core` → `storage::commit`);
+//! - [`storage`]: the disk abstraction, WAL, group commit and snapshots;
+//! - [`journal`]: what the WAL holds and how a node is rebuilt from it;
+//! - [`state_machine`]: the host-owned key-value state machine;
+//! - [`node`]: start-up, recovery and region creation;
+//! - [`api`] and [`client`]: HTTP/JSON API and its client; [`cli`]: the
+//!   `synod` binary; [`demo`] and [`bench`]: the main job and benchmarks.
+
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod demo;
+pub mod engine;
+pub mod journal;
+pub mod network;
+pub mod node;
+pub mod plugin;
+pub mod region;
+pub mod state_machine;
+pub mod storage;

@@ -1,0 +1,569 @@
+//! What a plugin's host calls do to one region replica.
+//!
+//! Every effect of a callback applies to the in-memory view at once, so
+//! later calls in the same callback see it, and is recorded twice: as an
+//! [`Undo`] (a trapped callback is rolled back completely) and as staged
+//! output — journal records for the WAL, client replies and messages held
+//! until those records are durable (output commit).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde_bytes::ByteBuf;
+use synod_guest_sdk::{
+    Applies, Batch, Host, Level, LogBounds, NodeId, Rejection, RequestId, StorageError, TimerId,
+};
+
+use crate::clock::{Clock, SystemClock};
+use crate::journal::JournalRecord;
+use crate::region::{LogUndo, RegionLog, RegionName};
+use crate::state_machine::{self, KvOutcome, KvStateMachine};
+
+/// Bounds on the plugin KV area: hard state and metadata, not user data.
+pub const META_KEY_BYTES_MAX: usize = 1024;
+pub const META_VALUE_BYTES_MAX: usize = 1 << 20;
+
+/// An answer or message released once the callback's storage is durable.
+#[derive(Debug)]
+pub enum Output {
+    Reply { id: RequestId, reply: Reply },
+    Send { to: NodeId, messages: Batch },
+    SendSnapshot { to: NodeId, metadata: Vec<u8> },
+}
+
+/// The plugin's answer to one client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Outcome(KvOutcome),
+    Rejected(Rejection),
+}
+
+/// A timer change requested by a callback; `deadline` is clock time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerChange {
+    Set { id: TimerId, deadline_nanos: u64 },
+    Cancel { id: TimerId },
+}
+
+/// A snapshot taken during a callback, written after the records staged
+/// before it are durable (so the snapshot never runs ahead of the log).
+#[derive(Debug)]
+pub struct StagedSnapshot {
+    pub position: u64,
+    pub image: Vec<u8>,
+    /// How many of the callback's records precede the snapshot.
+    pub records_before: usize,
+}
+
+/// The staged effects of one successful callback.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub records: Vec<JournalRecord>,
+    pub outputs: Vec<Output>,
+    pub timers: Vec<TimerChange>,
+    pub snapshot: Option<StagedSnapshot>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+            && self.outputs.is_empty()
+            && self.timers.is_empty()
+            && self.snapshot.is_none()
+    }
+}
+
+#[derive(Debug)]
+enum Undo {
+    Log(LogUndo),
+    Meta {
+        key: Vec<u8>,
+        previous: Option<Vec<u8>>,
+    },
+    State(state_machine::Undo),
+    StateReplaced(Box<KvStateMachine>),
+}
+
+/// One region replica's storage view, state machine and staged effects.
+pub struct RegionCore {
+    name: RegionName,
+    self_id: NodeId,
+    log: RegionLog,
+    meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    state: KvStateMachine,
+    /// Queries of reads handed to the plugin and not yet answered.
+    reads: HashMap<RequestId, Vec<u8>>,
+    clock: Arc<dyn Clock>,
+    rng: ChaCha8Rng,
+    staged: Effects,
+    undo: Vec<Undo>,
+    /// Set when the plugin broke the contract; the callback then fails.
+    violation: Option<String>,
+    /// The last panic message the plugin logged (why it trapped).
+    last_panic: Option<String>,
+}
+
+impl Default for RegionCore {
+    /// An empty placeholder, used while a real core is lent to a Wasm store.
+    fn default() -> Self {
+        Self::new(
+            RegionName::new("placeholder").unwrap_or_else(|_| unreachable!()),
+            0,
+            RegionLog::default(),
+            BTreeMap::new(),
+            KvStateMachine::default(),
+            Arc::new(SystemClock::new()),
+            0,
+        )
+    }
+}
+
+impl RegionCore {
+    pub fn new(
+        name: RegionName,
+        self_id: NodeId,
+        log: RegionLog,
+        meta: BTreeMap<Vec<u8>, Vec<u8>>,
+        state: KvStateMachine,
+        clock: Arc<dyn Clock>,
+        seed: u64,
+    ) -> Self {
+        Self {
+            name,
+            self_id,
+            log,
+            meta,
+            state,
+            reads: HashMap::new(),
+            clock,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            staged: Effects::default(),
+            undo: Vec::new(),
+            violation: None,
+            last_panic: None,
+        }
+    }
+
+    pub fn name(&self) -> &RegionName {
+        &self.name
+    }
+
+    pub fn state(&self) -> &KvStateMachine {
+        &self.state
+    }
+
+    pub fn log_view(&self) -> &RegionLog {
+        &self.log
+    }
+
+    pub fn pending_reads(&self) -> usize {
+        self.reads.len()
+    }
+
+    /// Registers the query of a read about to be handed to the plugin.
+    pub fn register_read(&mut self, id: RequestId, query: Vec<u8>) {
+        self.reads.insert(id, query);
+    }
+
+    /// Forgets a read that will not be answered by the plugin.
+    pub fn forget_read(&mut self, id: RequestId) {
+        self.reads.remove(&id);
+    }
+
+    /// Marks a contract violation; the current callback will fail with it.
+    pub fn violate(&mut self, why: String) {
+        if self.violation.is_none() {
+            self.violation = Some(why);
+        }
+    }
+
+    pub fn take_violation(&mut self) -> Option<String> {
+        self.violation.take()
+    }
+
+    pub fn take_last_panic(&mut self) -> Option<String> {
+        self.last_panic.take()
+    }
+
+    /// Keeps the callback's effects: the undo log is dropped and the staged
+    /// effects handed to the driver.
+    pub fn commit_callback(&mut self) -> Effects {
+        self.undo.clear();
+        self.violation = None;
+        let effects = std::mem::take(&mut self.staged);
+        for output in &effects.outputs {
+            if let Output::Reply { id, .. } = output {
+                self.reads.remove(id);
+            }
+        }
+        effects
+    }
+
+    /// Reverses every effect of the callback, newest first.
+    pub fn rollback_callback(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Log(undo) => self.log.undo(undo),
+                Undo::Meta { key, previous } => match previous {
+                    Some(value) => {
+                        self.meta.insert(key, value);
+                    }
+                    None => {
+                        self.meta.remove(&key);
+                    }
+                },
+                Undo::State(undo) => self.state.undo(undo),
+                Undo::StateReplaced(previous) => self.state = *previous,
+            }
+        }
+        self.staged = Effects::default();
+        self.violation = None;
+    }
+
+    /// Replaces the state machine with a shipped snapshot image (after the
+    /// plugin accepted the offer).
+    pub fn install_snapshot(&mut self, image: &[u8]) -> Result<(), String> {
+        let state = KvStateMachine::restore(image).map_err(|e| e.to_string())?;
+        let previous = std::mem::replace(&mut self.state, state);
+        self.undo.push(Undo::StateReplaced(Box::new(previous)));
+        Ok(())
+    }
+
+    fn region(&self) -> String {
+        self.name.as_str().to_string()
+    }
+
+    fn check_batch(&mut self, what: &str, batch: &Batch) -> bool {
+        if batch.is_well_formed() {
+            true
+        } else {
+            self.violate(format!("{what}: batch offsets are not within its data"));
+            false
+        }
+    }
+}
+
+impl Host for RegionCore {
+    fn log_append(&mut self, first: u64, entries: &Batch) -> Result<(), StorageError> {
+        if !self.check_batch("log.append", entries) {
+            return Err(StorageError::OutOfRange("malformed batch".into()));
+        }
+        let undo = self.log.append(first, entries)?;
+        self.undo.push(Undo::Log(undo));
+        self.staged.records.push(JournalRecord::LogAppend {
+            region: self.region(),
+            first,
+            data: ByteBuf::from(entries.data.clone()),
+            ends: entries.ends.clone(),
+        });
+        Ok(())
+    }
+
+    fn log_read(&mut self, first: u64, last: u64, max_bytes: u32) -> Result<Batch, StorageError> {
+        self.log.read(first, last, max_bytes)
+    }
+
+    fn log_bounds(&mut self) -> LogBounds {
+        self.log.bounds()
+    }
+
+    fn log_truncate_suffix(&mut self, from: u64) -> Result<(), StorageError> {
+        let undo = self.log.truncate_suffix(from)?;
+        self.undo.push(Undo::Log(undo));
+        self.staged.records.push(JournalRecord::LogTruncate {
+            region: self.region(),
+            from,
+        });
+        Ok(())
+    }
+
+    fn log_compact_prefix(&mut self, through: u64) -> Result<(), StorageError> {
+        let undo = self.log.compact_prefix(through);
+        self.undo.push(Undo::Log(undo));
+        self.staged.records.push(JournalRecord::LogCompact {
+            region: self.region(),
+            through,
+        });
+        Ok(())
+    }
+
+    fn kv_get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        self.meta.get(key).cloned()
+    }
+
+    fn kv_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        if key.len() > META_KEY_BYTES_MAX || value.len() > META_VALUE_BYTES_MAX {
+            return Err(StorageError::OutOfRange(format!(
+                "kv keys are limited to {META_KEY_BYTES_MAX} bytes and values to {META_VALUE_BYTES_MAX}"
+            )));
+        }
+        let previous = self.meta.insert(key.to_vec(), value.to_vec());
+        self.undo.push(Undo::Meta {
+            key: key.to_vec(),
+            previous,
+        });
+        self.staged.records.push(JournalRecord::MetaPut {
+            region: self.region(),
+            key: ByteBuf::from(key.to_vec()),
+            value: ByteBuf::from(value.to_vec()),
+        });
+        Ok(())
+    }
+
+    fn kv_delete(&mut self, key: &[u8]) {
+        if let Some(previous) = self.meta.remove(key) {
+            self.undo.push(Undo::Meta {
+                key: key.to_vec(),
+                previous: Some(previous),
+            });
+            self.staged.records.push(JournalRecord::MetaDelete {
+                region: self.region(),
+                key: ByteBuf::from(key.to_vec()),
+            });
+        }
+    }
+
+    fn send(&mut self, to: NodeId, messages: &Batch) {
+        if !self.check_batch("network.send", messages) || to == self.self_id || messages.is_empty()
+        {
+            return;
+        }
+        self.staged.outputs.push(Output::Send {
+            to,
+            messages: messages.clone(),
+        });
+    }
+
+    fn now(&mut self) -> u64 {
+        u64::try_from(self.clock.now().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn set_timer(&mut self, id: TimerId, after_nanos: u64) {
+        let deadline_nanos = self.now().saturating_add(after_nanos);
+        self.staged
+            .timers
+            .push(TimerChange::Set { id, deadline_nanos });
+    }
+
+    fn cancel_timer(&mut self, id: TimerId) {
+        self.staged.timers.push(TimerChange::Cancel { id });
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    fn apply(&mut self, commands: &Applies, position: u64) {
+        if !self.check_batch("state-machine.apply", &commands.payloads) {
+            return;
+        }
+        if commands.ids.len() != commands.payloads.len() {
+            self.violate(format!(
+                "state-machine.apply: {} ids for {} payloads",
+                commands.ids.len(),
+                commands.payloads.len()
+            ));
+            return;
+        }
+        if commands.is_empty() {
+            return;
+        }
+        let applied = self.state.applied_position();
+        if position <= applied {
+            self.violate(format!(
+                "state-machine.apply: position {position} does not advance past {applied}"
+            ));
+            return;
+        }
+        for (id, payload) in commands.ids.iter().zip(commands.payloads.iter()) {
+            let (outcome, undo) = self.state.apply(payload, position);
+            self.undo.push(Undo::State(undo));
+            self.staged.outputs.push(Output::Reply {
+                id: *id,
+                reply: Reply::Outcome(outcome),
+            });
+        }
+    }
+
+    fn query(&mut self, query: &[u8]) -> Vec<u8> {
+        self.state.query(query).encode()
+    }
+
+    fn snapshot(&mut self) -> Result<u64, StorageError> {
+        let position = self.state.applied_position();
+        self.staged.snapshot = Some(StagedSnapshot {
+            position,
+            image: self.state.snapshot(),
+            records_before: self.staged.records.len(),
+        });
+        Ok(position)
+    }
+
+    fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
+        if to != self.self_id {
+            self.staged.outputs.push(Output::SendSnapshot {
+                to,
+                metadata: metadata.to_vec(),
+            });
+        }
+    }
+
+    fn digest(&mut self) -> Vec<u8> {
+        self.state.digest().to_vec()
+    }
+
+    fn complete_reads(&mut self, ids: &[RequestId]) {
+        for id in ids {
+            // Unknown ids (already answered, or never a read) are ignored.
+            if let Some(query) = self.reads.get(id) {
+                let outcome = self.state.query(query);
+                self.staged.outputs.push(Output::Reply {
+                    id: *id,
+                    reply: Reply::Outcome(outcome),
+                });
+            }
+        }
+    }
+
+    fn reject(&mut self, ids: &[RequestId], reason: &Rejection) {
+        for id in ids {
+            self.staged.outputs.push(Output::Reply {
+                id: *id,
+                reply: Reply::Rejected(reason.clone()),
+            });
+        }
+    }
+
+    fn log(&mut self, level: Level, message: &str) {
+        let region = self.name.as_str();
+        match level {
+            Level::Trace => tracing::trace!(region, plugin = true, "{message}"),
+            Level::Debug => tracing::debug!(region, plugin = true, "{message}"),
+            Level::Info => tracing::info!(region, plugin = true, "{message}"),
+            Level::Warn => tracing::warn!(region, plugin = true, "{message}"),
+            Level::Error => {
+                tracing::error!(region, plugin = true, "{message}");
+                if let Some(panic) = message.strip_prefix("plugin panicked: ") {
+                    self.last_panic = Some(panic.to_string());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::KvCommand;
+
+    fn core() -> RegionCore {
+        let mut core = RegionCore::default();
+        core.self_id = 1;
+        core
+    }
+
+    fn put(key: &str) -> Vec<u8> {
+        KvCommand::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn rollback_reverses_every_effect() {
+        let mut core = core();
+        core.log_append(1, &Batch::from_items([b"a"]))
+            .expect("append");
+        core.kv_put(b"term", b"1").expect("put");
+        let mut applies = Applies::default();
+        applies.push(7, &put("x"));
+        core.apply(&applies, 1);
+        let committed = core.commit_callback();
+        assert_eq!(committed.records.len(), 2);
+        assert_eq!(committed.outputs.len(), 1);
+
+        let log_before = core.log.clone();
+        let state_before = core.state.clone();
+        core.log_append(2, &Batch::from_items([b"b"]))
+            .expect("append");
+        core.log_truncate_suffix(1).expect("truncate");
+        core.kv_put(b"term", b"2").expect("put");
+        core.kv_delete(b"term");
+        let mut applies = Applies::default();
+        applies.push(8, &put("y"));
+        core.apply(&applies, 2);
+        core.log_compact_prefix(5).expect("compact");
+        core.rollback_callback();
+        assert_eq!(core.log, log_before);
+        assert_eq!(core.state, state_before);
+        assert_eq!(core.kv_get(b"term"), Some(b"1".to_vec()));
+        assert!(core.commit_callback().is_empty());
+    }
+
+    #[test]
+    fn non_advancing_apply_is_a_contract_violation() {
+        let mut core = core();
+        let mut applies = Applies::default();
+        applies.push(1, &put("x"));
+        core.apply(&applies, 3);
+        core.apply(&applies, 3);
+        assert!(core.take_violation().is_some());
+    }
+
+    #[test]
+    fn malformed_batches_are_violations_not_panics() {
+        let mut core = core();
+        let bad = Batch {
+            data: vec![1, 2],
+            ends: vec![5],
+        };
+        assert!(core.log_append(1, &bad).is_err());
+        assert!(core.take_violation().is_some());
+        core.send(2, &bad);
+        assert!(core.take_violation().is_some());
+    }
+
+    #[test]
+    fn reads_are_answered_once_from_current_state() {
+        let mut core = core();
+        core.register_read(
+            5,
+            crate::state_machine::KvQuery::Get { key: b"x".to_vec() }.encode(),
+        );
+        let mut applies = Applies::default();
+        applies.push(1, &put("x"));
+        core.apply(&applies, 1);
+        core.complete_reads(&[5, 99]);
+        let effects = core.commit_callback();
+        let replies: Vec<_> = effects
+            .outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Reply { id, reply } => Some((*id, reply.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies.len(), 2, "one write reply and one read reply");
+        assert!(matches!(
+            &replies[1],
+            (5, Reply::Outcome(KvOutcome::Value(Some(_))))
+        ));
+        assert_eq!(core.pending_reads(), 0);
+    }
+
+    #[test]
+    fn snapshot_records_its_place_among_records() {
+        let mut core = core();
+        core.log_append(1, &Batch::from_items([b"a"]))
+            .expect("append");
+        assert_eq!(core.snapshot(), Ok(0));
+        core.log_compact_prefix(0).expect("compact");
+        let effects = core.commit_callback();
+        let snapshot = effects.snapshot.expect("staged snapshot");
+        assert_eq!(snapshot.records_before, 1);
+        assert_eq!(effects.records.len(), 2);
+    }
+}

@@ -1,0 +1,737 @@
+//! The region driver: a tokio task that feeds a replica batches of events
+//! and enforces output commit.
+//!
+//! Each round drains the inbox (up to [`ROUND_EVENTS_MAX`]), hands the
+//! plugin one batch per event kind, submits the round's journal records to
+//! the node's group commit as one WAL entry, and holds every reply and
+//! message until the WAL is durable through that entry. The next round
+//! starts while the last one syncs (pipelining).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use synod_guest_sdk::{
+    Batch, Commands, Messages, NodeId, ReadLevel, Reads, Rejection, RequestId, Status, TimerId,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::Clock;
+use crate::journal::JournalRecord;
+use crate::network::Network;
+use crate::plugin::{Call, CallResult, PluginFailure};
+use crate::region::core::{Effects, Output, Reply, TimerChange};
+use crate::region::replica::{Delivery, RegionReplica};
+use crate::region::{RegionName, RegionSpec};
+use crate::state_machine::{KvCommand, KvOutcome, KvQuery, conflict_key};
+use crate::storage::commit::GroupCommit;
+use crate::storage::snapshot::SnapshotStore;
+
+/// Events taken from the inbox per round: bounds the batch handed to the
+/// plugin and the latency of one round.
+pub const ROUND_EVENTS_MAX: usize = 4096;
+/// Inbox capacity; a full inbox answers `overloaded`.
+pub const INBOX_CAPACITY: usize = 16 * 1024;
+
+/// Why a client request got no outcome.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("rejected by the protocol: {0:?}")]
+    Rejected(Rejection),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("region is overloaded: {0}")]
+    Overloaded(String),
+    #[error("no answer within {0:?}; the write may or may not have been applied")]
+    Timeout(Duration),
+    #[error("region is shutting down")]
+    Stopped,
+}
+
+pub type ClientReply = Result<KvOutcome, ClientError>;
+
+/// What a region driver receives.
+pub enum RegionEvent {
+    Write {
+        command: Vec<u8>,
+        keys: Vec<u64>,
+        reply: oneshot::Sender<ClientReply>,
+    },
+    Read {
+        query: Vec<u8>,
+        level: ReadLevel,
+        reply: oneshot::Sender<ClientReply>,
+    },
+    Messages {
+        from: NodeId,
+        payloads: Batch,
+    },
+    Status {
+        reply: oneshot::Sender<RegionStatus>,
+    },
+    /// Operator action: rebuild a fenced or quarantined replica now.
+    Restart {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Shutdown,
+}
+
+/// A region replica's status, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionStatus {
+    pub name: String,
+    pub epoch: u64,
+    pub protocol: ProtocolStatus,
+    pub health: HealthStatus,
+    /// What the plugin reports; absent while it is not running.
+    pub plugin: Option<PluginStatus>,
+    pub log: LogStatus,
+    pub state_machine: StateMachineStatus,
+    pub pending_requests: usize,
+    pub held_outputs: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProtocolStatus {
+    pub name: String,
+    pub version: String,
+    pub id: String,
+    pub consistency: &'static str,
+    pub capabilities: Vec<&'static str>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthStatus {
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub failures_total: u64,
+    pub restarts: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginStatus {
+    pub role: &'static str,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit_position: u64,
+    pub applied_position: u64,
+    pub peers: Vec<(NodeId, u64)>,
+    pub counters: Vec<(String, u64)>,
+}
+
+impl From<Status> for PluginStatus {
+    fn from(status: Status) -> Self {
+        Self {
+            role: status.role.as_str(),
+            leader: status.leader,
+            term: status.term,
+            commit_position: status.commit_position,
+            applied_position: status.applied_position,
+            peers: status
+                .peers
+                .into_iter()
+                .map(|p| (p.peer, p.match_position))
+                .collect(),
+            counters: status.counters,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LogStatus {
+    pub first: u64,
+    pub last: u64,
+    pub bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StateMachineStatus {
+    pub keys: usize,
+    pub applied_position: u64,
+    pub digest: String,
+}
+
+/// A cheap, cloneable way to talk to a region driver.
+#[derive(Clone)]
+pub struct RegionHandle {
+    pub spec: RegionSpec,
+    sender: mpsc::Sender<RegionEvent>,
+}
+
+impl RegionHandle {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn enqueue(&self, event: RegionEvent) -> Result<(), ClientError> {
+        self.sender.try_send(event).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => {
+                ClientError::Overloaded(format!("more than {INBOX_CAPACITY} requests queued"))
+            }
+            mpsc::error::TrySendError::Closed(_) => ClientError::Stopped,
+        })
+    }
+
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<ClientReply>) -> RegionEvent,
+        timeout: Duration,
+    ) -> ClientReply {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(make(reply))?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(ClientError::Stopped),
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+
+    /// Orders and applies a write; answers after it is durable.
+    pub async fn write(&self, command: &KvCommand, timeout: Duration) -> ClientReply {
+        let keys = vec![conflict_key(command.key())];
+        let command = command.encode();
+        self.ask(
+            |reply| RegionEvent::Write {
+                command,
+                keys,
+                reply,
+            },
+            timeout,
+        )
+        .await
+    }
+
+    pub async fn read(&self, query: &KvQuery, level: ReadLevel, timeout: Duration) -> ClientReply {
+        let query = query.encode();
+        self.ask(
+            |reply| RegionEvent::Read {
+                query,
+                level,
+                reply,
+            },
+            timeout,
+        )
+        .await
+    }
+
+    pub async fn status(&self) -> Result<RegionStatus, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(RegionEvent::Status { reply })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        answer.await.map_err(|_| ClientError::Stopped)
+    }
+
+    pub async fn restart(&self) -> Result<(), ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(RegionEvent::Restart { reply })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| ClientError::Stopped)?
+            .map_err(ClientError::Unavailable)
+    }
+
+    /// Delivers messages from a peer (used by the transport).
+    pub fn deliver_messages(&self, from: NodeId, payloads: Batch) -> Result<(), ClientError> {
+        self.enqueue(RegionEvent::Messages { from, payloads })
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.sender.send(RegionEvent::Shutdown).await;
+    }
+}
+
+/// What a driver shares with the rest of the node.
+#[derive(Clone)]
+pub struct DriverContext {
+    pub node_id: NodeId,
+    /// Distinguishes request ids of this run from earlier runs.
+    pub incarnation: u64,
+    pub commit: Arc<GroupCommit>,
+    pub snapshots: Arc<SnapshotStore>,
+    pub network: Arc<dyn Network>,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub struct RegionDriver {
+    spec: RegionSpec,
+    name: RegionName,
+    replica: RegionReplica,
+    context: DriverContext,
+    inbox: mpsc::Receiver<RegionEvent>,
+    durable: watch::Receiver<u64>,
+    pending: HashMap<RequestId, oneshot::Sender<ClientReply>>,
+    /// Outputs waiting for the WAL to be durable through their ticket.
+    held: VecDeque<(u64, Vec<Output>)>,
+    /// Records of the current round not yet submitted.
+    round_records: Vec<JournalRecord>,
+    round_outputs: Vec<Output>,
+    /// The newest ticket holding this region's records.
+    last_ticket: u64,
+    timers: HashMap<TimerId, u64>,
+    next_request: u64,
+    storage_failure: Option<String>,
+}
+
+impl RegionDriver {
+    /// Spawns the driver and returns its handle. `recovering` says whether
+    /// the replica starts over existing storage.
+    pub fn spawn(
+        spec: RegionSpec,
+        replica: RegionReplica,
+        context: DriverContext,
+        recovering: bool,
+    ) -> RegionHandle {
+        let (sender, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let name = replica.core().name().clone();
+        let durable = context.commit.durable();
+        let last_ticket = context.commit.current_ticket();
+        let request_prefix =
+            ((context.node_id & 0xFFFF) << 48) | ((context.incarnation & 0xFFFF) << 32);
+        let mut driver = RegionDriver {
+            spec: spec.clone(),
+            name,
+            replica,
+            context,
+            inbox,
+            durable,
+            pending: HashMap::new(),
+            held: VecDeque::new(),
+            round_records: Vec::new(),
+            round_outputs: Vec::new(),
+            last_ticket,
+            timers: HashMap::new(),
+            next_request: request_prefix,
+            storage_failure: None,
+        };
+        tokio::spawn(async move {
+            match driver.replica.start(recovering) {
+                Ok(effects) => driver.stage(effects),
+                Err(failure) => {
+                    tracing::warn!(region = %driver.name, %failure, "replica failed to start")
+                }
+            }
+            driver.end_round();
+            driver.run().await;
+        });
+        RegionHandle { spec, sender }
+    }
+
+    async fn run(&mut self) {
+        loop {
+            let sleep = self.next_wakeup();
+            tokio::select! {
+                event = self.inbox.recv() => {
+                    let Some(event) = event else { break };
+                    let mut events = vec![event];
+                    while events.len() < ROUND_EVENTS_MAX {
+                        match self.inbox.try_recv() {
+                            Ok(event) => events.push(event),
+                            Err(_) => break,
+                        }
+                    }
+                    if !self.handle_events(events) {
+                        break;
+                    }
+                }
+                changed = self.durable.changed() => {
+                    if changed.is_err() {
+                        self.fail_storage("the write-ahead log stopped".into());
+                    }
+                }
+                () = tokio::time::sleep(sleep) => {
+                    self.fire_timers();
+                    self.maybe_restart();
+                }
+            }
+            self.end_round();
+        }
+        self.fail_all_pending(ClientError::Stopped);
+        tracing::debug!(region = %self.name, "driver stopped");
+    }
+
+    /// Time until the next timer or restart is due (capped, so a clock
+    /// that jumps is noticed).
+    fn next_wakeup(&self) -> Duration {
+        let now = self.now_nanos();
+        let timer = self.timers.values().min().copied();
+        let restart = self
+            .replica
+            .next_restart()
+            .map(|at| u64::try_from(at.as_nanos()).unwrap_or(u64::MAX));
+        let next = match (timer, restart) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return Duration::from_secs(1),
+        };
+        Duration::from_nanos(next.saturating_sub(now)).min(Duration::from_secs(1))
+    }
+
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.context.clock.now().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn allocate_request(&mut self) -> RequestId {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    /// Returns false when the driver should stop.
+    fn handle_events(&mut self, events: Vec<RegionEvent>) -> bool {
+        let mut commands = Commands::default();
+        let mut reads = Reads::default();
+        let mut messages = Messages::default();
+        let mut keep_running = true;
+        for event in events {
+            match event {
+                RegionEvent::Write {
+                    command,
+                    keys,
+                    reply,
+                } => {
+                    let id = self.allocate_request();
+                    self.pending.insert(id, reply);
+                    commands.ids.push(id);
+                    commands.payloads.push(&command);
+                    commands.keys.extend_from_slice(&keys);
+                    commands.key_ends.push(commands.keys.len() as u32);
+                }
+                RegionEvent::Read {
+                    query,
+                    level,
+                    reply,
+                } => {
+                    let id = self.allocate_request();
+                    self.pending.insert(id, reply);
+                    self.replica.core_mut().register_read(id, query);
+                    reads.ids.push(id);
+                    reads.levels.push(level);
+                }
+                RegionEvent::Messages { from, payloads } => {
+                    for payload in payloads.iter() {
+                        messages.senders.push(from);
+                        messages.payloads.push(payload);
+                    }
+                }
+                RegionEvent::Status { reply } => {
+                    let _ = reply.send(self.status());
+                }
+                RegionEvent::Restart { reply } => {
+                    let result = self.replica.reset().map_err(|failure| failure.to_string());
+                    let _ = reply.send(match result {
+                        Ok(effects) => {
+                            self.stage(effects);
+                            Ok(())
+                        }
+                        Err(why) => Err(why),
+                    });
+                }
+                RegionEvent::Shutdown => keep_running = false,
+            }
+        }
+        if !messages.senders.is_empty() {
+            self.deliver(Call::Messages(messages), &[]);
+        }
+        if !commands.ids.is_empty() {
+            let ids = commands.ids.clone();
+            self.deliver(Call::Commands(commands), &ids);
+        }
+        if !reads.ids.is_empty() {
+            let ids = reads.ids.clone();
+            if !self.deliver(Call::Reads(reads), &ids) {
+                for id in ids {
+                    self.replica.core_mut().forget_read(id);
+                }
+            }
+        }
+        keep_running
+    }
+
+    /// Delivers one call; if it does not run, the requests it carried are
+    /// answered with the reason. Returns whether the call ran.
+    fn deliver(&mut self, call: Call, requests: &[RequestId]) -> bool {
+        if let Some(why) = &self.storage_failure {
+            let error = ClientError::Unavailable(format!("storage failed: {why}"));
+            self.fail_requests(requests, &error);
+            return false;
+        }
+        match self.replica.deliver(call) {
+            Delivery::Done(_, effects) => {
+                self.stage(effects);
+                true
+            }
+            Delivery::Refused(why) => {
+                self.fail_requests(requests, &ClientError::Unavailable(why));
+                false
+            }
+            Delivery::Failed(failure) => {
+                let why = format!(
+                    "region replica failed and was fenced ({failure}); the request was not applied"
+                );
+                self.fail_requests(requests, &ClientError::Unavailable(why));
+                false
+            }
+        }
+    }
+
+    fn fail_requests(&mut self, requests: &[RequestId], error: &ClientError) {
+        for id in requests {
+            if let Some(reply) = self.pending.remove(id) {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    fn fail_all_pending(&mut self, error: ClientError) {
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+
+    /// Adds a callback's effects to the round. A snapshot is written only
+    /// after every record staged before it is durable, and records after a
+    /// failed snapshot that would compact the log are dropped (the log must
+    /// keep what the missing snapshot does not cover).
+    fn stage(&mut self, effects: Effects) {
+        let Effects {
+            mut records,
+            outputs,
+            timers,
+            snapshot,
+        } = effects;
+        for change in timers {
+            match change {
+                TimerChange::Set { id, deadline_nanos } => {
+                    self.timers.insert(id, deadline_nanos);
+                }
+                TimerChange::Cancel { id } => {
+                    self.timers.remove(&id);
+                }
+            }
+        }
+        if let Some(snapshot) = snapshot {
+            let after = records.split_off(snapshot.records_before.min(records.len()));
+            self.round_records.extend(records);
+            self.submit_round_records();
+            records = after;
+            let saved = self.wait_durable(self.last_ticket).and_then(|()| {
+                self.context
+                    .snapshots
+                    .save(self.name.as_str(), &snapshot.image)
+                    .map_err(|e| e.to_string())
+            });
+            match saved {
+                Ok(()) => {
+                    tracing::debug!(region = %self.name, position = snapshot.position, "snapshot saved")
+                }
+                Err(why) => {
+                    tracing::error!(region = %self.name, %why, "snapshot failed; keeping the log uncompacted");
+                    records.retain(|r| !matches!(r, JournalRecord::LogCompact { .. }));
+                }
+            }
+        }
+        self.round_records.extend(records);
+        self.round_outputs.extend(outputs);
+    }
+
+    fn wait_durable(&self, ticket: u64) -> Result<(), String> {
+        self.context
+            .commit
+            .wait_durable(ticket)
+            .map_err(|e| e.to_string())
+    }
+
+    fn submit_round_records(&mut self) {
+        if self.round_records.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.round_records);
+        match self
+            .context
+            .commit
+            .submit(JournalRecord::encode_all(&records))
+        {
+            Ok(ticket) => self.last_ticket = ticket,
+            Err(error) => self.fail_storage(error.to_string()),
+        }
+    }
+
+    /// Submits the round's records and holds its outputs behind them.
+    fn end_round(&mut self) {
+        self.submit_round_records();
+        let outputs = std::mem::take(&mut self.round_outputs);
+        if !outputs.is_empty() {
+            if self.storage_failure.is_some() {
+                self.drop_outputs(outputs);
+            } else {
+                self.held.push_back((self.last_ticket, outputs));
+            }
+        }
+        self.release();
+    }
+
+    /// Releases every output whose records are durable.
+    fn release(&mut self) {
+        let durable = *self.durable.borrow();
+        while let Some((ticket, _)) = self.held.front() {
+            if *ticket > durable {
+                break;
+            }
+            let Some((_, outputs)) = self.held.pop_front() else {
+                break;
+            };
+            for output in outputs {
+                self.emit(output);
+            }
+        }
+    }
+
+    fn emit(&mut self, output: Output) {
+        match output {
+            Output::Reply { id, reply } => {
+                if let Some(sender) = self.pending.remove(&id) {
+                    let answer = match reply {
+                        Reply::Outcome(outcome) => Ok(outcome),
+                        Reply::Rejected(rejection) => Err(ClientError::Rejected(rejection)),
+                    };
+                    let _ = sender.send(answer);
+                }
+            }
+            Output::Send { to, messages } => {
+                self.context.network.send(
+                    &self.name,
+                    self.spec.epoch,
+                    self.context.node_id,
+                    to,
+                    messages,
+                );
+            }
+            Output::SendSnapshot { to, metadata } => {
+                match self.context.snapshots.load(self.name.as_str()) {
+                    Ok(Some(image)) => self.context.network.send_snapshot(
+                        &self.name,
+                        self.spec.epoch,
+                        self.context.node_id,
+                        to,
+                        metadata,
+                        image,
+                    ),
+                    Ok(None) => tracing::warn!(region = %self.name, to, "no snapshot to ship"),
+                    Err(error) => {
+                        tracing::error!(region = %self.name, %error, "snapshot unreadable")
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_outputs(&mut self, outputs: Vec<Output>) {
+        let why = self.storage_failure.clone().unwrap_or_default();
+        for output in outputs {
+            if let Output::Reply { id, .. } = output
+                && let Some(sender) = self.pending.remove(&id)
+            {
+                let _ = sender.send(Err(ClientError::Unavailable(format!(
+                    "storage failed: {why}"
+                ))));
+            }
+        }
+    }
+
+    fn fail_storage(&mut self, why: String) {
+        if self.storage_failure.is_none() {
+            tracing::error!(region = %self.name, %why, "storage failed; region stops acknowledging");
+            self.storage_failure = Some(why);
+            let held: Vec<_> = self.held.drain(..).flat_map(|(_, o)| o).collect();
+            self.drop_outputs(held);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.now_nanos();
+        let mut due: Vec<(u64, TimerId)> = self
+            .timers
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(id, deadline)| (*deadline, *id))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        due.sort_unstable();
+        let ids: Vec<TimerId> = due.into_iter().map(|(_, id)| id).collect();
+        for id in &ids {
+            self.timers.remove(id);
+        }
+        self.deliver(Call::Timers(ids), &[]);
+    }
+
+    fn maybe_restart(&mut self) {
+        match self.replica.poll_restart() {
+            Some(Ok(effects)) => self.stage(effects),
+            Some(Err(failure)) => {
+                tracing::warn!(region = %self.name, %failure, "rebuild failed");
+            }
+            None => {}
+        }
+    }
+
+    fn status(&mut self) -> RegionStatus {
+        let plugin = match self.replica.deliver(Call::Status) {
+            Delivery::Done(CallResult::Status(status), effects) => {
+                self.stage(effects);
+                Some(PluginStatus::from(status))
+            }
+            Delivery::Done(_, effects) => {
+                self.stage(effects);
+                None
+            }
+            Delivery::Refused(_) | Delivery::Failed(_) => None,
+        };
+        let info = self.replica.info();
+        let health = self.replica.health();
+        let core = self.replica.core();
+        let bounds = core.log_view().bounds();
+        RegionStatus {
+            name: self.name.to_string(),
+            epoch: self.spec.epoch,
+            protocol: ProtocolStatus {
+                name: info.name.clone(),
+                version: info.version.clone(),
+                id: self.replica.source().id(),
+                consistency: info.consistency.as_str(),
+                capabilities: info.capabilities.names(),
+            },
+            health: HealthStatus {
+                state: health.name(),
+                reason: health.reason().map(str::to_string),
+                failures_total: self.replica.failures_total(),
+                restarts: self.replica.restarts(),
+            },
+            plugin,
+            log: LogStatus {
+                first: bounds.first,
+                last: bounds.last,
+                bytes: core.log_view().byte_len(),
+            },
+            state_machine: StateMachineStatus {
+                keys: core.state().len(),
+                applied_position: core.state().applied_position(),
+                digest: hex::encode(core.state().digest()),
+            },
+            pending_requests: self.pending.len(),
+            held_outputs: self.held.iter().map(|(_, o)| o.len()).sum(),
+        }
+    }
+}
+
+impl From<PluginFailure> for ClientError {
+    fn from(failure: PluginFailure) -> Self {
+        ClientError::Unavailable(failure.to_string())
+    }
+}

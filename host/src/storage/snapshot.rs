@@ -1,0 +1,206 @@
+//! Named, checksummed snapshot files, replaced atomically so a crash leaves
+//! either the old or the new snapshot, never a mix.
+//!
+//! Layout: `b"SYNODSNP"`, version u32 LE, payload len u64 LE, crc32 u32 LE,
+//! payload.
+
+use std::io;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use super::disk::Disk;
+
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"SYNODSNP";
+pub const SNAPSHOT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 8 + 4 + 8 + 4;
+
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error("snapshot i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("snapshot {path} corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("invalid snapshot name {0:?} (want [A-Za-z0-9_-]{{1,64}})")]
+    BadName(String),
+}
+
+pub struct SnapshotStore {
+    disk: Arc<dyn Disk>,
+    dir: String,
+}
+
+fn check_name(name: &str) -> Result<(), SnapshotError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SnapshotError::BadName(name.to_string()))
+    }
+}
+
+fn decode(path: &str, data: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    let corrupt = |reason: String| {
+        warn!(path, %reason, "snapshot: corrupt");
+        SnapshotError::Corrupt {
+            path: path.to_string(),
+            reason,
+        }
+    };
+    let Some((header, payload)) = data.split_at_checked(HEADER_BYTES) else {
+        return Err(corrupt(format!(
+            "{} bytes is shorter than header",
+            data.len()
+        )));
+    };
+    let (magic, rest) = header.split_at(8);
+    let (version, rest) = rest.split_at(4);
+    let (len, crc) = rest.split_at(8);
+    if magic != SNAPSHOT_MAGIC {
+        return Err(corrupt("bad magic".into()));
+    }
+    let le32 = |b: &[u8]| b.try_into().map(u32::from_le_bytes).unwrap_or(0);
+    let version = le32(version);
+    if version != SNAPSHOT_VERSION {
+        return Err(corrupt(format!("unsupported version {version}")));
+    }
+    let len = len.try_into().map(u64::from_le_bytes).unwrap_or(u64::MAX);
+    if len != payload.len() as u64 {
+        return Err(corrupt(format!(
+            "header says {len} payload bytes, file has {}",
+            payload.len()
+        )));
+    }
+    if crc32fast::hash(payload) != le32(crc) {
+        return Err(corrupt("crc mismatch".into()));
+    }
+    Ok(payload.to_vec())
+}
+
+impl SnapshotStore {
+    pub fn new(disk: Arc<dyn Disk>, dir: impl Into<String>) -> SnapshotStore {
+        SnapshotStore {
+            disk,
+            dir: dir.into(),
+        }
+    }
+
+    fn path(&self, name: &str) -> Result<String, SnapshotError> {
+        check_name(name)?;
+        Ok(if self.dir.is_empty() {
+            format!("{name}.snap")
+        } else {
+            format!("{}/{name}.snap", self.dir)
+        })
+    }
+
+    /// Durably replaces snapshot `name` with `payload`.
+    pub fn save(&self, name: &str, payload: &[u8]) -> Result<(), SnapshotError> {
+        let path = self.path(name)?;
+        let mut buf = Vec::with_capacity(HEADER_BYTES + payload.len());
+        buf.extend_from_slice(SNAPSHOT_MAGIC);
+        buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        buf.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        buf.extend_from_slice(payload);
+        self.disk.write_atomic(&path, &buf)?;
+        debug!(path, bytes = payload.len(), "snapshot: saved");
+        Ok(())
+    }
+
+    /// `None` if absent; damage is an error, never treated as absence.
+    pub fn load(&self, name: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let path = self.path(name)?;
+        match self.disk.read(&path) {
+            Ok(data) => decode(&path, &data).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), SnapshotError> {
+        let path = self.path(name)?;
+        Ok(self.disk.remove(&path)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::disk::{FsDisk, MemDisk};
+
+    #[test]
+    fn save_load_remove() -> Result<(), SnapshotError> {
+        let disk = MemDisk::new();
+        let store = SnapshotStore::new(Arc::new(disk.clone()), "snapshots");
+        assert_eq!(store.load("r1")?, None);
+        store.save("r1", b"state one")?;
+        store.save("r1", b"state two")?;
+        disk.crash(); // write_atomic is durable
+        assert_eq!(store.load("r1")?.as_deref(), Some(&b"state two"[..]));
+        store.save("empty", b"")?;
+        assert_eq!(store.load("empty")?, Some(Vec::new()));
+        store.remove("r1")?;
+        store.remove("r1")?;
+        assert_eq!(store.load("r1")?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn corruption_is_reported() -> Result<(), SnapshotError> {
+        let disk = MemDisk::new();
+        let store = SnapshotStore::new(Arc::new(disk.clone()), "snapshots");
+        let path = "snapshots/r1.snap";
+        // (offset to flip, expected reason fragment)
+        for (offset, reason) in [
+            (0, "magic"),
+            (9, "version"),
+            (13, "payload bytes"),
+            (30, "crc"),
+        ] {
+            store.save("r1", b"some payload bytes")?;
+            disk.corrupt(path, offset, 0x04)?;
+            match store.load("r1") {
+                Err(SnapshotError::Corrupt { path: p, reason: r }) => {
+                    assert_eq!(p, path);
+                    assert!(r.contains(reason), "{r:?} lacks {reason:?}");
+                }
+                other => panic!("offset {offset}: expected Corrupt, got {other:?}"),
+            }
+        }
+        disk.write_atomic(path, b"SYNODSNP")?;
+        assert!(matches!(
+            store.load("r1"),
+            Err(SnapshotError::Corrupt { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        let store = SnapshotStore::new(Arc::new(MemDisk::new()), "snapshots");
+        let long = "x".repeat(65);
+        for bad in ["", "../x", "a/b", "a.b", "sp ace", long.as_str()] {
+            assert!(matches!(
+                store.save(bad, b"x"),
+                Err(SnapshotError::BadName(_))
+            ));
+            assert!(matches!(store.load(bad), Err(SnapshotError::BadName(_))));
+        }
+        assert!(store.save(&"y".repeat(64), b"x").is_ok());
+    }
+
+    #[test]
+    fn fsdisk_smoke() -> Result<(), SnapshotError> {
+        let tmp = tempfile::tempdir()?;
+        let store = SnapshotStore::new(Arc::new(FsDisk::new(tmp.path().to_path_buf())), "snaps");
+        store.save("r_1-a", b"hello")?;
+        assert_eq!(store.load("r_1-a")?.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(store.load("missing")?, None);
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! Test fixture: a protocol that misbehaves on demand, to prove that a bad
+//! plugin fences only its own region replica.
+//!
+//! Parameter `mode` chooses what happens when writes arrive:
+//! - `loop`: spins forever (caught by fuel or the epoch deadline);
+//! - `alloc`: allocates without bound (caught by the memory limit);
+//! - `panic`: panics (a trap; the message reaches the host log);
+//! - anything else: behaves, applying writes at once without a log.
+//!
+//! Reads always behave, so a test can see the replica come back. Timers
+//! call one import each (used by `synod bench` to time imports).
+
+use synod_guest_sdk::*;
+
+pub struct Misbehave {
+    mode: String,
+    position: u64,
+}
+
+impl Protocol for Misbehave {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "misbehave".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            consistency: Consistency::Linearizable,
+            capabilities: Capabilities::default(),
+        }
+    }
+
+    fn init<H: Host>(_host: &mut H, config: InitConfig) -> Self {
+        Misbehave {
+            mode: config.param("mode").unwrap_or("none").to_string(),
+            position: config.applied_position,
+        }
+    }
+
+    fn on_commands<H: Host>(&mut self, host: &mut H, commands: Commands) {
+        match self.mode.as_str() {
+            "loop" => {
+                let mut counter: u64 = 0;
+                loop {
+                    counter = std::hint::black_box(counter.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!(
+                "misbehave fixture asked to panic on {} writes",
+                commands.len()
+            ),
+            _ => {
+                self.position += commands.len() as u64;
+                let applies = Applies {
+                    ids: commands.ids,
+                    payloads: commands.payloads,
+                };
+                host.apply(&applies, self.position);
+            }
+        }
+    }
+
+    /// Calls the `now` import once per timer: lets `synod bench` measure
+    /// the cost of an import call.
+    fn on_timers<H: Host>(&mut self, host: &mut H, timers: Vec<TimerId>) {
+        let mut sum = 0u64;
+        for _ in &timers {
+            sum = sum.wrapping_add(host.now());
+        }
+        std::hint::black_box(sum);
+    }
+
+    fn on_reads<H: Host>(&mut self, host: &mut H, reads: Reads) {
+        host.complete_reads(&reads.ids);
+    }
+
+    fn seal<H: Host>(&mut self, _host: &mut H) -> SealProgress {
+        SealProgress::Sealed(self.position)
+    }
+
+    fn status<H: Host>(&mut self, _host: &mut H) -> Status {
+        Status {
+            role: Role::Leader,
+            leader: None,
+            term: 0,
+            commit_position: self.position,
+            applied_position: self.position,
+            peers: Vec::new(),
+            counters: Vec::new(),
+        }
+    }
+}
+
+export_protocol!(Misbehave);
