@@ -100,6 +100,13 @@ fn native_protocols() -> HashMap<&'static str, PluginSource> {
     )])
 }
 
+/// The outside world a node runs against.
+pub struct NodeEnvironment {
+    pub disk: Arc<dyn Disk>,
+    pub network: Arc<dyn Network>,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// A published component as listed by the API.
 #[derive(Clone, Debug, Serialize)]
 pub struct ComponentSummary {
@@ -137,17 +144,27 @@ impl Node {
     /// Opens (or creates) the node's data directory, replays the WAL and
     /// restarts every region recorded there.
     pub async fn open(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
-        Self::open_with(config, Arc::new(NoPeers::default()), SystemClock::shared()).await
-    }
-
-    pub async fn open_with(
-        config: NodeConfig,
-        network: Arc<dyn Network>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Arc<Self>, NodeError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| NodeError::Storage(format!("{}: {e}", config.data_dir.display())))?;
-        let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(config.data_dir.clone()));
+        let environment = NodeEnvironment {
+            disk: Arc::new(FsDisk::new(config.data_dir.clone())),
+            network: Arc::new(NoPeers::default()),
+            clock: SystemClock::shared(),
+        };
+        Self::open_with(config, environment).await
+    }
+
+    /// Opens a node over an explicit disk, network and clock (tests, and
+    /// later the simulator). The compile cache still lives in `data_dir`.
+    pub async fn open_with(
+        config: NodeConfig,
+        environment: NodeEnvironment,
+    ) -> Result<Arc<Self>, NodeError> {
+        let NodeEnvironment {
+            disk,
+            network,
+            clock,
+        } = environment;
         let options = WalOptions {
             segment_bytes_target: config.wal_segment_bytes,
             ..WalOptions::default()

@@ -9,4 +9,4 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use synod::protocol::types;
+pub use self::synod::protocol::types;

@@ -1,0 +1,273 @@
+//! The HTTP API against a real node running the standalone Wasm plugin:
+//! the happy path, and every kind of bad request getting a clear JSON
+//! error with the right status while changing nothing.
+
+use serde_json::{Value, json};
+use synod::node::NodeConfig;
+use synod_tests::TestNode;
+
+async fn node() -> (TestNode, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(1, dir.path().to_path_buf());
+    config.value_bytes_max = 1024;
+    config.key_bytes_max = 64;
+    let node = TestNode::start(config).await.expect("node starts");
+    (node, dir)
+}
+
+/// Raw request returning (status, body) so tests see exactly what a curl user sees.
+async fn raw(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("body");
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value)
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn region_create_write_read_delete_cas() {
+    let (node, _dir) = node().await;
+    let client = &node.client;
+    let created = client
+        .create_region("users", "standalone", &[])
+        .await
+        .expect("create");
+    assert_eq!(created["protocol"]["name"], "standalone");
+    assert_eq!(created["health"]["state"], "running");
+
+    client.put("users", "alice", "1").await.expect("put");
+    assert_eq!(
+        client
+            .get("users", "alice", "linearizable")
+            .await
+            .expect("get"),
+        Some("1".into())
+    );
+    assert_eq!(
+        client.get("users", "alice", "local").await.expect("get"),
+        Some("1".into())
+    );
+    assert_eq!(
+        client.get("users", "nobody", "lease").await.expect("get"),
+        None
+    );
+
+    let swap = client
+        .cas("users", "alice", Some("0"), Some("2"))
+        .await
+        .expect("cas");
+    assert!(!swap.succeeded);
+    assert_eq!(swap.current.as_deref(), Some("1"));
+    let swap = client
+        .cas("users", "alice", Some("1"), Some("2"))
+        .await
+        .expect("cas");
+    assert!(swap.succeeded);
+    let create = client
+        .cas("users", "bob", None, Some("b"))
+        .await
+        .expect("cas");
+    assert!(
+        create.succeeded,
+        "cas with expected=null creates an absent key"
+    );
+
+    // Keys may hold '/', spaces and unicode: they are percent-encoded.
+    client
+        .put("users", "dir/sub key/é", "x")
+        .await
+        .expect("put odd key");
+    assert_eq!(
+        client
+            .get("users", "dir/sub key/é", "linearizable")
+            .await
+            .expect("get"),
+        Some("x".into())
+    );
+
+    assert!(client.delete("users", "alice").await.expect("delete"));
+    assert!(!client.delete("users", "alice").await.expect("delete again"));
+    assert_eq!(
+        client
+            .get("users", "alice", "linearizable")
+            .await
+            .expect("get"),
+        None
+    );
+
+    let listing = client.regions().await.expect("list");
+    assert_eq!(listing["regions"].as_array().map(Vec::len), Some(1));
+    let status = client.region_status("users").await.expect("status");
+    assert_eq!(status["state_machine"]["keys"], 2);
+    assert!(status["plugin"]["applied_position"].as_u64().unwrap_or(0) >= 6);
+    let node_status = client.status().await.expect("node status");
+    assert!(node_status["wal"]["fsyncs"].as_u64().unwrap_or(0) > 0);
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let (node, _dir) = node().await;
+    let base = node.client.base().to_string();
+    node.client
+        .create_region("r", "standalone", &[])
+        .await
+        .expect("create");
+    node.client.put("r", "k", "original").await.expect("put");
+    let digest = |status: &Value| {
+        status["state_machine"]["digest"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let before = digest(&node.client.region_status("r").await.expect("status"));
+
+    let kv = format!("{base}/v1/regions/r/kv/k");
+    let long_value = "x".repeat(2000);
+    let long_key = "k".repeat(100);
+    let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+        (
+            "PUT",
+            kv.clone(),
+            Some("{not json".into()),
+            400,
+            "malformed_json",
+        ),
+        (
+            "PUT",
+            kv.clone(),
+            Some(r#"{"value": 5}"#.into()),
+            400,
+            "malformed_json",
+        ),
+        (
+            "PUT",
+            kv.clone(),
+            Some(r#"{"valu": "x"}"#.into()),
+            400,
+            "malformed_json",
+        ),
+        ("PUT", kv.clone(), None, 400, "malformed_json"),
+        (
+            "PUT",
+            kv.clone(),
+            Some(json!({ "value": long_value }).to_string()),
+            413,
+            "value_too_large",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/regions/r/kv/{long_key}"),
+            Some(r#"{"value":"v"}"#.into()),
+            413,
+            "key_too_large",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/regions/nope/kv/k"),
+            Some(r#"{"value":"v"}"#.into()),
+            404,
+            "region_not_found",
+        ),
+        (
+            "GET",
+            format!("{kv}?consistency=eventual"),
+            None,
+            400,
+            "invalid_consistency",
+        ),
+        (
+            "GET",
+            format!("{kv}?colour=red"),
+            None,
+            400,
+            "invalid_query",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/regions/r/cas"),
+            Some(r#"{"key":"k","expected":1}"#.into()),
+            400,
+            "malformed_json",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/regions"),
+            Some(r#"{"name":"../etc","protocol":"standalone"}"#.into()),
+            400,
+            "invalid_region_name",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/regions"),
+            Some(r#"{"name":"r","protocol":"standalone"}"#.into()),
+            409,
+            "region_exists",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/regions"),
+            Some(r#"{"name":"s","protocol":"paxos-9000"}"#.into()),
+            400,
+            "unknown_protocol",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/regions"),
+            Some(r#"{"name":"s"}"#.into()),
+            400,
+            "malformed_json",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/nothing-here"),
+            None,
+            404,
+            "not_found",
+        ),
+    ];
+    for (method, url, body, status, expected_code) in cases {
+        let (got_status, got) = raw(method, &url, body.as_deref()).await;
+        assert_eq!(got_status, status, "{method} {url}: {got}");
+        assert_eq!(code(&got), expected_code, "{method} {url}: {got}");
+        let message = got["error"]["message"].as_str().unwrap_or("");
+        assert!(!message.is_empty(), "{method} {url} has an error message");
+    }
+
+    // Garbage bytes where a component belongs.
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/components"))
+        .body(vec![0xde, 0xad, 0xbe, 0xef])
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status().as_u16(), 400);
+
+    assert_eq!(
+        node.client
+            .get("r", "k", "linearizable")
+            .await
+            .expect("get"),
+        Some("original".into())
+    );
+    let after = digest(&node.client.region_status("r").await.expect("status"));
+    assert_eq!(before, after, "no bad request changed the state");
+    assert_eq!(
+        node.client.regions().await.expect("list")["regions"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    node.stop().await.expect("stop");
+}

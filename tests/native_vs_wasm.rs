@@ -1,0 +1,182 @@
+//! The standalone protocol gives identical results compiled to a Wasm
+//! component and linked natively, on the same command sequence: the same
+//! replies, the same journal records, the same state digest.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use synod::clock::SystemClock;
+use synod::engine::{PluginEngine, SandboxLimits};
+use synod::journal::JournalRecord;
+use synod::node::NodeConfig;
+use synod::plugin::{Call, PluginSource};
+use synod::region::core::{Output, RegionCore, Reply};
+use synod::region::{RegionLog, RegionName};
+use synod::state_machine::{KvCommand, KvQuery, KvStateMachine};
+use synod_guest_sdk::{Commands, InitConfig, Membership, ReadLevel, Reads};
+use synod_tests::TestNode;
+
+/// A deterministic mixed workload: puts, deletes, CAS hits and misses,
+/// and one payload that does not decode.
+fn workload() -> Vec<Vec<Vec<u8>>> {
+    let mut batches = Vec::new();
+    let mut state = 0x1234_5678u64;
+    for batch_index in 0..40 {
+        let mut batch = Vec::new();
+        for i in 0..(1 + batch_index % 7) {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = format!("k{}", (state >> 33) % 12).into_bytes();
+            let value = format!("v{batch_index}-{i}").into_bytes();
+            let command = match (state >> 20) % 4 {
+                0 => KvCommand::Delete { key },
+                1 => KvCommand::Cas {
+                    key,
+                    expected: None,
+                    new: Some(value.into()),
+                },
+                _ => KvCommand::Put { key, value },
+            };
+            batch.push(command.encode());
+        }
+        if batch_index == 13 {
+            batch.push(vec![0xff, 0xfe, 0xfd]);
+        }
+        batches.push(batch);
+    }
+    batches
+}
+
+type Trace = (Vec<(u64, Reply)>, Vec<JournalRecord>, [u8; 32], String);
+
+fn run(source: &PluginSource) -> Trace {
+    let mut core = RegionCore::new(
+        RegionName::new("same").expect("name"),
+        1,
+        RegionLog::default(),
+        BTreeMap::new(),
+        KvStateMachine::default(),
+        Arc::new(SystemClock::new()),
+        42,
+    );
+    let mut instance = source.instantiate().expect("instantiate");
+    let init = InitConfig {
+        self_id: 1,
+        membership: Membership {
+            voters: vec![1],
+            learners: vec![],
+        },
+        params: vec![("snapshot-interval".into(), "25".into())],
+        recovering: false,
+        applied_position: 0,
+    };
+    instance.call(&mut core, Call::Init(init)).expect("init");
+    core.commit_callback();
+    let mut replies = Vec::new();
+    let mut records = Vec::new();
+    let mut next_id = 0u64;
+    for batch in workload() {
+        let mut commands = Commands::default();
+        for payload in &batch {
+            next_id += 1;
+            commands.ids.push(next_id);
+            commands.payloads.push(payload);
+            commands.key_ends.push(0);
+        }
+        instance
+            .call(&mut core, Call::Commands(commands))
+            .expect("commands");
+        let mut effects = core.commit_callback();
+        // Reads of every key after each batch.
+        let mut reads = Reads::default();
+        for k in 0..12 {
+            next_id += 1;
+            core.register_read(
+                next_id,
+                KvQuery::Get {
+                    key: format!("k{k}").into_bytes(),
+                }
+                .encode(),
+            );
+            reads.ids.push(next_id);
+            reads.levels.push(ReadLevel::Linearizable);
+        }
+        instance.call(&mut core, Call::Reads(reads)).expect("reads");
+        let read_effects = core.commit_callback();
+        effects.outputs.extend(read_effects.outputs);
+        for output in effects.outputs {
+            if let Output::Reply { id, reply } = output {
+                replies.push((id, reply));
+            }
+        }
+        records.extend(effects.records);
+    }
+    let bounds = core.log_view().bounds();
+    (
+        replies,
+        records,
+        core.state().digest(),
+        format!("{bounds:?}"),
+    )
+}
+
+#[test]
+fn same_commands_same_results() {
+    let engine = Arc::new(PluginEngine::new(SandboxLimits::default(), None).expect("engine"));
+    let component = engine
+        .load(synod_plugin_artifacts::STANDALONE_WASM)
+        .expect("load");
+    let wasm = run(&PluginSource::Wasm { engine, component });
+    let native = run(&PluginSource::native::<synod_plugin_standalone::Standalone>());
+    assert!(wasm.0.len() > 500, "the workload produced replies");
+    assert!(
+        wasm.1
+            .iter()
+            .any(|r| matches!(r, JournalRecord::LogCompact { .. })),
+        "the workload crossed a snapshot and compaction"
+    );
+    assert_eq!(wasm.0, native.0, "replies");
+    assert_eq!(wasm.1, native.1, "journal records");
+    assert_eq!(wasm.2, native.2, "state digest");
+    assert_eq!(wasm.3, native.3, "log bounds");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_and_wasm_regions_converge_on_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(NodeConfig::new(1, dir.path().into()))
+        .await
+        .expect("node");
+    node.client
+        .create_region("w", "standalone", &[])
+        .await
+        .expect("wasm region");
+    node.client
+        .create_region("n", "native:standalone", &[])
+        .await
+        .expect("native region");
+    for i in 0..200 {
+        let key = format!("k{}", i % 17);
+        for region in ["w", "n"] {
+            node.client
+                .put(region, &key, &format!("v{i}"))
+                .await
+                .expect("put");
+            if i % 5 == 0 {
+                node.client
+                    .cas(region, &key, Some("nope"), Some("x"))
+                    .await
+                    .expect("cas");
+            }
+        }
+    }
+    let wasm = node.client.region_status("w").await.expect("status");
+    let native = node.client.region_status("n").await.expect("status");
+    assert_eq!(
+        wasm["state_machine"]["digest"],
+        native["state_machine"]["digest"]
+    );
+    assert_eq!(native["protocol"]["id"], "native:standalone");
+    node.stop().await.expect("stop");
+}
