@@ -114,8 +114,7 @@ async fn publishing_over_http_validates_and_serves() {
             .client
             .publish_component(bytes.to_vec())
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(error.status(), Some(400), "{error}");
         assert_eq!(error.code(), Some("invalid_component"));
         assert!(error.to_string().contains(fragment), "{error}");

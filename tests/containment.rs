@@ -82,8 +82,7 @@ async fn misbehaving_region_is_contained(mode: &str, reason_fragment: &str) {
         .client
         .put("bad", "k", "v")
         .await
-        .err()
-        .expect("write fails");
+        .expect_err("write fails");
     assert_eq!(error.status(), Some(503), "{error}");
     assert!(
         error.to_string().contains(reason_fragment),
@@ -109,8 +108,7 @@ async fn misbehaving_region_is_contained(mode: &str, reason_fragment: &str) {
             .client
             .put("bad", "k", "v")
             .await
-            .err()
-            .expect("fails again");
+            .expect_err("fails again");
     }
     let status = wait_for_state(&node, "bad", "quarantined").await;
     assert!(
@@ -124,8 +122,7 @@ async fn misbehaving_region_is_contained(mode: &str, reason_fragment: &str) {
         .client
         .put("bad", "k", "v")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(error.to_string().contains("quarantined"), "{error}");
 
     // An operator restart brings it back.
@@ -171,8 +168,7 @@ async fn a_loop_reports_fuel_or_time() {
         .client
         .put("spin", "k", "v")
         .await
-        .err()
-        .expect("fails");
+        .expect_err("fails");
     let message = error.to_string();
     assert!(
         message.contains("ran out of fuel") || message.contains("time limit"),

@@ -92,15 +92,18 @@ async fn crash_cycles(region: &str, params: &[(String, String)]) {
             .await
             .expect("node restarts after kill -9");
 
-        let ledger = ledger.lock().expect("ledger");
+        let (acknowledged, uncertain) = {
+            let ledger = ledger.lock().expect("ledger");
+            (ledger.acknowledged.clone(), ledger.uncertain.clone())
+        };
         let mut checked = 0;
-        for (key, value) in &ledger.acknowledged {
+        for (key, value) in &acknowledged {
             let found = process
                 .client
                 .get(region, key, "linearizable")
                 .await
                 .expect("read after restart");
-            let allowed = ledger.uncertain.get(key);
+            let allowed = uncertain.get(key);
             let ok = found.as_deref() == Some(value.as_str())
                 || allowed.is_some_and(|values| found.as_ref().is_some_and(|f| values.contains(f)));
             assert!(

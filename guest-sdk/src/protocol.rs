@@ -2,7 +2,7 @@
 
 use crate::host::Host;
 use crate::types::{
-    Commands, InitConfig, Membership, Messages, PluginInfo, Reads, SealProgress, SnapshotOffer,
+    Commands, InitConfig, Membership, Messages, NodeId, PluginInfo, Reads, SealProgress, SnapshotOffer,
     Status, TimerId,
 };
 
@@ -54,6 +54,13 @@ pub trait Protocol: Sized + 'static {
     fn on_snapshot<H: Host>(&mut self, host: &mut H, offer: SnapshotOffer) -> bool {
         let _ = (host, offer);
         false
+    }
+
+    /// Operator request to hand leadership to `target` (or to the best
+    /// peer). The default refuses.
+    fn transfer_leader<H: Host>(&mut self, host: &mut H, target: Option<NodeId>) -> Result<(), String> {
+        let _ = (host, target);
+        Err(format!("{} has no leader to transfer", Self::info().name))
     }
 
     /// Stops accepting writes and reports whether the applied state is final.

@@ -188,6 +188,13 @@ pub fn on_snapshot<P: Protocol>(slot: &'static LocalKey<Slot<P>>, offer: Snapsho
     with_instance(slot, |p, h| p.on_snapshot(h, offer))
 }
 
+pub fn transfer_leader<P: Protocol>(
+    slot: &'static LocalKey<Slot<P>>,
+    target: Option<NodeId>,
+) -> Result<(), String> {
+    with_instance(slot, |p, h| p.transfer_leader(h, target))
+}
+
 pub fn seal<P: Protocol>(slot: &'static LocalKey<Slot<P>>) -> SealProgress {
     with_instance(slot, |p, h| p.seal(h))
 }
@@ -244,6 +251,9 @@ macro_rules! export_protocol {
                 }
                 fn on_snapshot(offer: $crate::SnapshotOffer) -> bool {
                     __rt::on_snapshot(&__SYNOD_INSTANCE, offer)
+                }
+                fn transfer_leader(target: ::std::option::Option<$crate::NodeId>) -> ::std::result::Result<(), ::std::string::String> {
+                    __rt::transfer_leader(&__SYNOD_INSTANCE, target)
                 }
                 fn seal() -> $crate::SealProgress {
                     __rt::seal(&__SYNOD_INSTANCE)

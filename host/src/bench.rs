@@ -32,7 +32,7 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    if !(args.seconds > 0.0) || args.regions == 0 || args.writers == 0 {
+    if args.seconds.is_nan() || args.seconds <= 0.0 || args.regions == 0 || args.writers == 0 {
         bail!("--seconds, --regions and --writers must be positive");
     }
     println!("== Wasm boundary (wasmtime, pooling allocator, fuel + epoch deadline on) ==");

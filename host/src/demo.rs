@@ -77,7 +77,7 @@ struct ClientReport {
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    if args.clients == 0 || !(args.seconds > 0.0) {
+    if args.clients == 0 || args.seconds.is_nan() || args.seconds <= 0.0 {
         bail!("--clients and --seconds must be positive");
     }
     let temporary = match &args.data_dir {
@@ -229,7 +229,7 @@ async fn workload(client: ApiClient, index: usize, duration: Duration) -> Client
             Err(error) => {
                 report.errors += 1;
                 tracing::warn!(%error, "demo request failed");
-                if kind < 12 || kind >= 17 {
+                if !(12..17).contains(&kind) {
                     // The write's outcome is unknown: stop asserting its key.
                     report.acknowledged.remove(&key);
                 }

@@ -167,7 +167,6 @@ impl Node {
         } = environment;
         let options = WalOptions {
             segment_bytes_target: config.wal_segment_bytes,
-            ..WalOptions::default()
         };
         let (wal, replay) = Wal::open(disk.clone(), "wal", options)
             .map_err(|e| NodeError::Storage(e.to_string()))?;

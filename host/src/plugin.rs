@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use synod_guest_sdk::{
-    Commands, InitConfig, Membership, Messages, PluginInfo, Protocol, Reads, SealProgress,
+    Commands, InitConfig, Membership, Messages, NodeId, PluginInfo, Protocol, Reads, SealProgress,
     SnapshotOffer, Status, TimerId,
 };
 
@@ -21,6 +21,7 @@ pub enum Call {
     Timers(Vec<TimerId>),
     Membership(Membership),
     Snapshot(SnapshotOffer),
+    TransferLeader(Option<NodeId>),
     Seal,
     Status,
 }
@@ -35,6 +36,7 @@ impl Call {
             Call::Timers(_) => "on-timers",
             Call::Membership(_) => "on-membership",
             Call::Snapshot(_) => "on-snapshot",
+            Call::TransferLeader(_) => "transfer-leader",
             Call::Seal => "seal",
             Call::Status => "status",
         }
@@ -47,6 +49,7 @@ pub enum CallResult {
     Unit,
     Membership(Result<(), String>),
     Snapshot(bool),
+    TransferLeader(Result<(), String>),
     Seal(SealProgress),
     Status(Status),
 }
@@ -160,6 +163,9 @@ impl<P: Protocol + Send> PluginInstance for NativeInstance<P> {
                 }
                 Call::Membership(m) => CallResult::Membership(p.on_membership(core, m)),
                 Call::Snapshot(offer) => CallResult::Snapshot(p.on_snapshot(core, offer)),
+                Call::TransferLeader(target) => {
+                    CallResult::TransferLeader(p.transfer_leader(core, target))
+                }
                 Call::Seal => CallResult::Seal(p.seal(core)),
                 Call::Status => CallResult::Status(p.status(core)),
             })

@@ -480,6 +480,9 @@ impl PluginInstance for WasmInstance {
             Call::Snapshot(offer) => guest
                 .call_on_snapshot(&mut *store, &convert::snapshot_offer_to_wit(offer))
                 .map(CallResult::Snapshot),
+            Call::TransferLeader(target) => guest
+                .call_transfer_leader(&mut *store, target)
+                .map(CallResult::TransferLeader),
             Call::Seal => guest
                 .call_seal(&mut *store)
                 .map(|p| CallResult::Seal(convert::seal_from_wit(p))),

@@ -459,9 +459,10 @@ mod tests {
     use crate::state_machine::KvCommand;
 
     fn core() -> RegionCore {
-        let mut core = RegionCore::default();
-        core.self_id = 1;
-        core
+        RegionCore {
+            self_id: 1,
+            ..RegionCore::default()
+        }
     }
 
     fn put(key: &str) -> Vec<u8> {
