@@ -118,11 +118,7 @@ async fn misbehaving_region_is_contained(mode: &str, reason_fragment: &str) {
             .contains(reason_fragment),
         "{status}"
     );
-    let error = node
-        .client
-        .put("bad", "k", "v")
-        .await
-        .expect_err("refused");
+    let error = node.client.put("bad", "k", "v").await.expect_err("refused");
     assert!(error.to_string().contains("quarantined"), "{error}");
 
     // An operator restart brings it back.
@@ -164,11 +160,7 @@ async fn a_loop_reports_fuel_or_time() {
         .create_region("spin", "misbehave", &params)
         .await
         .expect("region");
-    let error = node
-        .client
-        .put("spin", "k", "v")
-        .await
-        .expect_err("fails");
+    let error = node.client.put("spin", "k", "v").await.expect_err("fails");
     let message = error.to_string();
     assert!(
         message.contains("ran out of fuel") || message.contains("time limit"),

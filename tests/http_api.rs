@@ -236,6 +236,20 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             404,
             "not_found",
         ),
+        (
+            "DELETE",
+            format!("{base}/v1/status"),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/regions/r/kv/%FF%FE"),
+            None,
+            400,
+            "bad_request",
+        ),
     ];
     for (method, url, body, status, expected_code) in cases {
         let (got_status, got) = raw(method, &url, body.as_deref()).await;

@@ -2,8 +2,8 @@
 
 use crate::host::Host;
 use crate::types::{
-    Commands, InitConfig, Membership, Messages, NodeId, PluginInfo, Reads, SealProgress, SnapshotOffer,
-    Status, TimerId,
+    Commands, InitConfig, Membership, Messages, NodeId, PluginInfo, Reads, SealProgress,
+    SnapshotOffer, Status, TimerId,
 };
 
 /// A consensus protocol: a plain Rust type driven by events.
@@ -58,7 +58,11 @@ pub trait Protocol: Sized + 'static {
 
     /// Operator request to hand leadership to `target` (or to the best
     /// peer). The default refuses.
-    fn transfer_leader<H: Host>(&mut self, host: &mut H, target: Option<NodeId>) -> Result<(), String> {
+    fn transfer_leader<H: Host>(
+        &mut self,
+        host: &mut H,
+        target: Option<NodeId>,
+    ) -> Result<(), String> {
         let _ = (host, target);
         Err(format!("{} has no leader to transfer", Self::info().name))
     }

@@ -121,6 +121,13 @@ impl From<ClientError> for ApiError {
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(value)| value).map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body: {}", rejection.body_text()),
+            );
+        }
         ApiError::bad_request(
             "malformed_json",
             format!("request body: {}", rejection.body_text()),
@@ -145,6 +152,7 @@ pub fn router(node: Arc<Node>) -> Router {
             get(list_components).post(publish_component),
         )
         .fallback(not_found)
+        .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(COMPONENT_BYTES_MAX))
         .with_state(node)
 }
@@ -158,6 +166,38 @@ pub async fn serve(
     axum::serve(listener, router(node))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Turns axum's own plain-text rejections (405, 413, undecodable paths)
+/// into the API's JSON error shape, so every error reads the same way.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if status.is_success() || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        status if status.is_client_error() => "bad_request",
+        _ => "internal",
+    };
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&body).trim().to_string();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string();
+    }
+    ApiError::new(status, code, message).into_response()
 }
 
 async fn not_found() -> ApiError {

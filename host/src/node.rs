@@ -358,6 +358,9 @@ impl Node {
         params: Vec<(String, String)>,
     ) -> Result<RegionHandle, NodeError> {
         let name = RegionName::new(name)?;
+        if self.regions.read().await.contains_key(name.as_str()) {
+            return Err(NodeError::RegionExists(name.to_string()));
+        }
         let protocol = self.resolve_protocol(protocol)?;
         let spec = RegionSpec {
             name: name.to_string(),

@@ -98,6 +98,12 @@ pub struct RegionCore {
     clock: Arc<dyn Clock>,
     rng: ChaCha8Rng,
     staged: Effects,
+    /// Reads the plugin completed in this callback, answered at its end so
+    /// they see every apply of the callback (as the contract promises).
+    completed_reads: Vec<RequestId>,
+    /// The random generator as the callback found it (restored on rollback,
+    /// so a trapped callback does not shift the seeded sequence).
+    rng_at_start: Option<ChaCha8Rng>,
     undo: Vec<Undo>,
     /// Set when the plugin broke the contract; the callback then fails.
     violation: Option<String>,
@@ -140,6 +146,8 @@ impl RegionCore {
             clock,
             rng: ChaCha8Rng::seed_from_u64(seed),
             staged: Effects::default(),
+            completed_reads: Vec::new(),
+            rng_at_start: None,
             undo: Vec::new(),
             violation: None,
             last_panic: None,
@@ -192,6 +200,17 @@ impl RegionCore {
     pub fn commit_callback(&mut self) -> Effects {
         self.undo.clear();
         self.violation = None;
+        self.rng_at_start = None;
+        for id in std::mem::take(&mut self.completed_reads) {
+            // Removing the query answers each read once, even if listed twice.
+            if let Some(query) = self.reads.remove(&id) {
+                let outcome = self.state.query(&query);
+                self.staged.outputs.push(Output::Reply {
+                    id,
+                    reply: Reply::Outcome(outcome),
+                });
+            }
+        }
         let effects = std::mem::take(&mut self.staged);
         for output in &effects.outputs {
             if let Output::Reply { id, .. } = output {
@@ -219,7 +238,11 @@ impl RegionCore {
             }
         }
         self.staged = Effects::default();
+        self.completed_reads.clear();
         self.violation = None;
+        if let Some(rng) = self.rng_at_start.take() {
+            self.rng = rng;
+        }
     }
 
     /// Replaces the state machine with a shipped snapshot image (after the
@@ -352,6 +375,9 @@ impl Host for RegionCore {
     }
 
     fn random(&mut self) -> u64 {
+        if self.rng_at_start.is_none() {
+            self.rng_at_start = Some(self.rng.clone());
+        }
         self.rng.next_u64()
     }
 
@@ -415,15 +441,10 @@ impl Host for RegionCore {
     }
 
     fn complete_reads(&mut self, ids: &[RequestId]) {
+        // Evaluated when the callback returns; unknown ids (already
+        // answered, or never a read) are ignored then.
         for id in ids {
-            // Unknown ids (already answered, or never a read) are ignored.
-            if let Some(query) = self.reads.get(id) {
-                let outcome = self.state.query(query);
-                self.staged.outputs.push(Output::Reply {
-                    id: *id,
-                    reply: Reply::Outcome(outcome),
-                });
-            }
+            self.completed_reads.push(*id);
         }
     }
 
@@ -528,16 +549,18 @@ mod tests {
     }
 
     #[test]
-    fn reads_are_answered_once_from_current_state() {
+    fn reads_are_answered_once_after_the_callbacks_applies() {
         let mut core = core();
         core.register_read(
             5,
             crate::state_machine::KvQuery::Get { key: b"x".to_vec() }.encode(),
         );
+        // Completed before the apply in the same callback, and twice: it is
+        // answered once, with the state after the apply.
+        core.complete_reads(&[5, 99, 5]);
         let mut applies = Applies::default();
         applies.push(1, &put("x"));
         core.apply(&applies, 1);
-        core.complete_reads(&[5, 99]);
         let effects = core.commit_callback();
         let replies: Vec<_> = effects
             .outputs

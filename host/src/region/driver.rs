@@ -74,7 +74,11 @@ pub enum RegionEvent {
     Restart {
         reply: oneshot::Sender<Result<(), String>>,
     },
-    Shutdown,
+    /// Stop after flushing: answers `done` once every output that can be
+    /// released has been.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A region replica's status, as the API shows it.
@@ -241,8 +245,17 @@ impl RegionHandle {
         self.enqueue(RegionEvent::Messages { from, payloads })
     }
 
+    /// Stops the driver and waits until it has flushed.
     pub async fn shutdown(&self) {
-        let _ = self.sender.send(RegionEvent::Shutdown).await;
+        let (done, finished) = oneshot::channel();
+        if self
+            .sender
+            .send(RegionEvent::Shutdown { done })
+            .await
+            .is_ok()
+        {
+            let _ = finished.await;
+        }
     }
 }
 
@@ -276,6 +289,8 @@ pub struct RegionDriver {
     timers: HashMap<TimerId, u64>,
     next_request: u64,
     storage_failure: Option<String>,
+    /// Who to tell once a requested shutdown has flushed.
+    stopped: Option<oneshot::Sender<()>>,
 }
 
 impl RegionDriver {
@@ -308,6 +323,7 @@ impl RegionDriver {
             timers: HashMap::new(),
             next_request: request_prefix,
             storage_failure: None,
+            stopped: None,
         };
         tokio::spawn(async move {
             match driver.replica.start(recovering) {
@@ -336,6 +352,7 @@ impl RegionDriver {
                         }
                     }
                     if !self.handle_events(events) {
+                        self.end_round();
                         break;
                     }
                 }
@@ -351,7 +368,15 @@ impl RegionDriver {
             }
             self.end_round();
         }
+        // Release what the last rounds produced once it is durable.
+        let ticket = self.last_ticket;
+        if self.storage_failure.is_none() && self.durable.wait_for(|d| *d >= ticket).await.is_ok() {
+            self.release();
+        }
         self.fail_all_pending(ClientError::Stopped);
+        if let Some(done) = self.stopped.take() {
+            let _ = done.send(());
+        }
         tracing::debug!(region = %self.name, "driver stopped");
     }
 
@@ -386,7 +411,7 @@ impl RegionDriver {
         let mut commands = Commands::default();
         let mut reads = Reads::default();
         let mut messages = Messages::default();
-        let mut keep_running = true;
+        let mut stopping = None;
         for event in events {
             match event {
                 RegionEvent::Write {
@@ -422,6 +447,7 @@ impl RegionDriver {
                     let _ = reply.send(self.status());
                 }
                 RegionEvent::Restart { reply } => {
+                    self.timers.clear();
                     let result = self.replica.reset().map_err(|failure| failure.to_string());
                     let _ = reply.send(match result {
                         Ok(effects) => {
@@ -431,7 +457,7 @@ impl RegionDriver {
                         Err(why) => Err(why),
                     });
                 }
-                RegionEvent::Shutdown => keep_running = false,
+                RegionEvent::Shutdown { done } => stopping = Some(done),
             }
         }
         if !messages.senders.is_empty() {
@@ -449,7 +475,13 @@ impl RegionDriver {
                 }
             }
         }
-        keep_running
+        match stopping {
+            Some(done) => {
+                self.stopped = Some(done);
+                false
+            }
+            None => true,
+        }
     }
 
     /// Delivers one call; if it does not run, the requests it carried are
@@ -470,6 +502,8 @@ impl RegionDriver {
                 false
             }
             Delivery::Failed(failure) => {
+                // The failed instance's timers die with it.
+                self.timers.clear();
                 let why = format!(
                     "region replica failed and was fenced ({failure}); the request was not applied"
                 );
@@ -691,7 +725,11 @@ impl RegionDriver {
                 self.stage(effects);
                 None
             }
-            Delivery::Refused(_) | Delivery::Failed(_) => None,
+            Delivery::Refused(_) => None,
+            Delivery::Failed(_) => {
+                self.timers.clear();
+                None
+            }
         };
         let info = self.replica.info();
         let health = self.replica.health();
