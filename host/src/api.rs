@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::extract::OriginalUri;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
@@ -24,7 +25,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use synod_guest_sdk::{ReadLevel, Rejection};
+use synod_guest_sdk::{Membership, NodeId, ReadLevel, Rejection};
+
+use crate::plugin::{Call, CallResult};
 
 use crate::node::{Node, NodeError};
 use crate::region::driver::ClientError;
@@ -39,6 +42,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Set on redirects (307) to the node that can serve the request.
+    pub location: Option<String>,
 }
 
 impl ApiError {
@@ -47,7 +52,20 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            location: None,
         }
+    }
+
+    /// 307 to the same path on another node; clients re-send there.
+    fn redirect(node: NodeId, api: &str, uri: &axum::http::Uri, why: &str) -> Self {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut error = Self::new(
+            StatusCode::TEMPORARY_REDIRECT,
+            "redirect",
+            format!("{why}; redirecting to node {node}"),
+        );
+        error.location = Some(format!("http://{api}{path}"));
+        error
     }
 
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -58,7 +76,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(location) = self.location
+            && let Ok(value) = axum::http::HeaderValue::from_str(&location)
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::LOCATION, value);
+        }
+        response
     }
 }
 
@@ -119,6 +145,41 @@ impl From<ClientError> for ApiError {
     }
 }
 
+/// The local replica of `region`, or a redirect to a node hosting one.
+async fn region_here(
+    node: &Node,
+    region: &str,
+    uri: &axum::http::Uri,
+) -> Result<crate::region::driver::RegionHandle, ApiError> {
+    match node.region(region).await {
+        Ok(handle) => Ok(handle),
+        Err(error) => {
+            let host = node.region_spec(region).and_then(|spec| {
+                spec.voters
+                    .iter()
+                    .chain(spec.learners.iter())
+                    .copied()
+                    .find(|id| *id != node.config().node_id)
+            });
+            match host.and_then(|id| node.api_address_of(id).map(|api| (id, api))) {
+                Some((id, api)) => Err(ApiError::redirect(id, &api, uri, "region not hosted here")),
+                None => Err(error.into()),
+            }
+        }
+    }
+}
+
+/// Maps a client error, redirecting `not leader` to the leader when known.
+fn client_failure(node: &Node, error: ClientError, uri: &axum::http::Uri) -> ApiError {
+    if let ClientError::Rejected(Rejection::NotLeader(Some(leader))) = &error
+        && *leader != node.config().node_id
+        && let Some(api) = node.api_address_of(*leader)
+    {
+        return ApiError::redirect(*leader, &api, uri, "this replica is not the leader");
+    }
+    error.into()
+}
+
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(value)| value).map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -147,6 +208,13 @@ pub fn router(node: Arc<Node>) -> Router {
             get(get_key).put(put_key).delete(delete_key),
         )
         .route("/v1/regions/{region}/cas", post(cas))
+        .route("/v1/regions/{region}/membership", post(change_membership))
+        .route(
+            "/v1/regions/{region}/transfer-leader",
+            post(transfer_leader),
+        )
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/nodes", post(add_node))
         .route(
             "/v1/components",
             get(list_components).post(publish_component),
@@ -219,6 +287,9 @@ pub struct CreateRegion {
     pub protocol: String,
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// Nodes holding a replica; default: every known node.
+    #[serde(default)]
+    pub replicas: Option<Vec<NodeId>>,
 }
 
 async fn create_region(
@@ -228,7 +299,7 @@ async fn create_region(
     let request = json_body(body)?;
     let params = request.params.into_iter().collect();
     let handle = node
-        .create_region(&request.name, &request.protocol, params)
+        .create_region_on(&request.name, &request.protocol, params, request.replicas)
         .await?;
     let status = handle.status().await?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
@@ -245,8 +316,9 @@ async fn list_regions(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
 async fn region_status(
     State(node): State<Arc<Node>>,
     Path(region): Path<String>,
+    OriginalUri(uri): OriginalUri,
 ) -> Result<Response, ApiError> {
-    let status = node.region(&region).await?.status().await?;
+    let status = region_here(&node, &region, &uri).await?.status().await?;
     Ok(Json(status).into_response())
 }
 
@@ -318,20 +390,22 @@ pub struct ValueResponse {
 async fn get_key(
     State(node): State<Arc<Node>>,
     Path((region, key)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) =
         params.map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))?;
     let level = read_level(params.consistency.as_deref())?;
     check_key(&node, &key)?;
-    let handle = node.region(&region).await?;
+    let handle = region_here(&node, &region, &uri).await?;
     let query = KvQuery::Get {
         key: key.clone().into_bytes(),
     };
-    match handle
+    let outcome = handle
         .read(&query, level, node.config().request_timeout)
-        .await?
-    {
+        .await
+        .map_err(|e| client_failure(&node, e, &uri))?;
+    match outcome {
         KvOutcome::Value(value) => Ok(Json(ValueResponse {
             key,
             value: text(value),
@@ -347,23 +421,34 @@ pub struct PutBody {
     pub value: String,
 }
 
+/// Orders a write through the local replica (or redirects to the leader).
+async fn write(
+    node: &Node,
+    region: &str,
+    uri: &axum::http::Uri,
+    command: KvCommand,
+) -> Result<KvOutcome, ApiError> {
+    let handle = region_here(node, region, uri).await?;
+    handle
+        .write(&command, node.config().request_timeout)
+        .await
+        .map_err(|e| client_failure(node, e, uri))
+}
+
 async fn put_key(
     State(node): State<Arc<Node>>,
     Path((region, key)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
     body: Result<Json<PutBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let body = json_body(body)?;
     check_key(&node, &key)?;
     check_value(&node, &body.value)?;
-    let handle = node.region(&region).await?;
     let command = KvCommand::Put {
         key: key.clone().into_bytes(),
         value: body.value.into_bytes(),
     };
-    match handle
-        .write(&command, node.config().request_timeout)
-        .await?
-    {
+    match write(&node, &region, &uri, command).await? {
         KvOutcome::Written => Ok(Json(json!({ "key": key, "written": true })).into_response()),
         other => Err(unexpected(other)),
     }
@@ -372,16 +457,13 @@ async fn put_key(
 async fn delete_key(
     State(node): State<Arc<Node>>,
     Path((region, key)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
 ) -> Result<Response, ApiError> {
     check_key(&node, &key)?;
-    let handle = node.region(&region).await?;
     let command = KvCommand::Delete {
         key: key.clone().into_bytes(),
     };
-    match handle
-        .write(&command, node.config().request_timeout)
-        .await?
-    {
+    match write(&node, &region, &uri, command).await? {
         KvOutcome::Deleted { existed } => {
             Ok(Json(json!({ "key": key, "deleted": existed })).into_response())
         }
@@ -402,6 +484,7 @@ pub struct CasBody {
 async fn cas(
     State(node): State<Arc<Node>>,
     Path(region): Path<String>,
+    OriginalUri(uri): OriginalUri,
     body: Result<Json<CasBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let body = json_body(body)?;
@@ -409,7 +492,6 @@ async fn cas(
     for value in [&body.expected, &body.new].into_iter().flatten() {
         check_value(&node, value)?;
     }
-    let handle = node.region(&region).await?;
     let command = KvCommand::Cas {
         key: body.key.clone().into_bytes(),
         expected: body
@@ -417,10 +499,7 @@ async fn cas(
             .map(|v| serde_bytes::ByteBuf::from(v.into_bytes())),
         new: body.new.map(|v| serde_bytes::ByteBuf::from(v.into_bytes())),
     };
-    match handle
-        .write(&command, node.config().request_timeout)
-        .await?
-    {
+    match write(&node, &region, &uri, command).await? {
         KvOutcome::Cas { succeeded, current } => Ok(Json(json!({
             "key": body.key,
             "succeeded": succeeded,
@@ -440,6 +519,158 @@ fn unexpected(outcome: KvOutcome) -> ApiError {
             format!("unexpected outcome {other:?}"),
         ),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipBody {
+    pub voters: Vec<NodeId>,
+    #[serde(default)]
+    pub learners: Vec<NodeId>,
+}
+
+/// Redirects to the leader the local replica knows, if it is not itself.
+async fn leader_redirect(
+    node: &Node,
+    handle: &crate::region::driver::RegionHandle,
+    uri: &axum::http::Uri,
+) -> Result<(), ApiError> {
+    let status = handle.status().await?;
+    if let Some(plugin) = status.plugin
+        && let Some(leader) = plugin.leader
+        && leader != node.config().node_id
+        && let Some(api) = node.api_address_of(leader)
+    {
+        return Err(ApiError::redirect(
+            leader,
+            &api,
+            uri,
+            "this replica is not the leader",
+        ));
+    }
+    Ok(())
+}
+
+fn unexpected_call(result: CallResult) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("unexpected plugin answer {result:?}"),
+    )
+}
+
+async fn change_membership(
+    State(node): State<Arc<Node>>,
+    Path(region): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    body: Result<Json<MembershipBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    if body.voters.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_membership",
+            "voters must not be empty",
+        ));
+    }
+    let catalog = node.catalog();
+    if let Some(unknown) = body
+        .voters
+        .iter()
+        .chain(body.learners.iter())
+        .find(|id| !catalog.nodes.contains_key(id))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_membership",
+            format!(
+                "node {unknown} is not part of the cluster; add it with POST /v1/cluster/nodes"
+            ),
+        ));
+    }
+    let handle = region_here(&node, &region, &uri).await?;
+    leader_redirect(&node, &handle, &uri).await?;
+    // Every node named must host a replica before the protocol adds it.
+    if let Some(mut spec) = node.region_spec(&region) {
+        let mut hosts_added = false;
+        for id in body.voters.iter().chain(body.learners.iter()) {
+            if !spec.hosted_on(*id) {
+                spec.learners.push(*id);
+                hosts_added = true;
+            }
+        }
+        if hosts_added {
+            spec.version += 1;
+            node.update_region_spec(spec).await?;
+        }
+    }
+    let target = Membership {
+        voters: body.voters,
+        learners: body.learners,
+    };
+    match handle.control(Call::Membership(target)).await? {
+        CallResult::Membership(Ok(())) => Ok(Json(handle.status().await?).into_response()),
+        CallResult::Membership(Err(why)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "membership_refused",
+            why,
+        )),
+        other => Err(unexpected_call(other)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBody {
+    #[serde(default)]
+    pub target: Option<NodeId>,
+}
+
+async fn transfer_leader(
+    State(node): State<Arc<Node>>,
+    Path(region): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    body: Result<Json<TransferBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let handle = region_here(&node, &region, &uri).await?;
+    leader_redirect(&node, &handle, &uri).await?;
+    match handle.control(Call::TransferLeader(body.target)).await? {
+        CallResult::TransferLeader(Ok(())) => {
+            Ok(Json(json!({ "transferring": true, "target": body.target })).into_response())
+        }
+        CallResult::TransferLeader(Err(why)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "transfer_refused", why))
+        }
+        other => Err(unexpected_call(other)),
+    }
+}
+
+async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    Json(node.catalog()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNodeBody {
+    pub id: NodeId,
+    pub api: String,
+    pub peer: String,
+}
+
+async fn add_node(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<AddNodeBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    for (what, address) in [("api", &body.api), ("peer", &body.peer)] {
+        if address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::bad_request(
+                "invalid_address",
+                format!("{what} {address:?} is not host:port"),
+            ));
+        }
+    }
+    node.add_node(body.id, body.api, body.peer).await?;
+    Ok((StatusCode::CREATED, Json(node.catalog())).into_response())
 }
 
 async fn list_components(State(node): State<Arc<Node>>) -> Response {

@@ -87,6 +87,13 @@ enum Command {
     /// Compare-and-swap: set KEY to --new (or delete with --delete) only if
     /// it holds --expected (or is absent with --expect-absent).
     Cas(CasArgs),
+    /// Show the cluster's nodes and regions, or add a node.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Node status.
     Status {
         #[command(flatten)]
@@ -96,15 +103,20 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Where the WAL, snapshots, components and compile cache live.
-    #[arg(long, default_value = "./synod-data")]
-    data_dir: PathBuf,
-    /// HTTP API address.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
-    /// This node's id in the cluster.
-    #[arg(long, default_value_t = 1)]
-    node_id: u64,
+    /// A cluster node's TOML configuration (see docs/OPERATIONS.md); the
+    /// other flags then do not apply.
+    #[arg(long, conflicts_with_all = ["data_dir", "listen", "node_id"])]
+    config: Option<PathBuf>,
+    /// Where the WAL, snapshots, components and compile cache live
+    /// (single node without peers).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP API address (single node without peers).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// This node's id (single node without peers).
+    #[arg(long)]
+    node_id: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +130,24 @@ enum RegionCommand {
         /// Protocol parameter, repeatable: --param snapshot-interval=1000
         #[arg(long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
+        /// Nodes holding replicas, comma-separated (default: every node).
+        #[arg(long, value_delimiter = ',')]
+        replicas: Option<Vec<u64>>,
+    },
+    /// Move the region to a new membership (one change at a time inside
+    /// the protocol): --voters 1,2,4 [--learners 5]
+    Membership {
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        voters: Vec<u64>,
+        #[arg(long, value_delimiter = ',')]
+        learners: Vec<u64>,
+    },
+    /// Hand the region's leadership to --to (or the best peer).
+    TransferLeader {
+        name: String,
+        #[arg(long)]
+        to: Option<u64>,
     },
     List,
     Status {
@@ -126,6 +156,19 @@ enum RegionCommand {
     /// Rebuild a fenced or quarantined replica now.
     Restart {
         name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    Show,
+    /// Announce a new node (start it with a config listing the cluster).
+    AddNode {
+        id: u64,
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        peer: String,
     },
 }
 
@@ -238,21 +281,49 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cas(args) => cas(args).await,
+        Command::Cluster { command, target } => {
+            let client = ApiClient::new(&target.node);
+            match command {
+                ClusterCommand::Show => print_json(&client.cluster().await?),
+                ClusterCommand::AddNode { id, api, peer } => {
+                    print_json(&client.add_node(id, &api, &peer).await?)
+                }
+            }
+        }
         Command::Status { target } => print_json(&ApiClient::new(&target.node).status().await?),
     }
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let config = NodeConfig::new(args.node_id, args.data_dir.clone());
+    let (config, listen) = match &args.config {
+        Some(path) => {
+            let file = crate::config::ConfigFile::load(path)?;
+            (file.node_config(), file.api)
+        }
+        None => {
+            let data_dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./synod-data"));
+            let listen = args
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
+            let mut config = NodeConfig::new(args.node_id.unwrap_or(1), data_dir);
+            config.api_address = listen.to_string();
+            (config, listen)
+        }
+    };
+    let data_dir = config.data_dir.clone();
+    let node_id = config.node_id;
     let node = Node::open(config)
         .await
-        .with_context(|| format!("opening node data in {}", args.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("opening node data in {}", data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding the API to {}", args.listen))?;
+        .with_context(|| format!("binding the API to {listen}"))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, data_dir = %args.data_dir.display(), "serving the HTTP API");
-    println!("synod node {} listening on http://{address}", args.node_id);
+    tracing::info!(%address, data_dir = %data_dir.display(), "serving the HTTP API");
+    println!("synod node {node_id} listening on http://{address}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -267,7 +338,20 @@ async fn region(command: RegionCommand, client: &ApiClient) -> Result<()> {
             name,
             protocol,
             params,
-        } => print_json(&client.create_region(&name, &protocol, &params).await?),
+            replicas,
+        } => print_json(
+            &client
+                .create_region_on(&name, &protocol, &params, replicas.as_deref())
+                .await?,
+        ),
+        RegionCommand::Membership {
+            name,
+            voters,
+            learners,
+        } => print_json(&client.change_membership(&name, &voters, &learners).await?),
+        RegionCommand::TransferLeader { name, to } => {
+            print_json(&client.transfer_leader(&name, to).await?)
+        }
         RegionCommand::List => {
             let listing = client.regions().await?;
             let regions = listing["regions"].as_array().cloned().unwrap_or_default();

@@ -153,6 +153,63 @@ impl ApiClient {
         .await
     }
 
+    /// Creates a region on the given replicas (None: every known node).
+    pub async fn create_region_on(
+        &self,
+        name: &str,
+        protocol: &str,
+        params: &[(String, String)],
+        replicas: Option<&[u64]>,
+    ) -> Result<Value, ApiClientError> {
+        let params: serde_json::Map<String, Value> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        self.post_json(
+            "/v1/regions",
+            &json!({ "name": name, "protocol": protocol, "params": params, "replicas": replicas }),
+        )
+        .await
+    }
+
+    /// Asks the region's leader to move to this membership.
+    pub async fn change_membership(
+        &self,
+        region: &str,
+        voters: &[u64],
+        learners: &[u64],
+    ) -> Result<Value, ApiClientError> {
+        self.post_json(
+            &format!("/v1/regions/{}/membership", encode(region)),
+            &json!({ "voters": voters, "learners": learners }),
+        )
+        .await
+    }
+
+    pub async fn transfer_leader(
+        &self,
+        region: &str,
+        target: Option<u64>,
+    ) -> Result<Value, ApiClientError> {
+        self.post_json(
+            &format!("/v1/regions/{}/transfer-leader", encode(region)),
+            &json!({ "target": target }),
+        )
+        .await
+    }
+
+    pub async fn cluster(&self) -> Result<Value, ApiClientError> {
+        self.get_json("/v1/cluster").await
+    }
+
+    pub async fn add_node(&self, id: u64, api: &str, peer: &str) -> Result<Value, ApiClientError> {
+        self.post_json(
+            "/v1/cluster/nodes",
+            &json!({ "id": id, "api": api, "peer": peer }),
+        )
+        .await
+    }
+
     pub async fn regions(&self) -> Result<Value, ApiClientError> {
         self.get_json("/v1/regions").await
     }

@@ -23,8 +23,17 @@ pub enum JournalRecord {
     RegionCreated {
         spec: RegionSpec,
     },
+    /// A new version of an existing region's spec (its storage is kept).
+    RegionUpdated {
+        spec: RegionSpec,
+    },
     RegionDropped {
         region: String,
+    },
+    /// A node's address as the catalog knows it.
+    NodeAddress {
+        id: u64,
+        address: crate::catalog::NodeAddress,
     },
     LogAppend {
         region: String,
@@ -73,6 +82,7 @@ pub struct RecoveredRegion {
 #[derive(Debug, Default)]
 pub struct RecoveredNode {
     pub incarnation: u64,
+    pub nodes: std::collections::BTreeMap<u64, crate::catalog::NodeAddress>,
     pub regions: HashMap<String, RecoveredRegion>,
 }
 
@@ -117,8 +127,15 @@ impl RecoveredNode {
                     ..RecoveredRegion::default()
                 };
             }
+            JournalRecord::RegionUpdated { spec } => {
+                let name = spec.name.clone();
+                self.regions.entry(name).or_default().spec = Some(spec);
+            }
             JournalRecord::RegionDropped { region } => {
                 self.regions.remove(&region);
+            }
+            JournalRecord::NodeAddress { id, address } => {
+                self.nodes.insert(id, address);
             }
             JournalRecord::LogAppend {
                 region,
@@ -168,6 +185,12 @@ impl RecoveredNode {
         let mut records = vec![JournalRecord::NodeBoot {
             incarnation: self.incarnation,
         }];
+        for (id, address) in &self.nodes {
+            records.push(JournalRecord::NodeAddress {
+                id: *id,
+                address: address.clone(),
+            });
+        }
         let mut names: Vec<&String> = self.regions.keys().collect();
         names.sort();
         for name in names {

@@ -17,9 +17,12 @@
 
 pub mod api;
 pub mod bench;
+pub mod catalog;
+pub mod checker;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod journal;
@@ -29,3 +32,4 @@ pub mod plugin;
 pub mod region;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;

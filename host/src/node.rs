@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::catalog::{Catalog, NodeAddress};
+use crate::transport::{Frame, InboundHandler, Transport, TransportStats};
 use serde::Serialize;
 use synod_guest_sdk::{InitConfig, Membership, NodeId};
-use tokio::sync::RwLock;
 
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{LoadError, PluginEngine, SandboxLimits};
@@ -37,6 +38,18 @@ pub struct NodeConfig {
     pub key_bytes_max: usize,
     pub value_bytes_max: usize,
     pub wal_segment_bytes: u64,
+    /// Advertised HTTP address (`host:port`) for redirects to this node.
+    pub api_address: String,
+    /// Node-to-node listener; `None` runs a node without peers.
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// Advertised transport address (`host:port`).
+    pub peer_address: String,
+    /// Shared by every node of the cluster; a peer without it is refused.
+    pub secret: Vec<u8>,
+    /// The initial member list (bootstrap): id → addresses.
+    pub bootstrap: Vec<(NodeId, NodeAddress)>,
+    /// How often the catalog is pushed to every peer.
+    pub catalog_interval: Duration,
 }
 
 impl NodeConfig {
@@ -50,6 +63,12 @@ impl NodeConfig {
             key_bytes_max: 4096,
             value_bytes_max: 1 << 20,
             wal_segment_bytes: 64 << 20,
+            api_address: String::new(),
+            peer_listen: None,
+            peer_address: String::new(),
+            secret: Vec::new(),
+            bootstrap: Vec::new(),
+            catalog_interval: Duration::from_millis(500),
         }
     }
 }
@@ -126,6 +145,8 @@ pub struct NodeStatus {
     pub uptime_seconds: f64,
     pub regions: usize,
     pub wal: CommitStatsSnapshot,
+    pub transport: Option<TransportStats>,
+    pub nodes: BTreeMap<NodeId, NodeAddress>,
 }
 
 pub struct Node {
@@ -133,7 +154,11 @@ pub struct Node {
     engine: Arc<PluginEngine>,
     context: DriverContext,
     disk: Arc<dyn Disk>,
-    regions: RwLock<BTreeMap<String, RegionHandle>>,
+    regions: std::sync::RwLock<BTreeMap<String, RegionHandle>>,
+    catalog: std::sync::Mutex<Catalog>,
+    /// Serializes catalog changes that journal and spawn regions.
+    catalog_changes: tokio::sync::Mutex<()>,
+    transport: Option<Arc<Transport>>,
     components: std::sync::Mutex<BTreeMap<String, ComponentSummary>>,
     started: Instant,
 }
@@ -146,12 +171,24 @@ impl Node {
     pub async fn open(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| NodeError::Storage(format!("{}: {e}", config.data_dir.display())))?;
+        let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(config.data_dir.clone()));
+        let (network, transport): (Arc<dyn Network>, _) = match config.peer_listen {
+            Some(listen) => {
+                let transport = Transport::start(config.node_id, &config.secret, listen)
+                    .await
+                    .map_err(|e| {
+                        NodeError::Storage(format!("binding the peer listener {listen}: {e}"))
+                    })?;
+                (Arc::new(transport.clone()), Some(transport))
+            }
+            None => (Arc::new(NoPeers::default()), None),
+        };
         let environment = NodeEnvironment {
-            disk: Arc::new(FsDisk::new(config.data_dir.clone())),
-            network: Arc::new(NoPeers::default()),
+            disk,
+            network,
             clock: SystemClock::shared(),
         };
-        Self::open_with(config, environment).await
+        Self::open_inner(config, environment, transport).await
     }
 
     /// Opens a node over an explicit disk, network and clock (tests, and
@@ -160,6 +197,20 @@ impl Node {
         config: NodeConfig,
         environment: NodeEnvironment,
     ) -> Result<Arc<Self>, NodeError> {
+        Self::open_inner(config, environment, None).await
+    }
+
+    async fn open_inner(
+        config: NodeConfig,
+        environment: NodeEnvironment,
+        transport: Option<Arc<Transport>>,
+    ) -> Result<Arc<Self>, NodeError> {
+        if config.node_id == 0 || config.node_id > 0xFFFF {
+            return Err(NodeError::Invalid(format!(
+                "node id {} is outside 1..=65535 (request ids embed it in 16 bits)",
+                config.node_id
+            )));
+        }
         let NodeEnvironment {
             disk,
             network,
@@ -200,12 +251,45 @@ impl Node {
             network,
             clock,
         };
+        let mut catalog = Catalog::default();
+        catalog.nodes = recovered.nodes.clone();
+        for (id, address) in &config.bootstrap {
+            catalog.nodes.entry(*id).or_insert_with(|| address.clone());
+        }
+        if config.peer_listen.is_some() {
+            let me = NodeAddress {
+                api: config.api_address.clone(),
+                peer: config.peer_address.clone(),
+                version: 0,
+            };
+            let stale = catalog
+                .nodes
+                .get(&config.node_id)
+                .is_none_or(|known| known.api != me.api || known.peer != me.peer);
+            if stale {
+                let version = catalog
+                    .nodes
+                    .get(&config.node_id)
+                    .map_or(0, |k| k.version + 1);
+                catalog
+                    .nodes
+                    .insert(config.node_id, NodeAddress { version, ..me });
+            }
+        }
+        for region in recovered.regions.values() {
+            if let Some(spec) = &region.spec {
+                catalog.absorb_region(spec);
+            }
+        }
         let node = Arc::new(Node {
             config,
             engine,
             context,
             disk,
-            regions: RwLock::new(BTreeMap::new()),
+            regions: std::sync::RwLock::new(BTreeMap::new()),
+            catalog: std::sync::Mutex::new(catalog),
+            catalog_changes: tokio::sync::Mutex::new(()),
+            transport,
             components: std::sync::Mutex::new(BTreeMap::new()),
             started: Instant::now(),
         });
@@ -214,18 +298,35 @@ impl Node {
         }
         node.load_published()?;
 
+        node.journal_catalog_nodes().await?;
         let mut names: Vec<String> = recovered.regions.keys().cloned().collect();
         names.sort();
         for name in names {
             let Some(region) = recovered.regions.remove(&name) else {
                 continue;
             };
-            node.restart_region(region).await?;
+            if region
+                .spec
+                .as_ref()
+                .is_some_and(|spec| spec.hosted_on(node.config.node_id))
+            {
+                node.restart_region(region)?;
+            }
+        }
+        if let Some(transport) = &node.transport {
+            for (id, address) in node.lock_catalog().nodes.clone() {
+                transport.set_peer(id, &address.peer);
+            }
+            transport.set_inbound(Arc::new(NodeInbound(Arc::downgrade(&node))));
+            tokio::spawn(push_catalog_periodically(
+                Arc::downgrade(&node),
+                node.config.catalog_interval,
+            ));
         }
         tracing::info!(
             node = node.config.node_id,
             incarnation,
-            regions = node.regions.read().await.len(),
+            regions = node.read_regions().len(),
             "node started"
         );
         Ok(node)
@@ -233,6 +334,177 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    fn read_regions(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, RegionHandle>> {
+        self.regions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_regions(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, RegionHandle>> {
+        self.regions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cluster metadata as this node knows it.
+    pub fn catalog(&self) -> Catalog {
+        self.lock_catalog().clone()
+    }
+
+    /// The HTTP address of `node`, if known.
+    pub fn api_address_of(&self, node: NodeId) -> Option<String> {
+        self.lock_catalog()
+            .nodes
+            .get(&node)
+            .map(|address| address.api.clone())
+            .filter(|api| !api.is_empty())
+    }
+
+    pub fn transport(&self) -> Option<&Arc<Transport>> {
+        self.transport.as_ref()
+    }
+
+    async fn journal(&self, records: &[JournalRecord]) -> Result<(), NodeError> {
+        let ticket = self
+            .context
+            .commit
+            .submit(JournalRecord::encode_all(records))
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let mut durable = self.context.commit.durable();
+        durable
+            .wait_for(|d| *d >= ticket)
+            .await
+            .map_err(|_| NodeError::Storage("the write-ahead log stopped".into()))?;
+        Ok(())
+    }
+
+    /// Records the catalog's node addresses (bootstrap and self) durably.
+    async fn journal_catalog_nodes(&self) -> Result<(), NodeError> {
+        let records: Vec<JournalRecord> = self
+            .lock_catalog()
+            .nodes
+            .iter()
+            .map(|(id, address)| JournalRecord::NodeAddress {
+                id: *id,
+                address: address.clone(),
+            })
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.journal(&records).await
+    }
+
+    /// Sends this node's catalog to every peer now.
+    pub fn push_catalog(&self) {
+        let Some(transport) = &self.transport else {
+            return;
+        };
+        let catalog = self.catalog();
+        for id in catalog.nodes.keys() {
+            if *id != self.config.node_id {
+                transport.send_frame(*id, Frame::Catalog(catalog.clone()));
+            }
+        }
+    }
+
+    /// Merges a peer's catalog: new node addresses are dialled, new or
+    /// updated regions are journaled and, if hosted here, started.
+    pub async fn absorb_catalog(&self, other: Catalog) -> Result<(), NodeError> {
+        let _serial = self.catalog_changes.lock().await;
+        let changes = {
+            let mut catalog = self.lock_catalog();
+            let mut incoming = other;
+            // Nobody else decides this node's own address.
+            incoming.nodes.remove(&self.config.node_id);
+            catalog.merge(&incoming)
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut records = Vec::new();
+        for (id, address) in &changes.nodes {
+            if let Some(transport) = &self.transport {
+                transport.set_peer(*id, &address.peer);
+            }
+            records.push(JournalRecord::NodeAddress {
+                id: *id,
+                address: address.clone(),
+            });
+        }
+        let mut to_start = Vec::new();
+        for spec in &changes.regions {
+            let running = self.read_regions().contains_key(&spec.name);
+            records.push(if running {
+                JournalRecord::RegionUpdated { spec: spec.clone() }
+            } else {
+                JournalRecord::RegionCreated { spec: spec.clone() }
+            });
+            if !running && spec.hosted_on(self.config.node_id) {
+                to_start.push(spec.clone());
+            }
+        }
+        self.journal(&records).await?;
+        for spec in to_start {
+            let source = self.plugin_source(&spec)?;
+            let name = spec.name.clone();
+            let handle = self.spawn_driver(
+                spec,
+                source,
+                RecoveredRegion::default(),
+                KvStateMachine::default(),
+                false,
+            );
+            self.write_regions().insert(name.clone(), handle);
+            tracing::info!(region = %name, "started a replica learned from a peer");
+        }
+        Ok(())
+    }
+
+    /// Adds (or re-addresses) a node of the cluster.
+    pub async fn add_node(&self, id: NodeId, api: String, peer: String) -> Result<(), NodeError> {
+        if id == 0 || id > 0xFFFF {
+            return Err(NodeError::Invalid(format!(
+                "node id {id} is outside 1..=65535"
+            )));
+        }
+        let mut update = Catalog::default();
+        let version = self
+            .lock_catalog()
+            .nodes
+            .get(&id)
+            .map_or(0, |k| k.version + 1);
+        update.nodes.insert(id, NodeAddress { api, peer, version });
+        if id == self.config.node_id {
+            return Err(NodeError::Invalid(
+                "a node cannot re-address itself; restart it with the new address".into(),
+            ));
+        }
+        self.absorb_catalog(update).await?;
+        self.push_catalog();
+        Ok(())
+    }
+
+    /// Publishes a new version of a region's spec (e.g. more replicas).
+    pub async fn update_region_spec(&self, spec: RegionSpec) -> Result<(), NodeError> {
+        let mut update = Catalog::default();
+        update.regions.insert(spec.name.clone(), spec);
+        self.absorb_catalog(update).await?;
+        self.push_catalog();
+        Ok(())
+    }
+
+    /// The spec of a region as the catalog knows it.
+    pub fn region_spec(&self, name: &str) -> Option<RegionSpec> {
+        self.lock_catalog().regions.get(name).cloned()
     }
 
     pub fn engine(&self) -> &Arc<PluginEngine> {
@@ -349,44 +621,74 @@ impl Node {
         }
     }
 
-    /// Creates a region replicated on this node only (multi-node regions
-    /// come with the cluster transport).
+    /// Creates a region replicated on `replicas` (default: every node this
+    /// node knows, or just itself without peers). Peers learn it from the
+    /// catalog and start their replicas.
     pub async fn create_region(
         &self,
         name: &str,
         protocol: &str,
         params: Vec<(String, String)>,
     ) -> Result<RegionHandle, NodeError> {
+        self.create_region_on(name, protocol, params, None).await
+    }
+
+    pub async fn create_region_on(
+        &self,
+        name: &str,
+        protocol: &str,
+        params: Vec<(String, String)>,
+        replicas: Option<Vec<NodeId>>,
+    ) -> Result<RegionHandle, NodeError> {
         let name = RegionName::new(name)?;
-        if self.regions.read().await.contains_key(name.as_str()) {
+        if self.lock_catalog().regions.contains_key(name.as_str()) {
             return Err(NodeError::RegionExists(name.to_string()));
         }
         let protocol = self.resolve_protocol(protocol)?;
+        let known: Vec<NodeId> = {
+            let catalog = self.lock_catalog();
+            let mut nodes: Vec<NodeId> = catalog.nodes.keys().copied().collect();
+            if !nodes.contains(&self.config.node_id) {
+                nodes.push(self.config.node_id);
+            }
+            nodes
+        };
+        let mut voters = replicas.unwrap_or(known.clone());
+        voters.sort_unstable();
+        voters.dedup();
+        if voters.is_empty() {
+            return Err(NodeError::Invalid(
+                "a region needs at least one replica".into(),
+            ));
+        }
+        if let Some(unknown) = voters.iter().find(|id| !known.contains(id)) {
+            return Err(NodeError::Invalid(format!(
+                "replica {unknown} is not a known node"
+            )));
+        }
+        if !voters.contains(&self.config.node_id) {
+            return Err(NodeError::Invalid(
+                "create the region on one of its replicas (this node is not among them)".into(),
+            ));
+        }
         let spec = RegionSpec {
             name: name.to_string(),
             protocol,
             params,
-            voters: vec![self.config.node_id],
+            voters,
             learners: Vec::new(),
             epoch: 1,
+            version: 1,
         };
         let source = self.plugin_source(&spec)?;
-        let mut regions = self.regions.write().await;
-        if regions.contains_key(name.as_str()) {
+        let _serial = self.catalog_changes.lock().await;
+        if !self.lock_catalog().absorb_region(&spec)
+            || self.read_regions().contains_key(name.as_str())
+        {
             return Err(NodeError::RegionExists(name.to_string()));
         }
-        let record =
-            JournalRecord::encode_all(&[JournalRecord::RegionCreated { spec: spec.clone() }]);
-        let ticket = self
-            .context
-            .commit
-            .submit(record)
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
-        let mut durable = self.context.commit.durable();
-        durable
-            .wait_for(|d| *d >= ticket)
-            .await
-            .map_err(|_| NodeError::Storage("the write-ahead log stopped".into()))?;
+        self.journal(&[JournalRecord::RegionCreated { spec: spec.clone() }])
+            .await?;
         let handle = self.spawn_driver(
             spec,
             source,
@@ -394,12 +696,15 @@ impl Node {
             KvStateMachine::default(),
             false,
         );
-        regions.insert(name.to_string(), handle.clone());
+        self.write_regions()
+            .insert(name.to_string(), handle.clone());
+        drop(_serial);
+        self.push_catalog();
         tracing::info!(region = %name, "region created");
         Ok(handle)
     }
 
-    async fn restart_region(&self, region: RecoveredRegion) -> Result<(), NodeError> {
+    fn restart_region(&self, region: RecoveredRegion) -> Result<(), NodeError> {
         let Some(spec) = region.spec.clone() else {
             return Ok(());
         };
@@ -421,7 +726,7 @@ impl Node {
         };
         let name = spec.name.clone();
         let handle = self.spawn_driver(spec, source, region, state, true);
-        self.regions.write().await.insert(name, handle);
+        self.write_regions().insert(name, handle);
         Ok(())
     }
 
@@ -466,16 +771,14 @@ impl Node {
     }
 
     pub async fn region(&self, name: &str) -> Result<RegionHandle, NodeError> {
-        self.regions
-            .read()
-            .await
+        self.read_regions()
             .get(name)
             .cloned()
             .ok_or_else(|| NodeError::UnknownRegion(name.to_string()))
     }
 
     pub async fn regions(&self) -> Vec<RegionHandle> {
-        self.regions.read().await.values().cloned().collect()
+        self.read_regions().values().cloned().collect()
     }
 
     pub async fn status(&self) -> NodeStatus {
@@ -483,8 +786,10 @@ impl Node {
             node_id: self.config.node_id,
             incarnation: self.context.incarnation,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            regions: self.regions.read().await.len(),
+            regions: self.read_regions().len(),
             wal: self.context.commit.stats(),
+            transport: self.transport.as_ref().map(|t| t.stats()),
+            nodes: self.lock_catalog().nodes.clone(),
         }
     }
 
@@ -494,7 +799,7 @@ impl Node {
 
     /// Stops every region driver and flushes the WAL.
     pub async fn shutdown(&self) {
-        let regions: Vec<RegionHandle> = self.regions.write().await.values().cloned().collect();
+        let regions: Vec<RegionHandle> = self.write_regions().values().cloned().collect();
         for region in regions {
             region.shutdown().await;
         }
@@ -514,4 +819,69 @@ fn seed_for(node_id: NodeId, region: &str, incarnation: u64) -> u64 {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(bytes)
+}
+
+/// Routes authenticated frames from peers into the node.
+struct NodeInbound(std::sync::Weak<Node>);
+
+impl InboundHandler for NodeInbound {
+    fn on_frame(&self, from: NodeId, frame: Frame) {
+        let Some(node) = self.0.upgrade() else { return };
+        match frame {
+            Frame::Messages {
+                region,
+                epoch,
+                data,
+                ends,
+            } => {
+                let Some(handle) = node.read_regions().get(&region).cloned() else {
+                    tracing::debug!(%region, from, "messages for a region not hosted here");
+                    return;
+                };
+                if handle.spec.epoch != epoch {
+                    tracing::debug!(%region, from, epoch, "messages from another epoch dropped");
+                    return;
+                }
+                let payloads = synod_guest_sdk::Batch {
+                    data: data.into_vec(),
+                    ends,
+                };
+                if !payloads.is_well_formed() {
+                    tracing::warn!(%region, from, "malformed message batch dropped");
+                    return;
+                }
+                let _ = handle.deliver_messages(from, payloads);
+            }
+            Frame::Snapshot {
+                region,
+                epoch,
+                metadata,
+                image,
+            } => {
+                let Some(handle) = node.read_regions().get(&region).cloned() else {
+                    return;
+                };
+                if handle.spec.epoch == epoch {
+                    let _ = handle.offer_snapshot(from, metadata.into_vec(), image.into_vec());
+                }
+            }
+            Frame::Catalog(catalog) => {
+                tokio::spawn(async move {
+                    if let Err(error) = node.absorb_catalog(catalog).await {
+                        tracing::warn!(from, %error, "could not merge a peer's catalog");
+                    }
+                });
+            }
+            Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Proof { .. } => {}
+        }
+    }
+}
+
+/// Anti-entropy: pushes the catalog to every peer at a fixed interval.
+async fn push_catalog_periodically(node: std::sync::Weak<Node>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(node) = node.upgrade() else { return };
+        node.push_catalog();
+    }
 }

@@ -245,6 +245,12 @@ impl RegionCore {
         }
     }
 
+    /// Replaces the state machine outside any callback (a shipped snapshot
+    /// the plugin accepted and the host saved).
+    pub fn replace_state(&mut self, state: KvStateMachine) {
+        self.state = state;
+    }
+
     /// Replaces the state machine with a shipped snapshot image (after the
     /// plugin accepted the offer).
     pub fn install_snapshot(&mut self, image: &[u8]) -> Result<(), String> {

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use synod_guest_sdk::{
-    Batch, Commands, Messages, NodeId, ReadLevel, Reads, Rejection, RequestId, Status, TimerId,
+    Batch, Commands, Messages, NodeId, ReadLevel, Reads, Rejection, RequestId, SnapshotOffer,
+    Status, TimerId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -24,7 +25,7 @@ use crate::plugin::{Call, CallResult, PluginFailure};
 use crate::region::core::{Effects, Output, Reply, TimerChange};
 use crate::region::replica::{Delivery, RegionReplica};
 use crate::region::{RegionName, RegionSpec};
-use crate::state_machine::{KvCommand, KvOutcome, KvQuery, conflict_key};
+use crate::state_machine::{KvCommand, KvOutcome, KvQuery, KvStateMachine, conflict_key};
 use crate::storage::commit::GroupCommit;
 use crate::storage::snapshot::SnapshotStore;
 
@@ -66,6 +67,18 @@ pub enum RegionEvent {
     Messages {
         from: NodeId,
         payloads: Batch,
+    },
+    /// A peer shipped a snapshot of its state machine.
+    Snapshot {
+        from: NodeId,
+        metadata: Vec<u8>,
+        image: Vec<u8>,
+    },
+    /// An operator call into the protocol (membership, leader transfer,
+    /// seal); answered with the plugin's result.
+    Control {
+        call: Call,
+        reply: oneshot::Sender<Result<CallResult, String>>,
     },
     Status {
         reply: oneshot::Sender<RegionStatus>,
@@ -232,6 +245,34 @@ impl RegionHandle {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(RegionEvent::Restart { reply })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| ClientError::Stopped)?
+            .map_err(ClientError::Unavailable)
+    }
+
+    /// Offers a peer's snapshot to the plugin (used by the transport).
+    pub fn offer_snapshot(
+        &self,
+        from: NodeId,
+        metadata: Vec<u8>,
+        image: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.enqueue(RegionEvent::Snapshot {
+            from,
+            metadata,
+            image,
+        })
+    }
+
+    /// Calls the protocol's operator entry points (membership, transfer,
+    /// seal) and returns its answer.
+    pub async fn control(&self, call: Call) -> Result<CallResult, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(RegionEvent::Control { call, reply })
             .await
             .map_err(|_| ClientError::Stopped)?;
         answer
@@ -443,6 +484,14 @@ impl RegionDriver {
                         messages.payloads.push(payload);
                     }
                 }
+                RegionEvent::Snapshot {
+                    from,
+                    metadata,
+                    image,
+                } => self.offer_snapshot(from, metadata, image),
+                RegionEvent::Control { call, reply } => {
+                    let _ = reply.send(self.control(call));
+                }
                 RegionEvent::Status { reply } => {
                     let _ = reply.send(self.status());
                 }
@@ -509,6 +558,61 @@ impl RegionDriver {
                 );
                 self.fail_requests(requests, &ClientError::Unavailable(why));
                 false
+            }
+        }
+    }
+
+    /// Offers a shipped snapshot; if the plugin accepts, the image becomes
+    /// the state machine and is saved durably before any record the plugin
+    /// staged while accepting (e.g. compacting its log) can become durable.
+    fn offer_snapshot(&mut self, from: NodeId, metadata: Vec<u8>, image: Vec<u8>) {
+        let state = match KvStateMachine::restore(&image) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(region = %self.name, from, %error, "dropping an undecodable snapshot");
+                return;
+            }
+        };
+        let offer = SnapshotOffer {
+            sender: from,
+            position: state.applied_position(),
+            metadata,
+        };
+        match self.replica.deliver(Call::Snapshot(offer)) {
+            Delivery::Done(CallResult::Snapshot(true), effects) => {
+                self.submit_round_records();
+                let saved = self.wait_durable(self.last_ticket).and_then(|()| {
+                    self.context
+                        .snapshots
+                        .save(self.name.as_str(), &image)
+                        .map_err(|e| e.to_string())
+                });
+                if let Err(why) = saved {
+                    // Without the snapshot on disk the log must not be
+                    // compacted: fail the replica so it rebuilds from storage.
+                    self.fail_storage(format!("saving a shipped snapshot: {why}"));
+                    return;
+                }
+                tracing::info!(region = %self.name, from, position = state.applied_position(), "installed a shipped snapshot");
+                self.replica.core_mut().replace_state(state);
+                self.stage(effects);
+            }
+            Delivery::Done(_, effects) => self.stage(effects),
+            Delivery::Refused(_) => {}
+            Delivery::Failed(_) => self.timers.clear(),
+        }
+    }
+
+    fn control(&mut self, call: Call) -> Result<CallResult, String> {
+        match self.replica.deliver(call) {
+            Delivery::Done(result, effects) => {
+                self.stage(effects);
+                Ok(result)
+            }
+            Delivery::Refused(why) => Err(why),
+            Delivery::Failed(failure) => {
+                self.timers.clear();
+                Err(failure.to_string())
             }
         }
     }

@@ -74,4 +74,13 @@ pub struct RegionSpec {
     pub learners: Vec<NodeId>,
     /// Changes at every swap or reconfiguration (epoch fencing).
     pub epoch: u64,
+    /// Bumped at every change of this spec, so catalog merges keep the newest.
+    pub version: u64,
+}
+
+impl RegionSpec {
+    /// Whether `node` hosts a replica of this region.
+    pub fn hosted_on(&self, node: NodeId) -> bool {
+        self.voters.contains(&node) || self.learners.contains(&node)
+    }
 }

@@ -1,0 +1,228 @@
+//! `synod serve --config <file>`: the node's TOML configuration.
+//!
+//! ```toml
+//! node_id = 1
+//! data_dir = "/var/lib/synod/n1"
+//! api = "127.0.0.1:7071"        # HTTP API
+//! peer = "127.0.0.1:7171"       # node-to-node transport
+//! secret = "a long random string shared by the cluster"
+//!
+//! # The initial cluster (bootstrap); include this node.
+//! [[nodes]]
+//! id = 1
+//! api = "127.0.0.1:7071"
+//! peer = "127.0.0.1:7171"
+//!
+//! [limits]                      # optional
+//! fuel_per_call = 2000000000
+//! deadline_per_call_ms = 2000
+//! memory_bytes_max = 268435456
+//! instances_max = 64
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use synod_guest_sdk::NodeId;
+
+use crate::catalog::NodeAddress;
+use crate::node::NodeConfig;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    pub peer: SocketAddr,
+    pub secret: String,
+    #[serde(default)]
+    pub nodes: Vec<NodeEntry>,
+    #[serde(default)]
+    pub limits: LimitsEntry,
+    /// Client request timeout in milliseconds.
+    #[serde(default)]
+    pub request_timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub id: NodeId,
+    pub api: String,
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsEntry {
+    pub fuel_per_call: Option<u64>,
+    pub deadline_per_call_ms: Option<u64>,
+    pub memory_bytes_max: Option<usize>,
+    pub instances_max: Option<u32>,
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let config: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_string(),
+            message: error.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            message,
+        };
+        if self.node_id == 0 || self.node_id > 0xFFFF {
+            return Err(invalid(format!(
+                "node_id {} must be in 1..=65535",
+                self.node_id
+            )));
+        }
+        if self.secret.len() < 8 {
+            return Err(invalid("secret must be at least 8 characters".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for node in &self.nodes {
+            if node.id == 0 || node.id > 0xFFFF {
+                return Err(invalid(format!(
+                    "nodes: id {} must be in 1..=65535",
+                    node.id
+                )));
+            }
+            if !seen.insert(node.id) {
+                return Err(invalid(format!("nodes: id {} appears twice", node.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node configuration this file describes.
+    pub fn node_config(&self) -> NodeConfig {
+        let mut config = NodeConfig::new(self.node_id, self.data_dir.clone());
+        config.api_address = self.api.to_string();
+        config.peer_listen = Some(self.peer);
+        config.peer_address = self.peer.to_string();
+        config.secret = self.secret.clone().into_bytes();
+        config.bootstrap = self
+            .nodes
+            .iter()
+            .map(|node| {
+                (
+                    node.id,
+                    NodeAddress {
+                        api: node.api.clone(),
+                        peer: node.peer.clone(),
+                        version: 0,
+                    },
+                )
+            })
+            .collect();
+        let limits = &self.limits;
+        if let Some(fuel) = limits.fuel_per_call {
+            config.limits.fuel_per_call = fuel;
+        }
+        if let Some(ms) = limits.deadline_per_call_ms {
+            config.limits.deadline_per_call = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = limits.memory_bytes_max {
+            config.limits.memory_bytes_max = bytes;
+        }
+        if let Some(instances) = limits.instances_max {
+            config.limits.instances_max = instances;
+        }
+        if let Some(ms) = self.request_timeout_ms {
+            config.request_timeout = Duration::from_millis(ms);
+        }
+        config
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = 2
+data_dir = "/tmp/n2"
+api = "127.0.0.1:7072"
+peer = "127.0.0.1:7172"
+secret = "correct horse battery"
+
+[[nodes]]
+id = 1
+api = "127.0.0.1:7071"
+peer = "127.0.0.1:7171"
+
+[[nodes]]
+id = 2
+api = "127.0.0.1:7072"
+peer = "127.0.0.1:7172"
+"#;
+
+    #[test]
+    fn parses_a_cluster_config() {
+        let config = ConfigFile::parse(GOOD, "n2.toml").expect("parses");
+        let node = config.node_config();
+        assert_eq!(node.node_id, 2);
+        assert_eq!(node.bootstrap.len(), 2);
+        assert_eq!(node.api_address, "127.0.0.1:7072");
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let error = ConfigFile::parse("node_id = \"two\"", "x.toml").expect_err("refused");
+        assert!(error.to_string().contains("x.toml"), "{error}");
+        let error = ConfigFile::parse(
+            &GOOD.replace("secret = \"correct horse battery\"", "secret = \"short\""),
+            "x.toml",
+        )
+        .expect_err("refused");
+        assert!(error.to_string().contains("secret"), "{error}");
+        let error = ConfigFile::parse(&format!("{GOOD}\nunknown_key = 1\n"), "x.toml")
+            .expect_err("refused");
+        assert!(error.to_string().contains("unknown"), "{error}");
+        let error =
+            ConfigFile::parse(&GOOD.replace("id = 1", "id = 2"), "x.toml").expect_err("refused");
+        assert!(error.to_string().contains("twice"), "{error}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let config = ConfigFile::parse(GOOD, "n2.toml").expect("parses");
+        let again = ConfigFile::parse(&config.to_toml(), "again.toml").expect("parses");
+        assert_eq!(again.node_config().bootstrap.len(), 2);
+    }
+}
