@@ -55,10 +55,10 @@ async fn writer(
     acked
 }
 
-async fn crash_cycles(region: &str, params: &[(String, String)]) {
+async fn crash_cycles(region: &str, params: &[(String, String)], serve_flags: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port().expect("port");
-    let mut process = NodeProcess::start(node_binary!(), dir.path(), port)
+    let mut process = NodeProcess::start_with_args(node_binary!(), dir.path(), port, serve_flags)
         .await
         .expect("node starts");
     process
@@ -88,7 +88,7 @@ async fn crash_cycles(region: &str, params: &[(String, String)]) {
         for writer in writers {
             total_acked += writer.await.expect("writer");
         }
-        process = NodeProcess::start(node_binary!(), dir.path(), port)
+        process = NodeProcess::start_with_args(node_binary!(), dir.path(), port, serve_flags)
             .await
             .expect("node restarts after kill -9");
 
@@ -120,14 +120,34 @@ async fn crash_cycles(region: &str, params: &[(String, String)]) {
     );
     let status = process.client.region_status(region).await.expect("status");
     assert_eq!(status["health"]["state"], "running");
+    if serve_flags.contains(&"--wal-checkpoint-bytes") {
+        // Checkpoints keep the WAL near the live state instead of holding
+        // every write ever made (each write journals well over 40 bytes).
+        let wal_bytes: u64 = std::fs::read_dir(dir.path().join("wal"))
+            .expect("wal dir")
+            .filter_map(|entry| entry.ok()?.metadata().ok())
+            .map(|metadata| metadata.len())
+            .sum();
+        eprintln!("wal {wal_bytes} bytes after {total_acked} acknowledged writes");
+        assert!(
+            wal_bytes < total_acked * 40,
+            "the WAL was compacted: {wal_bytes} bytes for {total_acked} writes"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_kill_9() {
-    crash_cycles("plain", &[]).await;
+    crash_cycles("plain", &[], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_kill_9_with_snapshots_and_compaction() {
-    crash_cycles("snappy", &[("snapshot-interval".into(), "37".into())]).await;
+    crash_cycles("snappy", &[("snapshot-interval".into(), "37".into())], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_kill_9_across_wal_checkpoints() {
+    let params = [("snapshot-interval".to_string(), "50".to_string())];
+    crash_cycles("compacted", &params, &["--wal-checkpoint-bytes", "65536"]).await;
 }

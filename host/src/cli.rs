@@ -117,6 +117,10 @@ struct ServeArgs {
     /// This node's id (single node without peers).
     #[arg(long)]
     node_id: Option<u64>,
+    /// Rewrite the WAL as a checkpoint once it exceeds this many bytes (and
+    /// 4x the live state).
+    #[arg(long)]
+    wal_checkpoint_bytes: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -313,6 +317,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             (config, listen)
         }
     };
+    let mut config = config;
+    if let Some(bytes) = args.wal_checkpoint_bytes {
+        config.wal_checkpoint_min_bytes = bytes;
+    }
     let data_dir = config.data_dir.clone();
     let node_id = config.node_id;
     let node = Node::open(config)

@@ -45,6 +45,9 @@ pub struct ConfigFile {
     /// Client request timeout in milliseconds.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,
+    /// Rewrite the WAL as a checkpoint past this size (and 4x live state).
+    #[serde(default)]
+    pub wal_checkpoint_min_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,6 +161,9 @@ impl ConfigFile {
         }
         if let Some(instances) = limits.instances_max {
             config.limits.instances_max = instances;
+        }
+        if let Some(bytes) = self.wal_checkpoint_min_bytes {
+            config.wal_checkpoint_min_bytes = bytes;
         }
         if let Some(ms) = self.request_timeout_ms {
             config.request_timeout = Duration::from_millis(ms);

@@ -13,7 +13,9 @@ use synod_guest_sdk::{InitConfig, Membership, NodeId};
 
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{LoadError, PluginEngine, SandboxLimits};
-use crate::journal::{JournalError, JournalRecord, RecoveredNode, RecoveredRegion};
+use crate::journal::{
+    JournalCompactor, JournalError, JournalRecord, RecoveredNode, RecoveredRegion,
+};
 use crate::network::{Network, NoPeers};
 use crate::plugin::PluginSource;
 use crate::region::core::RegionCore;
@@ -21,7 +23,7 @@ use crate::region::driver::{DriverContext, RegionDriver, RegionHandle};
 use crate::region::replica::{FailurePolicy, RegionReplica};
 use crate::region::{InvalidRegionName, ProtocolRef, RegionName, RegionSpec};
 use crate::state_machine::KvStateMachine;
-use crate::storage::commit::{CommitStatsSnapshot, GroupCommit};
+use crate::storage::commit::{CheckpointPolicy, CommitStatsSnapshot, GroupCommit};
 use crate::storage::disk::{Disk, FsDisk};
 use crate::storage::snapshot::SnapshotStore;
 use crate::storage::wal::{Wal, WalOptions};
@@ -38,6 +40,9 @@ pub struct NodeConfig {
     pub key_bytes_max: usize,
     pub value_bytes_max: usize,
     pub wal_segment_bytes: u64,
+    /// The WAL is rewritten as a checkpoint once larger than this and than
+    /// 4x the live state.
+    pub wal_checkpoint_min_bytes: u64,
     /// Advertised HTTP address (`host:port`) for redirects to this node.
     pub api_address: String,
     /// Node-to-node listener; `None` runs a node without peers.
@@ -63,6 +68,7 @@ impl NodeConfig {
             key_bytes_max: 4096,
             value_bytes_max: 1 << 20,
             wal_segment_bytes: 64 << 20,
+            wal_checkpoint_min_bytes: 64 << 20,
             api_address: String::new(),
             peer_listen: None,
             peer_address: String::new(),
@@ -229,7 +235,15 @@ impl Node {
         }
         let mut recovered = RecoveredNode::rebuild(&replay.entries)?;
         let incarnation = recovered.incarnation + 1;
-        let commit = Arc::new(GroupCommit::start(wal));
+        let shadow = RecoveredNode::rebuild(&replay.entries)?;
+        let commit = Arc::new(GroupCommit::start_with_compactor(
+            wal,
+            Box::new(JournalCompactor::new(shadow)),
+            CheckpointPolicy {
+                min_wal_bytes: config.wal_checkpoint_min_bytes,
+                wal_to_live_ratio: 4,
+            },
+        ));
         let boot = JournalRecord::encode_all(&[JournalRecord::NodeBoot { incarnation }]);
         let ticket = commit
             .submit(boot)

@@ -88,6 +88,16 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// `binary` is [`node_binary!`] expanded in the test.
     pub async fn start(binary: &str, data_dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with_args(binary, data_dir, port, &[]).await
+    }
+
+    /// Like [`NodeProcess::start`] with extra `serve` flags.
+    pub async fn start_with_args(
+        binary: &str,
+        data_dir: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<Self> {
         let child = Command::new(binary)
             .args([
                 "serve",
@@ -96,6 +106,7 @@ impl NodeProcess {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -63,6 +63,36 @@ impl CommitStats {
     }
 }
 
+/// Keeps a shadow of the live state the WAL describes so the commit thread
+/// can rewrite the WAL as a compact checkpoint. Because the shadow is fed
+/// exactly the entries written, in order, a checkpoint can never miss one.
+pub trait Compactor: Send + 'static {
+    /// Folds one durable entry into the shadow.
+    fn fold(&mut self, entry: &[u8]);
+    /// Approximate bytes a checkpoint of the shadow would take.
+    fn live_bytes(&self) -> u64;
+    /// Entries recreating the shadow (each well under the frame limit).
+    fn checkpoint(&self) -> Vec<Vec<u8>>;
+}
+
+/// When the commit thread rewrites the WAL.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointPolicy {
+    /// Never checkpoint a WAL smaller than this.
+    pub min_wal_bytes: u64,
+    /// Checkpoint once the WAL exceeds this multiple of the live state.
+    pub wal_to_live_ratio: u64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self {
+            min_wal_bytes: 64 << 20,
+            wal_to_live_ratio: 4,
+        }
+    }
+}
+
 enum Op {
     Entry(u64, Vec<u8>),
     Checkpoint(Vec<Vec<u8>>),
@@ -108,6 +138,22 @@ enum Batch {
 
 impl GroupCommit {
     pub fn start(wal: Wal) -> GroupCommit {
+        Self::start_inner(wal, None)
+    }
+
+    /// Starts with automatic checkpoints driven by `compactor`.
+    pub fn start_with_compactor(
+        wal: Wal,
+        compactor: Box<dyn Compactor>,
+        policy: CheckpointPolicy,
+    ) -> GroupCommit {
+        Self::start_inner(wal, Some((compactor, policy)))
+    }
+
+    fn start_inner(
+        wal: Wal,
+        compaction: Option<(Box<dyn Compactor>, CheckpointPolicy)>,
+    ) -> GroupCommit {
         let (durable_tx, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -119,7 +165,7 @@ impl GroupCommit {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("synod-wal".into())
-            .spawn(move || run(&worker, wal));
+            .spawn(move || run(&worker, wal, compaction));
         let thread = match thread {
             Ok(h) => Some(h),
             Err(e) => {
@@ -268,7 +314,11 @@ fn next_batch(shared: &Shared) -> Option<Batch> {
     }
 }
 
-fn run(shared: &Shared, mut wal: Wal) {
+fn run(
+    shared: &Shared,
+    mut wal: Wal,
+    mut compaction: Option<(Box<dyn Compactor>, CheckpointPolicy)>,
+) {
     let stats = &shared.stats;
     while let Some(batch) = next_batch(shared) {
         let result = match batch {
@@ -283,6 +333,37 @@ fn run(shared: &Shared, mut wal: Wal) {
                         .fetch_add(entries.len() as u64, Ordering::Relaxed);
                     stats.bytes.fetch_add(bytes, Ordering::Relaxed);
                     Some(last)
+                })
+                .and_then(|durable| {
+                    // Publish durability first: compaction must not delay acks.
+                    if let Some(durable) = durable {
+                        let mut st = shared.lock();
+                        st.durable = durable;
+                        shared.durable_tx.send_replace(durable);
+                        drop(st);
+                        shared.progress.notify_all();
+                    }
+                    if let Some((compactor, policy)) = compaction.as_mut() {
+                        for entry in &entries {
+                            compactor.fold(entry);
+                        }
+                        let wal_bytes = wal.total_bytes();
+                        let live = compactor.live_bytes().max(1);
+                        if wal_bytes > policy.min_wal_bytes
+                            && wal_bytes > live.saturating_mul(policy.wal_to_live_ratio)
+                        {
+                            let checkpoint = compactor.checkpoint();
+                            wal.checkpoint(&checkpoint)?;
+                            stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                            debug!(
+                                wal_bytes,
+                                live,
+                                after = wal.total_bytes(),
+                                "wal: automatic checkpoint"
+                            );
+                        }
+                    }
+                    Ok(durable)
                 }),
             Batch::Checkpoint(entries) => wal.checkpoint(&entries).map(|()| {
                 stats.checkpoints.fetch_add(1, Ordering::Relaxed);

@@ -1,1 +1,84 @@
-//! Raft (being written).
+//! Raft consensus as a Synod protocol plugin.
+//!
+//! One [`Raft`] value is one replica of a region. It is a sans-IO event
+//! handler: the host delivers commands, reads, peer messages, timers,
+//! membership targets, snapshot offers, transfer and seal requests, and the
+//! replica answers through the host's log, kv, network, clock, state
+//! machine and client imports.
+//!
+//! What it implements (sections cite the Raft paper as §5.x and Ongaro's
+//! thesis as "thesis §x"):
+//!
+//! - Leader election (§5.2) with randomized timeouts in
+//!   `[election-timeout-ms, 2 × election-timeout-ms)`, pre-vote (thesis
+//!   §9.6), check-quorum (thesis §6.2) and the leader-stickiness rule of
+//!   thesis §4.2.3: a node that heard from a leader within an election
+//!   timeout ignores vote requests.
+//! - Log replication (§5.3) with the conflict hint that skips whole terms,
+//!   pipelined per follower (probe / replicate / snapshot states, bounded by
+//!   `max-batch-bytes` per message and `max-inflight-bytes` per follower).
+//! - Commitment by quorum of match indexes, for entries of the current term
+//!   only (§5.4.2, Figure 8); a new leader appends a noop to commit.
+//! - Linearizable reads by ReadIndex (thesis §6.4), optional leader-lease
+//!   reads (thesis §6.4.1) and local reads.
+//! - Snapshots and log compaction every `snapshot-interval` entries, and
+//!   snapshot shipping to followers that need compacted entries (§7).
+//! - Single-server membership changes (thesis §4.1), driven step by step
+//!   towards an operator target, with learners that catch up before they
+//!   are promoted.
+//! - Leadership transfer (thesis §3.10) and seal.
+//!
+//! # Parameters
+//!
+//! | name | default | meaning |
+//! |------|---------|---------|
+//! | `election-timeout-ms` | 1000 | minimum election timeout |
+//! | `heartbeat-ms` | 100 | leader heartbeat interval |
+//! | `max-batch-bytes` | 1 MiB | entry bytes per AppendEntries |
+//! | `max-inflight-bytes` | 4 MiB | unacknowledged entry bytes per follower |
+//! | `snapshot-interval` | 10000 | applied entries between snapshots (0 = never) |
+//! | `lease-reads` | false | serve `lease` reads from the leader lease |
+//! | `clock-drift-ms` | 50 | clock drift bound subtracted from the lease |
+//!
+//! # Storage layout
+//!
+//! - Log: one Raft entry per host log position (layout in [`entry`]).
+//! - Kv: `raft/hard-state` (term and vote), `raft/snapshot` (what the
+//!   latest snapshot covers), `raft/sealed` (applied seal index).
+//! - State machine: commands are applied at their log index; snapshots are
+//!   the host's.
+//!
+//! # Lease reads
+//!
+//! With `lease-reads=true`, a leader answers `lease` reads without a
+//! heartbeat round while `now < start + election-timeout − clock-drift`,
+//! where `start` is when the newest heartbeat round that a quorum
+//! acknowledged was sent. This holds because every node refuses to vote
+//! (except in a leader-ordered transfer) for an election timeout after it
+//! last heard from a leader, including after a restart; a term in which a
+//! transfer was started never serves lease reads again. The bound assumes
+//! clocks whose rates differ by less than `clock-drift-ms` per election
+//! timeout.
+
+pub mod entry;
+mod log_index;
+pub mod membership;
+pub mod message;
+pub mod params;
+mod progress;
+mod raft;
+
+#[cfg(test)]
+mod tests;
+
+pub use membership::Config;
+pub use params::Params;
+pub use raft::{
+    APPLY_ENTRIES_PER_CALLBACK_MAX, HARD_STATE_KEY, HEARTBEAT_ROUNDS_TRACKED_MAX,
+    LEARNER_CATCH_UP_ENTRIES_MAX, READS_PENDING_MAX, REPLICATE_STALL_HEARTBEATS, Raft, RaftRole,
+    SEALED_KEY, SNAPSHOT_KEY, SNAPSHOT_RESEND_ELECTION_TIMEOUTS, TIMER_APPLY, TIMER_ELECTION,
+    TIMER_HEARTBEAT, UNCOMMITTED_ENTRIES_MAX,
+};
+pub use progress::INFLIGHT_MESSAGES_MAX;
+
+synod_guest_sdk::export_protocol!(Raft);

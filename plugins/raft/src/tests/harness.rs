@@ -1,0 +1,638 @@
+//! A deterministic in-memory cluster: every node is a [`Raft`] over a
+//! [`SimHost`] (a `MemoryHost` that also keeps the state machine as of its
+//! last snapshot), and a network queue that can lose, duplicate, delay
+//! (hence reorder) and cut messages. Time advances in whole milliseconds on
+//! every host at once.
+//!
+//! Safety checkers run after every callback:
+//! - election safety: at most one leader per term, ever;
+//! - committed entries never change: the first time any node reports an
+//!   index committed, its bytes are recorded; every later report must agree;
+//! - on demand: applied sequences are prefixes of each other, and logs
+//!   satisfy the log matching property.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use synod_guest_sdk::testing::{MemoryHost, commands};
+use synod_guest_sdk::*;
+
+use crate::message::Message;
+use crate::raft::{Raft, RaftRole};
+
+pub const NANOS_PER_MS: u64 = 1_000_000;
+
+/// A `MemoryHost` that remembers the state machine as of its last
+/// snapshot, which is what a restarted node comes back with and what
+/// snapshot shipping installs elsewhere.
+pub struct SimHost {
+    pub mem: MemoryHost,
+    /// `(position, applied commands)` of the last snapshot.
+    pub snapshot_image: Option<(u64, Vec<(RequestId, Vec<u8>)>)>,
+    /// `(read id, applied commands when it was answered)`.
+    pub read_results: Vec<(RequestId, usize)>,
+}
+
+impl Host for SimHost {
+    fn log_append(&mut self, first: u64, entries: &Batch) -> Result<(), StorageError> {
+        self.mem.log_append(first, entries)
+    }
+    fn log_read(&mut self, first: u64, last: u64, max_bytes: u32) -> Result<Batch, StorageError> {
+        self.mem.log_read(first, last, max_bytes)
+    }
+    fn log_bounds(&mut self) -> LogBounds {
+        self.mem.log_bounds()
+    }
+    fn log_truncate_suffix(&mut self, from: u64) -> Result<(), StorageError> {
+        self.mem.log_truncate_suffix(from)
+    }
+    fn log_compact_prefix(&mut self, through: u64) -> Result<(), StorageError> {
+        self.mem.log_compact_prefix(through)
+    }
+    fn kv_get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        self.mem.kv_get(key)
+    }
+    fn kv_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.mem.kv_put(key, value)
+    }
+    fn kv_delete(&mut self, key: &[u8]) {
+        self.mem.kv_delete(key)
+    }
+    fn send(&mut self, to: NodeId, messages: &Batch) {
+        self.mem.send(to, messages)
+    }
+    fn now(&mut self) -> u64 {
+        self.mem.now()
+    }
+    fn set_timer(&mut self, id: TimerId, after_nanos: u64) {
+        self.mem.set_timer(id, after_nanos)
+    }
+    fn cancel_timer(&mut self, id: TimerId) {
+        self.mem.cancel_timer(id)
+    }
+    fn random(&mut self) -> u64 {
+        self.mem.random()
+    }
+    fn apply(&mut self, commands: &Applies, position: u64) {
+        self.mem.apply(commands, position)
+    }
+    fn query(&mut self, query: &[u8]) -> Vec<u8> {
+        self.mem.query(query)
+    }
+    fn snapshot(&mut self) -> Result<u64, StorageError> {
+        let position = self.mem.snapshot()?;
+        self.snapshot_image = Some((position, self.mem.applied.clone()));
+        Ok(position)
+    }
+    fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
+        self.mem.send_snapshot(to, metadata)
+    }
+    fn digest(&mut self) -> Vec<u8> {
+        self.mem.digest()
+    }
+    fn complete_reads(&mut self, ids: &[RequestId]) {
+        let applied = self.mem.applied.len();
+        self.read_results.extend(ids.iter().map(|&id| (id, applied)));
+        self.mem.complete_reads(ids)
+    }
+    fn reject(&mut self, ids: &[RequestId], reason: &Rejection) {
+        self.mem.reject(ids, reason)
+    }
+    fn log(&mut self, level: Level, message: &str) {
+        self.mem.log(level, message)
+    }
+}
+
+pub struct Node {
+    pub raft: Option<Raft>,
+    pub host: SimHost,
+    /// Highest index this node's commits were checked through.
+    checked_commit: u64,
+}
+
+#[derive(Clone)]
+enum Payload {
+    Message(Vec<u8>),
+    Snapshot {
+        metadata: Vec<u8>,
+        image: (u64, Vec<(RequestId, Vec<u8>)>),
+    },
+}
+
+struct Envelope {
+    deliver_at_ms: u64,
+    from: NodeId,
+    to: NodeId,
+    payload: Payload,
+}
+
+/// What a message filter decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Deliver,
+    Drop,
+    Hold,
+}
+
+/// Network fault rates, in parts per thousand, and the delay range.
+#[derive(Clone, Copy, Debug)]
+pub struct Faults {
+    pub loss_per_mille: u64,
+    pub duplicate_per_mille: u64,
+    pub delay_ms_max: u64,
+}
+
+impl Faults {
+    pub const NONE: Faults = Faults {
+        loss_per_mille: 0,
+        duplicate_per_mille: 0,
+        delay_ms_max: 1,
+    };
+}
+
+pub struct Cluster {
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub initial: Membership,
+    params: Vec<(String, String)>,
+    pub now_ms: u64,
+    queue: Vec<Envelope>,
+    rng: u64,
+    pub faults: Faults,
+    /// Directed links that drop everything.
+    pub cut: BTreeSet<(NodeId, NodeId)>,
+    next_request_id: RequestId,
+    /// Term → the node that led it.
+    pub leaders_by_term: BTreeMap<u64, NodeId>,
+    /// Index → entry bytes, the first time any node reported it committed.
+    pub committed: BTreeMap<u64, Vec<u8>>,
+}
+
+pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Fast timings for tests: 100 ms election timeout, 10 ms heartbeats.
+pub fn fast_params(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut all = params(&[("election-timeout-ms", "100"), ("heartbeat-ms", "10")]);
+    all.extend(params(extra));
+    all
+}
+
+impl Cluster {
+    /// Nodes `1..=node_count`, of which `1..=voter_count` are the initial
+    /// voters; the rest exist but are outside the configuration.
+    pub fn new(voter_count: u64, node_count: u64, params: Vec<(String, String)>, seed: u64) -> Cluster {
+        let initial = Membership {
+            voters: (1..=voter_count).collect(),
+            learners: vec![],
+        };
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            initial,
+            params,
+            now_ms: 0,
+            queue: Vec::new(),
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            faults: Faults::NONE,
+            cut: BTreeSet::new(),
+            next_request_id: 1,
+            leaders_by_term: BTreeMap::new(),
+            committed: BTreeMap::new(),
+        };
+        for id in 1..=node_count {
+            let mut host = SimHost {
+                mem: MemoryHost::new(id),
+                snapshot_image: None,
+                read_results: Vec::new(),
+            };
+            // Distinct random streams per seed, so elections differ.
+            for _ in 0..(seed.wrapping_mul(7919).wrapping_add(id * 104_729) % 4096) {
+                host.random();
+            }
+            let raft = Raft::new(&mut host, cluster.init_config(id, false, 0));
+            cluster.nodes.insert(
+                id,
+                Node {
+                    raft: Some(raft),
+                    host,
+                    checked_commit: 0,
+                },
+            );
+            cluster.after_callback(id);
+        }
+        cluster
+    }
+
+    fn init_config(&self, id: NodeId, recovering: bool, applied_position: u64) -> InitConfig {
+        InitConfig {
+            self_id: id,
+            membership: self.initial.clone(),
+            params: self.params.clone(),
+            recovering,
+            applied_position,
+        }
+    }
+
+    pub fn random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        per_mille > 0 && self.random() % 1000 < per_mille
+    }
+
+    pub fn raft(&self, id: NodeId) -> &Raft {
+        self.nodes[&id].raft.as_ref().expect("node is up")
+    }
+
+    pub fn host(&self, id: NodeId) -> &MemoryHost {
+        &self.nodes[&id].host.mem
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes[&id].raft.is_some()
+    }
+
+    /// Runs `f` on node `id` as one host callback, then collects its effects.
+    pub fn call<R>(&mut self, id: NodeId, f: impl FnOnce(&mut Raft, &mut SimHost) -> R) -> R {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let raft = node.raft.as_mut().expect("node is up");
+        let result = f(raft, &mut node.host);
+        self.after_callback(id);
+        result
+    }
+
+    /// Moves the node's sends onto the network and checks safety.
+    fn after_callback(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let sent = std::mem::take(&mut node.host.mem.sent);
+        let shipped = std::mem::take(&mut node.host.mem.snapshots_sent);
+        let image = node.host.snapshot_image.clone();
+        for (to, bytes) in sent {
+            self.enqueue(id, to, Payload::Message(bytes));
+        }
+        for (to, metadata) in shipped {
+            if let Some(image) = image.clone() {
+                self.enqueue(id, to, Payload::Snapshot { metadata, image });
+            }
+        }
+        self.check_node(id);
+    }
+
+    fn enqueue(&mut self, from: NodeId, to: NodeId, payload: Payload) {
+        if !self.nodes.contains_key(&to) || from == to {
+            return;
+        }
+        if self.chance(self.faults.loss_per_mille) {
+            return;
+        }
+        let copies = if self.chance(self.faults.duplicate_per_mille) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = 1 + self.random() % self.faults.delay_ms_max.max(1);
+            let payload = payload.clone();
+            self.queue.push(Envelope {
+                deliver_at_ms: self.now_ms + delay,
+                from,
+                to,
+                payload,
+            });
+        }
+    }
+
+    /// Election safety and commit stability for node `id`.
+    fn check_node(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let Some(raft) = node.raft.as_ref() else {
+            return;
+        };
+        if raft.role == RaftRole::Leader {
+            let leader = *self.leaders_by_term.entry(raft.term).or_insert(id);
+            assert_eq!(
+                leader, id,
+                "two leaders in term {}: {leader} and {id}",
+                raft.term
+            );
+        }
+        assert!(raft.applied <= raft.commit);
+        assert!(raft.commit <= raft.log.last_index());
+        let commit = raft.commit;
+        let first = node.checked_commit.max(node.host.mem.log_first - 1) + 1;
+        for index in first..=commit {
+            let Some(bytes) = node.host.mem.log.get(&index) else {
+                continue;
+            };
+            match self.committed.get(&index) {
+                Some(known) => assert_eq!(
+                    known, bytes,
+                    "node {id} committed different bytes at {index}"
+                ),
+                None => {
+                    self.committed.insert(index, bytes.clone());
+                }
+            }
+        }
+        node.checked_commit = node.checked_commit.max(commit);
+    }
+
+    /// Advances time by `ms` milliseconds, one at a time: fires due timers,
+    /// then delivers due messages (all of a destination's in one callback).
+    pub fn tick(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.now_ms += 1;
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for &id in &ids {
+                let node = self.nodes.get_mut(&id).expect("node exists");
+                let due = node.host.mem.advance(NANOS_PER_MS);
+                if node.raft.is_some() && !due.is_empty() {
+                    self.call(id, |raft, host| raft.on_timers(host, due));
+                }
+            }
+            self.deliver_due();
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        let now = self.now_ms;
+        let (due, later): (Vec<Envelope>, Vec<Envelope>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|envelope| envelope.deliver_at_ms <= now);
+        self.queue = later;
+        self.deliver(due);
+    }
+
+    fn deliver(&mut self, envelopes: Vec<Envelope>) {
+        let mut messages: BTreeMap<NodeId, Messages> = BTreeMap::new();
+        let mut snapshots = Vec::new();
+        for envelope in envelopes {
+            if self.cut.contains(&(envelope.from, envelope.to)) || !self.is_up(envelope.to) {
+                continue;
+            }
+            match envelope.payload {
+                Payload::Message(bytes) => {
+                    let batch = messages.entry(envelope.to).or_default();
+                    batch.senders.push(envelope.from);
+                    batch.payloads.push(&bytes);
+                }
+                Payload::Snapshot { metadata, image } => {
+                    snapshots.push((envelope.from, envelope.to, metadata, image))
+                }
+            }
+        }
+        for (to, batch) in messages {
+            if self.is_up(to) {
+                self.call(to, |raft, host| raft.on_messages(host, batch));
+            }
+        }
+        for (from, to, metadata, image) in snapshots {
+            self.offer_snapshot(from, to, metadata, image);
+        }
+    }
+
+    fn offer_snapshot(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        metadata: Vec<u8>,
+        image: (u64, Vec<(RequestId, Vec<u8>)>),
+    ) {
+        if !self.is_up(to) {
+            return;
+        }
+        let offer = SnapshotOffer {
+            sender: from,
+            position: image.0,
+            metadata,
+        };
+        let accepted = self.call(to, |raft, host| raft.on_snapshot(host, offer));
+        if accepted {
+            // The host installs the image before the next event.
+            let mem = &mut self.nodes.get_mut(&to).expect("node").host.mem;
+            mem.applied_position = image.0;
+            mem.applied = image.1;
+        }
+    }
+
+    /// Delivers queued messages regardless of their delay, filtered by
+    /// `filter`, until nothing deliverable remains (no time passes, no
+    /// timers fire). Held messages stay queued.
+    pub fn deliver_where(&mut self, mut filter: impl FnMut(NodeId, NodeId, &Message) -> Verdict) {
+        for _ in 0..10_000 {
+            let mut deliverable = Vec::new();
+            let mut held = Vec::new();
+            for envelope in std::mem::take(&mut self.queue) {
+                let verdict = match &envelope.payload {
+                    Payload::Message(bytes) => {
+                        let message = Message::decode(bytes).expect("valid message");
+                        filter(envelope.from, envelope.to, &message)
+                    }
+                    Payload::Snapshot { .. } => Verdict::Deliver,
+                };
+                match verdict {
+                    Verdict::Deliver => deliverable.push(envelope),
+                    Verdict::Drop => {}
+                    Verdict::Hold => held.push(envelope),
+                }
+            }
+            self.queue = held;
+            if deliverable.is_empty() {
+                return;
+            }
+            self.deliver(deliverable);
+        }
+        panic!("messages never settle");
+    }
+
+    /// Delivers everything queued, without time passing.
+    pub fn settle(&mut self) {
+        self.deliver_where(|_, _, _| Verdict::Deliver);
+    }
+
+    pub fn drop_queued(&mut self) {
+        self.queue.clear();
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Cuts every link between `group` and the other nodes, both ways.
+    pub fn isolate(&mut self, group: &[NodeId]) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &inside in group {
+            for &outside in &ids {
+                if !group.contains(&outside) {
+                    self.cut.insert((inside, outside));
+                    self.cut.insert((outside, inside));
+                }
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Stops node `id`: the Raft value and its timers go; its storage (log,
+    /// kv) stays. With `keep_state` the state machine survives too (a plugin
+    /// rebuild); otherwise it comes back from the last snapshot (a node
+    /// restart).
+    pub fn crash(&mut self, id: NodeId, keep_state: bool) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.raft = None;
+        node.host.mem.timers.clear();
+        node.host.mem.sent.clear();
+        node.host.mem.snapshots_sent.clear();
+        if !keep_state {
+            let (position, applied) = node.host.snapshot_image.clone().unwrap_or_default();
+            node.host.mem.applied_position = position;
+            node.host.mem.applied = applied;
+        }
+    }
+
+    /// Starts a crashed node over its storage with `recovering = true`.
+    pub fn restart(&mut self, id: NodeId) {
+        let applied_position = self.nodes[&id].host.mem.applied_position;
+        let config = self.init_config(id, true, applied_position);
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        assert!(node.raft.is_none(), "node {id} is running");
+        let raft = Raft::new(&mut node.host, config);
+        node.raft = Some(raft);
+        self.after_callback(id);
+    }
+
+    /// The up node that leads the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, node)| node.raft.as_ref().map(|raft| (id, raft)))
+            .filter(|(_, raft)| raft.role == RaftRole::Leader)
+            .max_by_key(|(_, raft)| raft.term)
+            .map(|(id, _)| id)
+    }
+
+    /// Ticks until some node leads (panics after `max_ms`).
+    pub fn wait_for_leader(&mut self, max_ms: u64) -> NodeId {
+        for _ in 0..max_ms {
+            if let Some(leader) = self.leader()
+                && self.raft(leader).lead.term_start_index <= self.raft(leader).commit
+            {
+                return leader;
+            }
+            self.tick(1);
+        }
+        panic!("no leader after {max_ms} ms");
+    }
+
+    /// Ticks until `condition` holds (panics after `max_ms`).
+    pub fn wait_until(&mut self, max_ms: u64, what: &str, mut condition: impl FnMut(&Cluster) -> bool) {
+        for _ in 0..max_ms {
+            if condition(self) {
+                return;
+            }
+            self.tick(1);
+        }
+        assert!(condition(self), "{what}: not reached after {max_ms} ms");
+    }
+
+    pub fn next_id(&mut self) -> RequestId {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        id
+    }
+
+    /// Submits a write to node `at`; returns its request id.
+    pub fn propose(&mut self, at: NodeId, payload: &[u8]) -> RequestId {
+        let id = self.next_id();
+        self.call(at, |raft, host| raft.on_commands(host, commands(&[(id, payload)])));
+        id
+    }
+
+    /// Submits a read at `level` to node `at`; returns its request id.
+    pub fn read(&mut self, at: NodeId, level: ReadLevel) -> RequestId {
+        let id = self.next_id();
+        self.call(at, |raft, host| {
+            raft.on_reads(
+                host,
+                Reads {
+                    ids: vec![id],
+                    levels: vec![level],
+                },
+            )
+        });
+        id
+    }
+
+    pub fn is_applied(&self, at: NodeId, id: RequestId) -> bool {
+        self.host(at).applied.iter().any(|(applied, _)| *applied == id)
+    }
+
+    pub fn read_completed(&self, at: NodeId, id: RequestId) -> bool {
+        self.host(at).completed_reads.contains(&id)
+    }
+
+    pub fn rejection(&self, at: NodeId, id: RequestId) -> Option<Rejection> {
+        self.host(at)
+            .rejected
+            .iter()
+            .find(|(rejected, _)| *rejected == id)
+            .map(|(_, why)| why.clone())
+    }
+
+    /// Every pair of nodes' applied commands: one is a prefix of the other.
+    pub fn check_applied_prefixes(&self) {
+        let sequences: Vec<(NodeId, &Vec<(RequestId, Vec<u8>)>)> = self
+            .nodes
+            .iter()
+            .map(|(&id, node)| (id, &node.host.mem.applied))
+            .collect();
+        for (a, left) in &sequences {
+            for (b, right) in &sequences {
+                let shared = left.len().min(right.len());
+                assert_eq!(
+                    left[..shared],
+                    right[..shared],
+                    "applied sequences of {a} and {b} diverge"
+                );
+            }
+        }
+    }
+
+    /// Log matching (§5.3): if two logs hold an entry with the same index
+    /// and term, they are identical up to it.
+    pub fn check_log_matching(&self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for (i, &a) in ids.iter().enumerate() {
+            for &b in &ids[i + 1..] {
+                let left = &self.host(a).log;
+                let right = &self.host(b).log;
+                let highest_same_term = left
+                    .iter()
+                    .rev()
+                    .find(|(index, bytes)| {
+                        right
+                            .get(index)
+                            .is_some_and(|other| crate::entry::term_of(other) == crate::entry::term_of(bytes))
+                    })
+                    .map(|(index, _)| *index);
+                if let Some(highest) = highest_same_term {
+                    for (index, bytes) in left.range(..=highest) {
+                        if let Some(other) = right.get(index) {
+                            assert_eq!(bytes, other, "logs of {a} and {b} differ at {index} below {highest}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
