@@ -265,8 +265,10 @@ impl Node {
             network,
             clock,
         };
-        let mut catalog = Catalog::default();
-        catalog.nodes = recovered.nodes.clone();
+        let mut catalog = Catalog {
+            nodes: recovered.nodes.clone(),
+            ..Catalog::default()
+        };
         for (id, address) in &config.bootstrap {
             catalog.nodes.entry(*id).or_insert_with(|| address.clone());
         }
