@@ -35,10 +35,6 @@ impl LogIndex {
         self.snapshot_index
     }
 
-    pub fn snapshot_term(&self) -> u64 {
-        self.snapshot_term
-    }
-
     pub fn last_index(&self) -> u64 {
         self.last_index
     }

@@ -31,6 +31,10 @@ pub const HARD_STATE_KEY: &[u8] = b"raft/hard-state";
 pub const SNAPSHOT_KEY: &[u8] = b"raft/snapshot";
 /// Kv key of the applied seal index (`u64`, postcard).
 pub const SEALED_KEY: &[u8] = b"raft/sealed";
+/// Kv key of a snapshot accepted but not yet finished: `(SnapshotMeta,
+/// sender)`. If the replica restarts before its next callback, recovery
+/// finishes the install when the host state machine holds the snapshot.
+pub const INSTALLING_KEY: &[u8] = b"raft/installing";
 
 /// Election timeout (non-leaders) and check-quorum interval (leader).
 pub const TIMER_ELECTION: TimerId = 1;
@@ -347,6 +351,17 @@ impl Raft {
                 .unwrap_or_else(|error| panic!("raft seal marker does not decode: {error}"));
             raft.sealed_index = Some(sealed);
         }
+        if let Some(bytes) = host.kv_get(INSTALLING_KEY) {
+            let (meta, sender): (SnapshotMeta, NodeId) = postcard::from_bytes(&bytes)
+                .unwrap_or_else(|error| panic!("raft install marker does not decode: {error}"));
+            if applied == meta.index && meta.index > raft.snapshot_meta.index {
+                // The host installed the snapshot but this replica stopped
+                // before finishing: finish now.
+                raft.finish_snapshot_install(host, meta, sender);
+            } else {
+                host.kv_delete(INSTALLING_KEY);
+            }
+        }
         assert!(
             raft.log.last_term() <= raft.term,
             "log holds term {} beyond the persisted term {}",
@@ -599,6 +614,15 @@ impl Raft {
         for voter in self.config.voters.clone() {
             self.send(voter, &message);
         }
+    }
+
+    /// Test hook: one callback that starts an election at once, as a
+    /// TimeoutNow would.
+    #[cfg(test)]
+    pub(crate) fn campaign_now<H: Host>(&mut self, host: &mut H) {
+        self.begin(host);
+        self.campaign(host, true);
+        self.end(host);
     }
 
     fn become_leader<H: Host>(&mut self, host: &mut H) {
@@ -1858,6 +1882,7 @@ impl Raft {
             self.send_append_success(offer.sender, matched);
             return false;
         }
+        put_or_panic(host, INSTALLING_KEY, &(&meta, offer.sender));
         self.pending_install = Some((meta, offer.sender));
         true
     }
@@ -1867,6 +1892,7 @@ impl Raft {
     /// metadata), drop log entries that conflict with it, record the
     /// metadata, compact, and tell the leader where to resume.
     fn finish_snapshot_install<H: Host>(&mut self, host: &mut H, meta: SnapshotMeta, sender: NodeId) {
+        host.kv_delete(INSTALLING_KEY);
         match host.snapshot() {
             Ok(position) if position == meta.index => {}
             Ok(position) => {
@@ -1887,7 +1913,10 @@ impl Raft {
                 return;
             }
         }
-        assert!(meta.index > self.commit, "installing a snapshot behind commit");
+        assert!(
+            meta.index >= self.commit,
+            "installing a snapshot behind commit"
+        );
         // If our entry at the snapshot index matches, the entries after it
         // may be kept (§7); otherwise the whole log is from another history.
         let keep = self.log.term(meta.index) == Some(meta.term);

@@ -462,10 +462,6 @@ impl Cluster {
         self.queue.clear();
     }
 
-    pub fn queued(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Cuts every link between `group` and the other nodes, both ways.
     pub fn isolate(&mut self, group: &[NodeId]) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();

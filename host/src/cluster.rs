@@ -1,0 +1,278 @@
+//! A cluster of `synod serve` processes on loopback, for the demo, the
+//! benchmarks and the multi-process tests: generates configs, starts, kills
+//! (SIGKILL), pauses (SIGSTOP) and restarts nodes, and adds new ones.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use synod_guest_sdk::NodeId;
+
+use crate::client::ApiClient;
+use crate::config::{ConfigFile, LimitsEntry, NodeEntry};
+
+/// How long a node may take to come up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One node process of a [`LocalCluster`].
+pub struct LocalNode {
+    pub id: NodeId,
+    pub api: String,
+    pub peer: String,
+    pub client: ApiClient,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+pub struct LocalCluster {
+    dir: PathBuf,
+    binary: PathBuf,
+    secret: String,
+    pub nodes: BTreeMap<NodeId, LocalNode>,
+}
+
+/// A free loopback port (bound then released; a collision is unlikely).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn signal(pid: u32, signal: libc::c_int) -> Result<()> {
+    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let result = unsafe { libc::kill(pid, signal) };
+    if result != 0 {
+        bail!(
+            "kill({pid}, {signal}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+impl LocalCluster {
+    /// Starts `size` nodes (ids 1..=size) running `binary serve --config`.
+    pub async fn start(binary: &Path, dir: &Path, size: u64) -> Result<Self> {
+        let mut cluster = LocalCluster {
+            dir: dir.to_path_buf(),
+            binary: binary.to_path_buf(),
+            secret: format!("synod-local-{:016x}", rand::random::<u64>()),
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=size {
+            cluster.allocate(id)?;
+        }
+        for id in 1..=size {
+            cluster.write_config(id)?;
+            cluster.spawn(id)?;
+        }
+        for id in 1..=size {
+            cluster.wait_ready(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn allocate(&mut self, id: NodeId) -> Result<()> {
+        let api = format!("127.0.0.1:{}", free_port()?);
+        let peer = format!("127.0.0.1:{}", free_port()?);
+        self.nodes.insert(
+            id,
+            LocalNode {
+                id,
+                client: ApiClient::new(&format!("http://{api}")),
+                api,
+                peer,
+                config_path: self.dir.join(format!("node{id}.toml")),
+                log_path: self.dir.join(format!("node{id}.log")),
+                child: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn write_config(&self, id: NodeId) -> Result<()> {
+        let node = self.node(id)?;
+        let config = ConfigFile {
+            node_id: id,
+            data_dir: self.dir.join(format!("data{id}")),
+            api: node.api.parse()?,
+            peer: node.peer.parse()?,
+            secret: self.secret.clone(),
+            nodes: self
+                .nodes
+                .values()
+                .map(|n| NodeEntry {
+                    id: n.id,
+                    api: n.api.clone(),
+                    peer: n.peer.clone(),
+                })
+                .collect(),
+            limits: LimitsEntry::default(),
+            request_timeout_ms: Some(5000),
+            wal_checkpoint_min_bytes: None,
+        };
+        std::fs::write(&node.config_path, config.to_toml())
+            .with_context(|| format!("writing {}", node.config_path.display()))?;
+        Ok(())
+    }
+
+    fn spawn(&mut self, id: NodeId) -> Result<()> {
+        let binary = self.binary.clone();
+        let node = self.node_mut(id)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
+        let child = Command::new(&binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&node.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("SYNOD_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning node {id} ({})", binary.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&self, id: NodeId) -> Result<()> {
+        let node = self.node(id)?;
+        node.client
+            .wait_ready(READY_TIMEOUT)
+            .await
+            .with_context(|| format!("node {id} did not start; see {}", node.log_path.display()))
+    }
+
+    pub fn node(&self, id: NodeId) -> Result<&LocalNode> {
+        self.nodes.get(&id).with_context(|| format!("no node {id}"))
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> Result<&mut LocalNode> {
+        self.nodes
+            .get_mut(&id)
+            .with_context(|| format!("no node {id}"))
+    }
+
+    pub fn client(&self, id: NodeId) -> Result<ApiClient> {
+        Ok(self.node(id)?.client.clone())
+    }
+
+    /// Clients of every running node.
+    pub fn clients(&self) -> Vec<ApiClient> {
+        self.nodes
+            .values()
+            .filter(|n| n.is_running())
+            .map(|n| n.client.clone())
+            .collect()
+    }
+
+    /// SIGKILL: nothing is flushed, as in a power cut of the process.
+    pub fn kill(&mut self, id: NodeId) -> Result<()> {
+        let node = self.node_mut(id)?;
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    pub async fn restart(&mut self, id: NodeId) -> Result<()> {
+        self.kill(id)?;
+        self.spawn(id)?;
+        self.wait_ready(id).await
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open.
+    pub fn pause(&self, id: NodeId) -> Result<()> {
+        let pid = self.node(id)?.pid().context("node is not running")?;
+        signal(pid, libc::SIGSTOP)
+    }
+
+    pub fn resume(&self, id: NodeId) -> Result<()> {
+        let pid = self.node(id)?.pid().context("node is not running")?;
+        signal(pid, libc::SIGCONT)
+    }
+
+    /// Starts node `id` with a config listing every node, and announces it
+    /// to the cluster through `via`.
+    pub async fn add_node(&mut self, id: NodeId, via: NodeId) -> Result<()> {
+        self.allocate(id)?;
+        self.write_config(id)?;
+        self.spawn(id)?;
+        self.wait_ready(id).await?;
+        let node = self.node(id)?;
+        let (api, peer) = (node.api.clone(), node.peer.clone());
+        self.client(via)?.add_node(id, &api, &peer).await?;
+        Ok(())
+    }
+
+    /// The leader of `region` as reported by a running replica, if any.
+    pub async fn leader_of(&self, region: &str) -> Option<NodeId> {
+        for node in self.nodes.values().filter(|n| n.is_running()) {
+            if let Ok(status) = node.client.region_status(region).await
+                && status["plugin"]["role"] == "leader"
+            {
+                return Some(node.id);
+            }
+        }
+        None
+    }
+
+    /// Waits until some replica of `region` is leader.
+    pub async fn wait_for_leader(&self, region: &str, timeout: Duration) -> Result<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader_of(region).await {
+                return Ok(leader);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("region {region} elected no leader within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// State digests of `region` on every running node hosting it.
+    pub async fn digests(&self, region: &str) -> BTreeMap<NodeId, String> {
+        let mut digests = BTreeMap::new();
+        for node in self.nodes.values().filter(|n| n.is_running()) {
+            if let Ok(status) = node.client.region_status(region).await
+                && let Some(digest) = status["state_machine"]["digest"].as_str()
+            {
+                digests.insert(node.id, digest.to_string());
+            }
+        }
+        digests
+    }
+
+    pub fn stop_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let _ = self.resume(id);
+            let _ = self.kill(id);
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}

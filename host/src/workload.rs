@@ -1,0 +1,236 @@
+//! Closed-loop client workloads over the HTTP API, recording every
+//! operation into a [`History`] for the linearizability checker.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::checker::{History, OpInput, OpOutput};
+use crate::client::{ApiClient, ApiClientError};
+
+/// What the clients do.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub region: String,
+    pub clients: usize,
+    /// Keys per region; fewer keys mean more contention.
+    pub keys: usize,
+    pub value_bytes: usize,
+    /// Percent of operations that are reads, and compare-and-swaps; the
+    /// rest are puts.
+    pub read_percent: u64,
+    pub cas_percent: u64,
+    pub consistency: String,
+}
+
+impl Workload {
+    pub fn new(region: &str, clients: usize) -> Self {
+        Self {
+            region: region.to_string(),
+            clients,
+            keys: 32,
+            value_bytes: 16,
+            read_percent: 30,
+            cas_percent: 10,
+            consistency: "linearizable".into(),
+        }
+    }
+}
+
+/// Shared by all clients of a run: the clock origin and the history.
+pub struct Recorder {
+    origin: Instant,
+    history: Mutex<History>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            history: Mutex::new(History::new()),
+        }
+    }
+}
+
+impl Recorder {
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn operations(&self) -> Vec<crate::checker::Operation> {
+        self.lock().operations().to_vec()
+    }
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+pub struct WorkloadReport {
+    /// Latencies of successful operations.
+    pub latencies: Vec<Duration>,
+    pub writes: u64,
+    pub reads: u64,
+    pub cas: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl WorkloadReport {
+    pub fn completed(&self) -> u64 {
+        self.latencies.len() as u64
+    }
+
+    fn absorb(&mut self, other: WorkloadReport) {
+        self.latencies.extend(other.latencies);
+        self.writes += other.writes;
+        self.reads += other.reads;
+        self.cas += other.cas;
+        self.errors += other.errors;
+    }
+
+    /// Milliseconds at quantile `q` (latencies must be sorted).
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies[index.min(self.latencies.len() - 1)].as_secs_f64() * 1e3
+    }
+}
+
+/// Runs `workload` against `endpoints` (any node; redirects reach the
+/// leader) for `duration`, recording into `recorder` if given.
+pub async fn run(
+    endpoints: Vec<ApiClient>,
+    workload: Workload,
+    duration: Duration,
+    recorder: Option<Arc<Recorder>>,
+) -> WorkloadReport {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let endpoints = Arc::new(endpoints);
+    let mut tasks = Vec::new();
+    for client in 0..workload.clients {
+        tasks.push(tokio::spawn(client_loop(
+            client as u64,
+            endpoints.clone(),
+            workload.clone(),
+            deadline,
+            recorder.clone(),
+        )));
+    }
+    let mut report = WorkloadReport::default();
+    for task in tasks {
+        if let Ok(client_report) = task.await {
+            report.absorb(client_report);
+        }
+    }
+    report.latencies.sort_unstable();
+    report.elapsed = started.elapsed();
+    report
+}
+
+async fn client_loop(
+    client: u64,
+    endpoints: Arc<Vec<ApiClient>>,
+    workload: Workload,
+    deadline: Instant,
+    recorder: Option<Arc<Recorder>>,
+) -> WorkloadReport {
+    let mut report = WorkloadReport::default();
+    if endpoints.is_empty() {
+        return report;
+    }
+    let mut endpoint = client as usize % endpoints.len();
+    let mut sequence = 0u64;
+    let mut rng = client.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let padding = "x".repeat(workload.value_bytes.saturating_sub(16));
+    while Instant::now() < deadline {
+        sequence += 1;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let key = format!("k{}", rng % workload.keys.max(1) as u64);
+        // Unique values let the checker tell every write apart.
+        let value = format!("c{client}s{sequence}{padding}");
+        let roll = (rng >> 32) % 100;
+        let input = if roll < workload.read_percent {
+            OpInput::Get
+        } else if roll < workload.read_percent + workload.cas_percent {
+            let expected = if rng & 1 == 0 {
+                None
+            } else {
+                Some(format!(
+                    "c{}s{}{padding}",
+                    (rng >> 8) % workload.clients as u64,
+                    sequence.saturating_sub(1)
+                ))
+            };
+            OpInput::Cas {
+                expected,
+                new: Some(value.clone()),
+            }
+        } else {
+            OpInput::Put {
+                value: value.clone(),
+            }
+        };
+        let api = &endpoints[endpoint];
+        let id = recorder.as_ref().map(|r| {
+            r.lock()
+                .record_call(client, key.clone(), input.clone(), r.now())
+        });
+        let started = Instant::now();
+        let result: Result<OpOutput, ApiClientError> = match &input {
+            OpInput::Get => {
+                report.reads += 1;
+                api.get(&workload.region, &key, &workload.consistency)
+                    .await
+                    .map(OpOutput::Value)
+            }
+            OpInput::Put { value } => {
+                report.writes += 1;
+                api.put(&workload.region, &key, value)
+                    .await
+                    .map(|()| OpOutput::Ok)
+            }
+            OpInput::Cas { expected, new } => {
+                report.cas += 1;
+                api.cas(&workload.region, &key, expected.as_deref(), new.as_deref())
+                    .await
+                    .map(|outcome| OpOutput::Cas {
+                        succeeded: outcome.succeeded,
+                        current: outcome.current,
+                    })
+            }
+            OpInput::Delete => api
+                .delete(&workload.region, &key)
+                .await
+                .map(|existed| OpOutput::Deleted { existed }),
+        };
+        match result {
+            Ok(output) => {
+                report.latencies.push(started.elapsed());
+                if let (Some(recorder), Some(id)) = (&recorder, id) {
+                    let _ = recorder.lock().record_return(id, output, recorder.now());
+                }
+            }
+            Err(error) => {
+                report.errors += 1;
+                if let (Some(recorder), Some(id)) = (&recorder, id) {
+                    // The outcome is unknown: it may still take effect.
+                    let _ = recorder.lock().record_unknown(id);
+                }
+                tracing::debug!(client, %error, "workload request failed");
+                if error.status().is_none() {
+                    // The node is unreachable: try another.
+                    endpoint = (endpoint + 1) % endpoints.len();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    report
+}

@@ -1,0 +1,116 @@
+//! Garbage, truncated, oversized and unauthenticated input on the node
+//! port closes that connection with a log line; the node keeps serving.
+
+use std::time::Duration;
+
+use synod::node::NodeConfig;
+use synod::transport::{FRAME_BYTES_MAX, Frame, TRANSPORT_VERSION};
+use synod_tests::{TestNode, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn node() -> (TestNode, tempfile::TempDir, u16) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let mut config = NodeConfig::new(1, dir.path().to_path_buf());
+    config.peer_listen = Some(format!("127.0.0.1:{port}").parse().expect("address"));
+    config.peer_address = format!("127.0.0.1:{port}");
+    config.secret = b"the-right-secret".to_vec();
+    let node = TestNode::start(config).await.expect("node");
+    (node, dir, port)
+}
+
+/// Sends `bytes` and waits until the node closes the connection.
+async fn closed_after(port: u16, bytes: &[u8]) -> bool {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let _ = stream.write_all(bytes).await;
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    });
+    read.await.unwrap_or(false)
+}
+
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_closes_the_connection_and_the_node_keeps_serving() {
+    let (node, _dir, port) = node().await;
+    node.client
+        .create_region("r", "standalone", &[])
+        .await
+        .expect("region");
+
+    assert!(
+        closed_after(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        "plain garbage"
+    );
+    assert!(
+        closed_after(port, &framed(&[0xff; 64])).await,
+        "undecodable frame"
+    );
+    let oversized = ((FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
+    assert!(
+        closed_after(port, &oversized).await,
+        "oversized length header"
+    );
+    // A data frame before the handshake is refused.
+    let early = Frame::Catalog(Default::default()).encode();
+    assert!(
+        closed_after(port, &framed(&early)).await,
+        "frame before the handshake"
+    );
+    // A truncated frame: the length promises more than arrives, then EOF.
+    let mut truncated = 100u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[1, 2, 3]);
+    {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        stream.write_all(&truncated).await.expect("write");
+        stream.shutdown().await.expect("shutdown");
+    }
+    // A peer that does not know the secret gets no further than the proof.
+    let hello = Frame::Hello {
+        version: TRANSPORT_VERSION,
+        node_id: 2,
+        nonce: [9; 32],
+    };
+    let wrong_proof = Frame::Proof { proof: [0; 32] };
+    let mut bytes = framed(&hello.encode());
+    bytes.extend(framed(&wrong_proof.encode()));
+    assert!(closed_after(port, &bytes).await, "wrong secret");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = node.client.status().await.expect("status");
+    assert!(
+        status["transport"]["rejected_connections"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 4,
+        "refusals are counted: {status}"
+    );
+    node.client
+        .put("r", "k", "v")
+        .await
+        .expect("the node still serves");
+    assert_eq!(
+        node.client
+            .get("r", "k", "linearizable")
+            .await
+            .expect("read"),
+        Some("v".into())
+    );
+    node.stop().await.expect("stop");
+}
