@@ -20,6 +20,16 @@ use crate::state_machine::{KvCommand, KvStateMachine};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// Benchmark a 3-process Raft cluster instead of the single-node
+    /// runtime: writes/s and latency percentiles per client count.
+    #[arg(long)]
+    cluster: bool,
+    /// Client counts for --cluster, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+    clients: Vec<usize>,
+    /// Value size in bytes for --cluster.
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
     /// Seconds per group-commit configuration.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -34,6 +44,9 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> Result<()> {
     if args.seconds.is_nan() || args.seconds <= 0.0 || args.regions == 0 || args.writers == 0 {
         bail!("--seconds, --regions and --writers must be positive");
+    }
+    if args.cluster {
+        return cluster_bench(&args).await;
     }
     println!("== Wasm boundary (wasmtime, pooling allocator, fuel + epoch deadline on) ==");
     tokio::task::spawn_blocking(call_costs).await??;
@@ -262,4 +275,122 @@ async fn group_commit(
         writes as f64 / fsyncs.max(1) as f64
     );
     Ok(figures)
+}
+
+/// Median of one fdatasync of a 256-byte append, in the directory given.
+fn fsync_cost(dir: &std::path::Path) -> Result<Duration> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let mut samples = Vec::new();
+    for _ in 0..200 {
+        let started = Instant::now();
+        file.write_all(&[7u8; 256])?;
+        file.sync_data()?;
+        samples.push(started.elapsed());
+    }
+    std::fs::remove_file(&path)?;
+    samples.sort_unstable();
+    Ok(samples[samples.len() / 2])
+}
+
+/// Median loopback TCP round trip of 64 bytes.
+async fn loopback_rtt() -> Result<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let echo = tokio::spawn(async move {
+        if let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let mut buffer = [0u8; 64];
+            while stream.read_exact(&mut buffer).await.is_ok() {
+                if stream.write_all(&buffer).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let mut buffer = [0u8; 64];
+    let mut samples = Vec::new();
+    for _ in 0..2000 {
+        let started = Instant::now();
+        stream.write_all(&buffer).await?;
+        stream.read_exact(&mut buffer).await?;
+        samples.push(started.elapsed());
+    }
+    drop(stream);
+    echo.abort();
+    samples.sort_unstable();
+    Ok(samples[samples.len() / 2])
+}
+
+async fn cluster_bench(args: &BenchArgs) -> Result<()> {
+    use crate::cluster::LocalCluster;
+    use crate::workload::Workload;
+
+    let dir = tempfile::tempdir()?;
+    let fsync = fsync_cost(dir.path())?;
+    let rtt = loopback_rtt().await?;
+    let floor = fsync + rtt;
+    println!("== Physical floor on this machine ==");
+    println!(
+        "  one fsync (256 B append + fdatasync): {:.3} ms;  one loopback TCP round trip: {:.3} ms;  floor {:.3} ms",
+        fsync.as_secs_f64() * 1e3,
+        rtt.as_secs_f64() * 1e3,
+        floor.as_secs_f64() * 1e3
+    );
+    let binary = std::env::current_exe()?;
+    let cluster = LocalCluster::start(&binary, dir.path(), 3).await?;
+    let entry = cluster.client(1)?;
+    entry.create_region("bench", "raft", &[]).await?;
+    let leader = cluster
+        .wait_for_leader("bench", Duration::from_secs(20))
+        .await?;
+    let leader_api = cluster.node(leader)?.api.clone();
+    println!(
+        "== 3-process Raft cluster, fsync on, {} B values, closed-loop writers over HTTP ==",
+        args.value_bytes
+    );
+    for &clients in &args.clients {
+        let mut workload = Workload::new("bench", clients);
+        workload.read_percent = 0;
+        workload.cas_percent = 0;
+        workload.keys = 10_000;
+        workload.value_bytes = args.value_bytes;
+        // Clients talk to the leader (as a leader-aware client library
+        // would) over a pool sized for them.
+        let endpoint = vec![crate::client::ApiClient::with_pool(
+            &format!("http://{leader_api}"),
+            clients + 16,
+        )];
+        // Warm up connections and the leader's pipeline.
+        crate::workload::run(
+            endpoint.clone(),
+            workload.clone(),
+            Duration::from_millis(500),
+            None,
+        )
+        .await;
+        let report = crate::workload::run(
+            endpoint,
+            workload,
+            Duration::from_secs_f64(args.seconds),
+            None,
+        )
+        .await;
+        let seconds = report.elapsed.as_secs_f64().max(1e-9);
+        let p50 = report.percentile_ms(0.50);
+        println!(
+            "  {clients:>5} clients: {:>8.0} writes/s   p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms   ({} errors)   p50/floor {:.2}x",
+            report.completed() as f64 / seconds,
+            p50,
+            report.percentile_ms(0.99),
+            report.percentile_ms(0.999),
+            report.errors,
+            p50 / (floor.as_secs_f64() * 1e3)
+        );
+    }
+    Ok(())
 }

@@ -57,9 +57,15 @@ pub struct ApiClient {
 impl ApiClient {
     /// `base` like `http://127.0.0.1:7070`.
     pub fn new(base: &str) -> Self {
+        Self::with_pool(base, 64)
+    }
+
+    /// A client keeping up to `idle_connections` open (one per concurrent
+    /// caller avoids reconnecting under heavy load).
+    pub fn with_pool(base: &str, idle_connections: usize) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(idle_connections)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Self {

@@ -1,0 +1,318 @@
+//! Raft on a real cluster of node processes: kill -9 the leader under load,
+//! pause a follower, catch up by log and by snapshot, change membership
+//! under load. Every recorded client history must be linearizable and the
+//! replicas must converge.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use synod::checker::{CheckOptions, Outcome, check_linearizable};
+use synod::cluster::LocalCluster;
+use synod::workload::{Recorder, Workload, WorkloadReport};
+use synod_tests::node_binary;
+
+async fn cluster(size: u64) -> (LocalCluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = std::path::PathBuf::from(node_binary!());
+    let cluster = LocalCluster::start(&binary, dir.path(), size)
+        .await
+        .expect("cluster starts");
+    (cluster, dir)
+}
+
+async fn raft_region(cluster: &LocalCluster, name: &str, params: &[(&str, &str)]) {
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    cluster
+        .client(1)
+        .expect("client")
+        .create_region(name, "raft", &params)
+        .await
+        .expect("create region");
+    cluster
+        .wait_for_leader(name, Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+}
+
+fn start_workload(
+    cluster: &LocalCluster,
+    region: &str,
+    clients: usize,
+    seconds: f64,
+    recorder: &Arc<Recorder>,
+) -> tokio::task::JoinHandle<WorkloadReport> {
+    let mut workload = Workload::new(region, clients);
+    workload.keys = 8;
+    tokio::spawn(synod::workload::run(
+        cluster.clients(),
+        workload,
+        Duration::from_secs_f64(seconds),
+        Some(recorder.clone()),
+    ))
+}
+
+fn assert_linearizable(recorder: &Recorder) {
+    let operations = recorder.operations();
+    assert!(
+        operations.len() > 50,
+        "the workload ran ({} ops)",
+        operations.len()
+    );
+    match check_linearizable(&operations, &CheckOptions::default()) {
+        Outcome::Linearizable => {}
+        Outcome::Violation(violation) => panic!(
+            "history is not linearizable on key {}: {}",
+            violation.key, violation.explanation
+        ),
+        Outcome::Unknown { key, reason } => panic!("checker undecided on {key}: {reason}"),
+    }
+}
+
+async fn assert_converged(cluster: &LocalCluster, region: &str, replicas: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let digests = cluster.digests(region).await;
+        let distinct: std::collections::BTreeSet<_> = digests.values().collect();
+        if digests.len() == replicas && distinct.len() == 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas of {region} did not converge: {digests:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_the_leader_under_load() {
+    let (mut cluster, _dir) = cluster(3).await;
+    raft_region(
+        &cluster,
+        "r",
+        &[("election-timeout-ms", "300"), ("heartbeat-ms", "50")],
+    )
+    .await;
+    let recorder = Arc::new(Recorder::default());
+    let load = start_workload(&cluster, "r", 6, 6.0, &recorder);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old_leader = cluster.leader_of("r").await.expect("leader");
+    cluster.kill(old_leader).expect("kill");
+    let new_leader = cluster
+        .wait_for_leader("r", Duration::from_secs(10))
+        .await
+        .expect("a new leader is elected");
+    assert_ne!(new_leader, old_leader);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.restart(old_leader).await.expect("restart");
+    let report = load.await.expect("workload");
+    assert!(report.completed() > 100, "progress: {}", report.completed());
+    assert_converged(&cluster, "r", 3).await;
+    assert_linearizable(&recorder);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_catches_up_by_snapshot_after_compaction() {
+    let (mut cluster, _dir) = cluster(3).await;
+    raft_region(
+        &cluster,
+        "r",
+        &[
+            ("snapshot-interval", "40"),
+            ("election-timeout-ms", "300"),
+            ("heartbeat-ms", "50"),
+        ],
+    )
+    .await;
+    let leader = cluster.leader_of("r").await.expect("leader");
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower).expect("kill follower");
+    let recorder = Arc::new(Recorder::default());
+    let report = start_workload(&cluster, "r", 4, 2.5, &recorder)
+        .await
+        .expect("workload");
+    assert!(
+        report.writes > 200,
+        "enough writes to compact the log ({})",
+        report.writes
+    );
+    let status = cluster
+        .client(leader)
+        .expect("client")
+        .region_status("r")
+        .await
+        .expect("status");
+    assert!(
+        status["log"]["first"].as_u64().unwrap_or(0) > 1,
+        "the leader compacted: {status}"
+    );
+    cluster.restart(follower).await.expect("restart follower");
+    assert_converged(&cluster, "r", 3).await;
+    let caught_up = cluster
+        .client(follower)
+        .expect("client")
+        .region_status("r")
+        .await
+        .expect("status");
+    assert!(
+        caught_up["log"]["first"].as_u64().unwrap_or(0) > 1,
+        "the follower installed a snapshot rather than replaying from 1: {caught_up}"
+    );
+    assert_linearizable(&recorder);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigstop_a_follower_and_resume() {
+    let (cluster, _dir) = cluster(3).await;
+    raft_region(
+        &cluster,
+        "r",
+        &[("election-timeout-ms", "300"), ("heartbeat-ms", "50")],
+    )
+    .await;
+    let leader = cluster.leader_of("r").await.expect("leader");
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let recorder = Arc::new(Recorder::default());
+    let load = start_workload(&cluster, "r", 4, 5.0, &recorder);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.pause(follower).expect("SIGSTOP");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.resume(follower).expect("SIGCONT");
+    let report = load.await.expect("workload");
+    assert!(
+        report.completed() > 100,
+        "writes went on with a follower paused"
+    );
+    assert_converged(&cluster, "r", 3).await;
+    assert_linearizable(&recorder);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn add_a_fourth_node_and_remove_one_under_load() {
+    let (mut cluster, _dir) = cluster(3).await;
+    raft_region(
+        &cluster,
+        "r",
+        &[("election-timeout-ms", "300"), ("heartbeat-ms", "50")],
+    )
+    .await;
+    let recorder = Arc::new(Recorder::default());
+    let load = start_workload(&cluster, "r", 4, 7.0, &recorder);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster
+        .add_node(4, 1)
+        .await
+        .expect("node 4 joins the cluster");
+    let entry = cluster.client(1).expect("client");
+    let leader = cluster.leader_of("r").await.expect("leader");
+    let removed = (1..=3)
+        .find(|id| *id != leader)
+        .expect("a follower to remove");
+    let mut voters: Vec<u64> = (1..=4).filter(|id| *id != removed).collect();
+    voters.sort_unstable();
+    entry
+        .change_membership("r", &voters, &[])
+        .await
+        .expect("membership change accepted");
+    // Wait until the leader reports node 4 as a voter and the removed node gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = cluster.leader_of("r").await;
+        if let Some(leader) = leader
+            && let Ok(status) = cluster
+                .client(leader)
+                .expect("client")
+                .region_status("r")
+                .await
+        {
+            let peers: Vec<u64> = status["plugin"]["peers"]
+                .as_array()
+                .map(|p| p.iter().filter_map(|x| x[0].as_u64()).collect())
+                .unwrap_or_default();
+            if peers.contains(&4) && !peers.contains(&removed) {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "membership change did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = load.await.expect("workload");
+    assert!(report.completed() > 100);
+    // The removed node keeps an idle replica; the three voters converge.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let digests = cluster.digests("r").await;
+        let voter_digests: std::collections::BTreeSet<_> =
+            voters.iter().filter_map(|id| digests.get(id)).collect();
+        if voter_digests.len() == 1 && voters.iter().all(|id| digests.contains_key(id)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "voters did not converge: {digests:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_linearizable(&recorder);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_transfer_moves_leadership() {
+    let (cluster, _dir) = cluster(3).await;
+    raft_region(
+        &cluster,
+        "r",
+        &[("election-timeout-ms", "300"), ("heartbeat-ms", "50")],
+    )
+    .await;
+    let leader = cluster.leader_of("r").await.expect("leader");
+    let target = (1..=3).find(|id| *id != leader).expect("target");
+    cluster
+        .client(1)
+        .expect("client")
+        .transfer_leader("r", Some(target))
+        .await
+        .expect("transfer accepted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster.leader_of("r").await != Some(target) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leadership did not move to {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn the_checker_catches_an_injected_stale_read() {
+    use synod::checker::{OpInput, OpOutput, Operation};
+    let op = |client, call, ret, input, output| Operation {
+        client,
+        key: "x".into(),
+        call,
+        ret,
+        input,
+        output,
+    };
+    let mut history = vec![
+        op(1, 0, 10, OpInput::Put { value: "1".into() }, OpOutput::Ok),
+        op(2, 20, 30, OpInput::Put { value: "2".into() }, OpOutput::Ok),
+        op(3, 40, 50, OpInput::Get, OpOutput::Value(Some("2".into()))),
+    ];
+    assert_eq!(
+        check_linearizable(&history, &CheckOptions::default()),
+        Outcome::Linearizable
+    );
+    // The same read returning the overwritten value is stale.
+    history[2].output = OpOutput::Value(Some("1".into()));
+    assert!(matches!(
+        check_linearizable(&history, &CheckOptions::default()),
+        Outcome::Violation(_)
+    ));
+}
