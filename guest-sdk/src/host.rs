@@ -30,6 +30,13 @@ pub trait Host {
     /// Sends each item of `messages` to `to` (unreliable).
     fn send(&mut self, to: NodeId, messages: &Batch);
 
+    /// Sends without waiting for this callback's storage writes to be
+    /// durable; see the WIT `send-eager` for when that is safe. Hosts that
+    /// cannot tell the difference treat it as [`Host::send`].
+    fn send_eager(&mut self, to: NodeId, messages: &Batch) {
+        self.send(to, messages)
+    }
+
     /// Monotonic nanoseconds.
     fn now(&mut self) -> u64;
     fn set_timer(&mut self, id: TimerId, after_nanos: u64);

@@ -75,6 +75,9 @@ impl Host for ImportHost {
     fn send(&mut self, to: NodeId, messages: &Batch) {
         imports::network::send(to, messages)
     }
+    fn send_eager(&mut self, to: NodeId, messages: &Batch) {
+        imports::network::send_eager(to, messages)
+    }
     fn now(&mut self) -> u64 {
         imports::clock::now()
     }

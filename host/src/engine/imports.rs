@@ -139,6 +139,11 @@ impl network::Host for StoreData {
         self.core.send(to, &batch_from_wit(messages));
         self.check()
     }
+
+    fn send_eager(&mut self, to: u64, messages: types::Batch) -> Trappable<()> {
+        self.core.send_eager(to, &batch_from_wit(messages));
+        self.check()
+    }
 }
 
 impl clock::Host for StoreData {

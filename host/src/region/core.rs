@@ -28,9 +28,23 @@ pub const META_VALUE_BYTES_MAX: usize = 1 << 20;
 /// An answer or message released once the callback's storage is durable.
 #[derive(Debug)]
 pub enum Output {
-    Reply { id: RequestId, reply: Reply },
-    Send { to: NodeId, messages: Batch },
-    SendSnapshot { to: NodeId, metadata: Vec<u8> },
+    Reply {
+        id: RequestId,
+        reply: Reply,
+    },
+    Send {
+        to: NodeId,
+        messages: Batch,
+    },
+    /// Leaves as soon as the callback succeeds, durable or not.
+    SendEager {
+        to: NodeId,
+        messages: Batch,
+    },
+    SendSnapshot {
+        to: NodeId,
+        metadata: Vec<u8>,
+    },
 }
 
 /// The plugin's answer to one client request.
@@ -360,6 +374,19 @@ impl Host for RegionCore {
             return;
         }
         self.staged.outputs.push(Output::Send {
+            to,
+            messages: messages.clone(),
+        });
+    }
+
+    fn send_eager(&mut self, to: NodeId, messages: &Batch) {
+        if !self.check_batch("network.send-eager", messages)
+            || to == self.self_id
+            || messages.is_empty()
+        {
+            return;
+        }
+        self.staged.outputs.push(Output::SendEager {
             to,
             messages: messages.clone(),
         });

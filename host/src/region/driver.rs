@@ -674,7 +674,12 @@ impl RegionDriver {
             }
         }
         self.round_records.extend(records);
-        self.round_outputs.extend(outputs);
+        for output in outputs {
+            match output {
+                Output::SendEager { .. } if self.storage_failure.is_none() => self.emit(output),
+                output => self.round_outputs.push(output),
+            }
+        }
     }
 
     fn wait_durable(&self, ticket: u64) -> Result<(), String> {
@@ -740,7 +745,7 @@ impl RegionDriver {
                     let _ = sender.send(answer);
                 }
             }
-            Output::Send { to, messages } => {
+            Output::Send { to, messages } | Output::SendEager { to, messages } => {
                 self.context.network.send(
                     &self.name,
                     self.spec.epoch,

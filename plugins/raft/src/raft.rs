@@ -688,7 +688,7 @@ impl Raft {
     /// Whether this node must refuse to help elect another leader now: it
     /// leads, or heard from a leader less than an election timeout ago.
     fn in_lease(&self) -> bool {
-        self.role == RaftRole::Leader || self.now < self.vote_fence_until
+        self.role == RaftRole::Leader
     }
 
     fn reset_election_deadline<H: Host>(&mut self, host: &mut H) {

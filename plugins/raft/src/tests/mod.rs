@@ -302,6 +302,29 @@ fn pre_vote_keeps_a_rejoining_node_from_inflating_terms() {
     assert_eq!(cluster.raft(follower).leader, Some(leader));
 }
 
+/// Goal: leader stickiness (thesis §4.2.3): a node that heard from the
+/// leader within an election timeout refuses to help elect another, so a
+/// node that lost only its link to the leader cannot depose it (and leader
+/// leases stay sound). Method: cut the link between the leader and one
+/// follower only; the follower keeps pre-voting and keeps losing.
+#[test]
+fn leader_stickiness_survives_a_single_broken_link() {
+    let mut cluster = Cluster::new(3, 3, fast_params(&[]), 20);
+    let leader = cluster.wait_for_leader(2000);
+    let term = cluster.raft(leader).term;
+    let cut_off = (1..=3).find(|&n| n != leader).unwrap();
+    let bystander = (1..=3).find(|&n| n != leader && n != cut_off).unwrap();
+    cluster.cut.insert((leader, cut_off));
+    cluster.cut.insert((cut_off, leader));
+    cluster.tick(1000);
+    assert_eq!(cluster.leader(), Some(leader));
+    assert_eq!(cluster.raft(leader).term, term);
+    assert_eq!(cluster.raft(bystander).term, term);
+    assert!(cluster.raft(cut_off).counters.pre_votes_started >= 3);
+    let write = cluster.propose(leader, b"still leading");
+    wait_applied(&mut cluster, &[leader, bystander], write, 500);
+}
+
 /// Goal: a follower that missed entries catches up from the log (§5.3),
 /// with the leader backing up by the conflict hint.
 #[test]

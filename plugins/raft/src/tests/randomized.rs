@@ -245,7 +245,15 @@ fn random_event(
         }
         cluster.isolate(&group);
     }
-    if cluster.chance(8) {
+    if cluster.chance(6) {
+        // One broken link (both directions): the non-transitive partitions
+        // that leader stickiness and leases must survive.
+        let a = 1 + cluster.random() % nodes;
+        let b = 1 + cluster.random() % nodes;
+        cluster.cut.insert((a, b));
+        cluster.cut.insert((b, a));
+    }
+    if cluster.chance(10) {
         cluster.heal();
     }
     // Crashes: a node restart (state machine from its snapshot) or a plugin
