@@ -159,6 +159,7 @@ pub struct Node {
     config: NodeConfig,
     engine: Arc<PluginEngine>,
     context: DriverContext,
+    commit: Arc<GroupCommit>,
     disk: Arc<dyn Disk>,
     regions: std::sync::RwLock<BTreeMap<String, RegionHandle>>,
     catalog: std::sync::Mutex<Catalog>,
@@ -260,7 +261,7 @@ impl Node {
         let context = DriverContext {
             node_id: config.node_id,
             incarnation,
-            commit,
+            commit: commit.clone(),
             snapshots,
             network,
             clock,
@@ -301,6 +302,7 @@ impl Node {
             config,
             engine,
             context,
+            commit,
             disk,
             regions: std::sync::RwLock::new(BTreeMap::new()),
             catalog: std::sync::Mutex::new(catalog),
@@ -394,7 +396,7 @@ impl Node {
             .commit
             .submit(JournalRecord::encode_all(records))
             .map_err(|e| NodeError::Storage(e.to_string()))?;
-        let mut durable = self.context.commit.durable();
+        let mut durable = self.commit.durable();
         durable
             .wait_for(|d| *d >= ticket)
             .await
@@ -783,7 +785,13 @@ impl Node {
             self.config.failure_policy.clone(),
             self.context.clock.clone(),
         );
-        RegionDriver::spawn(spec, replica, self.context.clone(), recovering)
+        RegionDriver::spawn(
+            spec,
+            replica,
+            self.context.clone(),
+            self.commit.durable(),
+            recovering,
+        )
     }
 
     pub async fn region(&self, name: &str) -> Result<RegionHandle, NodeError> {
@@ -803,14 +811,14 @@ impl Node {
             incarnation: self.context.incarnation,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             regions: self.read_regions().len(),
-            wal: self.context.commit.stats(),
+            wal: self.commit.stats(),
             transport: self.transport.as_ref().map(|t| t.stats()),
             nodes: self.lock_catalog().nodes.clone(),
         }
     }
 
     pub fn wal_stats(&self) -> CommitStatsSnapshot {
-        self.context.commit.stats()
+        self.commit.stats()
     }
 
     /// Stops every region driver and flushes the WAL.
@@ -819,7 +827,7 @@ impl Node {
         for region in regions {
             region.shutdown().await;
         }
-        self.context.commit.shutdown();
+        self.commit.shutdown();
     }
 }
 

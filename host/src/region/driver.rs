@@ -26,7 +26,7 @@ use crate::region::core::{Effects, Output, Reply, TimerChange};
 use crate::region::replica::{Delivery, RegionReplica};
 use crate::region::{RegionName, RegionSpec};
 use crate::state_machine::{KvCommand, KvOutcome, KvQuery, KvStateMachine, conflict_key};
-use crate::storage::commit::GroupCommit;
+use crate::storage::commit::CommitLog;
 use crate::storage::snapshot::SnapshotStore;
 
 /// Events taken from the inbox per round: bounds the batch handed to the
@@ -306,19 +306,21 @@ pub struct DriverContext {
     pub node_id: NodeId,
     /// Distinguishes request ids of this run from earlier runs.
     pub incarnation: u64,
-    pub commit: Arc<GroupCommit>,
+    pub commit: Arc<dyn CommitLog>,
     pub snapshots: Arc<SnapshotStore>,
     pub network: Arc<dyn Network>,
     pub clock: Arc<dyn Clock>,
 }
 
-pub struct RegionDriver {
+/// The sans-IO heart of a region driver: batches events into plugin calls,
+/// stages their effects, submits journal records and releases outputs once
+/// durable. The tokio [`RegionDriver`] and the deterministic simulator both
+/// drive it, so they exercise the same code.
+pub struct ReplicaHost {
     spec: RegionSpec,
     name: RegionName,
     replica: RegionReplica,
     context: DriverContext,
-    inbox: mpsc::Receiver<RegionEvent>,
-    durable: watch::Receiver<u64>,
     pending: HashMap<RequestId, oneshot::Sender<ClientReply>>,
     /// Outputs waiting for the WAL to be durable through their ticket.
     held: VecDeque<(u64, Vec<Output>)>,
@@ -334,6 +336,14 @@ pub struct RegionDriver {
     stopped: Option<oneshot::Sender<()>>,
 }
 
+/// A region driver on tokio: an inbox, a durability watch and timers
+/// around a [`ReplicaHost`].
+pub struct RegionDriver {
+    host: ReplicaHost,
+    inbox: mpsc::Receiver<RegionEvent>,
+    durable: watch::Receiver<u64>,
+}
+
 impl RegionDriver {
     /// Spawns the driver and returns its handle. `recovering` says whether
     /// the replica starts over existing storage.
@@ -341,39 +351,18 @@ impl RegionDriver {
         spec: RegionSpec,
         replica: RegionReplica,
         context: DriverContext,
+        durable: watch::Receiver<u64>,
         recovering: bool,
     ) -> RegionHandle {
         let (sender, inbox) = mpsc::channel(INBOX_CAPACITY);
-        let name = replica.core().name().clone();
-        let durable = context.commit.durable();
-        let last_ticket = context.commit.current_ticket();
-        let request_prefix =
-            ((context.node_id & 0xFFFF) << 48) | ((context.incarnation & 0xFFFF) << 32);
+        let host = ReplicaHost::new(spec.clone(), replica, context);
         let mut driver = RegionDriver {
-            spec: spec.clone(),
-            name,
-            replica,
-            context,
+            host,
             inbox,
             durable,
-            pending: HashMap::new(),
-            held: VecDeque::new(),
-            round_records: Vec::new(),
-            round_outputs: Vec::new(),
-            last_ticket,
-            timers: HashMap::new(),
-            next_request: request_prefix,
-            storage_failure: None,
-            stopped: None,
         };
         tokio::spawn(async move {
-            match driver.replica.start(recovering) {
-                Ok(effects) => driver.stage(effects),
-                Err(failure) => {
-                    tracing::warn!(region = %driver.name, %failure, "replica failed to start")
-                }
-            }
-            driver.end_round();
+            driver.host.start(recovering);
             driver.run().await;
         });
         RegionHandle { spec, sender }
@@ -381,7 +370,7 @@ impl RegionDriver {
 
     async fn run(&mut self) {
         loop {
-            let sleep = self.next_wakeup();
+            let sleep = self.host.next_wakeup();
             tokio::select! {
                 event = self.inbox.recv() => {
                     let Some(event) = event else { break };
@@ -392,28 +381,80 @@ impl RegionDriver {
                             Err(_) => break,
                         }
                     }
-                    if !self.handle_events(events) {
-                        self.end_round();
+                    if !self.host.handle_events(events) {
+                        self.host.end_round();
                         break;
                     }
                 }
                 changed = self.durable.changed() => {
                     if changed.is_err() {
-                        self.fail_storage("the write-ahead log stopped".into());
+                        self.host.fail_storage("the write-ahead log stopped".into());
                     }
                 }
                 () = tokio::time::sleep(sleep) => {
-                    self.fire_timers();
-                    self.maybe_restart();
+                    self.host.on_wakeup();
                 }
             }
-            self.end_round();
+            self.host.end_round();
         }
         // Release what the last rounds produced once it is durable.
-        let ticket = self.last_ticket;
-        if self.storage_failure.is_none() && self.durable.wait_for(|d| *d >= ticket).await.is_ok() {
-            self.release();
+        let ticket = self.host.last_ticket;
+        if self.host.storage_failure.is_none()
+            && self.durable.wait_for(|d| *d >= ticket).await.is_ok()
+        {
+            self.host.release();
         }
+        self.host.finish();
+    }
+}
+
+impl ReplicaHost {
+    pub fn new(spec: RegionSpec, replica: RegionReplica, context: DriverContext) -> Self {
+        let name = replica.core().name().clone();
+        let last_ticket = context.commit.current_ticket();
+        let request_prefix =
+            ((context.node_id & 0xFFFF) << 48) | ((context.incarnation & 0xFFFF) << 32);
+        ReplicaHost {
+            spec,
+            name,
+            replica,
+            context,
+            pending: HashMap::new(),
+            held: VecDeque::new(),
+            round_records: Vec::new(),
+            round_outputs: Vec::new(),
+            last_ticket,
+            timers: HashMap::new(),
+            next_request: request_prefix,
+            storage_failure: None,
+            stopped: None,
+        }
+    }
+
+    pub fn replica(&self) -> &RegionReplica {
+        &self.replica
+    }
+
+    /// Starts the plugin (`init`) and ends that first round.
+    pub fn start(&mut self, recovering: bool) {
+        match self.replica.start(recovering) {
+            Ok(effects) => self.stage(effects),
+            Err(failure) => {
+                tracing::warn!(region = %self.name, %failure, "replica failed to start")
+            }
+        }
+        self.end_round();
+    }
+
+    /// Fires due timers and rebuilds a fenced replica whose backoff passed.
+    pub fn on_wakeup(&mut self) {
+        self.fire_timers();
+        self.maybe_restart();
+    }
+
+    /// Answers every pending request as stopped and signals a waiting
+    /// shutdown.
+    pub fn finish(&mut self) {
         self.fail_all_pending(ClientError::Stopped);
         if let Some(done) = self.stopped.take() {
             let _ = done.send(());
@@ -421,21 +462,32 @@ impl RegionDriver {
         tracing::debug!(region = %self.name, "driver stopped");
     }
 
-    /// Time until the next timer or restart is due (capped, so a clock
-    /// that jumps is noticed).
-    fn next_wakeup(&self) -> Duration {
-        let now = self.now_nanos();
+    /// The clock time (nanoseconds) of the next timer or restart, if any.
+    pub fn next_deadline_nanos(&self) -> Option<u64> {
         let timer = self.timers.values().min().copied();
         let restart = self
             .replica
             .next_restart()
             .map(|at| u64::try_from(at.as_nanos()).unwrap_or(u64::MAX));
-        let next = match (timer, restart) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return Duration::from_secs(1),
+        match (timer, restart) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (Some(a), None) | (None, Some(a)) => Some(a),
+            (None, None) => None,
+        }
+    }
+
+    /// Outputs held for durability.
+    pub fn held_outputs(&self) -> usize {
+        self.held.iter().map(|(_, o)| o.len()).sum()
+    }
+
+    /// Time until the next timer or restart is due (capped, so a clock
+    /// that jumps is noticed).
+    fn next_wakeup(&self) -> Duration {
+        let Some(next) = self.next_deadline_nanos() else {
+            return Duration::from_secs(1);
         };
-        Duration::from_nanos(next.saturating_sub(now)).min(Duration::from_secs(1))
+        Duration::from_nanos(next.saturating_sub(self.now_nanos())).min(Duration::from_secs(1))
     }
 
     fn now_nanos(&self) -> u64 {
@@ -447,8 +499,9 @@ impl RegionDriver {
         self.next_request
     }
 
-    /// Returns false when the driver should stop.
-    fn handle_events(&mut self, events: Vec<RegionEvent>) -> bool {
+    /// Handles one round of events; returns false when the driver should
+    /// stop.
+    pub fn handle_events(&mut self, events: Vec<RegionEvent>) -> bool {
         let mut commands = Commands::default();
         let mut reads = Reads::default();
         let mut messages = Messages::default();
@@ -705,7 +758,7 @@ impl RegionDriver {
     }
 
     /// Submits the round's records and holds its outputs behind them.
-    fn end_round(&mut self) {
+    pub fn end_round(&mut self) {
         self.submit_round_records();
         let outputs = std::mem::take(&mut self.round_outputs);
         if !outputs.is_empty() {
@@ -719,8 +772,8 @@ impl RegionDriver {
     }
 
     /// Releases every output whose records are durable.
-    fn release(&mut self) {
-        let durable = *self.durable.borrow();
+    pub fn release(&mut self) {
+        let durable = self.context.commit.durable_ticket();
         while let Some((ticket, _)) = self.held.front() {
             if *ticket > durable {
                 break;
@@ -786,7 +839,7 @@ impl RegionDriver {
         }
     }
 
-    fn fail_storage(&mut self, why: String) {
+    pub fn fail_storage(&mut self, why: String) {
         if self.storage_failure.is_none() {
             tracing::error!(region = %self.name, %why, "storage failed; region stops acknowledging");
             self.storage_failure = Some(why);
@@ -824,7 +877,7 @@ impl RegionDriver {
         }
     }
 
-    fn status(&mut self) -> RegionStatus {
+    pub fn status(&mut self) -> RegionStatus {
         let plugin = match self.replica.deliver(Call::Status) {
             Delivery::Done(CallResult::Status(status), effects) => {
                 self.stage(effects);

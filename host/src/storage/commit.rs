@@ -63,6 +63,35 @@ impl CommitStats {
     }
 }
 
+/// What a region driver needs from the node's write-ahead log. The
+/// group-commit thread implements it for real nodes; the simulator
+/// implements it over a simulated disk with virtual fsync latency.
+pub trait CommitLog: Send + Sync + 'static {
+    /// Enqueues one entry; returns its ticket (tickets increase).
+    fn submit(&self, entry: Vec<u8>) -> Result<u64, CommitError>;
+    /// Blocks until `ticket` is durable (rare: snapshots).
+    fn wait_durable(&self, ticket: u64) -> Result<(), CommitError>;
+    /// The highest durable ticket.
+    fn durable_ticket(&self) -> u64;
+    /// The last ticket handed out.
+    fn current_ticket(&self) -> u64;
+}
+
+impl CommitLog for GroupCommit {
+    fn submit(&self, entry: Vec<u8>) -> Result<u64, CommitError> {
+        GroupCommit::submit(self, entry)
+    }
+    fn wait_durable(&self, ticket: u64) -> Result<(), CommitError> {
+        GroupCommit::wait_durable(self, ticket)
+    }
+    fn durable_ticket(&self) -> u64 {
+        *self.shared.durable_tx.borrow()
+    }
+    fn current_ticket(&self) -> u64 {
+        GroupCommit::current_ticket(self)
+    }
+}
+
 /// Keeps a shadow of the live state the WAL describes so the commit thread
 /// can rewrite the WAL as a compact checkpoint. Because the shadow is fed
 /// exactly the entries written, in order, a checkpoint can never miss one.

@@ -104,7 +104,9 @@ impl LogIndex {
             Some(term),
             "compaction term disagrees with the log at {through}"
         );
-        let keep_from = self.runs.partition_point(|&(first, _)| first <= through + 1);
+        let keep_from = self
+            .runs
+            .partition_point(|&(first, _)| first <= through + 1);
         // The run holding `through + 1` starts there now.
         let mut runs = Vec::with_capacity(self.runs.len() - keep_from + 1);
         runs.push((through + 1, self.runs[keep_from - 1].1));

@@ -191,7 +191,10 @@ mod tests {
                     let changed = at
                         .members()
                         .chain(next.members())
-                        .filter(|&id| at.is_voter(id) != next.is_voter(id) || at.is_member(id) != next.is_member(id))
+                        .filter(|&id| {
+                            at.is_voter(id) != next.is_voter(id)
+                                || at.is_member(id) != next.is_member(id)
+                        })
                         .collect::<std::collections::BTreeSet<_>>();
                     assert_eq!(changed.len(), 1, "{at:?} -> {next:?} changes {changed:?}");
                     assert!(!next.voters.is_empty());
@@ -251,9 +254,6 @@ mod tests {
     #[test]
     fn demotion_and_learner_removal() {
         let steps = plan(&config(&[1, 2, 3], &[7]), &config(&[1, 2], &[3]), 1);
-        assert_eq!(
-            steps,
-            vec![config(&[1, 2], &[3, 7]), config(&[1, 2], &[3])]
-        );
+        assert_eq!(steps, vec![config(&[1, 2], &[3, 7]), config(&[1, 2], &[3])]);
     }
 }

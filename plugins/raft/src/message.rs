@@ -80,7 +80,10 @@ pub enum Message {
     },
     /// Answer to a pre-vote: `term` is the requested term when granted,
     /// the responder's own term when refused.
-    PreVoteResponse { term: u64, granted: bool },
+    PreVoteResponse {
+        term: u64,
+        granted: bool,
+    },
     /// RequestVote (§5.2). `transfer` is set when the candidate was told to
     /// campaign by the leader (TimeoutNow, §3.10); receivers then skip the
     /// check that they have not heard from a leader recently.
@@ -90,7 +93,10 @@ pub enum Message {
         last_term: u64,
         transfer: bool,
     },
-    VoteResponse { term: u64, granted: bool },
+    VoteResponse {
+        term: u64,
+        granted: bool,
+    },
     /// AppendEntries (§5.3): `entries` go at `prev_index + 1 ..`.
     Append {
         term: u64,
@@ -114,10 +120,19 @@ pub enum Message {
     /// Leader heartbeat. `commit` is at most what the follower is known to
     /// hold; `round` numbers the leader's heartbeat rounds (ReadIndex and
     /// lease confirmation).
-    Heartbeat { term: u64, commit: u64, round: u64 },
-    HeartbeatResponse { term: u64, round: u64 },
+    Heartbeat {
+        term: u64,
+        commit: u64,
+        round: u64,
+    },
+    HeartbeatResponse {
+        term: u64,
+        round: u64,
+    },
     /// Leadership transfer (§3.10): campaign now, skipping pre-vote.
-    TimeoutNow { term: u64 },
+    TimeoutNow {
+        term: u64,
+    },
 }
 
 impl Message {

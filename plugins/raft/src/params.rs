@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(warnings.len(), 4, "{warnings:?}");
         assert_eq!(parsed.election_timeout_nanos, 1_000_000_000);
         assert_eq!(parsed.heartbeat_nanos, 100_000_000);
-        assert_eq!(parsed.max_inflight_bytes, u64::from(MAX_BATCH_BYTES_DEFAULT));
+        assert_eq!(
+            parsed.max_inflight_bytes,
+            u64::from(MAX_BATCH_BYTES_DEFAULT)
+        );
         assert!(!parsed.lease_reads);
     }
 }

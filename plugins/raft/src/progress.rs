@@ -166,7 +166,10 @@ mod tests {
     fn probe_backs_up_with_the_hint_and_ignores_stale_refusals() {
         let mut progress = Progress::new(11, 0);
         progress.probe_sent = true;
-        assert!(!progress.maybe_decrease_to(7, 3), "not the outstanding probe");
+        assert!(
+            !progress.maybe_decrease_to(7, 3),
+            "not the outstanding probe"
+        );
         assert!(progress.maybe_decrease_to(10, 4));
         assert_eq!(progress.next_index, 5);
         assert!(!progress.probe_sent);

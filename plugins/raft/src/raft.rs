@@ -143,7 +143,11 @@ impl LeaderState {
     fn pending_reads(&self) -> usize {
         self.reads_unsent.len()
             + self.read_rounds.iter().map(|r| r.ids.len()).sum::<usize>()
-            + self.reads_ready.iter().map(|(_, ids)| ids.len()).sum::<usize>()
+            + self
+                .reads_ready
+                .iter()
+                .map(|(_, ids)| ids.len())
+                .sum::<usize>()
     }
 }
 
@@ -306,7 +310,10 @@ impl Raft {
             };
             put_or_panic(host, SNAPSHOT_KEY, &meta);
             if let Err(error) = host.log_compact_prefix(meta.index) {
-                panic!("cannot start the log after position {}: {error}", meta.index);
+                panic!(
+                    "cannot start the log after position {}: {error}",
+                    meta.index
+                );
             }
             stored_meta = Some(meta);
         }
@@ -634,7 +641,9 @@ impl Raft {
         self.lead = LeaderState::default();
         for member in self.config.members() {
             if member != self.id {
-                self.lead.progress.insert(member, Progress::new(next, self.now));
+                self.lead
+                    .progress
+                    .insert(member, Progress::new(next, self.now));
             }
         }
         host.log(
@@ -688,7 +697,7 @@ impl Raft {
     /// Whether this node must refuse to help elect another leader now: it
     /// leads, or heard from a leader less than an election timeout ago.
     fn in_lease(&self) -> bool {
-        self.role == RaftRole::Leader
+        self.role == RaftRole::Leader || self.now < self.vote_fence_until
     }
 
     fn reset_election_deadline<H: Host>(&mut self, host: &mut H) {
@@ -902,9 +911,7 @@ impl Raft {
                 transfer,
                 ..
             } => self.handle_vote(host, from, last_index, last_term, transfer),
-            Message::VoteResponse { granted, .. } => {
-                self.handle_vote_response(host, from, granted)
-            }
+            Message::VoteResponse { granted, .. } => self.handle_vote_response(host, from, granted),
             Message::Append {
                 prev_index,
                 prev_term,
@@ -913,7 +920,14 @@ impl Raft {
                 ..
             } => {
                 self.accept_leader(host, from);
-                self.handle_append(host, from, prev_index, prev_term, commit, entries.into_batch());
+                self.handle_append(
+                    host,
+                    from,
+                    prev_index,
+                    prev_term,
+                    commit,
+                    entries.into_batch(),
+                );
             }
             Message::Heartbeat { commit, round, .. } => {
                 self.accept_leader(host, from);
@@ -992,7 +1006,13 @@ impl Raft {
         );
     }
 
-    fn handle_pre_vote_response<H: Host>(&mut self, host: &mut H, from: NodeId, term: u64, granted: bool) {
+    fn handle_pre_vote_response<H: Host>(
+        &mut self,
+        host: &mut H,
+        from: NodeId,
+        term: u64,
+        granted: bool,
+    ) {
         if self.role != RaftRole::PreCandidate || (granted && term != self.term + 1) {
             return;
         }
@@ -1257,7 +1277,11 @@ impl Raft {
     // ------------------------------------------------------------------
 
     /// Appends `entries` after the last index (leader only).
-    fn append_as_leader<H: Host>(&mut self, host: &mut H, entries: &Batch) -> Result<(), StorageError> {
+    fn append_as_leader<H: Host>(
+        &mut self,
+        host: &mut H,
+        entries: &Batch,
+    ) -> Result<(), StorageError> {
         assert_eq!(self.role, RaftRole::Leader);
         let first = self.log.last_index() + 1;
         host.log_append(first, entries)?;
@@ -1516,7 +1540,10 @@ impl Raft {
             return;
         }
         if let Err(error) = host.log_compact_prefix(position) {
-            host.log(Level::Warn, &format!("raft: log compaction failed: {error}"));
+            host.log(
+                Level::Warn,
+                &format!("raft: log compaction failed: {error}"),
+            );
         }
         self.log.compact_through(position, term);
         self.configs.retain(|(index, _)| *index > position);
@@ -1845,7 +1872,10 @@ impl Raft {
                 self.counters.messages_malformed += 1;
                 host.log(
                     Level::Error,
-                    &format!("raft: snapshot metadata from {} does not decode: {error}", offer.sender),
+                    &format!(
+                        "raft: snapshot metadata from {} does not decode: {error}",
+                        offer.sender
+                    ),
                 );
                 return false;
             }
@@ -1891,7 +1921,12 @@ impl Raft {
     /// snapshot it locally (so our own durable snapshot matches our
     /// metadata), drop log entries that conflict with it, record the
     /// metadata, compact, and tell the leader where to resume.
-    fn finish_snapshot_install<H: Host>(&mut self, host: &mut H, meta: SnapshotMeta, sender: NodeId) {
+    fn finish_snapshot_install<H: Host>(
+        &mut self,
+        host: &mut H,
+        meta: SnapshotMeta,
+        sender: NodeId,
+    ) {
         host.kv_delete(INSTALLING_KEY);
         match host.snapshot() {
             Ok(position) if position == meta.index => {}
@@ -1926,7 +1961,10 @@ impl Raft {
         }
         put_or_panic(host, SNAPSHOT_KEY, &meta);
         if let Err(error) = host.log_compact_prefix(meta.index) {
-            host.log(Level::Warn, &format!("raft: log compaction failed: {error}"));
+            host.log(
+                Level::Warn,
+                &format!("raft: log compaction failed: {error}"),
+            );
         }
         if keep {
             self.log.compact_through(meta.index, meta.term);
@@ -1990,9 +2028,9 @@ impl Raft {
         let last_index = self.log.last_index();
         let progress = &self.lead.progress;
         let step = next_membership_step(&self.config, &target, self.id, |learner| {
-            progress.get(&learner).is_some_and(|p| {
-                p.match_index + LEARNER_CATCH_UP_ENTRIES_MAX >= last_index
-            })
+            progress
+                .get(&learner)
+                .is_some_and(|p| p.match_index + LEARNER_CATCH_UP_ENTRIES_MAX >= last_index)
         });
         match step {
             MembershipStep::Done => {
@@ -2032,7 +2070,12 @@ impl Raft {
             .config
             .voters
             .iter()
-            .filter_map(|voter| self.lead.progress.get(voter).map(|p| (p.match_index, *voter)))
+            .filter_map(|voter| {
+                self.lead
+                    .progress
+                    .get(voter)
+                    .map(|p| (p.match_index, *voter))
+            })
             .max_by_key(|&(matched, voter)| (matched, std::cmp::Reverse(voter)));
         if let Some((matched, voter)) = successor
             && matched == last_index
@@ -2068,7 +2111,11 @@ impl Raft {
         }
     }
 
-    fn handle_membership<H: Host>(&mut self, host: &mut H, membership: Membership) -> Result<(), String> {
+    fn handle_membership<H: Host>(
+        &mut self,
+        host: &mut H,
+        membership: Membership,
+    ) -> Result<(), String> {
         if self.role != RaftRole::Leader {
             return Err(self.not_leader_error());
         }
@@ -2101,7 +2148,11 @@ impl Raft {
         Ok(())
     }
 
-    fn handle_transfer<H: Host>(&mut self, host: &mut H, target: Option<NodeId>) -> Result<(), String> {
+    fn handle_transfer<H: Host>(
+        &mut self,
+        host: &mut H,
+        target: Option<NodeId>,
+    ) -> Result<(), String> {
         if self.role != RaftRole::Leader {
             return Err(self.not_leader_error());
         }
@@ -2117,7 +2168,12 @@ impl Raft {
                 .voters
                 .iter()
                 .filter(|&&voter| voter != self.id)
-                .filter_map(|voter| self.lead.progress.get(voter).map(|p| (p.match_index, *voter)))
+                .filter_map(|voter| {
+                    self.lead
+                        .progress
+                        .get(voter)
+                        .map(|p| (p.match_index, *voter))
+                })
                 .max_by_key(|&(matched, voter)| (matched, std::cmp::Reverse(voter)))
                 .map(|(_, voter)| voter)
                 .ok_or_else(|| "there is no other voter to transfer to".to_string())?,
@@ -2331,7 +2387,11 @@ impl synod_guest_sdk::Protocol for Raft {
         self.end(host);
     }
 
-    fn on_membership<H: Host>(&mut self, host: &mut H, membership: Membership) -> Result<(), String> {
+    fn on_membership<H: Host>(
+        &mut self,
+        host: &mut H,
+        membership: Membership,
+    ) -> Result<(), String> {
         self.begin(host);
         let result = self.handle_membership(host, membership);
         self.end(host);
@@ -2345,7 +2405,11 @@ impl synod_guest_sdk::Protocol for Raft {
         accepted
     }
 
-    fn transfer_leader<H: Host>(&mut self, host: &mut H, target: Option<NodeId>) -> Result<(), String> {
+    fn transfer_leader<H: Host>(
+        &mut self,
+        host: &mut H,
+        target: Option<NodeId>,
+    ) -> Result<(), String> {
         self.begin(host);
         let result = self.handle_transfer(host, target);
         self.end(host);
@@ -2376,10 +2440,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// it must stop this replica (the host rebuilds it from storage).
 fn put_or_panic<H: Host, T: serde::Serialize>(host: &mut H, key: &[u8], value: &T) {
     if let Err(error) = host.kv_put(key, &encode(value)) {
-        panic!(
-            "cannot persist {}: {error}",
-            String::from_utf8_lossy(key)
-        );
+        panic!("cannot persist {}: {error}", String::from_utf8_lossy(key));
     }
 }
 
@@ -2387,7 +2448,10 @@ fn put_or_warn<H: Host, T: serde::Serialize>(host: &mut H, key: &[u8], value: &T
     if let Err(error) = host.kv_put(key, &encode(value)) {
         host.log(
             Level::Warn,
-            &format!("raft: cannot persist {}: {error}", String::from_utf8_lossy(key)),
+            &format!(
+                "raft: cannot persist {}: {error}",
+                String::from_utf8_lossy(key)
+            ),
         );
     }
 }

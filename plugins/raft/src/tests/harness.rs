@@ -21,13 +21,18 @@ use crate::raft::{Raft, RaftRole};
 
 pub const NANOS_PER_MS: u64 = 1_000_000;
 
+/// Applied commands, `(request id, payload)`, in order.
+pub type AppliedCommands = Vec<(RequestId, Vec<u8>)>;
+/// A state machine image: its position and applied commands.
+pub type StateImage = (u64, AppliedCommands);
+
 /// A `MemoryHost` that remembers the state machine as of its last
 /// snapshot, which is what a restarted node comes back with and what
 /// snapshot shipping installs elsewhere.
 pub struct SimHost {
     pub mem: MemoryHost,
     /// `(position, applied commands)` of the last snapshot.
-    pub snapshot_image: Option<(u64, Vec<(RequestId, Vec<u8>)>)>,
+    pub snapshot_image: Option<StateImage>,
     /// `(read id, applied commands when it was answered)`.
     pub read_results: Vec<(RequestId, usize)>,
 }
@@ -91,7 +96,8 @@ impl Host for SimHost {
     }
     fn complete_reads(&mut self, ids: &[RequestId]) {
         let applied = self.mem.applied.len();
-        self.read_results.extend(ids.iter().map(|&id| (id, applied)));
+        self.read_results
+            .extend(ids.iter().map(|&id| (id, applied)));
         self.mem.complete_reads(ids)
     }
     fn reject(&mut self, ids: &[RequestId], reason: &Rejection) {
@@ -114,7 +120,7 @@ enum Payload {
     Message(Vec<u8>),
     Snapshot {
         metadata: Vec<u8>,
-        image: (u64, Vec<(RequestId, Vec<u8>)>),
+        image: StateImage,
     },
 }
 
@@ -183,7 +189,12 @@ pub fn fast_params(extra: &[(&str, &str)]) -> Vec<(String, String)> {
 impl Cluster {
     /// Nodes `1..=node_count`, of which `1..=voter_count` are the initial
     /// voters; the rest exist but are outside the configuration.
-    pub fn new(voter_count: u64, node_count: u64, params: Vec<(String, String)>, seed: u64) -> Cluster {
+    pub fn new(
+        voter_count: u64,
+        node_count: u64,
+        params: Vec<(String, String)>,
+        seed: u64,
+    ) -> Cluster {
         let initial = Membership {
             voters: (1..=voter_count).collect(),
             learners: vec![],
@@ -399,13 +410,7 @@ impl Cluster {
         }
     }
 
-    fn offer_snapshot(
-        &mut self,
-        from: NodeId,
-        to: NodeId,
-        metadata: Vec<u8>,
-        image: (u64, Vec<(RequestId, Vec<u8>)>),
-    ) {
+    fn offer_snapshot(&mut self, from: NodeId, to: NodeId, metadata: Vec<u8>, image: StateImage) {
         if !self.is_up(to) {
             return;
         }
@@ -531,7 +536,12 @@ impl Cluster {
     }
 
     /// Ticks until `condition` holds (panics after `max_ms`).
-    pub fn wait_until(&mut self, max_ms: u64, what: &str, mut condition: impl FnMut(&Cluster) -> bool) {
+    pub fn wait_until(
+        &mut self,
+        max_ms: u64,
+        what: &str,
+        mut condition: impl FnMut(&Cluster) -> bool,
+    ) {
         for _ in 0..max_ms {
             if condition(self) {
                 return;
@@ -550,7 +560,9 @@ impl Cluster {
     /// Submits a write to node `at`; returns its request id.
     pub fn propose(&mut self, at: NodeId, payload: &[u8]) -> RequestId {
         let id = self.next_id();
-        self.call(at, |raft, host| raft.on_commands(host, commands(&[(id, payload)])));
+        self.call(at, |raft, host| {
+            raft.on_commands(host, commands(&[(id, payload)]))
+        });
         id
     }
 
@@ -570,7 +582,10 @@ impl Cluster {
     }
 
     pub fn is_applied(&self, at: NodeId, id: RequestId) -> bool {
-        self.host(at).applied.iter().any(|(applied, _)| *applied == id)
+        self.host(at)
+            .applied
+            .iter()
+            .any(|(applied, _)| *applied == id)
     }
 
     pub fn read_completed(&self, at: NodeId, id: RequestId) -> bool {
@@ -587,7 +602,7 @@ impl Cluster {
 
     /// Every pair of nodes' applied commands: one is a prefix of the other.
     pub fn check_applied_prefixes(&self) {
-        let sequences: Vec<(NodeId, &Vec<(RequestId, Vec<u8>)>)> = self
+        let sequences: Vec<(NodeId, &AppliedCommands)> = self
             .nodes
             .iter()
             .map(|(&id, node)| (id, &node.host.mem.applied))
@@ -616,15 +631,18 @@ impl Cluster {
                     .iter()
                     .rev()
                     .find(|(index, bytes)| {
-                        right
-                            .get(index)
-                            .is_some_and(|other| crate::entry::term_of(other) == crate::entry::term_of(bytes))
+                        right.get(index).is_some_and(|other| {
+                            crate::entry::term_of(other) == crate::entry::term_of(bytes)
+                        })
                     })
                     .map(|(index, _)| *index);
                 if let Some(highest) = highest_same_term {
                     for (index, bytes) in left.range(..=highest) {
                         if let Some(other) = right.get(index) {
-                            assert_eq!(bytes, other, "logs of {a} and {b} differ at {index} below {highest}");
+                            assert_eq!(
+                                bytes, other,
+                                "logs of {a} and {b} differ at {index} below {highest}"
+                            );
                         }
                     }
                 }

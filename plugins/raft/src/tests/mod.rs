@@ -127,7 +127,10 @@ fn election_safety_across_seeds_with_loss_and_partitions() {
         terms_with_leaders += cluster.leaders_by_term.len();
         cluster.check_log_matching();
     }
-    assert!(terms_with_leaders > 50, "only {terms_with_leaders} leaderships");
+    assert!(
+        terms_with_leaders > 50,
+        "only {terms_with_leaders} leaderships"
+    );
 }
 
 /// Goal: Figure 8 of the Raft paper (§5.4.2). An entry of an old term that
@@ -220,7 +223,10 @@ fn figure_8_old_term_entry_is_not_committed_by_counting_replicas() {
     assert_eq!(leader.lead.progress[&3].match_index, 2);
     assert_eq!(cluster.raft(3).log.term(2), Some(t1));
     // The old-term entry is on a majority, yet it is not committed.
-    assert!(leader.commit < 2, "an old-term entry was committed by counting replicas");
+    assert!(
+        leader.commit < 2,
+        "an old-term entry was committed by counting replicas"
+    );
     // (d) Why: S1 crashes, S5 comes back and wins with S3 and S4 (its last
     // term t2 beats their t1), then overwrites index 2 everywhere.
     cluster.crash(1, true);
@@ -234,7 +240,11 @@ fn figure_8_old_term_entry_is_not_committed_by_counting_replicas() {
     }
     assert_eq!(cluster.raft(5).role, RaftRole::Leader);
     assert!(cluster.raft(5).commit >= 3);
-    assert_eq!(cluster.raft(3).log.term(2), Some(t2), "X was overwritten on S3");
+    assert_eq!(
+        cluster.raft(3).log.term(2),
+        Some(t2),
+        "X was overwritten on S3"
+    );
     // Everyone converges on S5's history; X is never applied.
     cluster.restart(1);
     cluster.tick(1000);
@@ -263,7 +273,11 @@ fn partitioned_old_leader_cannot_commit() {
     let lost_bytes = cluster.host(old).log[&lost_index].clone();
     cluster.tick(400);
     assert!(cluster.raft(old).commit < lost_index);
-    assert_ne!(cluster.raft(old).role, RaftRole::Leader, "check-quorum steps down");
+    assert_ne!(
+        cluster.raft(old).role,
+        RaftRole::Leader,
+        "check-quorum steps down"
+    );
     let new = cluster.leader().expect("the majority elects a leader");
     assert_ne!(new, old);
     let kept = cluster.propose(new, b"kept");
@@ -275,7 +289,11 @@ fn partitioned_old_leader_cannot_commit() {
     for node in 1..=5 {
         assert!(!cluster.is_applied(node, lost));
     }
-    assert_ne!(cluster.host(old).log.get(&lost_index), Some(&lost_bytes), "overwritten");
+    assert_ne!(
+        cluster.host(old).log.get(&lost_index),
+        Some(&lost_bytes),
+        "overwritten"
+    );
     cluster.check_log_matching();
     cluster.check_applied_prefixes();
 }
@@ -292,7 +310,11 @@ fn pre_vote_keeps_a_rejoining_node_from_inflating_terms() {
     let follower = (1..=3).find(|&n| n != leader).unwrap();
     cluster.isolate(&[follower]);
     cluster.tick(2000);
-    assert_eq!(cluster.raft(follower).term, term, "pre-vote must not raise the term");
+    assert_eq!(
+        cluster.raft(follower).term,
+        term,
+        "pre-vote must not raise the term"
+    );
     assert!(cluster.raft(follower).counters.pre_votes_started >= 5);
     assert_eq!(cluster.raft(follower).counters.elections_started, 0);
     cluster.heal();
@@ -364,7 +386,10 @@ fn lagging_follower_catches_up_by_snapshot_after_compaction() {
         cluster.tick(1);
     }
     cluster.tick(20);
-    assert!(cluster.host(leader).log_first > 50, "the leader compacted its log");
+    assert!(
+        cluster.host(leader).log_first > 50,
+        "the leader compacted its log"
+    );
     assert!(cluster.raft(leader).counters.snapshots_taken >= 5);
     // The first shipment is lost; the leader ships again later.
     cluster.heal();
@@ -421,7 +446,10 @@ fn read_index_waits_for_a_quorum_round() {
     });
     cluster.settle();
     assert!(cluster.read_completed(leader, id_a) && cluster.read_completed(leader, id_b));
-    assert_eq!(cluster.raft(leader).counters.read_rounds_started, rounds_before + 1);
+    assert_eq!(
+        cluster.raft(leader).counters.read_rounds_started,
+        rounds_before + 1
+    );
 }
 
 /// Goal: a deposed leader never answers a linearizable read, even though
@@ -441,7 +469,10 @@ fn deposed_leader_does_not_answer_linearizable_reads() {
     cluster.tick(50);
     assert!(cluster.is_applied(new, write));
     assert!(!cluster.read_completed(old, read), "stale read answered");
-    assert!(!cluster.read_completed(old, lease), "stale lease read answered");
+    assert!(
+        !cluster.read_completed(old, lease),
+        "stale lease read answered"
+    );
     assert!(matches!(
         cluster.rejection(old, read),
         Some(Rejection::NotLeader(_))
@@ -466,13 +497,20 @@ fn lease_reads_skip_the_round_only_while_the_lease_holds() {
     let leader = cluster.wait_for_leader(2000);
     cluster.tick(30);
     let read = cluster.read(leader, ReadLevel::Lease);
-    assert!(cluster.read_completed(leader, read), "answered from the lease");
+    assert!(
+        cluster.read_completed(leader, read),
+        "answered from the lease"
+    );
     assert_eq!(cluster.raft(leader).counters.reads_lease, 1);
     // Cut off, the lease runs out after at most 80 ms (100 − 20) from the
     // last acknowledged round.
     cluster.isolate(&[leader]);
     cluster.tick(85);
-    assert_eq!(cluster.raft(leader).role, RaftRole::Leader, "check-quorum not yet");
+    assert_eq!(
+        cluster.raft(leader).role,
+        RaftRole::Leader,
+        "check-quorum not yet"
+    );
     let late = cluster.read(leader, ReadLevel::Lease);
     assert!(!cluster.read_completed(leader, late), "lease expired");
     cluster.heal();
@@ -510,12 +548,18 @@ fn local_reads_are_answered_anywhere() {
 #[test]
 fn membership_add_voter_via_learner() {
     let mut cluster = Cluster::new(3, 4, fast_params(&[]), 11);
-    assert_eq!(cluster.raft(4).role, RaftRole::Learner, "outside the configuration");
+    assert_eq!(
+        cluster.raft(4).role,
+        RaftRole::Learner,
+        "outside the configuration"
+    );
     let leader = cluster.wait_for_leader(2000);
     for i in 0..30 {
         cluster.propose(leader, format!("before-{i}").as_bytes());
     }
-    let result = cluster.call(leader, |raft, host| raft.on_membership(host, member(&[1, 2, 3, 4])));
+    let result = cluster.call(leader, |raft, host| {
+        raft.on_membership(host, member(&[1, 2, 3, 4]))
+    });
     assert_eq!(result, Ok(()));
     // The first step appended node 4 as a learner.
     assert_eq!(cluster.raft(leader).config.learners, vec![4]);
@@ -539,7 +583,9 @@ fn membership_remove_voter() {
     let leader = cluster.wait_for_leader(2000);
     let removed = (1..=3).rev().find(|&n| n != leader).unwrap();
     let remaining: Vec<NodeId> = (1..=3).filter(|&n| n != removed).collect();
-    let result = cluster.call(leader, |raft, host| raft.on_membership(host, member(&remaining)));
+    let result = cluster.call(leader, |raft, host| {
+        raft.on_membership(host, member(&remaining))
+    });
     assert_eq!(result, Ok(()));
     cluster.tick(100);
     assert_eq!(cluster.raft(leader).config.voters, remaining);
@@ -559,9 +605,15 @@ fn membership_remove_the_leader() {
     let mut cluster = Cluster::new(3, 3, fast_params(&[]), 13);
     let leader = cluster.wait_for_leader(2000);
     let others: Vec<NodeId> = (1..=3).filter(|&n| n != leader).collect();
-    let result = cluster.call(leader, |raft, host| raft.on_membership(host, member(&others)));
+    let result = cluster.call(leader, |raft, host| {
+        raft.on_membership(host, member(&others))
+    });
     assert_eq!(result, Ok(()));
-    assert_eq!(cluster.raft(leader).role, RaftRole::Leader, "leads until it commits");
+    assert_eq!(
+        cluster.raft(leader).role,
+        RaftRole::Leader,
+        "leads until it commits"
+    );
     cluster.tick(300);
     assert_eq!(cluster.raft(leader).role, RaftRole::Learner);
     assert_eq!(cluster.raft(leader).config.voters, others);
@@ -584,7 +636,9 @@ fn membership_errors() {
     let leader = cluster.wait_for_leader(2000);
     let follower = (1..=3).find(|&n| n != leader).unwrap();
     let error = cluster
-        .call(follower, |raft, host| raft.on_membership(host, member(&[1, 2])))
+        .call(follower, |raft, host| {
+            raft.on_membership(host, member(&[1, 2]))
+        })
         .unwrap_err();
     assert!(error.contains(&format!("node {leader} is")), "{error}");
     let error = cluster
@@ -595,9 +649,11 @@ fn membership_errors() {
         voters: vec![1, 2, 3],
         learners: vec![3],
     };
-    assert!(cluster
-        .call(leader, |raft, host| raft.on_membership(host, both))
-        .is_err());
+    assert!(
+        cluster
+            .call(leader, |raft, host| raft.on_membership(host, both))
+            .is_err()
+    );
 }
 
 /// Goal: leadership transfer (thesis §3.10): writes are refused while it
@@ -612,13 +668,16 @@ fn leader_transfer() {
     let term = cluster.raft(leader).term;
     cluster.propose(leader, b"before");
     assert_eq!(
-        cluster.call(leader, |raft, host| raft.transfer_leader(host, Some(target))),
+        cluster.call(leader, |raft, host| raft
+            .transfer_leader(host, Some(target))),
         Ok(())
     );
     let refused = cluster.propose(leader, b"during");
     assert_eq!(
         cluster.rejection(leader, refused),
-        Some(Rejection::Unavailable("leadership transfer in progress".into()))
+        Some(Rejection::Unavailable(
+            "leadership transfer in progress".into()
+        ))
     );
     cluster.tick(50);
     assert_eq!(cluster.leader(), Some(target));
@@ -639,7 +698,8 @@ fn leader_transfer() {
     let cut_off = (1..=3).find(|&n| n != third).unwrap();
     cluster.isolate(&[cut_off]);
     assert_eq!(
-        cluster.call(third, |raft, host| raft.transfer_leader(host, Some(cut_off))),
+        cluster.call(third, |raft, host| raft
+            .transfer_leader(host, Some(cut_off))),
         Ok(())
     );
     cluster.tick(150);
@@ -649,12 +709,17 @@ fn leader_transfer() {
     assert!(cluster.rejection(third, write).is_none());
     // Errors.
     let follower = (1..=3).find(|&n| n != third).unwrap();
-    assert!(cluster
-        .call(follower, |raft, host| raft.transfer_leader(host, Some(third)))
-        .is_err());
-    assert!(cluster
-        .call(third, |raft, host| raft.transfer_leader(host, Some(99)))
-        .is_err());
+    assert!(
+        cluster
+            .call(follower, |raft, host| raft
+                .transfer_leader(host, Some(third)))
+            .is_err()
+    );
+    assert!(
+        cluster
+            .call(third, |raft, host| raft.transfer_leader(host, Some(99)))
+            .is_err()
+    );
 }
 
 /// Goal: seal appends a seal entry; once applied every node reports
@@ -666,8 +731,14 @@ fn seal_stops_writes_everywhere() {
     let leader = cluster.wait_for_leader(2000);
     let follower = (1..=3).find(|&n| n != leader).unwrap();
     let write = cluster.propose(leader, b"last");
-    assert_eq!(cluster.call(leader, |raft, host| raft.seal(host)), SealProgress::Pending);
-    assert_eq!(cluster.call(follower, |raft, host| raft.seal(host)), SealProgress::Pending);
+    assert_eq!(
+        cluster.call(leader, |raft, host| raft.seal(host)),
+        SealProgress::Pending
+    );
+    assert_eq!(
+        cluster.call(follower, |raft, host| raft.seal(host)),
+        SealProgress::Pending
+    );
     let refused = cluster.propose(leader, b"too late");
     assert_eq!(cluster.rejection(leader, refused), Some(Rejection::Sealed));
     cluster.tick(50);
@@ -677,16 +748,24 @@ fn seal_stops_writes_everywhere() {
     };
     assert_eq!(index, cluster.raft(leader).log_seal_index.unwrap());
     for node in 1..=3 {
-        assert_eq!(cluster.call(node, |raft, host| raft.seal(host)), SealProgress::Sealed(index));
+        assert_eq!(
+            cluster.call(node, |raft, host| raft.seal(host)),
+            SealProgress::Sealed(index)
+        );
         assert!(cluster.is_applied(node, write));
         assert_eq!(cluster.host(node).applied_position, index - 1);
         let status = cluster.call(node, |raft, host| raft.status(host));
         assert_eq!(status.role, Role::Sealed);
     }
     let refused = cluster.propose(follower, b"follower");
-    assert_eq!(cluster.rejection(follower, refused), Some(Rejection::Sealed));
+    assert_eq!(
+        cluster.rejection(follower, refused),
+        Some(Rejection::Sealed)
+    );
     // A new leader after the seal stays sealed (its noop is not applied).
-    cluster.call(follower, |raft, host| raft.transfer_leader(host, None)).ok();
+    cluster
+        .call(follower, |raft, host| raft.transfer_leader(host, None))
+        .ok();
     cluster.crash(leader, true);
     cluster.tick(500);
     let new = cluster.wait_for_leader(1000);
@@ -694,7 +773,10 @@ fn seal_stops_writes_everywhere() {
     assert_eq!(cluster.rejection(new, refused), Some(Rejection::Sealed));
     cluster.restart(leader);
     cluster.tick(100);
-    assert_eq!(cluster.call(leader, |raft, host| raft.seal(host)), SealProgress::Sealed(index));
+    assert_eq!(
+        cluster.call(leader, |raft, host| raft.seal(host)),
+        SealProgress::Sealed(index)
+    );
 }
 
 /// Goal: term and vote survive a restart (§5.1 persistent state), so a
@@ -785,7 +867,10 @@ fn recovery_reapplies_committed_entries() {
     wait_applied(&mut cluster, &[1, 2, 3], final_write, 1000);
     cluster.check_applied_prefixes();
     for node in 1..=3 {
-        assert_eq!(cluster.host(node).applied_ids(), cluster.host(next).applied_ids());
+        assert_eq!(
+            cluster.host(node).applied_ids(),
+            cluster.host(next).applied_ids()
+        );
     }
 }
 
@@ -823,9 +908,11 @@ fn pipelining_respects_batch_and_inflight_bounds() {
         19,
     );
     let leader = cluster.wait_for_leader(2000);
-    let payload = vec![7u8; 40];
+    let payload = [7u8; 40];
     let batch: Vec<(RequestId, &[u8])> = (1000..1100).map(|id| (id, &payload[..])).collect();
-    cluster.call(leader, |raft, host| raft.on_commands(host, commands(&batch)));
+    cluster.call(leader, |raft, host| {
+        raft.on_commands(host, commands(&batch))
+    });
     let mut appends = 0;
     cluster.deliver_where(|from, _, message| {
         if from == leader
@@ -838,10 +925,12 @@ fn pipelining_respects_batch_and_inflight_bounds() {
         Verdict::Hold
     });
     // Two followers, each: at most 400 bytes in flight at ~57 bytes an entry.
-    assert!(appends > 0 && appends <= 2 * 8, "{appends} messages in flight");
+    assert!(
+        appends > 0 && appends <= 2 * 8,
+        "{appends} messages in flight"
+    );
     let progress = &cluster.raft(leader).lead.progress;
     assert!(progress.values().all(|p| p.inflight_bytes <= 400 + 100));
     cluster.settle();
     wait_applied(&mut cluster, &[1, 2, 3], 1099, 1000);
 }
-

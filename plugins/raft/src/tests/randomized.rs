@@ -85,11 +85,19 @@ impl Coverage {
 type PendingReads = BTreeMap<RequestId, (NodeId, usize)>;
 
 fn run_seed(seed: u64) -> Coverage {
-    let voters = if seed % 3 == 0 { 3 } else { 5 };
+    let voters = if seed.is_multiple_of(3) { 3 } else { 5 };
     let nodes = voters + 1;
     let snapshot_interval = ["0", "15", "40"][(seed / 3 % 3) as usize];
-    let lease = if seed % 2 == 0 { "true" } else { "false" };
-    let batch = if seed % 5 == 0 { "200" } else { "1048576" };
+    let lease = if seed.is_multiple_of(2) {
+        "true"
+    } else {
+        "false"
+    };
+    let batch = if seed.is_multiple_of(5) {
+        "200"
+    } else {
+        "1048576"
+    };
     let mut cluster = Cluster::new(
         voters,
         nodes,
@@ -164,7 +172,12 @@ fn run_seed(seed: u64) -> Coverage {
         "{context}: no progress after healing (leader {:?}, roles {:?})",
         cluster.leader(),
         (1..=nodes)
-            .map(|id| (id, cluster.raft(id).role, cluster.raft(id).term, cluster.raft(id).commit))
+            .map(|id| (
+                id,
+                cluster.raft(id).role,
+                cluster.raft(id).term,
+                cluster.raft(id).commit
+            ))
             .collect::<Vec<_>>()
     );
     cluster.check_applied_prefixes();
