@@ -45,6 +45,9 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Measure Wasm call costs and group commit; prints figures and ratios.
     Bench(crate::bench::BenchArgs),
+    /// Run a plugin in the deterministic simulator over many seeds with
+    /// faults, checking linearizability or convergence.
+    Sim(crate::sim_cli::SimArgs),
     /// Create, list, inspect and restart regions.
     Region {
         #[command(subcommand)]
@@ -212,6 +215,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
+        // Simulated crashes make the WAL warn about torn tails by design.
+        Command::Sim(_) => "error",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -244,6 +249,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Sim(args) => {
+            tokio::task::spawn_blocking(move || crate::sim_cli::run(args)).await?
+        }
         Command::Region { command, target } => region(command, &ApiClient::new(&target.node)).await,
         Command::Component { command, target } => {
             component(command, &ApiClient::new(&target.node)).await

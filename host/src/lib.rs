@@ -31,6 +31,8 @@ pub mod network;
 pub mod node;
 pub mod plugin;
 pub mod region;
+pub mod sim;
+pub mod sim_cli;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;

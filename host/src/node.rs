@@ -117,6 +117,11 @@ pub fn builtin_components() -> Vec<(&'static str, &'static [u8])> {
     vec![("standalone", synod_plugin_artifacts::STANDALONE_WASM)]
 }
 
+/// A protocol linked into the binary, by name.
+pub fn native_protocol(name: &str) -> Option<PluginSource> {
+    native_protocols().remove(name)
+}
+
 /// Protocols linked into the binary that run without Wasm.
 fn native_protocols() -> HashMap<&'static str, PluginSource> {
     HashMap::from([(

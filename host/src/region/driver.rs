@@ -334,6 +334,8 @@ pub struct ReplicaHost {
     storage_failure: Option<String>,
     /// Who to tell once a requested shutdown has flushed.
     stopped: Option<oneshot::Sender<()>>,
+    /// Every released reply, when observed (the simulator's invariants).
+    tap: Option<Vec<(RequestId, Reply)>>,
 }
 
 /// A region driver on tokio: an inbox, a durability watch and timers
@@ -428,7 +430,18 @@ impl ReplicaHost {
             next_request: request_prefix,
             storage_failure: None,
             stopped: None,
+            tap: None,
         }
+    }
+
+    /// Starts recording every released reply (see [`ReplicaHost::drain_tap`]).
+    pub fn enable_tap(&mut self) {
+        self.tap = Some(Vec::new());
+    }
+
+    /// Replies released since the last call, in release order.
+    pub fn drain_tap(&mut self) -> Vec<(RequestId, Reply)> {
+        self.tap.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn replica(&self) -> &RegionReplica {
@@ -790,6 +803,9 @@ impl ReplicaHost {
     fn emit(&mut self, output: Output) {
         match output {
             Output::Reply { id, reply } => {
+                if let Some(tap) = self.tap.as_mut() {
+                    tap.push((id, reply.clone()));
+                }
                 if let Some(sender) = self.pending.remove(&id) {
                     let answer = match reply {
                         Reply::Outcome(outcome) => Ok(outcome),

@@ -98,11 +98,15 @@ pub enum Message {
         granted: bool,
     },
     /// AppendEntries (§5.3): `entries` go at `prev_index + 1 ..`.
+    ///
+    /// It carries no commit index: the leader sends it with `send-eager`,
+    /// before its own copy of the entries is durable (thesis §10.2.1), so
+    /// it must not carry anything that depends on that durability. The
+    /// commit index travels in [`Message::Heartbeat`], sent normally.
     Append {
         term: u64,
         prev_index: u64,
         prev_term: u64,
-        commit: u64,
         entries: Entries,
     },
     /// Answer to AppendEntries (or to a snapshot). On success `index` is the
@@ -199,7 +203,6 @@ mod tests {
             term: 3,
             prev_index: 10,
             prev_term: 2,
-            commit: 9,
             entries: Entries {
                 data: Bytes(vec![7; 1000]),
                 ends: vec![500, 1000],

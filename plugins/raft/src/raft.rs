@@ -7,9 +7,18 @@
 //! Every host callback runs `begin`, the handler, then `end`: `begin` reads
 //! the clock and finishes a snapshot install the host performed since the
 //! previous callback; `end` sends the callback's messages, at most one host
-//! `send` per peer. Storage writes go to the host before the messages that
-//! depend on them are queued; the host's output commit then guarantees that
-//! a message never leaves before the writes it reflects are durable.
+//! `send` (and one `send-eager`) per peer. Storage writes go to the host
+//! before the messages that depend on them are queued; the host's output
+//! commit then guarantees that a message never leaves before the writes it
+//! reflects are durable.
+//!
+//! The one exception is AppendEntries from the leader, sent with
+//! `send-eager` so that followers persist entries while the leader does
+//! (thesis §10.2.1). Nothing in it depends on the leader's durability: the
+//! entries are not committed until a quorum acknowledges them (and the
+//! leader counts itself only in later callbacks, whose commit-dependent
+//! outputs — heartbeats carrying the commit index, client answers, read
+//! answers — wait for its log like any other output).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -267,7 +276,8 @@ pub struct Raft {
     pending_install: Option<(SnapshotMeta, NodeId)>,
     /// Messages of the current callback, by destination.
     outbox: BTreeMap<NodeId, Batch>,
-    commit_at_callback_start: u64,
+    /// AppendEntries of the current callback, sent with `send-eager`.
+    eager_outbox: BTreeMap<NodeId, Batch>,
     pub(crate) counters: Counters,
 }
 
@@ -349,7 +359,7 @@ impl Raft {
             lead: LeaderState::default(),
             pending_install: None,
             outbox: BTreeMap::new(),
-            commit_at_callback_start: 0,
+            eager_outbox: BTreeMap::new(),
             counters: Counters::default(),
         };
         raft.rebuild_log_index(host);
@@ -380,7 +390,6 @@ impl Raft {
             "state machine at {applied} is ahead of the log ending at {}",
             raft.log.last_index()
         );
-        raft.commit_at_callback_start = raft.commit;
         raft.role = if raft.config.is_voter(raft.id) {
             RaftRole::Follower
         } else {
@@ -487,20 +496,22 @@ impl Raft {
 
     fn begin<H: Host>(&mut self, host: &mut H) {
         self.now = host.now();
-        self.commit_at_callback_start = self.commit;
         if let Some((meta, sender)) = self.pending_install.take() {
             self.finish_snapshot_install(host, meta, sender);
         }
     }
 
     fn end<H: Host>(&mut self, host: &mut H) {
-        if self.role == RaftRole::Leader && self.commit > self.commit_at_callback_start {
+        if self.role == RaftRole::Leader {
             self.send_commit_updates();
         }
         self.flush(host);
     }
 
     fn flush<H: Host>(&mut self, host: &mut H) {
+        for (to, batch) in std::mem::take(&mut self.eager_outbox) {
+            host.send_eager(to, &batch);
+        }
         for (to, batch) in std::mem::take(&mut self.outbox) {
             host.send(to, &batch);
         }
@@ -511,6 +522,19 @@ impl Raft {
             return;
         }
         self.outbox.entry(to).or_default().push(&message.encode());
+        self.counters.messages_sent += 1;
+    }
+
+    /// Queues an AppendEntries for `send-eager` (see the module docs).
+    fn send_eager(&mut self, to: NodeId, message: &Message) {
+        assert!(matches!(message, Message::Append { .. }));
+        if to == self.id {
+            return;
+        }
+        self.eager_outbox
+            .entry(to)
+            .or_default()
+            .push(&message.encode());
         self.counters.messages_sent += 1;
     }
 
@@ -915,19 +939,11 @@ impl Raft {
             Message::Append {
                 prev_index,
                 prev_term,
-                commit,
                 entries,
                 ..
             } => {
                 self.accept_leader(host, from);
-                self.handle_append(
-                    host,
-                    from,
-                    prev_index,
-                    prev_term,
-                    commit,
-                    entries.into_batch(),
-                );
+                self.handle_append(host, from, prev_index, prev_term, entries.into_batch());
             }
             Message::Heartbeat { commit, round, .. } => {
                 self.accept_leader(host, from);
@@ -1072,7 +1088,6 @@ impl Raft {
         from: NodeId,
         prev_index: u64,
         prev_term: u64,
-        leader_commit: u64,
         entries: Batch,
     ) {
         if !self.entries_are_valid(&entries, prev_term) {
@@ -1148,7 +1163,6 @@ impl Raft {
             }
             self.index_appended(host, index, &suffix);
         }
-        self.commit_to(host, leader_commit.min(last_new));
         self.send_append_success(from, last_new);
     }
 
@@ -1616,19 +1630,16 @@ impl Raft {
             };
             let count = entries.len() as u64;
             let bytes = entries.byte_len() as u64;
-            let commit = self.commit;
-            self.send(
+            self.send_eager(
                 to,
                 &Message::Append {
                     term: self.term,
                     prev_index: prev,
                     prev_term,
-                    commit,
                     entries: Entries::from_batch(entries),
                 },
             );
             let progress = self.lead.progress.get_mut(&to).expect("progress exists");
-            progress.commit_sent = progress.commit_sent.max(commit.min(prev + count));
             match progress.state {
                 ProgressState::Replicate => progress.sent_entries(prev + count, bytes),
                 _ => {
@@ -1656,8 +1667,9 @@ impl Raft {
         self.counters.snapshots_sent += 1;
     }
 
-    /// Tells followers whose commit index lags about newly committed
-    /// entries they hold, at the end of a callback that advanced it.
+    /// Tells followers whose commit index lags about committed entries they
+    /// hold, at the end of every leader callback (a normal send: it leaves
+    /// only once the log this commit index counted is durable).
     fn send_commit_updates(&mut self) {
         let mut updates = Vec::new();
         for (&peer, progress) in self.lead.progress.iter_mut() {

@@ -1,12 +1,20 @@
 //! A deterministic in-memory cluster: every node is a [`Raft`] over a
-//! [`SimHost`] (a `MemoryHost` that also keeps the state machine as of its
-//! last snapshot), and a network queue that can lose, duplicate, delay
-//! (hence reorder) and cut messages. Time advances in whole milliseconds on
-//! every host at once.
+//! [`SimHost`] (a `MemoryHost` that also models durability and keeps the
+//! state machine as of its last snapshot), and a network queue that can
+//! lose, duplicate, delay (hence reorder) and cut messages. Time advances in
+//! whole milliseconds on every host at once.
 //!
-//! Safety checkers run after every callback:
-//! - election safety: at most one leader per term, ever;
-//! - committed entries never change: the first time any node reports an
+//! Durability follows the host's output commit. Each node syncs its storage
+//! every few milliseconds (its own period, so leaders and followers sync at
+//! different times). Until then its log and kv writes are not durable and
+//! its normal sends, snapshot shipments are held; `send-eager` messages leave
+//! at once. A node restart loses unsynced writes and held messages. Outside
+//! `tick` (scripted scenarios), every callback syncs at once.
+//!
+//! Safety checkers:
+//! - election safety, after every callback: at most one leader per term;
+//! - committed entries never change, at every sync (when a node's commit
+//!   index rests only on durable facts): the first time any node reports an
 //!   index committed, its bytes are recorded; every later report must agree;
 //! - on demand: applied sequences are prefixes of each other, and logs
 //!   satisfy the log matching property.
@@ -26,20 +34,108 @@ pub type AppliedCommands = Vec<(RequestId, Vec<u8>)>;
 /// A state machine image: its position and applied commands.
 pub type StateImage = (u64, AppliedCommands);
 
-/// A `MemoryHost` that remembers the state machine as of its last
-/// snapshot, which is what a restarted node comes back with and what
-/// snapshot shipping installs elsewhere.
+/// A `MemoryHost` that models durability and remembers the state machine
+/// as of its last snapshot, which is what a restarted node comes back with
+/// and what snapshot shipping installs elsewhere.
 pub struct SimHost {
     pub mem: MemoryHost,
     /// `(position, applied commands)` of the last snapshot.
     pub snapshot_image: Option<StateImage>,
     /// `(read id, applied commands when it was answered)`.
     pub read_results: Vec<(RequestId, usize)>,
+    /// Applied commands as of the last sync (what clients may have seen).
+    pub synced_applied: usize,
+    /// Storage changes since the last sync, oldest first.
+    unsynced: Vec<Undo>,
+    /// Normal sends waiting for the next sync.
+    held_messages: Vec<(NodeId, Vec<u8>)>,
+    /// Snapshot shipments waiting for the next sync.
+    held_snapshots: Vec<(NodeId, Vec<u8>)>,
+}
+
+/// How to revert one storage change.
+enum Undo {
+    /// Entries at or after `from` before the change.
+    Log {
+        from: u64,
+        previous: BTreeMap<u64, Vec<u8>>,
+    },
+    Compact {
+        previous_first: u64,
+        removed: BTreeMap<u64, Vec<u8>>,
+    },
+    Kv {
+        key: Vec<u8>,
+        previous: Option<Vec<u8>>,
+    },
+}
+
+impl SimHost {
+    pub fn new(id: NodeId) -> SimHost {
+        SimHost {
+            mem: MemoryHost::new(id),
+            snapshot_image: None,
+            read_results: Vec::new(),
+            synced_applied: 0,
+            unsynced: Vec::new(),
+            held_messages: Vec::new(),
+            held_snapshots: Vec::new(),
+        }
+    }
+
+    /// Makes every storage change durable.
+    fn sync_storage(&mut self) {
+        self.unsynced.clear();
+        self.synced_applied = self.mem.applied.len();
+    }
+
+    /// A node restart: unsynced storage changes and held outputs are lost.
+    fn lose_unsynced(&mut self) {
+        while let Some(undo) = self.unsynced.pop() {
+            match undo {
+                Undo::Log { from, previous } => {
+                    self.mem.log.split_off(&from);
+                    self.mem.log.extend(previous);
+                }
+                Undo::Compact {
+                    previous_first,
+                    removed,
+                } => {
+                    self.mem.log.extend(removed);
+                    self.mem.log_first = previous_first;
+                }
+                Undo::Kv { key, previous } => match previous {
+                    Some(value) => {
+                        self.mem.kv.insert(key, value);
+                    }
+                    None => {
+                        self.mem.kv.remove(&key);
+                    }
+                },
+            }
+        }
+        self.held_messages.clear();
+        self.held_snapshots.clear();
+    }
+
+    fn log_from(&self, from: u64) -> BTreeMap<u64, Vec<u8>> {
+        self.mem
+            .log
+            .range(from..)
+            .map(|(index, entry)| (*index, entry.clone()))
+            .collect()
+    }
 }
 
 impl Host for SimHost {
     fn log_append(&mut self, first: u64, entries: &Batch) -> Result<(), StorageError> {
-        self.mem.log_append(first, entries)
+        let previous = self.log_from(first);
+        self.mem.log_append(first, entries)?;
+        self.unsynced.push(Undo::Log {
+            from: first,
+            previous,
+        });
+        Ok(())
     }
     fn log_read(&mut self, first: u64, last: u64, max_bytes: u32) -> Result<Batch, StorageError> {
         self.mem.log_read(first, last, max_bytes)
@@ -48,21 +144,52 @@ impl Host for SimHost {
         self.mem.log_bounds()
     }
     fn log_truncate_suffix(&mut self, from: u64) -> Result<(), StorageError> {
-        self.mem.log_truncate_suffix(from)
+        let previous = self.log_from(from);
+        self.mem.log_truncate_suffix(from)?;
+        self.unsynced.push(Undo::Log { from, previous });
+        Ok(())
     }
     fn log_compact_prefix(&mut self, through: u64) -> Result<(), StorageError> {
-        self.mem.log_compact_prefix(through)
+        let previous_first = self.mem.log_first;
+        let removed = self
+            .mem
+            .log
+            .range(..=through)
+            .map(|(index, entry)| (*index, entry.clone()))
+            .collect();
+        self.mem.log_compact_prefix(through)?;
+        self.unsynced.push(Undo::Compact {
+            previous_first,
+            removed,
+        });
+        Ok(())
     }
     fn kv_get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
         self.mem.kv_get(key)
     }
     fn kv_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.mem.kv_put(key, value)
+        let previous = self.mem.kv.get(key).cloned();
+        self.mem.kv_put(key, value)?;
+        self.unsynced.push(Undo::Kv {
+            key: key.to_vec(),
+            previous,
+        });
+        Ok(())
     }
     fn kv_delete(&mut self, key: &[u8]) {
-        self.mem.kv_delete(key)
+        let previous = self.mem.kv.get(key).cloned();
+        self.mem.kv_delete(key);
+        self.unsynced.push(Undo::Kv {
+            key: key.to_vec(),
+            previous,
+        });
     }
     fn send(&mut self, to: NodeId, messages: &Batch) {
+        for message in messages.iter() {
+            self.held_messages.push((to, message.to_vec()));
+        }
+    }
+    fn send_eager(&mut self, to: NodeId, messages: &Batch) {
         self.mem.send(to, messages)
     }
     fn now(&mut self) -> u64 {
@@ -84,12 +211,14 @@ impl Host for SimHost {
         self.mem.query(query)
     }
     fn snapshot(&mut self) -> Result<u64, StorageError> {
+        // The host saves a snapshot once the writes before it are durable.
+        self.sync_storage();
         let position = self.mem.snapshot()?;
         self.snapshot_image = Some((position, self.mem.applied.clone()));
         Ok(position)
     }
     fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
-        self.mem.send_snapshot(to, metadata)
+        self.held_snapshots.push((to, metadata.to_vec()));
     }
     fn digest(&mut self) -> Vec<u8> {
         self.mem.digest()
@@ -113,6 +242,8 @@ pub struct Node {
     pub host: SimHost,
     /// Highest index this node's commits were checked through.
     checked_commit: u64,
+    /// This node syncs its storage every this many milliseconds.
+    sync_every_ms: u64,
 }
 
 #[derive(Clone)]
@@ -170,6 +301,8 @@ pub struct Cluster {
     pub leaders_by_term: BTreeMap<u64, NodeId>,
     /// Index → entry bytes, the first time any node reported it committed.
     pub committed: BTreeMap<u64, Vec<u8>>,
+    /// Inside `tick`: callbacks wait for their node's next sync.
+    in_tick: bool,
 }
 
 pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -211,24 +344,23 @@ impl Cluster {
             next_request_id: 1,
             leaders_by_term: BTreeMap::new(),
             committed: BTreeMap::new(),
+            in_tick: false,
         };
         for id in 1..=node_count {
-            let mut host = SimHost {
-                mem: MemoryHost::new(id),
-                snapshot_image: None,
-                read_results: Vec::new(),
-            };
+            let mut host = SimHost::new(id);
             // Distinct random streams per seed, so elections differ.
             for _ in 0..(seed.wrapping_mul(7919).wrapping_add(id * 104_729) % 4096) {
                 host.random();
             }
             let raft = Raft::new(&mut host, cluster.init_config(id, false, 0));
+            let sync_every_ms = 1 + cluster.random() % 4;
             cluster.nodes.insert(
                 id,
                 Node {
                     raft: Some(raft),
                     host,
                     checked_commit: 0,
+                    sync_every_ms,
                 },
             );
             cluster.after_callback(id);
@@ -280,13 +412,29 @@ impl Cluster {
         result
     }
 
-    /// Moves the node's sends onto the network and checks safety.
+    /// Puts the node's eager sends on the network, checks election safety,
+    /// and outside `tick` syncs at once.
     fn after_callback(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node exists");
-        let sent = std::mem::take(&mut node.host.mem.sent);
-        let shipped = std::mem::take(&mut node.host.mem.snapshots_sent);
+        let eager = std::mem::take(&mut node.host.mem.sent);
+        for (to, bytes) in eager {
+            self.enqueue(id, to, Payload::Message(bytes));
+        }
+        self.check_election_safety(id);
+        if !self.in_tick {
+            self.sync(id);
+        }
+    }
+
+    /// Node `id`'s storage becomes durable: its held outputs leave and its
+    /// commit index is checked.
+    fn sync(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.host.sync_storage();
+        let messages = std::mem::take(&mut node.host.held_messages);
+        let shipped = std::mem::take(&mut node.host.held_snapshots);
         let image = node.host.snapshot_image.clone();
-        for (to, bytes) in sent {
+        for (to, bytes) in messages {
             self.enqueue(id, to, Payload::Message(bytes));
         }
         for (to, metadata) in shipped {
@@ -294,7 +442,7 @@ impl Cluster {
                 self.enqueue(id, to, Payload::Snapshot { metadata, image });
             }
         }
-        self.check_node(id);
+        self.check_commits(id);
     }
 
     fn enqueue(&mut self, from: NodeId, to: NodeId, payload: Payload) {
@@ -321,10 +469,9 @@ impl Cluster {
         }
     }
 
-    /// Election safety and commit stability for node `id`.
-    fn check_node(&mut self, id: NodeId) {
-        let node = self.nodes.get_mut(&id).expect("node exists");
-        let Some(raft) = node.raft.as_ref() else {
+    /// Election safety (§5.2): one leader per term.
+    fn check_election_safety(&mut self, id: NodeId) {
+        let Some(raft) = self.nodes[&id].raft.as_ref() else {
             return;
         };
         if raft.role == RaftRole::Leader {
@@ -335,6 +482,14 @@ impl Cluster {
                 raft.term
             );
         }
+    }
+
+    /// Commit stability for node `id` (at a sync).
+    fn check_commits(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let Some(raft) = node.raft.as_ref() else {
+            return;
+        };
         assert!(raft.applied <= raft.commit);
         assert!(raft.commit <= raft.log.last_index());
         let commit = raft.commit;
@@ -357,9 +512,11 @@ impl Cluster {
     }
 
     /// Advances time by `ms` milliseconds, one at a time: fires due timers,
-    /// then delivers due messages (all of a destination's in one callback).
+    /// delivers due messages (all of a destination's in one callback), then
+    /// syncs the nodes whose period is up.
     pub fn tick(&mut self, ms: u64) {
         for _ in 0..ms {
+            self.in_tick = true;
             self.now_ms += 1;
             let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
             for &id in &ids {
@@ -370,6 +527,12 @@ impl Cluster {
                 }
             }
             self.deliver_due();
+            for &id in &ids {
+                if self.now_ms.is_multiple_of(self.nodes[&id].sync_every_ms) {
+                    self.sync(id);
+                }
+            }
+            self.in_tick = false;
         }
     }
 
@@ -484,17 +647,17 @@ impl Cluster {
         self.cut.clear();
     }
 
-    /// Stops node `id`: the Raft value and its timers go; its storage (log,
-    /// kv) stays. With `keep_state` the state machine survives too (a plugin
-    /// rebuild); otherwise it comes back from the last snapshot (a node
-    /// restart).
+    /// Stops node `id`: the Raft value and its timers go. With `keep_state`
+    /// it is a plugin rebuild: storage and the live state machine survive
+    /// and held outputs still leave at the next sync. Otherwise it is a node
+    /// restart: unsynced writes and held outputs are lost and the state
+    /// machine comes back from the last snapshot.
     pub fn crash(&mut self, id: NodeId, keep_state: bool) {
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.raft = None;
         node.host.mem.timers.clear();
-        node.host.mem.sent.clear();
-        node.host.mem.snapshots_sent.clear();
         if !keep_state {
+            node.host.lose_unsynced();
             let (position, applied) = node.host.snapshot_image.clone().unwrap_or_default();
             node.host.mem.applied_position = position;
             node.host.mem.applied = applied;

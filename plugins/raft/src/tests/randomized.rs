@@ -6,9 +6,10 @@
 //! duplication and delay, then runs a safety phase of random writes, reads,
 //! partitions, crashes (node restarts and plugin rebuilds), restarts,
 //! leadership transfers and membership changes. The harness checks after
-//! every callback that no term has two leaders and that committed entries
-//! never change; this file adds that linearizable and lease reads reflect
-//! every write applied anywhere before they were issued, that applied
+//! every callback that no term has two leaders and at every sync that
+//! committed entries never change; this file adds that linearizable and
+//! lease reads reflect every write applied anywhere (and synced) before they
+//! were issued, that applied
 //! sequences are prefixes of each other and that logs match. The liveness
 //! phase heals everything and requires a new write to reach every member.
 //! A failure names its seed; rerun one with `RAFT_SEED=<seed>`.
@@ -237,10 +238,12 @@ fn random_event(
                 1 => ReadLevel::Lease,
                 _ => ReadLevel::Local,
             };
+            // Writes applied (hence committed) where clients could see
+            // them: as of each node's last sync.
             let required = cluster
                 .nodes
                 .values()
-                .map(|node| node.host.mem.applied.len())
+                .map(|node| node.host.synced_applied)
                 .max()
                 .unwrap_or(0);
             let id = cluster.read(at, level);

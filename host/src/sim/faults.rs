@@ -1,0 +1,106 @@
+//! Fault profiles: how often the simulated world misbehaves. Every rate is
+//! applied through the run's seeded random generator.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultProfile {
+    pub name: String,
+    /// Probability a message is lost.
+    pub loss: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// One-way delay range; a wide range reorders messages.
+    pub delay_min: Duration,
+    pub delay_max: Duration,
+    /// Mean time between network partitions (none if zero).
+    pub partition_every: Duration,
+    pub partition_length: Duration,
+    /// Whether some partitions cut only one direction.
+    pub one_way_partitions: bool,
+    /// Mean time between node crashes (none if zero); unsynced writes are
+    /// lost, and with `torn_writes` the last write may be torn.
+    pub crash_every: Duration,
+    pub down_for: Duration,
+    pub torn_writes: bool,
+    /// Mean time between pauses (a frozen process), and their length.
+    pub pause_every: Duration,
+    pub pause_length: Duration,
+    /// Largest clock drift of a node, parts per million.
+    pub clock_drift_ppm: i64,
+    /// Simulated fsync latency range.
+    pub fsync_min: Duration,
+    pub fsync_max: Duration,
+}
+
+impl FaultProfile {
+    fn base(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            loss: 0.0,
+            duplicate: 0.0,
+            delay_min: Duration::from_micros(100),
+            delay_max: Duration::from_micros(600),
+            partition_every: Duration::ZERO,
+            partition_length: Duration::ZERO,
+            one_way_partitions: false,
+            crash_every: Duration::ZERO,
+            down_for: Duration::ZERO,
+            torn_writes: false,
+            pause_every: Duration::ZERO,
+            pause_length: Duration::ZERO,
+            clock_drift_ppm: 0,
+            fsync_min: Duration::from_micros(200),
+            fsync_max: Duration::from_micros(900),
+        }
+    }
+
+    /// The named profiles: `none`, `lossy`, `partitions`, `crashes`,
+    /// `chaos` (all of them together).
+    pub fn named(name: &str) -> Option<Self> {
+        let mut profile = Self::base(name);
+        match name {
+            "none" => {}
+            "lossy" => {
+                profile.loss = 0.05;
+                profile.duplicate = 0.03;
+                profile.delay_max = Duration::from_millis(20);
+            }
+            "partitions" => {
+                profile.loss = 0.01;
+                profile.delay_max = Duration::from_millis(5);
+                profile.partition_every = Duration::from_secs(2);
+                profile.partition_length = Duration::from_millis(1500);
+                profile.one_way_partitions = true;
+            }
+            "crashes" => {
+                profile.delay_max = Duration::from_millis(5);
+                profile.crash_every = Duration::from_secs(2);
+                profile.down_for = Duration::from_millis(800);
+                profile.torn_writes = true;
+                profile.pause_every = Duration::from_secs(4);
+                profile.pause_length = Duration::from_millis(700);
+            }
+            "chaos" => {
+                profile.loss = 0.03;
+                profile.duplicate = 0.02;
+                profile.delay_max = Duration::from_millis(15);
+                profile.partition_every = Duration::from_secs(3);
+                profile.partition_length = Duration::from_millis(1200);
+                profile.one_way_partitions = true;
+                profile.crash_every = Duration::from_secs(3);
+                profile.down_for = Duration::from_millis(700);
+                profile.torn_writes = true;
+                profile.pause_every = Duration::from_secs(5);
+                profile.pause_length = Duration::from_millis(500);
+                profile.clock_drift_ppm = 200;
+            }
+            _ => return None,
+        }
+        Some(profile)
+    }
+
+    pub const NAMES: [&'static str; 5] = ["none", "lossy", "partitions", "crashes", "chaos"];
+}

@@ -1,0 +1,33 @@
+//! The deterministic simulator: whole clusters of the real host code over
+//! a simulated network, disk and clock, driven by one seed on one thread.
+//! A failing seed replays bit for bit (`synod sim --seed N`).
+//!
+//! - [`parts`]: virtual clocks, the simulated commit log and network;
+//! - [`faults`]: fault profiles;
+//! - [`world`]: the scheduler, clients and invariant checks;
+//! - [`trace`]: text and HTML timelines of a run.
+
+pub mod faults;
+pub mod parts;
+pub mod trace;
+pub mod world;
+
+pub use faults::FaultProfile;
+pub use trace::Trace;
+pub use world::{SimConfig, SimReport, World};
+
+/// Runs one seed.
+pub fn run_seed(config: &SimConfig, seed: u64) -> SimReport {
+    World::new(config.clone(), seed).run()
+}
+
+/// The command that replays `seed` of a run.
+pub fn replay_command(plugin: &str, config: &SimConfig, seed: u64) -> String {
+    format!(
+        "synod sim --plugin {plugin} --nodes {} --faults {} --seed {seed} --seconds {} --clients {} --trace sim-trace",
+        config.nodes,
+        config.faults.name,
+        config.fault_phase.as_secs_f64(),
+        config.clients
+    )
+}

@@ -1,0 +1,1086 @@
+//! One simulated run: N virtual nodes, each running the real host code
+//! (`ReplicaHost` → `RegionReplica` → plugin → `RegionCore`, the journal,
+//! the WAL and snapshots over a simulated disk), a simulated network and
+//! virtual time, all driven from one seed on one thread.
+//!
+//! The run has a fault phase (loss, delay, duplication, partitions,
+//! crashes losing unsynced writes, torn writes, pauses, clock drift) and a
+//! quiet phase (everything healed and restarted) in which the cluster must
+//! make progress and converge. Invariants are checked continuously; the
+//! client history is checked at the end.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use synod_guest_sdk::{
+    Consistency, InitConfig, Membership, NodeId, ReadLevel, Rejection, RequestId,
+};
+use tokio::sync::oneshot;
+
+use super::faults::FaultProfile;
+use super::parts::{Envelope, Payload, SimClock, SimCommit, SimNetwork, VirtualTime};
+use super::trace::Trace;
+use crate::checker::{
+    CheckOptions, OpInput, OpOutput, Operation, Outcome, UNKNOWN_RETURN, check_linearizable,
+};
+use crate::journal::{JournalRecord, RecoveredNode, RecoveredRegion};
+use crate::plugin::PluginSource;
+use crate::region::core::{RegionCore, Reply};
+use crate::region::driver::{ClientError, ClientReply, DriverContext, RegionEvent, ReplicaHost};
+use crate::region::replica::{FailurePolicy, RegionReplica};
+use crate::region::{ProtocolRef, RegionName, RegionSpec};
+use crate::state_machine::{KvCommand, KvOutcome, KvQuery, KvStateMachine, conflict_key};
+use crate::storage::commit::CommitLog;
+use crate::storage::disk::{Disk, MemDisk};
+use crate::storage::snapshot::SnapshotStore;
+use crate::storage::wal::{Wal, WalOptions};
+
+const REGION: &str = "sim";
+/// How long a client waits before it records an unknown outcome.
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often leaders are observed and traced.
+const OBSERVE_EVERY: Duration = Duration::from_millis(50);
+/// Clients stop this long before the end so replicas can converge.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Everything a run depends on besides the seed.
+#[derive(Clone)]
+pub struct SimConfig {
+    pub nodes: u64,
+    pub faults: FaultProfile,
+    pub fault_phase: Duration,
+    pub quiet_phase: Duration,
+    pub clients: usize,
+    pub keys: usize,
+    pub source: PluginSource,
+    pub params: Vec<(String, String)>,
+    pub record_trace: bool,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct SimReport {
+    pub seed: u64,
+    pub violations: Vec<String>,
+    pub operations_ok: u64,
+    pub operations_unknown: u64,
+    pub virtual_seconds: f64,
+    pub leader_changes: u64,
+    pub steps: u64,
+    /// Hash of every traced event: equal hashes mean identical runs.
+    pub trace_hash: u64,
+    pub trace: Option<Trace>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver { to: NodeId, envelope: Envelope },
+    Wake { node: NodeId },
+    Fsync { node: NodeId },
+    ClientIssue { client: usize },
+    Crash { node: NodeId },
+    Restart { node: NodeId },
+    Pause { node: NodeId },
+    Resume { node: NodeId },
+    Partition,
+    Heal,
+    Observe,
+    QuietPhase,
+}
+
+struct Runtime {
+    host: ReplicaHost,
+    commit: Arc<SimCommit>,
+    network: Arc<SimNetwork>,
+}
+
+struct SimNode {
+    disk: MemDisk,
+    clock: Arc<SimClock>,
+    runtime: Option<Runtime>,
+    paused: bool,
+    /// Events that reached a paused node; handled when it resumes.
+    parked: Vec<RegionEvent>,
+    incarnation: u64,
+    fsync_pending: bool,
+    wake_at: Option<u64>,
+    /// Commands applied since the last (re)start, to catch double applies.
+    applied: HashSet<RequestId>,
+    last_checked_position: u64,
+    /// States (ticket, position, digest) waiting for their round to be
+    /// durable: only durable states must agree across replicas, because a
+    /// crash may legitimately undo what was applied but never released.
+    unconfirmed: std::collections::VecDeque<(u64, u64, [u8; 32])>,
+}
+
+struct InFlight {
+    op: usize,
+    node: NodeId,
+    reply: oneshot::Receiver<ClientReply>,
+    deadline: u64,
+}
+
+struct SimClient {
+    target: NodeId,
+    sequence: u64,
+    in_flight: Option<InFlight>,
+}
+
+pub struct World {
+    config: SimConfig,
+    seed: u64,
+    rng: ChaCha8Rng,
+    time: VirtualTime,
+    queue: BTreeMap<(u64, u64), Event>,
+    sequence: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    clients: Vec<SimClient>,
+    operations: Vec<Operation>,
+    /// Operations known not to have happened (refused), excluded from checks.
+    dropped: HashSet<usize>,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    faults_on: bool,
+    strong: bool,
+    end: u64,
+    clients_stop: u64,
+    quiet_from: u64,
+    ok_in_quiet: u64,
+    violations: Vec<String>,
+    results: HashMap<RequestId, Reply>,
+    digests_at: HashMap<u64, [u8; 32]>,
+    leaders: BTreeMap<NodeId, (u64, bool)>,
+    leader_changes: u64,
+    last_leader: Option<(u64, NodeId)>,
+    trace: Trace,
+    steps: u64,
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl World {
+    pub fn new(config: SimConfig, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let time = VirtualTime::default();
+        let strong = config.source.info().consistency != Consistency::Eventual;
+        let mut nodes = BTreeMap::new();
+        for id in 1..=config.nodes {
+            let drift = if config.faults.clock_drift_ppm > 0 {
+                (rng.next_u64() % (2 * config.faults.clock_drift_ppm as u64 + 1)) as i64
+                    - config.faults.clock_drift_ppm
+            } else {
+                0
+            };
+            let offset = rng.next_u64() % 1_000_000_000;
+            nodes.insert(
+                id,
+                SimNode {
+                    disk: MemDisk::new(),
+                    clock: Arc::new(SimClock::new(time.clone(), offset, drift)),
+                    runtime: None,
+                    paused: false,
+                    parked: Vec::new(),
+                    incarnation: 0,
+                    fsync_pending: false,
+                    wake_at: None,
+                    applied: HashSet::new(),
+                    last_checked_position: 0,
+                    unconfirmed: std::collections::VecDeque::new(),
+                },
+            );
+        }
+        let clients = (0..config.clients)
+            .map(|i| SimClient {
+                target: 1 + (i as u64 % config.nodes),
+                sequence: 0,
+                in_flight: None,
+            })
+            .collect();
+        let quiet_from = nanos(config.fault_phase);
+        let end = quiet_from + nanos(config.quiet_phase);
+        World {
+            trace: Trace::new(config.record_trace),
+            seed,
+            rng,
+            time,
+            queue: BTreeMap::new(),
+            sequence: 0,
+            nodes,
+            clients,
+            operations: Vec::new(),
+            dropped: HashSet::new(),
+            blocked: BTreeSet::new(),
+            faults_on: true,
+            strong,
+            end,
+            clients_stop: end.saturating_sub(nanos(DRAIN)),
+            quiet_from,
+            ok_in_quiet: 0,
+            violations: Vec::new(),
+            results: HashMap::new(),
+            digests_at: HashMap::new(),
+            leaders: BTreeMap::new(),
+            leader_changes: 0,
+            last_leader: None,
+            steps: 0,
+            config,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.time.now()
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.sequence += 1;
+        self.queue.insert((at, self.sequence), event);
+    }
+
+    fn random_between(&mut self, low: Duration, high: Duration) -> u64 {
+        let (low, high) = (nanos(low), nanos(high).max(nanos(low)));
+        low + self.rng.next_u64() % (high - low + 1)
+    }
+
+    fn chance(&mut self, probability: f64) -> bool {
+        probability > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < probability
+    }
+
+    /// Roughly exponential spacing around `mean` (uniform 0.2x..1.8x).
+    fn after_mean(&mut self, mean: Duration) -> u64 {
+        let mean = nanos(mean);
+        mean / 5 + self.rng.next_u64() % (mean * 8 / 5 + 1)
+    }
+
+    fn spec(&self) -> RegionSpec {
+        let protocol = match &self.config.source {
+            PluginSource::Wasm { component, .. } => ProtocolRef::Component {
+                digest: component.digest.clone(),
+            },
+            PluginSource::Native { info, .. } => ProtocolRef::Native {
+                name: info.name.clone(),
+            },
+        };
+        RegionSpec {
+            name: REGION.into(),
+            protocol,
+            params: self.config.params.clone(),
+            voters: (1..=self.config.nodes).collect(),
+            learners: Vec::new(),
+            epoch: 1,
+            version: 1,
+        }
+    }
+
+    /// Runs to the end and checks everything.
+    pub fn run(mut self) -> SimReport {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            self.boot(*id);
+        }
+        for client in 0..self.clients.len() {
+            let at = self.random_between(Duration::from_millis(1), Duration::from_millis(20));
+            self.schedule(at, Event::ClientIssue { client });
+        }
+        self.schedule(nanos(OBSERVE_EVERY), Event::Observe);
+        self.schedule(self.quiet_from, Event::QuietPhase);
+        self.schedule_faults();
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            if at > self.end {
+                break;
+            }
+            self.time.set(at);
+            self.steps += 1;
+            self.handle(event);
+            self.settle_all();
+            self.poll_clients();
+        }
+        self.time.set(self.end);
+        self.finish()
+    }
+
+    fn schedule_faults(&mut self) {
+        let faults = self.config.faults.clone();
+        if !faults.partition_every.is_zero() {
+            let at = self.after_mean(faults.partition_every);
+            self.schedule(at, Event::Partition);
+        }
+        for id in 1..=self.config.nodes {
+            if !faults.crash_every.is_zero() {
+                let at = self.after_mean(faults.crash_every * self.config.nodes as u32);
+                self.schedule(at, Event::Crash { node: id });
+            }
+            if !faults.pause_every.is_zero() {
+                let at = self.after_mean(faults.pause_every * self.config.nodes as u32);
+                self.schedule(at, Event::Pause { node: id });
+            }
+        }
+    }
+
+    /// Starts a node's runtime from its (simulated) disk.
+    fn boot(&mut self, id: NodeId) {
+        let spec = self.spec();
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        node.incarnation += 1;
+        let disk: Arc<dyn Disk> = Arc::new(node.disk.clone());
+        let (wal, replay) = match Wal::open(disk.clone(), "wal", WalOptions::default()) {
+            Ok(opened) => opened,
+            Err(error) => {
+                self.violations
+                    .push(format!("node {id}: WAL does not reopen: {error}"));
+                return;
+            }
+        };
+        let recovered = match RecoveredNode::rebuild(&replay.entries) {
+            Ok(recovered) => recovered,
+            Err(error) => {
+                self.violations
+                    .push(format!("node {id}: journal does not replay: {error}"));
+                return;
+            }
+        };
+        let mut region = recovered.regions.get(REGION).map(|r| RecoveredRegion {
+            spec: r.spec.clone(),
+            log: r.log.clone(),
+            meta: r.meta.clone(),
+        });
+        let commit = Arc::new(SimCommit::new(wal));
+        let recovering = region.is_some();
+        if region.is_none() {
+            let record =
+                JournalRecord::encode_all(&[JournalRecord::RegionCreated { spec: spec.clone() }]);
+            if commit
+                .submit(record)
+                .and_then(|t| commit.wait_durable(t))
+                .is_err()
+            {
+                self.violations
+                    .push(format!("node {id}: cannot journal the region"));
+                return;
+            }
+            region = Some(RecoveredRegion::default());
+        }
+        let region = region.unwrap_or_default();
+        let snapshots = Arc::new(SnapshotStore::new(disk, "snapshots"));
+        let state = match snapshots.load(REGION) {
+            Ok(Some(image)) => match KvStateMachine::restore(&image) {
+                Ok(state) => state,
+                Err(error) => {
+                    self.violations
+                        .push(format!("node {id}: snapshot does not restore: {error}"));
+                    return;
+                }
+            },
+            Ok(None) => KvStateMachine::default(),
+            Err(error) => {
+                self.violations
+                    .push(format!("node {id}: snapshot unreadable: {error}"));
+                return;
+            }
+        };
+        let network = Arc::new(SimNetwork::default());
+        let clock: Arc<dyn crate::clock::Clock> = node.clock.clone();
+        let seed = self.seed ^ (id << 32) ^ node.incarnation;
+        let core = RegionCore::new(
+            RegionName::new(REGION).unwrap_or_else(|_| unreachable!("a valid name")),
+            id,
+            region.log,
+            region.meta,
+            state,
+            clock.clone(),
+            seed,
+        );
+        let init = InitConfig {
+            self_id: id,
+            membership: Membership {
+                voters: spec.voters.clone(),
+                learners: Vec::new(),
+            },
+            params: spec.params.clone(),
+            recovering,
+            applied_position: 0,
+        };
+        let replica = RegionReplica::new(
+            self.config.source.clone(),
+            core,
+            init,
+            FailurePolicy::default(),
+            clock.clone(),
+        );
+        let context = DriverContext {
+            node_id: id,
+            incarnation: node.incarnation,
+            commit: commit.clone(),
+            snapshots,
+            network: network.clone(),
+            clock,
+        };
+        let mut host = ReplicaHost::new(spec, replica, context);
+        host.enable_tap();
+        host.start(recovering);
+        node.runtime = Some(Runtime {
+            host,
+            commit,
+            network,
+        });
+        node.applied.clear();
+        node.last_checked_position = 0;
+        node.unconfirmed.clear();
+        node.fsync_pending = false;
+        node.wake_at = None;
+        let torn = replay.torn_tail_bytes;
+        self.trace.record(
+            self.time.now(),
+            id,
+            format!("boot (recovering={recovering}, torn tail {torn} bytes)"),
+        );
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver { to, envelope } => self.deliver(to, envelope),
+            Event::Wake { node } => {
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.wake_at = None;
+                    if !n.paused
+                        && let Some(runtime) = n.runtime.as_mut()
+                    {
+                        runtime.host.on_wakeup();
+                    }
+                }
+            }
+            Event::Fsync { node } => {
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.fsync_pending = false;
+                    if let Some(runtime) = n.runtime.as_mut()
+                        && runtime.commit.sync().is_ok()
+                    {
+                        runtime.host.release();
+                    }
+                }
+            }
+            Event::ClientIssue { client } => self.issue(client),
+            Event::Crash { node } => self.crash(node),
+            Event::Restart { node } => {
+                if self.nodes.get(&node).is_some_and(|n| n.runtime.is_none()) {
+                    self.boot(node);
+                }
+            }
+            Event::Pause { node } => self.pause(node),
+            Event::Resume { node } => self.resume(node),
+            Event::Partition => self.partition(),
+            Event::Heal => {
+                if !self.blocked.is_empty() {
+                    self.blocked.clear();
+                    self.trace.record(self.now(), 0, "partition healed".into());
+                }
+            }
+            Event::Observe => {
+                self.observe();
+                let next = self.now() + nanos(OBSERVE_EVERY);
+                self.schedule(next, Event::Observe);
+            }
+            Event::QuietPhase => {
+                self.faults_on = false;
+                self.blocked.clear();
+                self.trace.record(
+                    self.now(),
+                    0,
+                    "quiet phase: faults stop, everything heals".into(),
+                );
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for id in ids {
+                    self.resume(id);
+                    if self.nodes.get(&id).is_some_and(|n| n.runtime.is_none()) {
+                        self.boot(id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, to: NodeId, envelope: Envelope) {
+        if self.blocked.contains(&(envelope.from, to)) {
+            return;
+        }
+        let from = envelope.from;
+        let event = match envelope.payload {
+            Payload::Messages(payloads) => RegionEvent::Messages { from, payloads },
+            Payload::Snapshot { metadata, image } => RegionEvent::Snapshot {
+                from,
+                metadata,
+                image,
+            },
+        };
+        self.submit(to, event);
+    }
+
+    /// Hands an event to a node: handled now, parked while paused, lost
+    /// while down.
+    fn submit(&mut self, to: NodeId, event: RegionEvent) -> bool {
+        let Some(node) = self.nodes.get_mut(&to) else {
+            return false;
+        };
+        if node.runtime.is_none() {
+            return false;
+        }
+        if node.paused {
+            node.parked.push(event);
+            return true;
+        }
+        if let Some(runtime) = node.runtime.as_mut() {
+            runtime.host.handle_events(vec![event]);
+        }
+        true
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        if !self.faults_on {
+            return;
+        }
+        let torn = self.config.faults.torn_writes && self.chance(0.5);
+        let keep = (self.rng.next_u64() % 64) as usize;
+        let down_for = self.config.faults.down_for;
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.runtime.is_some() {
+            node.runtime = None;
+            node.paused = false;
+            node.parked.clear();
+            if torn {
+                node.disk.crash_with_torn_tail(keep);
+            } else {
+                node.disk.crash();
+            }
+            self.trace.record(
+                self.now(),
+                id,
+                format!(
+                    "crash (unsynced writes lost{})",
+                    if torn { ", torn tail" } else { "" }
+                ),
+            );
+            let restart_at = self.now() + nanos(down_for);
+            self.schedule(restart_at, Event::Restart { node: id });
+        }
+        let every = self.config.faults.crash_every * self.config.nodes as u32;
+        let next = self.now() + nanos(down_for) + self.after_mean(every);
+        self.schedule(next, Event::Crash { node: id });
+    }
+
+    fn pause(&mut self, id: NodeId) {
+        if !self.faults_on {
+            return;
+        }
+        let length = nanos(self.config.faults.pause_length);
+        let every = self.config.faults.pause_every * self.config.nodes as u32;
+        if let Some(node) = self.nodes.get_mut(&id)
+            && node.runtime.is_some()
+            && !node.paused
+        {
+            node.paused = true;
+            self.trace.record(self.now(), id, "paused".into());
+            let at = self.now() + length;
+            self.schedule(at, Event::Resume { node: id });
+        }
+        let next = self.now() + length + self.after_mean(every);
+        self.schedule(next, Event::Pause { node: id });
+    }
+
+    fn resume(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if !node.paused {
+            return;
+        }
+        node.paused = false;
+        let parked = std::mem::take(&mut node.parked);
+        if let Some(runtime) = node.runtime.as_mut() {
+            runtime.host.on_wakeup();
+            if !parked.is_empty() {
+                runtime.host.handle_events(parked);
+            }
+        }
+        self.trace.record(self.now(), id, "resumed".into());
+    }
+
+    fn partition(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let mut side: Vec<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|_| self.rng.next_u64() % 2 == 0)
+            .collect();
+        if side.is_empty() || side.len() == ids.len() {
+            side = vec![ids[(self.rng.next_u64() % ids.len() as u64) as usize]];
+        }
+        let one_way = self.config.faults.one_way_partitions && self.chance(0.3);
+        self.blocked.clear();
+        for a in &side {
+            for b in ids.iter().filter(|b| !side.contains(b)) {
+                self.blocked.insert((*a, *b));
+                if !one_way {
+                    self.blocked.insert((*b, *a));
+                }
+            }
+        }
+        self.trace.record(
+            self.now(),
+            0,
+            format!(
+                "partition {side:?} | rest{}",
+                if one_way {
+                    " (one-way: their messages out are lost)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        let heal_at = self.now() + nanos(self.config.faults.partition_length);
+        self.schedule(heal_at, Event::Heal);
+        let next = heal_at + self.after_mean(self.config.faults.partition_every);
+        self.schedule(next, Event::Partition);
+    }
+
+    /// After any step: end rounds, schedule fsyncs and wake-ups, route
+    /// what nodes sent, and check invariants.
+    fn settle_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.settle(id);
+        }
+    }
+
+    fn settle(&mut self, id: NodeId) {
+        let now = self.now();
+        let fsync_delay =
+            self.random_between(self.config.faults.fsync_min, self.config.faults.fsync_max);
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(runtime) = node.runtime.as_mut() else {
+            return;
+        };
+        if !node.paused {
+            runtime.host.end_round();
+            runtime.host.release();
+        }
+        let mut schedule = Vec::new();
+        if runtime.commit.has_unsynced() && !node.fsync_pending {
+            node.fsync_pending = true;
+            schedule.push((now + fsync_delay, Event::Fsync { node: id }));
+        }
+        if let Some(deadline) = runtime.host.next_deadline_nanos() {
+            let at = node.clock.global_at(deadline).max(now + 1);
+            if node.wake_at.is_none_or(|w| at < w || w <= now) {
+                node.wake_at = Some(at);
+                schedule.push((at, Event::Wake { node: id }));
+            }
+        }
+        let sent = runtime.network.drain();
+        let taps = runtime.host.drain_tap();
+        let state = runtime.host.replica().core().state();
+        let position = state.applied_position();
+        if position != node.last_checked_position {
+            node.last_checked_position = position;
+            node.unconfirmed
+                .push_back((runtime.commit.current_ticket(), position, state.digest()));
+        }
+        let durable = runtime.commit.durable_ticket();
+        let mut confirmed = Vec::new();
+        while node
+            .unconfirmed
+            .front()
+            .is_some_and(|(ticket, _, _)| *ticket <= durable)
+        {
+            if let Some((_, position, digest)) = node.unconfirmed.pop_front() {
+                confirmed.push((position, digest));
+            }
+        }
+        let mut double_applied = Vec::new();
+        for (request, reply) in &taps {
+            if matches!(reply, Reply::Outcome(outcome) if !matches!(outcome, KvOutcome::Value(_)))
+                && !node.applied.insert(*request)
+            {
+                double_applied.push(*request);
+            }
+        }
+        for (at, event) in schedule {
+            self.schedule(at, event);
+        }
+        for request in double_applied {
+            self.violation(format!("node {id} applied request {request:#x} twice"));
+        }
+        if self.strong {
+            for (request, reply) in taps {
+                if matches!(
+                    &reply,
+                    Reply::Outcome(KvOutcome::Value(_)) | Reply::Rejected(_)
+                ) {
+                    continue;
+                }
+                match self.results.get(&request) {
+                    Some(first) if *first != reply => self.violation(format!(
+                        "request {request:#x} produced {reply:?} on node {id} but {first:?} elsewhere"
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.results.insert(request, reply);
+                    }
+                }
+            }
+            for (position, digest) in confirmed {
+                if position == 0 {
+                    continue;
+                }
+                match self.digests_at.get(&position) {
+                    Some(known) if *known != digest => self.violation(format!(
+                        "applied prefixes diverge: node {id} at position {position} holds a different state"
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.digests_at.insert(position, digest);
+                    }
+                }
+            }
+        }
+        for envelope in sent {
+            self.route(envelope);
+        }
+    }
+
+    fn route(&mut self, envelope: Envelope) {
+        let (from, to) = (envelope.from, envelope.to);
+        if self.blocked.contains(&(from, to)) {
+            self.trace
+                .record(self.now(), from, format!("→ n{to} cut by partition"));
+            return;
+        }
+        if self.faults_on && self.chance(self.config.faults.loss) {
+            self.trace.record(self.now(), from, format!("→ n{to} lost"));
+            return;
+        }
+        let delay = self.random_between(self.config.faults.delay_min, self.config.faults.delay_max);
+        let describe = match &envelope.payload {
+            Payload::Messages(batch) => {
+                format!("→ n{to} {} msg, {} B", batch.len(), batch.byte_len())
+            }
+            Payload::Snapshot { image, .. } => format!("→ n{to} snapshot, {} B", image.len()),
+        };
+        self.trace.record(self.now(), from, describe);
+        if self.faults_on && self.chance(self.config.faults.duplicate) {
+            let copy = Envelope {
+                from,
+                to,
+                payload: match &envelope.payload {
+                    Payload::Messages(batch) => Payload::Messages(batch.clone()),
+                    Payload::Snapshot { metadata, image } => Payload::Snapshot {
+                        metadata: metadata.clone(),
+                        image: image.clone(),
+                    },
+                },
+            };
+            let again = self.random_between(
+                self.config.faults.delay_min,
+                self.config.faults.delay_max * 3,
+            );
+            let at = self.now() + again;
+            self.schedule(at, Event::Deliver { to, envelope: copy });
+        }
+        let at = self.now() + delay;
+        self.schedule(at, Event::Deliver { to, envelope });
+    }
+
+    fn violation(&mut self, what: String) {
+        self.trace
+            .record(self.now(), 0, format!("VIOLATION: {what}"));
+        if self.violations.len() < 20 {
+            self.violations
+                .push(format!("t={:.6}s {what}", self.now() as f64 / 1e9));
+        }
+    }
+
+    fn observe(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            if node.paused {
+                continue;
+            }
+            let Some(runtime) = node.runtime.as_mut() else {
+                continue;
+            };
+            let status = runtime.host.status();
+            let Some(plugin) = status.plugin else {
+                continue;
+            };
+            let is_leader = plugin.role == "leader";
+            let previous = self.leaders.insert(id, (plugin.term, is_leader));
+            if is_leader && previous != Some((plugin.term, true)) {
+                if let Some((term, leader)) = self.last_leader
+                    && self.strong
+                    && term == plugin.term
+                    && leader != id
+                    && self.config.nodes > 1
+                {
+                    self.violation(format!(
+                        "two leaders in term {term}: nodes {leader} and {id}"
+                    ));
+                }
+                if self
+                    .last_leader
+                    .is_none_or(|(term, leader)| term != plugin.term || leader != id)
+                {
+                    self.leader_changes += 1;
+                    self.last_leader = Some((plugin.term, id));
+                    self.trace
+                        .record(self.now(), id, format!("leader (term {})", plugin.term));
+                }
+            }
+        }
+    }
+
+    fn issue(&mut self, index: usize) {
+        let now = self.now();
+        if now >= self.clients_stop {
+            return;
+        }
+        let keys = self.config.keys.max(1) as u64;
+        let roll = self.rng.next_u64();
+        let key = format!("k{}", roll % keys);
+        let client_count = self.clients.len() as u64;
+        let client = &mut self.clients[index];
+        client.sequence += 1;
+        let sequence = client.sequence;
+        let value = format!("c{index}s{sequence}");
+        let target = client.target;
+        let (input, event_for) = match (roll >> 20) % 10 {
+            0..=2 => (OpInput::Get, None),
+            3 => (
+                OpInput::Cas {
+                    expected: if roll & 1 == 0 {
+                        None
+                    } else {
+                        Some(format!(
+                            "c{}s{}",
+                            (roll >> 8) % client_count,
+                            sequence.saturating_sub(1)
+                        ))
+                    },
+                    new: Some(value.clone()),
+                },
+                Some(()),
+            ),
+            _ => (
+                OpInput::Put {
+                    value: value.clone(),
+                },
+                Some(()),
+            ),
+        };
+        let (reply, receiver) = oneshot::channel();
+        let event = match &input {
+            OpInput::Get => RegionEvent::Read {
+                query: KvQuery::Get {
+                    key: key.clone().into_bytes(),
+                }
+                .encode(),
+                level: if self.strong {
+                    ReadLevel::Linearizable
+                } else {
+                    ReadLevel::Local
+                },
+                reply,
+            },
+            OpInput::Put { value } => {
+                let command = KvCommand::Put {
+                    key: key.clone().into_bytes(),
+                    value: value.clone().into_bytes(),
+                };
+                RegionEvent::Write {
+                    keys: vec![conflict_key(command.key())],
+                    command: command.encode(),
+                    reply,
+                }
+            }
+            OpInput::Cas { expected, new } => {
+                let command = KvCommand::Cas {
+                    key: key.clone().into_bytes(),
+                    expected: expected.clone().map(|v| v.into_bytes().into()),
+                    new: new.clone().map(|v| v.into_bytes().into()),
+                };
+                RegionEvent::Write {
+                    keys: vec![conflict_key(command.key())],
+                    command: command.encode(),
+                    reply,
+                }
+            }
+            OpInput::Delete => return,
+        };
+        let _ = event_for;
+        let op = self.operations.len();
+        self.operations.push(Operation {
+            client: index as u64,
+            key,
+            call: now,
+            ret: UNKNOWN_RETURN,
+            input,
+            output: OpOutput::Unknown,
+        });
+        if !self.submit(target, event) {
+            // Connection refused: the request never left the client.
+            self.dropped.insert(op);
+            let next = (self.rng.next_u64() % self.config.nodes) + 1;
+            self.clients[index].target = next;
+            let at = now + nanos(Duration::from_millis(10));
+            self.schedule(at, Event::ClientIssue { client: index });
+            return;
+        }
+        self.clients[index].in_flight = Some(InFlight {
+            op,
+            node: target,
+            reply: receiver,
+            deadline: now + nanos(CLIENT_TIMEOUT),
+        });
+    }
+
+    fn poll_clients(&mut self) {
+        let now = self.now();
+        for index in 0..self.clients.len() {
+            let Some(in_flight) = self.clients[index].in_flight.as_mut() else {
+                continue;
+            };
+            let answer = match in_flight.reply.try_recv() {
+                Ok(answer) => Some(answer),
+                Err(oneshot::error::TryRecvError::Empty) if now < in_flight.deadline => None,
+                Err(_) => Some(Err(ClientError::Timeout(CLIENT_TIMEOUT))),
+            };
+            let Some(answer) = answer else { continue };
+            let (op, node) = (in_flight.op, in_flight.node);
+            self.clients[index].in_flight = None;
+            let mut retry_after = self.random_between(Duration::ZERO, Duration::from_millis(3));
+            match answer {
+                Ok(outcome) => {
+                    let output = match outcome {
+                        KvOutcome::Written => OpOutput::Ok,
+                        KvOutcome::Value(value) => {
+                            OpOutput::Value(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+                        }
+                        KvOutcome::Deleted { existed } => OpOutput::Deleted { existed },
+                        KvOutcome::Cas { succeeded, current } => OpOutput::Cas {
+                            succeeded,
+                            current: current.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        },
+                        KvOutcome::Invalid(why) => {
+                            self.violation(format!(
+                                "a well-formed request was refused as invalid: {why}"
+                            ));
+                            OpOutput::Unknown
+                        }
+                    };
+                    if let Some(operation) = self.operations.get_mut(op) {
+                        operation.output = output;
+                        operation.ret = now;
+                    }
+                    if now >= self.quiet_from {
+                        self.ok_in_quiet += 1;
+                    }
+                }
+                Err(ClientError::Rejected(Rejection::NotLeader(hint))) => {
+                    // Refused before being ordered: it did not happen.
+                    self.dropped.insert(op);
+                    self.clients[index].target = match hint {
+                        Some(leader) if leader != node => leader,
+                        _ => (self.rng.next_u64() % self.config.nodes) + 1,
+                    };
+                    retry_after += nanos(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    // Unknown outcome: it may or may not have happened.
+                    self.clients[index].target = (self.rng.next_u64() % self.config.nodes) + 1;
+                    retry_after += nanos(Duration::from_millis(10));
+                }
+            }
+            self.schedule(
+                now + retry_after.max(1),
+                Event::ClientIssue { client: index },
+            );
+        }
+    }
+
+    fn finish(mut self) -> SimReport {
+        // Liveness: once healed, a strong protocol must serve clients.
+        if self.config.clients > 0 && self.ok_in_quiet == 0 {
+            self.violation("no client operation completed after the faults stopped".into());
+        }
+        // Convergence: every replica holds the same state.
+        let mut digests = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            if let Some(runtime) = &node.runtime {
+                digests.insert(
+                    *id,
+                    hex::encode(runtime.host.replica().core().state().digest()),
+                );
+            }
+        }
+        let distinct: BTreeSet<&String> = digests.values().collect();
+        if distinct.len() > 1 {
+            let listing = digests
+                .iter()
+                .map(|(id, d)| format!("n{id}={}", &d[..12]))
+                .collect::<Vec<_>>()
+                .join(" ");
+            self.violation(format!(
+                "replicas did not converge after the quiet phase: {listing}"
+            ));
+        }
+        let history: Vec<Operation> = self
+            .operations
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !self.dropped.contains(index))
+            .map(|(_, op)| op.clone())
+            .collect();
+        let ok = history.iter().filter(|op| op.ret != UNKNOWN_RETURN).count() as u64;
+        let unknown = history.len() as u64 - ok;
+        if self.strong {
+            match check_linearizable(&history, &CheckOptions::default()) {
+                Outcome::Linearizable => {}
+                Outcome::Violation(violation) => self.violation(format!(
+                    "history is not linearizable on key {}: {}",
+                    violation.key, violation.explanation
+                )),
+                Outcome::Unknown { key, reason } => {
+                    self.trace.record(
+                        self.now(),
+                        0,
+                        format!("checker undecided on {key}: {reason}"),
+                    );
+                }
+            }
+        }
+        SimReport {
+            seed: self.seed,
+            violations: self.violations,
+            operations_ok: ok,
+            operations_unknown: unknown,
+            virtual_seconds: self.end as f64 / 1e9,
+            leader_changes: self.leader_changes,
+            steps: self.steps,
+            trace_hash: self.trace.hash(),
+            trace: self.trace.into_recorded(),
+        }
+    }
+}
