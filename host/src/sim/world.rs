@@ -718,6 +718,21 @@ impl World {
         for (at, event) in schedule {
             self.schedule(at, event);
         }
+        let now = self.now();
+        for (request, reply) in &taps {
+            let what = match reply {
+                Reply::Outcome(KvOutcome::Value(_)) => "read",
+                Reply::Outcome(KvOutcome::Written) => "apply put",
+                Reply::Outcome(KvOutcome::Deleted { .. }) => "apply delete",
+                Reply::Outcome(KvOutcome::Cas {
+                    succeeded: true, ..
+                }) => "apply cas ok",
+                Reply::Outcome(KvOutcome::Cas { .. }) => "apply cas failed",
+                Reply::Outcome(KvOutcome::Invalid(_)) => "apply invalid",
+                Reply::Rejected(_) => "reject",
+            };
+            self.trace.record(now, id, format!("{what} {request:#x}"));
+        }
         for request in double_applied {
             self.violation(format!("node {id} applied request {request:#x} twice"));
         }

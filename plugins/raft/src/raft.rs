@@ -1939,10 +1939,10 @@ impl Raft {
         meta: SnapshotMeta,
         sender: NodeId,
     ) {
-        host.kv_delete(INSTALLING_KEY);
         match host.snapshot() {
             Ok(position) if position == meta.index => {}
             Ok(position) => {
+                host.kv_delete(INSTALLING_KEY);
                 host.log(
                     Level::Warn,
                     &format!(
@@ -1953,6 +1953,7 @@ impl Raft {
                 return;
             }
             Err(error) => {
+                host.kv_delete(INSTALLING_KEY);
                 host.log(
                     Level::Warn,
                     &format!("raft: cannot snapshot the installed state: {error}"),
@@ -1960,6 +1961,9 @@ impl Raft {
                 return;
             }
         }
+        // Writes after `snapshot()` become durable only after the snapshot
+        // itself: the install marker is deleted last, so a restart that
+        // loses the metadata finishes the install again.
         assert!(
             meta.index >= self.commit,
             "installing a snapshot behind commit"
@@ -1978,6 +1982,7 @@ impl Raft {
                 &format!("raft: log compaction failed: {error}"),
             );
         }
+        host.kv_delete(INSTALLING_KEY);
         if keep {
             self.log.compact_through(meta.index, meta.term);
             self.configs.retain(|(index, _)| *index > meta.index);
