@@ -139,3 +139,68 @@ async fn publishing_over_http_validates_and_serves() {
     );
     node.stop().await.expect("stop");
 }
+
+/// Counters of the WASI probe's status, by name.
+fn probe_counters(engine: &PluginEngine) -> std::collections::BTreeMap<String, u64> {
+    use synod::plugin::{Call, CallResult, PluginInstance};
+    let loaded = engine
+        .load(synod_plugin_artifacts::WASI_PROBE_WASM)
+        .expect("a wasip2 component loads");
+    assert!(loaded.uses_wasi, "the probe imports WASI");
+    let mut instance = engine.instantiate(&loaded).expect("instantiate");
+    let mut core = synod::region::core::RegionCore::default();
+    instance
+        .call(&mut core, Call::Init(Default::default()))
+        .expect("init runs");
+    match instance.call(&mut core, Call::Status).expect("status") {
+        CallResult::Status(status) => status.counters.into_iter().collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn wasi_is_virtual_and_deterministic() {
+    let engine = engine();
+    let first = probe_counters(&engine);
+    assert_eq!(first["env-vars"], 0, "no environment");
+    assert_eq!(first["file-readable"], 0, "no files");
+    assert_eq!(first["dir-listable"], 0, "no directories");
+    assert_eq!(first["tcp-connected"], 0, "no sockets");
+    let wall = first["wall-seconds"];
+    assert!(
+        (946_684_800..946_684_900).contains(&wall),
+        "virtual wall clock, not the real one: {wall}"
+    );
+    let second = probe_counters(&engine);
+    assert_eq!(
+        first, second,
+        "two instances observe exactly the same world"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wasi_component_serves_a_region() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(NodeConfig::new(1, dir.path().into()))
+        .await
+        .expect("node");
+    let published = node
+        .client
+        .publish_component(synod_plugin_artifacts::WASI_PROBE_WASM.to_vec())
+        .await
+        .expect("publish");
+    assert_eq!(published["name"], "wasi-probe");
+    node.client
+        .create_region("w", "wasi-probe", &[])
+        .await
+        .expect("region");
+    node.client.put("w", "k", "v").await.expect("write");
+    assert_eq!(
+        node.client
+            .get("w", "k", "linearizable")
+            .await
+            .expect("read"),
+        Some("v".into())
+    );
+    node.stop().await.expect("stop");
+}

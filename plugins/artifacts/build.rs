@@ -2,6 +2,7 @@
 //! wasmtime's `test-programs/artifacts`: a nested `cargo build` for
 //! `wasm32-unknown-unknown` (installing that target with rustup when it is
 //! missing), then `wit-component` turns each core module into a component.
+//! Fixtures for `wasm32-wasip2` come out of the linker as components.
 //!
 //! It also writes two deliberately wrong components used by the tests: one
 //! built against an incompatible major version of the contract and one that
@@ -16,12 +17,16 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 const TARGET: &str = "wasm32-unknown-unknown";
+/// Fixtures built with std for WASI, which produces components directly.
+const WASI_TARGET: &str = "wasm32-wasip2";
 
-/// (crate name, constant prefix) of every plugin built here.
+/// (crate name, constant prefix) of every plugin built for [`TARGET`].
 const PLUGINS: &[(&str, &str)] = &[
     ("synod-plugin-standalone", "STANDALONE"),
     ("synod-plugin-misbehave", "MISBEHAVE"),
 ];
+/// The same for [`WASI_TARGET`].
+const WASI_PLUGINS: &[(&str, &str)] = &[("synod-plugin-wasi-probe", "WASI_PROBE")];
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -37,6 +42,7 @@ fn main() -> Result<()> {
         "guest-sdk",
         "plugins/standalone",
         "plugins/misbehave",
+        "plugins/wasi-probe",
         "Cargo.toml",
     ] {
         println!(
@@ -45,10 +51,11 @@ fn main() -> Result<()> {
         );
     }
 
-    ensure_wasm_target()?;
-    let modules = build_plugins(&workspace, &out_dir)?;
-
+    ensure_target(TARGET)?;
+    ensure_target(WASI_TARGET)?;
     let mut generated = String::new();
+
+    let modules = build_plugins(&workspace, &out_dir, TARGET, PLUGINS)?;
     for ((_, prefix), module) in PLUGINS.iter().zip(modules) {
         let bytes = fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
         let component = wit_component::ComponentEncoder::default()
@@ -59,6 +66,13 @@ fn main() -> Result<()> {
             .with_context(|| format!("encoding {} as a component", module.display()))?;
         let path = out_dir.join(format!("{}.wasm", prefix.to_lowercase()));
         fs::write(&path, component)?;
+        emit_constants(&mut generated, prefix, &path);
+    }
+
+    let components = build_plugins(&workspace, &out_dir, WASI_TARGET, WASI_PLUGINS)?;
+    for ((_, prefix), component) in WASI_PLUGINS.iter().zip(components) {
+        let path = out_dir.join(format!("{}.wasm", prefix.to_lowercase()));
+        fs::copy(&component, &path).with_context(|| format!("copying {}", component.display()))?;
         emit_constants(&mut generated, prefix, &path);
     }
 
@@ -78,49 +92,50 @@ fn main() -> Result<()> {
 }
 
 fn emit_constants(generated: &mut String, prefix: &str, path: &Path) {
-    let path = path.display();
+    let path = path.display().to_string();
     let _ = writeln!(generated, "/// Path of the `{prefix}` component.");
-    let _ = writeln!(
-        generated,
-        "pub const {prefix}_PATH: &str = {:?};",
-        path.to_string()
-    );
+    let _ = writeln!(generated, "pub const {prefix}_PATH: &str = {path:?};");
     let _ = writeln!(generated, "/// Bytes of the `{prefix}` component.");
     let _ = writeln!(
         generated,
-        "pub const {prefix}_WASM: &[u8] = include_bytes!({:?});",
-        path.to_string()
+        "pub const {prefix}_WASM: &[u8] = include_bytes!({path:?});"
     );
 }
 
-/// Installs the wasm target through rustup if this toolchain lacks it.
-fn ensure_wasm_target() -> Result<()> {
+/// Installs `target` through rustup if this toolchain lacks it.
+fn ensure_target(target: &str) -> Result<()> {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sysroot = Command::new(&rustc)
         .args(["--print", "sysroot"])
         .output()
         .context("running rustc --print sysroot")?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-    if sysroot.join("lib/rustlib").join(TARGET).exists() {
+    if sysroot.join("lib/rustlib").join(target).exists() {
         return Ok(());
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (one time)");
+    println!("cargo:warning=installing the {target} target with rustup (one time)");
     let mut rustup = Command::new("rustup");
-    rustup.args(["target", "add", TARGET]);
+    rustup.args(["target", "add", target]);
     if let Ok(toolchain) = env::var("RUSTUP_TOOLCHAIN") {
         rustup.args(["--toolchain", &toolchain]);
     }
-    let status = rustup
-        .status()
-        .context("the wasm target is missing and rustup could not be run to install it")?;
+    let status = rustup.status().with_context(|| {
+        format!("the {target} target is missing and rustup could not be run to install it")
+    })?;
     if !status.success() {
-        bail!("`rustup target add {TARGET}` failed ({status}); install the target and retry");
+        bail!("`rustup target add {target}` failed ({status}); install the target and retry");
     }
     Ok(())
 }
 
-/// Runs the nested cargo build and returns each plugin's core module.
-fn build_plugins(workspace: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
+/// Runs the nested cargo build for `target`; returns each plugin's output
+/// (a core module, or a component for WASI targets).
+fn build_plugins(
+    workspace: &Path,
+    out_dir: &Path,
+    target: &str,
+    plugins: &[(&str, &str)],
+) -> Result<Vec<PathBuf>> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = out_dir.join("wasm-target");
     let mut command = Command::new(cargo);
@@ -131,11 +146,11 @@ fn build_plugins(workspace: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
             "--profile",
             "plugin",
             "--target",
-            TARGET,
+            target,
             "--target-dir",
         ])
         .arg(&target_dir);
-    for (package, _) in PLUGINS {
+    for (package, _) in plugins {
         command.args(["-p", package]);
     }
     // The outer build's flags are for the host, not for wasm.
@@ -155,13 +170,13 @@ fn build_plugins(workspace: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
         .status()
         .context("running the nested plugin build")?;
     if !status.success() {
-        bail!("building the plugins for {TARGET} failed ({status})");
+        bail!("building the plugins for {target} failed ({status})");
     }
-    Ok(PLUGINS
+    Ok(plugins
         .iter()
         .map(|(package, _)| {
             target_dir
-                .join(TARGET)
+                .join(target)
                 .join("plugin")
                 .join(format!("{}.wasm", package.replace('-', "_")))
         })

@@ -16,12 +16,22 @@ use crate::region::core::RegionCore;
 #[error("{0}")]
 pub struct ContractViolation(pub String);
 
-/// Per-instance store data: the region core (lent for each call) and the
-/// memory limiter.
-#[derive(Default)]
+/// Per-instance store data: the region core (lent for each call), the
+/// memory limiter and the virtual WASI context.
 pub struct StoreData {
     pub core: RegionCore,
     pub limiter: MemoryLimiter,
+    pub wasi: wasmtime_wasi::WasiCtx,
+    pub table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for StoreData {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
 }
 
 impl StoreData {

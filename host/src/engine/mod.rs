@@ -5,6 +5,7 @@
 mod bindings;
 mod convert;
 mod imports;
+mod wasi;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -92,6 +93,8 @@ pub struct LoadedComponent {
     pub digest: String,
     pub info: PluginInfo,
     pub size_bytes: usize,
+    /// Whether it imports (virtual) WASI.
+    pub uses_wasi: bool,
     pre: PluginPre<StoreData>,
 }
 
@@ -145,6 +148,8 @@ impl PluginEngine {
             |data| data,
         )
         .map_err(|e| EngineError(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| EngineError(format!("{e:#}")))?;
 
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir)
@@ -191,7 +196,7 @@ impl PluginEngine {
         }
         check_header(bytes)?;
         let component = self.compile(bytes, &digest)?;
-        check_contract(&self.engine, &component)?;
+        let uses_wasi = check_contract(&self.engine, &component)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -201,6 +206,7 @@ impl PluginEngine {
             digest: digest.clone(),
             info: placeholder_info(),
             size_bytes: bytes.len(),
+            uses_wasi,
             pre,
         };
         let mut instance = self
@@ -264,12 +270,15 @@ impl PluginEngine {
 
     /// A fresh sandboxed instance of `component`.
     pub fn instantiate(&self, component: &LoadedComponent) -> Result<WasmInstance, PluginFailure> {
+        let seed = u64::from_str_radix(component.digest.get(..16).unwrap_or("0"), 16).unwrap_or(0);
         let data = StoreData {
             core: RegionCore::default(),
             limiter: MemoryLimiter {
                 limit_bytes: self.limits.memory_bytes_max,
                 hit: false,
             },
+            wasi: wasi::virtual_context(seed),
+            table: wasmtime::component::ResourceTable::new(),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| &mut data.limiter);
@@ -277,14 +286,15 @@ impl PluginEngine {
             store,
             plugin: None,
             limits: self.limits.clone(),
+            uses_wasi: component.uses_wasi,
         };
         instance
             .arm()
             .map_err(|e| PluginFailure::Instantiate(e.to_string()))?;
-        let plugin = component
-            .pre
-            .instantiate(&mut instance.store)
-            .map_err(|e| instance.classify(e, None))?;
+        let instantiated = outside_async(component.uses_wasi, || {
+            component.pre.instantiate(&mut instance.store)
+        });
+        let plugin = instantiated.map_err(|e| instance.classify(e, None))?;
         instance.plugin = Some(plugin);
         Ok(instance)
     }
@@ -346,8 +356,9 @@ fn supported_version() -> String {
 }
 
 /// Checks the component's exports and imports name this contract at a
-/// compatible version, so the error says exactly what is wrong.
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+/// compatible version, so the error says exactly what is wrong. Returns
+/// whether it imports WASI (satisfied by virtual versions).
+fn check_contract(engine: &Engine, component: &Component) -> Result<bool, LoadError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine)
@@ -373,9 +384,16 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadErro
             }
         }
     }
+    let mut uses_wasi = false;
     for (name, item) in ty.imports(engine) {
         if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             return Err(LoadError::UnsupportedImport(name.to_string()));
+        }
+        if name.starts_with("wasi:") {
+            // Satisfied by the virtual WASI of `wasi.rs` (or refused when
+            // linking if it names an interface or version not provided).
+            uses_wasi = true;
+            continue;
         }
         match contract_version(name) {
             Some(version) if compatible(version) => {}
@@ -388,7 +406,20 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<(), LoadErro
             None => return Err(LoadError::UnsupportedImport(name.to_string())),
         }
     }
-    Ok(())
+    Ok(uses_wasi)
+}
+
+/// Runs `f`, leaving tokio's async context first when the component uses
+/// WASI: wasmtime-wasi's synchronous bindings block on a runtime, which
+/// tokio forbids on a worker thread.
+fn outside_async<R>(uses_wasi: bool, f: impl FnOnce() -> R) -> R {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if uses_wasi && multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 /// One sandboxed plugin instance. After any failure it must be dropped:
@@ -397,6 +428,7 @@ pub struct WasmInstance {
     store: Store<StoreData>,
     plugin: Option<Plugin>,
     limits: SandboxLimits,
+    uses_wasi: bool,
 }
 
 impl WasmInstance {
@@ -440,7 +472,8 @@ impl WasmInstance {
         };
         let guest = plugin.synod_protocol_protocol().clone();
         self.arm().map_err(|e| PluginFailure::Trap(e.to_string()))?;
-        match guest.call_info(&mut self.store) {
+        let store = &mut self.store;
+        match outside_async(self.uses_wasi, || guest.call_info(store)) {
             Ok(info) => Ok(convert::info_from_wit(info)),
             Err(error) => Err(self.classify(error, None)),
         }
@@ -458,7 +491,7 @@ impl PluginInstance for WasmInstance {
         self.arm().map_err(|e| PluginFailure::Trap(e.to_string()))?;
         std::mem::swap(core, &mut self.store.data_mut().core);
         let store = &mut self.store;
-        let result = match call {
+        let result = outside_async(self.uses_wasi, || match call {
             Call::Init(config) => guest
                 .call_init(&mut *store, &convert::init_config_to_wit(config))
                 .map(|()| CallResult::Unit),
@@ -489,7 +522,7 @@ impl PluginInstance for WasmInstance {
             Call::Status => guest
                 .call_status(&mut *store)
                 .map(|s| CallResult::Status(convert::status_from_wit(s))),
-        };
+        });
         std::mem::swap(core, &mut self.store.data_mut().core);
         match result {
             Ok(result) => Ok(result),

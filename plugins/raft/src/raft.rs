@@ -920,22 +920,79 @@ impl Raft {
             self.answer_stale(from, &message);
             return;
         }
+        // Same term from here on; the role selects the handler.
+        match self.role {
+            RaftRole::Leader => self.step_leader(host, from, message),
+            RaftRole::PreCandidate | RaftRole::Candidate => {
+                self.step_candidate(host, from, message)
+            }
+            RaftRole::Follower | RaftRole::Learner => self.step_follower(host, from, message),
+        }
+    }
+
+    /// Requests every role answers the same way.
+    fn step_vote_request<H: Host>(&mut self, host: &mut H, from: NodeId, message: Message) {
         match message {
             Message::PreVote {
                 term,
                 last_index,
                 last_term,
             } => self.handle_pre_vote(from, term, last_index, last_term),
-            Message::PreVoteResponse { term, granted } => {
-                self.handle_pre_vote_response(host, from, term, granted)
-            }
             Message::Vote {
                 last_index,
                 last_term,
                 transfer,
                 ..
             } => self.handle_vote(host, from, last_index, last_term, transfer),
+            _ => unreachable!("not a vote request"),
+        }
+    }
+
+    fn step_leader<H: Host>(&mut self, host: &mut H, from: NodeId, message: Message) {
+        match message {
+            Message::AppendResponse {
+                success,
+                index,
+                hint_index,
+                hint_term,
+                ..
+            } => self.handle_append_response(host, from, success, index, hint_index, hint_term),
+            Message::HeartbeatResponse { round, .. } => {
+                self.handle_heartbeat_response(host, from, round)
+            }
+            Message::PreVote { .. } | Message::Vote { .. } => {
+                self.step_vote_request(host, from, message)
+            }
+            Message::Append { .. } | Message::Heartbeat { .. } | Message::TimeoutNow { .. } => {
+                panic!("two leaders in term {}: {} and {from}", self.term, self.id)
+            }
+            // Late answers to this node's own campaign.
+            Message::PreVoteResponse { .. } | Message::VoteResponse { .. } => {}
+        }
+    }
+
+    fn step_candidate<H: Host>(&mut self, host: &mut H, from: NodeId, message: Message) {
+        match message {
+            Message::PreVoteResponse { term, granted } => {
+                self.handle_pre_vote_response(host, from, term, granted)
+            }
             Message::VoteResponse { granted, .. } => self.handle_vote_response(host, from, granted),
+            Message::PreVote { .. } | Message::Vote { .. } => {
+                self.step_vote_request(host, from, message)
+            }
+            // A leader exists for this term (§5.2): follow it.
+            Message::Append { .. } | Message::Heartbeat { .. } => {
+                self.become_follower(host, self.term, Some(from));
+                self.step_follower(host, from, message);
+            }
+            Message::TimeoutNow { .. } => self.handle_timeout_now(host, from),
+            Message::AppendResponse { .. } | Message::HeartbeatResponse { .. } => {}
+        }
+    }
+
+    /// Followers and learners.
+    fn step_follower<H: Host>(&mut self, host: &mut H, from: NodeId, message: Message) {
+        match message {
             Message::Append {
                 prev_index,
                 prev_term,
@@ -949,23 +1006,14 @@ impl Raft {
                 self.accept_leader(host, from);
                 self.handle_heartbeat(host, from, commit, round);
             }
-            Message::AppendResponse {
-                success,
-                index,
-                hint_index,
-                hint_term,
-                ..
-            } => {
-                if self.role == RaftRole::Leader {
-                    self.handle_append_response(host, from, success, index, hint_index, hint_term);
-                }
-            }
-            Message::HeartbeatResponse { round, .. } => {
-                if self.role == RaftRole::Leader {
-                    self.handle_heartbeat_response(host, from, round);
-                }
-            }
             Message::TimeoutNow { .. } => self.handle_timeout_now(host, from),
+            Message::PreVote { .. } | Message::Vote { .. } => {
+                self.step_vote_request(host, from, message)
+            }
+            Message::PreVoteResponse { .. }
+            | Message::VoteResponse { .. }
+            | Message::AppendResponse { .. }
+            | Message::HeartbeatResponse { .. } => {}
         }
     }
 
@@ -993,18 +1041,12 @@ impl Raft {
         self.send(from, &answer);
     }
 
-    /// `from` leads the current term.
+    /// `from` leads the current term (a follower or learner hears from it).
     fn accept_leader<H: Host>(&mut self, host: &mut H, from: NodeId) {
-        assert_ne!(
-            self.role,
-            RaftRole::Leader,
-            "two leaders in term {}: {} and {from}",
-            self.term,
-            self.id
+        assert!(
+            matches!(self.role, RaftRole::Follower | RaftRole::Learner),
+            "only followers and learners accept a leader"
         );
-        if matches!(self.role, RaftRole::PreCandidate | RaftRole::Candidate) {
-            self.become_follower(host, self.term, Some(from));
-        }
         self.set_leader(Some(from));
         self.vote_fence_until = self.now + self.params.election_timeout_nanos;
         self.reset_election_deadline(host);
@@ -1898,6 +1940,16 @@ impl Raft {
         }
         if shipped.leader_term > self.term {
             self.become_follower(host, shipped.leader_term, Some(offer.sender));
+        }
+        match self.role {
+            RaftRole::Leader => panic!(
+                "two leaders in term {}: {} and {}",
+                self.term, self.id, offer.sender
+            ),
+            RaftRole::PreCandidate | RaftRole::Candidate => {
+                self.become_follower(host, self.term, Some(offer.sender))
+            }
+            RaftRole::Follower | RaftRole::Learner => {}
         }
         self.accept_leader(host, offer.sender);
         let meta = shipped.meta;

@@ -303,6 +303,9 @@ pub struct Cluster {
     pub committed: BTreeMap<u64, Vec<u8>>,
     /// Inside `tick`: callbacks wait for their node's next sync.
     in_tick: bool,
+    /// Outside `tick`, whether every callback syncs at once (otherwise the
+    /// test calls [`Cluster::sync`]).
+    pub auto_sync: bool,
 }
 
 pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -345,6 +348,7 @@ impl Cluster {
             leaders_by_term: BTreeMap::new(),
             committed: BTreeMap::new(),
             in_tick: false,
+            auto_sync: true,
         };
         for id in 1..=node_count {
             let mut host = SimHost::new(id);
@@ -353,7 +357,7 @@ impl Cluster {
                 host.random();
             }
             let raft = Raft::new(&mut host, cluster.init_config(id, false, 0));
-            let sync_every_ms = 1 + cluster.random() % 4;
+            let sync_every_ms = 1 + cluster.random() % 8;
             cluster.nodes.insert(
                 id,
                 Node {
@@ -421,14 +425,14 @@ impl Cluster {
             self.enqueue(id, to, Payload::Message(bytes));
         }
         self.check_election_safety(id);
-        if !self.in_tick {
+        if !self.in_tick && self.auto_sync {
             self.sync(id);
         }
     }
 
     /// Node `id`'s storage becomes durable: its held outputs leave and its
     /// commit index is checked.
-    fn sync(&mut self, id: NodeId) {
+    pub fn sync(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.host.sync_storage();
         let messages = std::mem::take(&mut node.host.held_messages);

@@ -347,6 +347,64 @@ fn leader_stickiness_survives_a_single_broken_link() {
     wait_applied(&mut cluster, &[leader, bystander], write, 500);
 }
 
+/// Goal: AppendEntries leave eagerly (thesis §10.2.1), before the leader's
+/// own copy is durable, but the commit index that counts that copy never
+/// leaves before it is. Method: manual durability. A follower persists and
+/// acknowledges a new entry while the leader has not synced; the leader
+/// counts itself and commits; then it restarts and loses the entry. No
+/// follower may have learned that commit index.
+#[test]
+fn eager_appends_never_leak_a_commit_index_that_is_not_durable() {
+    let mut cluster = Cluster::new(3, 3, fast_params(&[]), 21);
+    let leader = cluster.wait_for_leader(2000);
+    cluster.tick(30);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let other = (1..=3).find(|&n| n != leader && n != follower).unwrap();
+    cluster.auto_sync = false;
+    let x = cluster.propose(leader, b"X");
+    let x_index = cluster.raft(leader).log.last_index();
+    // The eager append reaches one follower, which persists and answers.
+    cluster.deliver_where(|from, to, _| {
+        if (from, to) == (leader, follower) {
+            Verdict::Deliver
+        } else {
+            Verdict::Hold
+        }
+    });
+    assert_eq!(cluster.raft(follower).log.last_index(), x_index);
+    cluster.sync(follower);
+    cluster.deliver_where(|from, to, _| {
+        if (from, to) == (follower, leader) {
+            Verdict::Deliver
+        } else {
+            Verdict::Hold
+        }
+    });
+    assert_eq!(
+        cluster.raft(leader).commit,
+        x_index,
+        "leader counts its own copy"
+    );
+    // Whatever the leader sent since is eager or held: nothing carries it.
+    cluster.deliver_where(|_, _, _| Verdict::Deliver);
+    assert!(cluster.raft(follower).commit < x_index);
+    assert!(cluster.raft(other).commit < x_index);
+    assert!(!cluster.is_applied(follower, x));
+    // The leader restarts before syncing: its copy of X is gone.
+    cluster.crash(leader, false);
+    assert!(!cluster.host(leader).log.contains_key(&x_index));
+    cluster.auto_sync = true;
+    cluster.sync(follower);
+    cluster.sync(other);
+    cluster.restart(leader);
+    cluster.tick(1000);
+    let leader = cluster.wait_for_leader(1000);
+    let y = cluster.propose(leader, b"Y");
+    wait_applied(&mut cluster, &[1, 2, 3], y, 1000);
+    cluster.check_applied_prefixes();
+    cluster.check_log_matching();
+}
+
 /// Goal: a follower that missed entries catches up from the log (§5.3),
 /// with the leader backing up by the conflict hint.
 #[test]
