@@ -619,7 +619,7 @@ impl World {
         let mut side: Vec<NodeId> = ids
             .iter()
             .copied()
-            .filter(|_| self.rng.next_u64() % 2 == 0)
+            .filter(|_| self.rng.next_u64().is_multiple_of(2))
             .collect();
         if side.is_empty() || side.len() == ids.len() {
             side = vec![ids[(self.rng.next_u64() % ids.len() as u64) as usize]];
