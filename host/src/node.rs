@@ -114,7 +114,10 @@ pub enum NodeError {
 
 /// Components built into this binary, published at every start.
 pub fn builtin_components() -> Vec<(&'static str, &'static [u8])> {
-    vec![("standalone", synod_plugin_artifacts::STANDALONE_WASM)]
+    vec![
+        ("standalone", synod_plugin_artifacts::STANDALONE_WASM),
+        ("raft", synod_plugin_artifacts::RAFT_WASM),
+    ]
 }
 
 /// A protocol linked into the binary, by name.
@@ -124,10 +127,13 @@ pub fn native_protocol(name: &str) -> Option<PluginSource> {
 
 /// Protocols linked into the binary that run without Wasm.
 fn native_protocols() -> HashMap<&'static str, PluginSource> {
-    HashMap::from([(
-        "standalone",
-        PluginSource::native::<synod_plugin_standalone::Standalone>(),
-    )])
+    HashMap::from([
+        (
+            "standalone",
+            PluginSource::native::<synod_plugin_standalone::Standalone>(),
+        ),
+        ("raft", PluginSource::native::<synod_plugin_raft::Raft>()),
+    ])
 }
 
 /// The outside world a node runs against.

@@ -24,6 +24,7 @@ const WASI_TARGET: &str = "wasm32-wasip2";
 const PLUGINS: &[(&str, &str)] = &[
     ("synod-plugin-standalone", "STANDALONE"),
     ("synod-plugin-misbehave", "MISBEHAVE"),
+    ("synod-plugin-raft", "RAFT"),
 ];
 /// The same for [`WASI_TARGET`].
 const WASI_PLUGINS: &[(&str, &str)] = &[("synod-plugin-wasi-probe", "WASI_PROBE")];
@@ -43,6 +44,7 @@ fn main() -> Result<()> {
         "plugins/standalone",
         "plugins/misbehave",
         "plugins/wasi-probe",
+        "plugins/raft",
         "Cargo.toml",
     ] {
         println!(
