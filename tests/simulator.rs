@@ -99,3 +99,256 @@ fn traces_render_as_text_and_html() {
     let html = trace.to_html("standalone seed 5");
     assert!(html.contains("<svg") && html.contains("</html>"));
 }
+
+mod overeager {
+    //! A deliberately broken Raft that commits without a quorum: every
+    //! AppendEntries it sends is answered at once by a forged success from
+    //! the follower, so it counts acknowledgements that never happened.
+
+    use synod_guest_sdk::*;
+    use synod_plugin_raft::Raft;
+    use synod_plugin_raft::message::Message;
+
+    /// Delegates every effect and forges an ack for each Append sent.
+    struct ForgeAcks<'a, H> {
+        host: &'a mut H,
+        forged: &'a mut Messages,
+    }
+
+    impl<H: Host> ForgeAcks<'_, H> {
+        fn forge(&mut self, to: NodeId, messages: &Batch) {
+            for bytes in messages.iter() {
+                if let Ok(Message::Append {
+                    term,
+                    prev_index,
+                    entries,
+                    ..
+                }) = Message::decode(bytes)
+                {
+                    let ack = Message::AppendResponse {
+                        term,
+                        success: true,
+                        index: prev_index + entries.ends.len() as u64,
+                        hint_index: 0,
+                        hint_term: 0,
+                    };
+                    self.forged.senders.push(to);
+                    self.forged.payloads.push(&ack.encode());
+                }
+            }
+        }
+    }
+
+    impl<H: Host> Host for ForgeAcks<'_, H> {
+        fn log_append(&mut self, first: u64, entries: &Batch) -> Result<(), StorageError> {
+            self.host.log_append(first, entries)
+        }
+        fn log_read(&mut self, first: u64, last: u64, max: u32) -> Result<Batch, StorageError> {
+            self.host.log_read(first, last, max)
+        }
+        fn log_bounds(&mut self) -> LogBounds {
+            self.host.log_bounds()
+        }
+        fn log_truncate_suffix(&mut self, from: u64) -> Result<(), StorageError> {
+            self.host.log_truncate_suffix(from)
+        }
+        fn log_compact_prefix(&mut self, through: u64) -> Result<(), StorageError> {
+            self.host.log_compact_prefix(through)
+        }
+        fn kv_get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+            self.host.kv_get(key)
+        }
+        fn kv_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+            self.host.kv_put(key, value)
+        }
+        fn kv_delete(&mut self, key: &[u8]) {
+            self.host.kv_delete(key)
+        }
+        fn send(&mut self, to: NodeId, messages: &Batch) {
+            self.forge(to, messages);
+            self.host.send(to, messages)
+        }
+        fn send_eager(&mut self, to: NodeId, messages: &Batch) {
+            self.forge(to, messages);
+            self.host.send_eager(to, messages)
+        }
+        fn now(&mut self) -> u64 {
+            self.host.now()
+        }
+        fn set_timer(&mut self, id: TimerId, after: u64) {
+            self.host.set_timer(id, after)
+        }
+        fn cancel_timer(&mut self, id: TimerId) {
+            self.host.cancel_timer(id)
+        }
+        fn random(&mut self) -> u64 {
+            self.host.random()
+        }
+        fn apply(&mut self, commands: &Applies, position: u64) {
+            self.host.apply(commands, position)
+        }
+        fn query(&mut self, query: &[u8]) -> Vec<u8> {
+            self.host.query(query)
+        }
+        fn snapshot(&mut self) -> Result<u64, StorageError> {
+            self.host.snapshot()
+        }
+        fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
+            self.host.send_snapshot(to, metadata)
+        }
+        fn digest(&mut self) -> Vec<u8> {
+            self.host.digest()
+        }
+        fn complete_reads(&mut self, ids: &[RequestId]) {
+            self.host.complete_reads(ids)
+        }
+        fn reject(&mut self, ids: &[RequestId], reason: &Rejection) {
+            self.host.reject(ids, reason)
+        }
+        fn log(&mut self, level: Level, message: &str) {
+            self.host.log(level, message)
+        }
+    }
+
+    pub struct OverEager(Raft);
+
+    impl OverEager {
+        /// Runs `f` against the forging host, then feeds the forged acks
+        /// back in (a few rounds: acks can trigger more sends).
+        fn with<H: Host, R>(
+            &mut self,
+            host: &mut H,
+            f: impl FnOnce(&mut Raft, &mut ForgeAcks<'_, H>) -> R,
+        ) -> R {
+            let mut forged = Messages::default();
+            let result = f(
+                &mut self.0,
+                &mut ForgeAcks {
+                    host,
+                    forged: &mut forged,
+                },
+            );
+            for _ in 0..4 {
+                if forged.senders.is_empty() {
+                    break;
+                }
+                let batch = std::mem::take(&mut forged);
+                self.0.on_messages(
+                    &mut ForgeAcks {
+                        host,
+                        forged: &mut forged,
+                    },
+                    batch,
+                );
+            }
+            result
+        }
+    }
+
+    impl Protocol for OverEager {
+        fn info() -> PluginInfo {
+            PluginInfo {
+                name: "raft-overeager".into(),
+                ..Raft::info()
+            }
+        }
+        fn init<H: Host>(host: &mut H, config: InitConfig) -> Self {
+            OverEager(Raft::init(host, config))
+        }
+        fn on_commands<H: Host>(&mut self, host: &mut H, commands: Commands) {
+            self.with(host, |raft, host| raft.on_commands(host, commands))
+        }
+        fn on_reads<H: Host>(&mut self, host: &mut H, reads: Reads) {
+            self.with(host, |raft, host| raft.on_reads(host, reads))
+        }
+        fn on_messages<H: Host>(&mut self, host: &mut H, messages: Messages) {
+            self.with(host, |raft, host| raft.on_messages(host, messages))
+        }
+        fn on_timers<H: Host>(&mut self, host: &mut H, timers: Vec<TimerId>) {
+            self.with(host, |raft, host| raft.on_timers(host, timers))
+        }
+        fn on_membership<H: Host>(&mut self, host: &mut H, m: Membership) -> Result<(), String> {
+            self.0.on_membership(host, m)
+        }
+        fn on_snapshot<H: Host>(&mut self, host: &mut H, offer: SnapshotOffer) -> bool {
+            self.0.on_snapshot(host, offer)
+        }
+        fn transfer_leader<H: Host>(
+            &mut self,
+            host: &mut H,
+            to: Option<NodeId>,
+        ) -> Result<(), String> {
+            self.0.transfer_leader(host, to)
+        }
+        fn seal<H: Host>(&mut self, host: &mut H) -> SealProgress {
+            self.0.seal(host)
+        }
+        fn status<H: Host>(&mut self, host: &mut H) -> Status {
+            self.0.status(host)
+        }
+    }
+}
+
+#[test]
+fn raft_passes_every_fault_profile() {
+    for (profile, seeds) in [
+        ("lossy", 6),
+        ("partitions", 6),
+        ("crashes", 6),
+        ("chaos", 6),
+    ] {
+        let config = config(
+            "raft",
+            3,
+            profile,
+            &[("election-timeout-ms", "300"), ("heartbeat-ms", "50")],
+        );
+        assert_seeds_pass("raft", &config, 100, seeds);
+    }
+}
+
+#[test]
+fn raft_in_wasm_and_native_gives_the_same_trace() {
+    let params = [
+        ("election-timeout-ms", "300"),
+        ("heartbeat-ms", "50"),
+        ("snapshot-interval", "50"),
+    ];
+    let wasm = config("raft", 3, "chaos", &params);
+    let native = config("native:raft", 3, "chaos", &params);
+    let a = run_seed(&wasm, 11);
+    let b = run_seed(&native, 11);
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.operations_ok, b.operations_ok);
+}
+
+#[test]
+fn a_raft_that_commits_without_a_quorum_is_caught() {
+    let params = [("election-timeout-ms", "300"), ("heartbeat-ms", "50")];
+    let mut config = config("native:raft", 3, "partitions", &params);
+    let budget = 16;
+    // The correct Raft passes these seeds...
+    let correct = run_seeds(&config, 1, budget, 2, &|_| {});
+    assert!(
+        correct.iter().all(|r| r.violations.is_empty()),
+        "the correct Raft must pass"
+    );
+    // ...and the broken one is caught within them.
+    config.source = synod::plugin::PluginSource::native::<overeager::OverEager>();
+    let reports = run_seeds(&config, 1, budget, 2, &|_| {});
+    let caught: Vec<_> = reports
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .collect();
+    assert!(
+        !caught.is_empty(),
+        "the over-eager Raft went unnoticed in {budget} seeds"
+    );
+    eprintln!(
+        "caught in {} of {budget} seeds; first: seed {} {:?}",
+        caught.len(),
+        caught[0].seed,
+        caught[0].violations.first()
+    );
+}

@@ -110,6 +110,8 @@ struct SimNode {
     /// Commands applied since the last (re)start, to catch double applies.
     applied: HashSet<RequestId>,
     last_checked_position: u64,
+    /// Plugin failures already reported.
+    failures_seen: u64,
     /// States (ticket, position, digest) waiting for their round to be
     /// durable: only durable states must agree across replicas, because a
     /// crash may legitimately undo what was applied but never released.
@@ -189,6 +191,7 @@ impl World {
                     wake_at: None,
                     applied: HashSet::new(),
                     last_checked_position: 0,
+                    failures_seen: 0,
                     unconfirmed: std::collections::VecDeque::new(),
                 },
             );
@@ -430,6 +433,7 @@ impl World {
         });
         node.applied.clear();
         node.last_checked_position = 0;
+        node.failures_seen = 0;
         node.unconfirmed.clear();
         node.fsync_pending = false;
         node.wake_at = None;
@@ -457,8 +461,11 @@ impl World {
             Event::Fsync { node } => {
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.fsync_pending = false;
+                    // The disk completes the fsync even while the process
+                    // is frozen; releasing outputs waits for it to resume.
                     if let Some(runtime) = n.runtime.as_mut()
                         && runtime.commit.sync().is_ok()
+                        && !n.paused
                     {
                         runtime.host.release();
                     }
@@ -680,13 +687,21 @@ impl World {
             node.fsync_pending = true;
             schedule.push((now + fsync_delay, Event::Fsync { node: id }));
         }
-        if let Some(deadline) = runtime.host.next_deadline_nanos() {
+        // A frozen process has no timers; `resume` wakes it.
+        if let Some(deadline) = runtime.host.next_deadline_nanos().filter(|_| !node.paused) {
             let at = node.clock.global_at(deadline).max(now + 1);
             if node.wake_at.is_none_or(|w| at < w || w <= now) {
                 node.wake_at = Some(at);
                 schedule.push((at, Event::Wake { node: id }));
             }
         }
+        // A plugin that traps (a failed assertion, a panic) is a protocol
+        // bug worth a seed, even though the host contains it.
+        let replica = runtime.host.replica();
+        let failure = (replica.failures_total() > node.failures_seen).then(|| {
+            node.failures_seen = replica.failures_total();
+            replica.health().reason().unwrap_or("unknown").to_string()
+        });
         let sent = runtime.network.drain();
         let taps = runtime.host.drain_tap();
         let state = runtime.host.replica().core().state();
@@ -732,6 +747,9 @@ impl World {
                 Reply::Rejected(_) => "reject",
             };
             self.trace.record(now, id, format!("{what} {request:#x}"));
+        }
+        if let Some(why) = failure {
+            self.violation(format!("node {id}: {why}"));
         }
         for request in double_applied {
             self.violation(format!("node {id} applied request {request:#x} twice"));
