@@ -223,16 +223,21 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The leader of `region` as reported by a running replica, if any.
+    /// The leader of `region`: of the replicas that report leading, the one
+    /// with the highest term (a deposed leader may not know it yet).
     pub async fn leader_of(&self, region: &str) -> Option<NodeId> {
+        let mut best: Option<(u64, NodeId)> = None;
         for node in self.nodes.values().filter(|n| n.is_running()) {
             if let Ok(status) = node.client.region_status(region).await
                 && status["plugin"]["role"] == "leader"
             {
-                return Some(node.id);
+                let term = status["plugin"]["term"].as_u64().unwrap_or(0);
+                if best.is_none_or(|(best_term, _)| term > best_term) {
+                    best = Some((term, node.id));
+                }
             }
         }
-        None
+        best.map(|(_, id)| id)
     }
 
     /// Waits until some replica of `region` is leader.

@@ -129,9 +129,12 @@ pub enum Message {
         commit: u64,
         round: u64,
     },
+    /// Answer to a heartbeat: `last_index` is the follower's last log index,
+    /// which lets the leader notice a lost AppendEntries within one round.
     HeartbeatResponse {
         term: u64,
         round: u64,
+        last_index: u64,
     },
     /// Leadership transfer (§3.10): campaign now, skipping pre-vote.
     TimeoutNow {

@@ -28,6 +28,18 @@ pub enum ProgressState {
     },
 }
 
+/// One unacknowledged AppendEntries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inflight {
+    /// Last index it carries.
+    pub last_index: u64,
+    /// Entry bytes it carries.
+    pub bytes: u64,
+    /// The leader's heartbeat round when it was sent: a heartbeat of a later
+    /// round was sent after it.
+    pub round: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Progress {
     /// Highest index known to match the leader's log.
@@ -38,8 +50,8 @@ pub struct Progress {
     /// `Probe`: a probe is outstanding; cleared by its answer or the next
     /// heartbeat.
     pub probe_sent: bool,
-    /// `Replicate`: `(last index, entry bytes)` of each unacknowledged message.
-    pub inflight: VecDeque<(u64, u64)>,
+    /// `Replicate`: each unacknowledged message, oldest first.
+    pub inflight: VecDeque<Inflight>,
     pub inflight_bytes: u64,
     /// Heard from since the last check-quorum (§6.2 of the thesis).
     pub recent_active: bool,
@@ -96,13 +108,30 @@ impl Progress {
     }
 
     /// Records a message carrying entries through `last_index` (`bytes` of
-    /// entries) in `Replicate`.
-    pub fn sent_entries(&mut self, last_index: u64, bytes: u64) {
+    /// entries), sent during heartbeat round `round`, in `Replicate`.
+    pub fn sent_entries(&mut self, last_index: u64, bytes: u64, round: u64) {
         assert_eq!(self.state, ProgressState::Replicate);
         assert!(last_index >= self.next_index, "sent nothing new");
         self.next_index = last_index + 1;
-        self.inflight.push_back((last_index, bytes));
+        self.inflight.push_back(Inflight {
+            last_index,
+            bytes,
+            round,
+        });
         self.inflight_bytes += bytes;
+    }
+
+    /// Whether the follower, whose log ended at `follower_last` when it
+    /// answered a heartbeat of round `round`, is missing a message sent
+    /// before that heartbeat: probably lost (or overtaken; resending is
+    /// harmless either way).
+    pub fn is_missing_before(&self, follower_last: u64, round: u64) -> bool {
+        self.state == ProgressState::Replicate
+            && self
+                .inflight
+                .iter()
+                .find(|inflight| inflight.last_index > follower_last)
+                .is_some_and(|inflight| inflight.round < round)
     }
 
     /// Whether no more may be sent in `Replicate` until acks free room.
@@ -113,12 +142,12 @@ impl Progress {
     /// The follower's log matches through `index`. Returns whether
     /// `match_index` advanced.
     pub fn maybe_update(&mut self, index: u64, now_nanos: u64) -> bool {
-        while let Some(&(last, bytes)) = self.inflight.front() {
-            if last > index {
+        while let Some(&inflight) = self.inflight.front() {
+            if inflight.last_index > index {
                 break;
             }
             self.inflight.pop_front();
-            self.inflight_bytes -= bytes;
+            self.inflight_bytes -= inflight.bytes;
         }
         let advanced = index > self.match_index;
         if advanced {
@@ -181,8 +210,15 @@ mod tests {
     fn replicate_streams_and_frees_inflight_on_acks() {
         let mut progress = Progress::new(1, 0);
         progress.become_replicate(0);
-        progress.sent_entries(5, 100);
-        progress.sent_entries(9, 100);
+        progress.sent_entries(5, 100, 1);
+        progress.sent_entries(9, 100, 2);
+        assert!(!progress.is_missing_before(4, 1), "heartbeat not after it");
+        assert!(progress.is_missing_before(4, 2));
+        assert!(
+            !progress.is_missing_before(5, 2),
+            "the second one may be in flight"
+        );
+        assert!(progress.is_missing_before(5, 3));
         assert!(progress.is_inflight_full(200));
         assert!(!progress.is_inflight_full(201));
         assert!(progress.maybe_update(5, 1));

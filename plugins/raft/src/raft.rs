@@ -178,6 +178,7 @@ pub(crate) struct Counters {
     pub(crate) snapshots_installed: u64,
     pub(crate) snapshot_offers_refused: u64,
     pub(crate) replication_stalls: u64,
+    pub(crate) appends_resent: u64,
     pub(crate) read_rounds_started: u64,
     pub(crate) reads_local: u64,
     pub(crate) reads_lease: u64,
@@ -208,6 +209,7 @@ impl Counters {
             ("snapshots-installed", self.snapshots_installed),
             ("snapshot-offers-refused", self.snapshot_offers_refused),
             ("replication-stalls", self.replication_stalls),
+            ("appends-resent", self.appends_resent),
             ("read-rounds-started", self.read_rounds_started),
             ("reads-local", self.reads_local),
             ("reads-lease", self.reads_lease),
@@ -957,9 +959,9 @@ impl Raft {
                 hint_term,
                 ..
             } => self.handle_append_response(host, from, success, index, hint_index, hint_term),
-            Message::HeartbeatResponse { round, .. } => {
-                self.handle_heartbeat_response(host, from, round)
-            }
+            Message::HeartbeatResponse {
+                round, last_index, ..
+            } => self.handle_heartbeat_response(host, from, round, last_index),
             Message::PreVote { .. } | Message::Vote { .. } => {
                 self.step_vote_request(host, from, message)
             }
@@ -1246,6 +1248,7 @@ impl Raft {
             &Message::HeartbeatResponse {
                 term: self.term,
                 round,
+                last_index: self.log.last_index(),
             },
         );
     }
@@ -1320,10 +1323,27 @@ impl Raft {
         self.send_append(host, from, &mut None);
     }
 
-    fn handle_heartbeat_response<H: Host>(&mut self, host: &mut H, from: NodeId, round: u64) {
+    fn handle_heartbeat_response<H: Host>(
+        &mut self,
+        host: &mut H,
+        from: NodeId,
+        round: u64,
+        last_index: u64,
+    ) {
+        let mut resend = false;
         if let Some(progress) = self.lead.progress.get_mut(&from) {
             progress.recent_active = true;
             progress.acked_round = progress.acked_round.max(round);
+            // An append sent before this heartbeat has not arrived: resend
+            // from the match index now rather than after a stall.
+            if progress.is_missing_before(last_index, round) {
+                progress.become_probe();
+                self.counters.appends_resent += 1;
+                resend = true;
+            }
+        }
+        if resend {
+            self.send_append(host, from, &mut None);
         }
         self.maybe_confirm_reads(host);
     }
@@ -1683,7 +1703,9 @@ impl Raft {
             );
             let progress = self.lead.progress.get_mut(&to).expect("progress exists");
             match progress.state {
-                ProgressState::Replicate => progress.sent_entries(prev + count, bytes),
+                ProgressState::Replicate => {
+                    progress.sent_entries(prev + count, bytes, self.lead.heartbeat_round)
+                }
                 _ => {
                     progress.probe_sent = true;
                     return;
