@@ -352,3 +352,63 @@ fn a_raft_that_commits_without_a_quorum_is_caught() {
         caught[0].violations.first()
     );
 }
+
+#[test]
+fn raft_lease_reads_stay_linearizable_under_clock_drift() {
+    let params = [
+        ("election-timeout-ms", "300"),
+        ("heartbeat-ms", "50"),
+        ("lease-reads", "true"),
+        ("clock-drift-ms", "30"),
+    ];
+    let config = config("raft", 3, "chaos", &params);
+    assert!(config.faults.clock_drift_ppm > 0, "chaos drifts clocks");
+    assert_seeds_pass("raft", &config, 200, 6);
+}
+
+mod weak {
+    //! Standalone declared eventually consistent: drives the simulator's
+    //! weak-protocol checks (convergence and no lost acknowledged write).
+
+    use synod_guest_sdk::*;
+    use synod_plugin_standalone::Standalone;
+
+    pub struct Weak(Standalone);
+
+    impl Protocol for Weak {
+        fn info() -> PluginInfo {
+            PluginInfo {
+                name: "weak-standalone".into(),
+                consistency: Consistency::Eventual,
+                ..Standalone::info()
+            }
+        }
+        fn init<H: Host>(host: &mut H, config: InitConfig) -> Self {
+            Weak(Standalone::init(host, config))
+        }
+        fn on_commands<H: Host>(&mut self, host: &mut H, commands: Commands) {
+            self.0.on_commands(host, commands)
+        }
+        fn on_reads<H: Host>(&mut self, host: &mut H, reads: Reads) {
+            self.0.on_reads(host, reads)
+        }
+        fn seal<H: Host>(&mut self, host: &mut H) -> SealProgress {
+            self.0.seal(host)
+        }
+        fn status<H: Host>(&mut self, host: &mut H) -> Status {
+            self.0.status(host)
+        }
+    }
+}
+
+#[test]
+fn weak_protocols_are_checked_for_lost_writes_and_convergence() {
+    let mut config = config(
+        "native:standalone",
+        1,
+        "crashes",
+        &[("snapshot-interval", "30")],
+    );
+    config.source = synod::plugin::PluginSource::native::<weak::Weak>();
+    assert_seeds_pass("weak-standalone", &config, 1, 6);
+}

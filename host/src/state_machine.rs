@@ -196,6 +196,11 @@ impl KvStateMachine {
         }
     }
 
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.map.get(key).map(Vec::as_slice)
+    }
+
     /// Evaluates an encoded query.
     pub fn query(&self, query: &[u8]) -> KvOutcome {
         match postcard::from_bytes::<KvQuery>(query) {

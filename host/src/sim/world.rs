@@ -146,6 +146,8 @@ pub struct World {
     blocked: BTreeSet<(NodeId, NodeId)>,
     faults_on: bool,
     strong: bool,
+    /// The plugin serves lease reads: half the reads ask for them.
+    lease_reads: bool,
     end: u64,
     clients_stop: u64,
     quiet_from: u64,
@@ -168,7 +170,9 @@ impl World {
     pub fn new(config: SimConfig, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let time = VirtualTime::default();
-        let strong = config.source.info().consistency != Consistency::Eventual;
+        let info = config.source.info();
+        let strong = info.consistency != Consistency::Eventual;
+        let lease_reads = info.capabilities.lease_reads;
         let mut nodes = BTreeMap::new();
         for id in 1..=config.nodes {
             let drift = if config.faults.clock_drift_ppm > 0 {
@@ -219,6 +223,7 @@ impl World {
             blocked: BTreeSet::new(),
             faults_on: true,
             strong,
+            lease_reads,
             end,
             clients_stop: end.saturating_sub(nanos(DRAIN)),
             quiet_from,
@@ -892,7 +897,13 @@ impl World {
         }
         let keys = self.config.keys.max(1) as u64;
         let roll = self.rng.next_u64();
-        let key = format!("k{}", roll % keys);
+        // Weak protocols: one writer per key, so "the last acknowledged
+        // write" is well defined for the end-of-run check.
+        let key = if self.strong {
+            format!("k{}", roll % keys)
+        } else {
+            format!("c{index}k{}", roll % keys)
+        };
         let client_count = self.clients.len() as u64;
         let client = &mut self.clients[index];
         client.sequence += 1;
@@ -901,7 +912,7 @@ impl World {
         let target = client.target;
         let (input, event_for) = match (roll >> 20) % 10 {
             0..=2 => (OpInput::Get, None),
-            3 => (
+            3 if self.strong => (
                 OpInput::Cas {
                     expected: if roll & 1 == 0 {
                         None
@@ -930,10 +941,12 @@ impl World {
                     key: key.clone().into_bytes(),
                 }
                 .encode(),
-                level: if self.strong {
-                    ReadLevel::Linearizable
-                } else {
+                level: if !self.strong {
                     ReadLevel::Local
+                } else if self.lease_reads && roll & 2 == 0 {
+                    ReadLevel::Lease
+                } else {
+                    ReadLevel::Linearizable
                 },
                 reply,
             },
@@ -1053,6 +1066,54 @@ impl World {
         }
     }
 
+    /// Weak protocols: once quiet, every replica holds each key's last
+    /// acknowledged write (or a later write whose outcome is unknown).
+    fn check_acknowledged_writes(&mut self) {
+        let mut allowed: BTreeMap<String, (u64, BTreeSet<String>)> = BTreeMap::new();
+        for (index, op) in self.operations.iter().enumerate() {
+            let OpInput::Put { value } = &op.input else {
+                continue;
+            };
+            if self.dropped.contains(&index) {
+                continue;
+            }
+            let entry = allowed
+                .entry(op.key.clone())
+                .or_insert((0, BTreeSet::new()));
+            if op.ret != UNKNOWN_RETURN {
+                // Keys have one writer, so acknowledgements come in order.
+                if op.call >= entry.0 {
+                    *entry = (op.call.max(1), BTreeSet::from([value.clone()]));
+                }
+            } else if op.call >= entry.0 {
+                entry.1.insert(value.clone());
+            }
+        }
+        let mut problems = Vec::new();
+        for (id, node) in &self.nodes {
+            let Some(runtime) = &node.runtime else {
+                continue;
+            };
+            let state = runtime.host.replica().core().state();
+            for (key, (acknowledged_at, values)) in &allowed {
+                if *acknowledged_at == 0 {
+                    continue;
+                }
+                let found = state
+                    .get(key.as_bytes())
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                if !found.as_ref().is_some_and(|v| values.contains(v)) {
+                    problems.push(format!(
+                        "node {id} lost the acknowledged write to {key} (holds {found:?})"
+                    ));
+                }
+            }
+        }
+        for problem in problems.into_iter().take(5) {
+            self.violation(problem);
+        }
+    }
+
     fn finish(mut self) -> SimReport {
         // Liveness: once healed, a strong protocol must serve clients.
         if self.config.clients > 0 && self.ok_in_quiet == 0 {
@@ -1078,6 +1139,9 @@ impl World {
             self.violation(format!(
                 "replicas did not converge after the quiet phase: {listing}"
             ));
+        }
+        if !self.strong {
+            self.check_acknowledged_writes();
         }
         let history: Vec<Operation> = self
             .operations

@@ -28,6 +28,25 @@
 //!   are promoted.
 //! - Leadership transfer (thesis §3.10) and seal.
 //!
+//! Learners (and nodes outside the configuration) never campaign and never
+//! count towards a quorum of their own configuration. A node still answers
+//! vote requests whatever its own configuration says (thesis §4.2.2): its
+//! answer counts only if the candidate's configuration lists it as a voter,
+//! which keeps a cluster live when a promotion reached the candidate but not
+//! yet the promoted node.
+//!
+//! # Messages and durability
+//!
+//! Peer messages are postcard-encoded [`message::Message`] values, several
+//! to the same peer in one `send`. Every storage write that a message
+//! depends on (term, vote, log entries acknowledged) is made before the
+//! message is queued, and the host's output commit holds the message until
+//! those writes are durable. AppendEntries from the leader go out with
+//! `send-eager` instead, so followers persist entries while the leader does
+//! (thesis §10.2.1): they carry no commit index, and everything that does
+//! depend on the leader's own durability (heartbeats carrying the commit
+//! index, client answers, read answers) is sent normally.
+//!
 //! # Parameters
 //!
 //! | name | default | meaning |
@@ -75,7 +94,7 @@ pub use membership::Config;
 pub use params::Params;
 pub use progress::INFLIGHT_MESSAGES_MAX;
 pub use raft::{
-    APPLY_ENTRIES_PER_CALLBACK_MAX, HARD_STATE_KEY, HEARTBEAT_ROUNDS_TRACKED_MAX,
+    APPLY_ENTRIES_PER_CALLBACK_MAX, HARD_STATE_KEY, HEARTBEAT_ROUNDS_TRACKED_MAX, INSTALLING_KEY,
     LEARNER_CATCH_UP_ENTRIES_MAX, READS_PENDING_MAX, REPLICATE_STALL_HEARTBEATS, Raft, RaftRole,
     SEALED_KEY, SNAPSHOT_KEY, SNAPSHOT_RESEND_ELECTION_TIMEOUTS, TIMER_APPLY, TIMER_ELECTION,
     TIMER_HEARTBEAT, UNCOMMITTED_ENTRIES_MAX,

@@ -123,7 +123,8 @@ pub enum Message {
     },
     /// Leader heartbeat. `commit` is at most what the follower is known to
     /// hold; `round` numbers the leader's heartbeat rounds (ReadIndex and
-    /// lease confirmation).
+    /// lease confirmation, answered by [`Message::HeartbeatResponse`]);
+    /// round 0 is a commit update that needs no answer.
     Heartbeat {
         term: u64,
         commit: u64,

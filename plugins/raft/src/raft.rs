@@ -1243,6 +1243,9 @@ impl Raft {
         // The leader sends at most our match index, so every entry through
         // it is the leader's.
         self.commit_to(host, commit.min(self.log.last_index()));
+        if round == 0 {
+            return;
+        }
         self.send(
             from,
             &Message::HeartbeatResponse {
@@ -1744,10 +1747,12 @@ impl Raft {
             }
         }
         for (peer, commit) in updates {
+            // Round 0: a commit update, not a leadership check; it needs
+            // no answer.
             let message = Message::Heartbeat {
                 term: self.term,
                 commit,
-                round: self.lead.heartbeat_round,
+                round: 0,
             };
             self.send(peer, &message);
         }
