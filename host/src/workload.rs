@@ -20,6 +20,9 @@ pub struct Workload {
     pub read_percent: u64,
     pub cas_percent: u64,
     pub consistency: String,
+    /// Added to client ids in the history, so several workloads can share
+    /// one recorder without their clients colliding.
+    pub client_id_base: u64,
 }
 
 impl Workload {
@@ -32,6 +35,7 @@ impl Workload {
             read_percent: 30,
             cas_percent: 10,
             consistency: "linearizable".into(),
+            client_id_base: 0,
         }
     }
 }
@@ -178,9 +182,12 @@ async fn client_loop(
             }
         };
         let api = &endpoints[endpoint];
+        // History keys name the region: regions are independent objects.
+        let history_key = format!("{}/{key}", workload.region);
+        let history_client = workload.client_id_base + client;
         let id = recorder.as_ref().map(|r| {
             r.lock()
-                .record_call(client, key.clone(), input.clone(), r.now())
+                .record_call(history_client, history_key, input.clone(), r.now())
         });
         let started = Instant::now();
         let result: Result<OpOutput, ApiClientError> = match &input {
