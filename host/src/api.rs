@@ -9,6 +9,13 @@
 //! | GET, PUT, DELETE | `/v1/regions/{region}/kv/{key}` | read (`?consistency=`), write (`{"value"}`), delete |
 //! | POST | `/v1/regions/{region}/cas` | compare-and-swap (`{"key","expected","new"}`) |
 //! | GET, POST | `/v1/components` | list / publish (body: component bytes) |
+//! | POST | `/v1/regions/{region}/membership` | move to `{"voters","learners"}` |
+//! | POST | `/v1/regions/{region}/transfer-leader` | hand leadership to `{"target"}` |
+//! | GET | `/v1/cluster` | nodes and regions this node knows |
+//! | POST | `/v1/cluster/nodes` | announce a node (`{"id","api","peer"}`) |
+//!
+//! A replica that is not the leader answers `307` with the leader's URL in
+//! `Location` (clients follow it; `curl -L`).
 //!
 //! Every error is `{"error": {"code", "message"}}` with a fitting status;
 //! a refused request changed nothing.

@@ -106,8 +106,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// A cluster node's TOML configuration (see docs/OPERATIONS.md); the
-    /// other flags then do not apply.
+    /// A cluster node's TOML configuration (see docs/OPERATIONS.md); then
+    /// --data-dir, --listen and --node-id do not apply.
     #[arg(long, conflicts_with_all = ["data_dir", "listen", "node_id"])]
     config: Option<PathBuf>,
     /// Where the WAL, snapshots, components and compile cache live

@@ -456,9 +456,12 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
     );
     cluster.stop_all();
     if !converged || matches!(outcome, Outcome::Violation(_)) {
+        // Keep the evidence: the temporary directory outlives the demo.
+        let kept = temporary.map(|t| t.keep());
+        let logs = kept.as_deref().unwrap_or(&dir);
         bail!(
             "the demo found a consistency problem; logs are in {}",
-            dir.display()
+            logs.display()
         );
     }
     println!("Synod demo finished: the cluster survived kill -9 of a leader with nothing lost.");

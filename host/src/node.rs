@@ -483,7 +483,13 @@ impl Node {
         }
         self.journal(&records).await?;
         for spec in to_start {
-            let source = self.plugin_source(&spec)?;
+            let source = match self.plugin_source(&spec) {
+                Ok(source) => source,
+                Err(error) => {
+                    tracing::error!(region = %spec.name, %error, "cannot start a replica learned from a peer");
+                    continue;
+                }
+            };
             let name = spec.name.clone();
             let handle = self.spawn_driver(
                 spec,
@@ -682,9 +688,29 @@ impl Node {
             }
             nodes
         };
-        let mut voters = replicas.unwrap_or(known.clone());
+        let replicates = match &protocol {
+            ProtocolRef::Native { name } => {
+                native_protocol(name).is_some_and(|s| s.info().capabilities.replication)
+            }
+            ProtocolRef::Component { digest } => self
+                .lock_components()
+                .get(digest)
+                .is_some_and(|c| c.capabilities.contains(&"replication")),
+        };
+        // A single-copy protocol gets one replica, here, unless told otherwise.
+        let default = if replicates {
+            known.clone()
+        } else {
+            vec![self.config.node_id]
+        };
+        let mut voters = replicas.unwrap_or(default);
         voters.sort_unstable();
         voters.dedup();
+        if !replicates && voters.len() > 1 {
+            return Err(NodeError::Invalid(
+                "this protocol keeps a single copy (no replication capability): give it exactly one replica".into(),
+            ));
+        }
         if voters.is_empty() {
             return Err(NodeError::Invalid(
                 "a region needs at least one replica".into(),

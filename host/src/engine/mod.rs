@@ -78,7 +78,7 @@ pub enum LoadError {
     )]
     IncompatibleVersion { found: String, supported: String },
     #[error(
-        "component imports `{0}`, which Synod does not provide: plugins get only the synod:protocol imports (no WASI, files, sockets or clocks of their own)"
+        "component imports `{0}`, which Synod does not provide: plugins get the synod:protocol imports and a virtual WASI 0.2 (no files, sockets, environment or real clocks)"
     )]
     UnsupportedImport(String),
     #[error("component could not be prepared: {0}")]
@@ -412,13 +412,19 @@ fn check_contract(engine: &Engine, component: &Component) -> Result<bool, LoadEr
 /// Runs `f`, leaving tokio's async context first when the component uses
 /// WASI: wasmtime-wasi's synchronous bindings block on a runtime, which
 /// tokio forbids on a worker thread.
-fn outside_async<R>(uses_wasi: bool, f: impl FnOnce() -> R) -> R {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if uses_wasi && multi_thread {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
+fn outside_async<R: Send>(uses_wasi: bool, f: impl FnOnce() -> R + Send) -> R {
+    if !uses_wasi {
+        return f();
+    }
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => f(),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        // A current-thread runtime cannot step aside: run the call on a
+        // short-lived thread that has no runtime.
+        Ok(_) => std::thread::scope(|scope| match scope.spawn(f).join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
     }
 }
 

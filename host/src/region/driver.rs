@@ -655,7 +655,8 @@ impl ReplicaHost {
                 });
                 if let Err(why) = saved {
                     // Without the snapshot on disk the log must not be
-                    // compacted: fail the replica so it rebuilds from storage.
+                    // compacted: stop acknowledging (as for any storage
+                    // failure) until the node restarts.
                     self.fail_storage(format!("saving a shipped snapshot: {why}"));
                     return;
                 }

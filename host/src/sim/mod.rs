@@ -21,13 +21,20 @@ pub fn run_seed(config: &SimConfig, seed: u64) -> SimReport {
     World::new(config.clone(), seed).run()
 }
 
-/// The command that replays `seed` of a run.
+/// The command that replays exactly `seed` of a run (and writes its trace).
 pub fn replay_command(plugin: &str, config: &SimConfig, seed: u64) -> String {
+    let params: String = config
+        .params
+        .iter()
+        .map(|(k, v)| format!(" --param {k}={v}"))
+        .collect();
     format!(
-        "synod sim --plugin {plugin} --nodes {} --faults {} --seed {seed} --seconds {} --clients {} --trace sim-trace",
+        "synod sim --plugin {plugin} --nodes {} --faults {} --seed {seed} --seeds 1 --seconds {} --quiet-seconds {} --clients {} --keys {}{params} --trace sim-trace",
         config.nodes,
         config.faults.name,
         config.fault_phase.as_secs_f64(),
-        config.clients
+        config.quiet_phase.as_secs_f64(),
+        config.clients,
+        config.keys
     )
 }

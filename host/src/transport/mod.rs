@@ -211,12 +211,13 @@ impl Transport {
         address
     }
 
-    /// Queues a frame for `to`; drops it if the queue is full.
+    /// Queues a frame for `to`; drops it if `to` is not a known peer (a
+    /// plugin must not make the host allocate per invented node id) or its
+    /// queue is full.
     pub fn send_frame(self: &Arc<Self>, to: NodeId, frame: Frame) {
         if to == self.node_id {
             return;
         }
-        self.link(to);
         let sent = lock(&self.peers)
             .get(&to)
             .map(|link| link.queue.try_send(frame).is_ok())
