@@ -172,7 +172,8 @@ pub struct StateMachineStatus {
 /// A cheap, cloneable way to talk to a region driver.
 #[derive(Clone)]
 pub struct RegionHandle {
-    pub spec: RegionSpec,
+    /// Shared: a handle is cloned for every request.
+    pub spec: Arc<RegionSpec>,
     sender: mpsc::Sender<RegionEvent>,
 }
 
@@ -367,7 +368,10 @@ impl RegionDriver {
             driver.host.start(recovering);
             driver.run().await;
         });
-        RegionHandle { spec, sender }
+        RegionHandle {
+            spec: Arc::new(spec),
+            sender,
+        }
     }
 
     async fn run(&mut self) {
