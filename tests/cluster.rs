@@ -71,17 +71,19 @@ fn assert_linearizable(recorder: &Recorder) {
     }
 }
 
-async fn assert_converged(cluster: &LocalCluster, region: &str, replicas: usize) {
+/// Waits until every node of `members` holds `region` with one digest.
+async fn assert_converged(cluster: &LocalCluster, region: &str, members: &[u64]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let digests = cluster.digests(region).await;
-        let distinct: std::collections::BTreeSet<_> = digests.values().collect();
-        if digests.len() == replicas && distinct.len() == 1 {
+        let distinct: std::collections::BTreeSet<_> =
+            members.iter().filter_map(|id| digests.get(id)).collect();
+        if distinct.len() == 1 && members.iter().all(|id| digests.contains_key(id)) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "replicas of {region} did not converge: {digests:?}"
+            "replicas {members:?} of {region} did not converge: {digests:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -110,7 +112,7 @@ async fn kill_9_the_leader_under_load() {
     cluster.restart(old_leader).await.expect("restart");
     let report = load.await.expect("workload");
     assert!(report.completed() > 100, "progress: {}", report.completed());
-    assert_converged(&cluster, "r", 3).await;
+    assert_converged(&cluster, "r", &[1, 2, 3]).await;
     assert_linearizable(&recorder);
 }
 
@@ -150,7 +152,7 @@ async fn a_restarted_node_catches_up_by_snapshot_after_compaction() {
         "the leader compacted: {status}"
     );
     cluster.restart(follower).await.expect("restart follower");
-    assert_converged(&cluster, "r", 3).await;
+    assert_converged(&cluster, "r", &[1, 2, 3]).await;
     let caught_up = cluster
         .client(follower)
         .expect("client")
@@ -186,7 +188,7 @@ async fn sigstop_a_follower_and_resume() {
         report.completed() > 100,
         "writes went on with a follower paused"
     );
-    assert_converged(&cluster, "r", 3).await;
+    assert_converged(&cluster, "r", &[1, 2, 3]).await;
     assert_linearizable(&recorder);
 }
 
@@ -245,20 +247,7 @@ async fn add_a_fourth_node_and_remove_one_under_load() {
     let report = load.await.expect("workload");
     assert!(report.completed() > 100);
     // The removed node keeps an idle replica; the three voters converge.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let digests = cluster.digests("r").await;
-        let voter_digests: std::collections::BTreeSet<_> =
-            voters.iter().filter_map(|id| digests.get(id)).collect();
-        if voter_digests.len() == 1 && voters.iter().all(|id| digests.contains_key(id)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "voters did not converge: {digests:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_converged(&cluster, "r", &voters).await;
     assert_linearizable(&recorder);
 }
 
