@@ -491,14 +491,7 @@ impl Node {
                 }
             };
             let name = spec.name.clone();
-            let handle = self.spawn_driver(
-                spec,
-                source,
-                RecoveredRegion::default(),
-                KvStateMachine::default(),
-                false,
-            );
-            self.write_regions().insert(name.clone(), handle);
+            self.start_new_replica(spec, source);
             tracing::info!(region = %name, "started a replica learned from a peer");
         }
         Ok(())
@@ -744,15 +737,7 @@ impl Node {
         }
         self.journal(&[JournalRecord::RegionCreated { spec: spec.clone() }])
             .await?;
-        let handle = self.spawn_driver(
-            spec,
-            source,
-            RecoveredRegion::default(),
-            KvStateMachine::default(),
-            false,
-        );
-        self.write_regions()
-            .insert(name.to_string(), handle.clone());
+        let handle = self.start_new_replica(spec, source);
         drop(_serial);
         self.push_catalog();
         tracing::info!(region = %name, "region created");
@@ -783,6 +768,20 @@ impl Node {
         let handle = self.spawn_driver(spec, source, region, state, true);
         self.write_regions().insert(name, handle);
         Ok(())
+    }
+
+    /// Starts a brand-new replica (empty storage and state) and registers it.
+    fn start_new_replica(&self, spec: RegionSpec, source: PluginSource) -> RegionHandle {
+        let name = spec.name.clone();
+        let handle = self.spawn_driver(
+            spec,
+            source,
+            RecoveredRegion::default(),
+            KvStateMachine::default(),
+            false,
+        );
+        self.write_regions().insert(name, handle.clone());
+        handle
     }
 
     fn spawn_driver(

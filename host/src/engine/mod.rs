@@ -204,7 +204,7 @@ impl PluginEngine {
         let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::Link(root_cause(&e)))?;
         let mut probe = LoadedComponent {
             digest: digest.clone(),
-            info: placeholder_info(),
+            info: unknown_info(),
             size_bytes: bytes.len(),
             uses_wasi,
             pre,
@@ -300,7 +300,8 @@ impl PluginEngine {
     }
 }
 
-fn placeholder_info() -> PluginInfo {
+/// What a component is known to be before its `info` export is called.
+fn unknown_info() -> PluginInfo {
     PluginInfo {
         name: String::new(),
         version: String::new(),

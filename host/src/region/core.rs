@@ -126,10 +126,10 @@ pub struct RegionCore {
 }
 
 impl Default for RegionCore {
-    /// An empty placeholder, used while a real core is lent to a Wasm store.
+    /// An empty stand-in, held by a Wasm store while no real core is lent to it.
     fn default() -> Self {
         Self::new(
-            RegionName::new("placeholder").unwrap_or_else(|_| unreachable!()),
+            RegionName::new("unlent").unwrap_or_else(|_| unreachable!()),
             0,
             RegionLog::default(),
             BTreeMap::new(),
