@@ -45,7 +45,7 @@ fn start_workload(
     recorder: &Arc<Recorder>,
 ) -> tokio::task::JoinHandle<WorkloadReport> {
     let mut workload = Workload::new(region, clients);
-    workload.keys = 8;
+    workload.keys = 16;
     tokio::spawn(synod::workload::run(
         cluster.clients(),
         workload,
@@ -136,6 +136,11 @@ async fn a_restarted_node_catches_up_by_snapshot_after_compaction() {
     let report = start_workload(&cluster, "r", 4, 2.5, &recorder)
         .await
         .expect("workload");
+    eprintln!(
+        "workload: {} ok, {} errors",
+        report.completed(),
+        report.errors
+    );
     assert!(
         report.writes > 200,
         "enough writes to compact the log ({})",

@@ -136,6 +136,17 @@ pub async fn run(
     report
 }
 
+/// Errors that prove a request was refused before it was ordered, so it
+/// can never take effect: no leader to take it, overloaded, sealed, or a
+/// client error. Anything else (timeouts, lost connections, storage
+/// failures) leaves the outcome unknown.
+fn never_applied(error: &ApiClientError) -> bool {
+    matches!(error.code(), Some("not_leader" | "overloaded" | "sealed"))
+        || error
+            .status()
+            .is_some_and(|status| (400..500).contains(&status))
+}
+
 async fn client_loop(
     client: u64,
     endpoints: Arc<Vec<ApiClient>>,
@@ -185,10 +196,9 @@ async fn client_loop(
         // History keys name the region: regions are independent objects.
         let history_key = format!("{}/{key}", workload.region);
         let history_client = workload.client_id_base + client;
-        let id = recorder.as_ref().map(|r| {
-            r.lock()
-                .record_call(history_client, history_key, input.clone(), r.now())
-        });
+        // The call is recorded once its outcome is known (with the time it
+        // was made), so refusals that prove it never happened can be left out.
+        let call_time = recorder.as_ref().map(|r| r.now());
         let started = Instant::now();
         let result: Result<OpOutput, ApiClientError> = match &input {
             OpInput::Get => {
@@ -220,15 +230,21 @@ async fn client_loop(
         match result {
             Ok(output) => {
                 report.latencies.push(started.elapsed());
-                if let (Some(recorder), Some(id)) = (&recorder, id) {
-                    let _ = recorder.lock().record_return(id, output, recorder.now());
+                if let (Some(recorder), Some(call)) = (&recorder, call_time) {
+                    let mut history = recorder.lock();
+                    let id = history.record_call(history_client, history_key, input, call);
+                    let _ = history.record_return(id, output, recorder.now());
                 }
             }
             Err(error) => {
                 report.errors += 1;
-                if let (Some(recorder), Some(id)) = (&recorder, id) {
+                if let (Some(recorder), Some(call)) = (&recorder, call_time)
+                    && !never_applied(&error)
+                {
                     // The outcome is unknown: it may still take effect.
-                    let _ = recorder.lock().record_unknown(id);
+                    let mut history = recorder.lock();
+                    let id = history.record_call(history_client, history_key, input, call);
+                    let _ = history.record_unknown(id);
                 }
                 tracing::debug!(client, %error, "workload request failed");
                 if error.status().is_none() {
