@@ -2,7 +2,7 @@
 //! benchmarks and the multi-process tests: generates configs, starts, kills
 //! (SIGKILL), pauses (SIGSTOP) and restarts nodes, and adds new ones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,9 +45,42 @@ pub struct LocalCluster {
     pub nodes: BTreeMap<NodeId, LocalNode>,
 }
 
-/// A free loopback port (bound then released; a collision is unlikely).
+/// Ports handed out by [`free_port`] in this process, never handed out twice.
+static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Where [`free_port`] looks: below Linux's default ephemeral range
+/// (32768–60999), so an outgoing connection of another node, which takes
+/// an ephemeral port, cannot grab a port between its choice and its bind.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port that is free now, outside the ephemeral range and not
+/// handed out before by this process.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..1000 {
+        let port = rand::random_range(PORT_RANGE);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {PORT_RANGE:?}")
+}
+
+/// The last `lines` lines of a node log, for error messages.
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(error) => format!("(unreadable: {error})"),
+    }
 }
 
 fn signal(pid: u32, signal: libc::c_int) -> Result<()> {
@@ -152,12 +185,38 @@ impl LocalCluster {
         Ok(())
     }
 
-    async fn wait_ready(&self, id: NodeId) -> Result<()> {
-        let node = self.node(id)?;
-        node.client
-            .wait_ready(READY_TIMEOUT)
-            .await
-            .with_context(|| format!("node {id} did not start; see {}", node.log_path.display()))
+    /// Waits until node `id` answers on its API; fails early if the
+    /// process exits, and either way quotes the end of its log.
+    async fn wait_ready(&mut self, id: NodeId) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let node = self.node_mut(id)?;
+            if node.client.status().await.is_ok() {
+                return Ok(());
+            }
+            let exited = match node.child.as_mut() {
+                Some(child) => child.try_wait()?,
+                None => bail!("node {id} is not running"),
+            };
+            let problem = match exited {
+                Some(status) => Some(format!("node {id} exited ({status}) before it was ready")),
+                None if tokio::time::Instant::now() >= deadline => {
+                    Some(format!("node {id} did not answer within {READY_TIMEOUT:?}"))
+                }
+                None => None,
+            };
+            if let Some(problem) = problem {
+                if exited.is_some() {
+                    node.child = None;
+                }
+                bail!(
+                    "{problem}; end of {}:\n{}",
+                    node.log_path.display(),
+                    log_tail(&node.log_path, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn node(&self, id: NodeId) -> Result<&LocalNode> {

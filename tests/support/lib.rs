@@ -1,7 +1,6 @@
 //! Helpers shared by Synod's node-level tests: an in-process node with its
 //! HTTP API, and a node running as a separate process that can be killed.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -63,11 +62,7 @@ impl TestNode {
     }
 }
 
-/// A free loopback port (bound and released; a race is possible but rare).
-pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
+pub use synod::cluster::free_port;
 
 /// Path of the node binary; only integration tests know it at compile time.
 #[macro_export]
