@@ -160,19 +160,10 @@ async fn region_here(
 ) -> Result<crate::region::driver::RegionHandle, ApiError> {
     match node.region(region).await {
         Ok(handle) => Ok(handle),
-        Err(error) => {
-            let host = node.region_spec(region).and_then(|spec| {
-                spec.voters
-                    .iter()
-                    .chain(spec.learners.iter())
-                    .copied()
-                    .find(|id| *id != node.config().node_id)
-            });
-            match host.and_then(|id| node.api_address_of(id).map(|api| (id, api))) {
-                Some((id, api)) => Err(ApiError::redirect(id, &api, uri, "region not hosted here")),
-                None => Err(error.into()),
-            }
-        }
+        Err(error) => match node.region_host_elsewhere(region) {
+            Some((id, api)) => Err(ApiError::redirect(id, &api, uri, "region not hosted here")),
+            None => Err(error.into()),
+        },
     }
 }
 
@@ -232,12 +223,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Serves the API until `shutdown` resolves.
+/// Serves the API, and the binary client protocol on the same port
+/// ([`crate::wire`]), until `shutdown` resolves.
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = crate::wire::SharedPortListener::new(listener, node.clone())?;
     axum::serve(listener, router(node))
         .with_graceful_shutdown(shutdown)
         .await

@@ -30,6 +30,13 @@ pub struct BenchArgs {
     /// Value size in bytes for --cluster.
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// Client protocol for --cluster: `wire` (the binary protocol, clients
+    /// multiplexed over --connections) or `http` (one connection each).
+    #[arg(long, default_value = "wire", value_parser = ["wire", "http"])]
+    api: String,
+    /// Connections the --cluster wire clients share.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
     /// Seconds per group-commit configuration.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -42,8 +49,13 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    if args.seconds.is_nan() || args.seconds <= 0.0 || args.regions == 0 || args.writers == 0 {
-        bail!("--seconds, --regions and --writers must be positive");
+    if args.seconds.is_nan()
+        || args.seconds <= 0.0
+        || args.regions == 0
+        || args.writers == 0
+        || args.connections == 0
+    {
+        bail!("--seconds, --regions, --writers and --connections must be positive");
     }
     if args.cluster {
         return cluster_bench(&args).await;
@@ -326,9 +338,14 @@ async fn loopback_rtt() -> Result<Duration> {
     Ok(samples[samples.len() / 2])
 }
 
+/// A 3-member etcd on this machine's loopback, as measured in the brief:
+/// (closed-loop clients, writes/s).
+const ETCD_REFERENCE: [(usize, f64); 2] = [(1, 945.0), (1000, 10_400.0)];
+
 async fn cluster_bench(args: &BenchArgs) -> Result<()> {
     use crate::cluster::LocalCluster;
-    use crate::workload::Workload;
+    use crate::wire::WireClient;
+    use crate::workload::{Endpoint, Workload};
 
     let dir = tempfile::tempdir()?;
     let fsync = fsync_cost(dir.path())?;
@@ -349,8 +366,13 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
         .wait_for_leader("bench", Duration::from_secs(20))
         .await?;
     let leader_api = cluster.node(leader)?.api.clone();
+    let over = if args.api == "wire" {
+        format!("the wire protocol ({} connections)", args.connections)
+    } else {
+        "HTTP (a connection each)".to_string()
+    };
     println!(
-        "== 3-process Raft cluster, fsync on, {} B values, closed-loop writers over HTTP ==",
+        "== 3-process Raft cluster, fsync on, {} B values, closed-loop writers over {over} ==",
         args.value_bytes
     );
     for &clients in &args.clients {
@@ -359,38 +381,54 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
         workload.cas_percent = 0;
         workload.keys = 10_000;
         workload.value_bytes = args.value_bytes;
-        // Clients talk to the leader (as a leader-aware client library
-        // would) over a pool sized for them.
-        let endpoint = vec![crate::client::ApiClient::with_pool(
-            &format!("http://{leader_api}"),
-            clients + 16,
-        )];
+        // Clients talk to the leader, as a leader-aware client library would.
+        let endpoints: Vec<Endpoint> = if args.api == "wire" {
+            let mut endpoints = Vec::new();
+            for _ in 0..args.connections.min(clients) {
+                let client = WireClient::connect(&leader_api, Duration::from_secs(30)).await?;
+                endpoints.push(client.into());
+            }
+            endpoints
+        } else {
+            vec![
+                crate::client::ApiClient::with_pool(&format!("http://{leader_api}"), clients + 16)
+                    .into(),
+            ]
+        };
         // Warm up connections and the leader's pipeline.
         crate::workload::run(
-            endpoint.clone(),
+            endpoints.clone(),
             workload.clone(),
             Duration::from_millis(500),
             None,
         )
         .await;
         let report = crate::workload::run(
-            endpoint,
+            endpoints,
             workload,
             Duration::from_secs_f64(args.seconds),
             None,
         )
         .await;
         let seconds = report.elapsed.as_secs_f64().max(1e-9);
+        let writes_per_second = report.completed() as f64 / seconds;
         let p50 = report.percentile_ms(0.50);
         println!(
-            "  {clients:>5} clients: {:>8.0} writes/s   p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms   ({} errors)   p50/floor {:.2}x",
-            report.completed() as f64 / seconds,
+            "  {clients:>5} clients: {writes_per_second:>8.0} writes/s   p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms   ({} errors)   p50/floor {:.2}x",
             p50,
             report.percentile_ms(0.99),
             report.percentile_ms(0.999),
             report.errors,
             p50 / (floor.as_secs_f64() * 1e3)
         );
+        if let Some((etcd_clients, etcd_writes)) =
+            ETCD_REFERENCE.iter().find(|(c, _)| *c == clients)
+        {
+            println!(
+                "         vs etcd's {etcd_writes:.0} writes/s at {etcd_clients} clients (the brief's figure for this machine): {:.1}x",
+                writes_per_second / etcd_writes
+            );
+        }
     }
     Ok(())
 }

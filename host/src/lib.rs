@@ -12,7 +12,8 @@
 //! - [`journal`]: what the WAL holds and how a node is rebuilt from it;
 //! - [`state_machine`]: the host-owned key-value state machine;
 //! - [`node`]: start-up, recovery and region creation;
-//! - [`api`] and [`client`]: HTTP/JSON API and its client; [`cli`]: the
+//! - [`api`] and [`client`]: HTTP/JSON API and its client; [`wire`]: the
+//!   binary client protocol on the same port; [`cli`]: the
 //!   `synod` binary; [`demo`] and [`bench`]: the main job and benchmarks.
 
 pub mod api;
@@ -36,4 +37,5 @@ pub mod sim_cli;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
+pub mod wire;
 pub mod workload;

@@ -389,6 +389,18 @@ impl Node {
     }
 
     /// The HTTP address of `node`, if known.
+    /// Another node hosting a replica of `region`, with its API address:
+    /// where to send a client that asked a node without one.
+    pub fn region_host_elsewhere(&self, region: &str) -> Option<(NodeId, String)> {
+        let spec = self.region_spec(region)?;
+        spec.voters
+            .iter()
+            .chain(spec.learners.iter())
+            .copied()
+            .filter(|id| *id != self.config.node_id)
+            .find_map(|id| self.api_address_of(id).map(|api| (id, api)))
+    }
+
     pub fn api_address_of(&self, node: NodeId) -> Option<String> {
         self.lock_catalog()
             .nodes

@@ -1,11 +1,151 @@
-//! Closed-loop client workloads over the HTTP API, recording every
-//! operation into a [`History`] for the linearizability checker.
+//! Closed-loop client workloads over the HTTP API or the binary wire
+//! protocol, recording every operation into a [`History`] for the
+//! linearizability checker.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::checker::{History, OpInput, OpOutput};
 use crate::client::{ApiClient, ApiClientError};
+use crate::wire::{Consistency, WireClient, WireClientError};
+
+/// Where a workload's clients send their requests.
+#[derive(Clone)]
+pub enum Endpoint {
+    Http(ApiClient),
+    Wire(WireClient),
+}
+
+impl From<ApiClient> for Endpoint {
+    fn from(client: ApiClient) -> Self {
+        Endpoint::Http(client)
+    }
+}
+
+impl From<WireClient> for Endpoint {
+    fn from(client: WireClient) -> Self {
+        Endpoint::Wire(client)
+    }
+}
+
+/// A failed request, as much as the workload needs of it.
+#[derive(Debug)]
+struct RequestFailure {
+    message: String,
+    /// The failure proves the request never took effect.
+    never_applied: bool,
+    /// The node did not answer: try another.
+    unreachable: bool,
+    /// API address of a node to try instead.
+    redirect: Option<String>,
+}
+
+impl From<ApiClientError> for RequestFailure {
+    fn from(error: ApiClientError) -> Self {
+        Self {
+            never_applied: never_applied(&error),
+            unreachable: error.status().is_none(),
+            redirect: None,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<WireClientError> for RequestFailure {
+    fn from(error: WireClientError) -> Self {
+        Self {
+            never_applied: error.never_applied(),
+            unreachable: error.is_unreachable(),
+            redirect: match &error {
+                WireClientError::Failed(failure) => failure.redirect.clone(),
+                _ => None,
+            },
+            message: error.to_string(),
+        }
+    }
+}
+
+fn consistency(name: &str) -> Consistency {
+    match name {
+        "lease" => Consistency::Lease,
+        "local" => Consistency::Local,
+        _ => Consistency::Linearizable,
+    }
+}
+
+fn text(bytes: Option<Vec<u8>>) -> Option<String> {
+    bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+impl Endpoint {
+    /// The API address (`host:port`) this endpoint talks to.
+    fn address(&self) -> &str {
+        match self {
+            Endpoint::Http(client) => client.base().trim_start_matches("http://"),
+            Endpoint::Wire(client) => client.address(),
+        }
+    }
+
+    async fn execute(
+        &self,
+        workload: &Workload,
+        key: &str,
+        input: &OpInput,
+    ) -> Result<OpOutput, RequestFailure> {
+        let region = &workload.region;
+        match self {
+            Endpoint::Http(api) => Ok(match input {
+                OpInput::Get => OpOutput::Value(api.get(region, key, &workload.consistency).await?),
+                OpInput::Put { value } => {
+                    api.put(region, key, value).await?;
+                    OpOutput::Ok
+                }
+                OpInput::Cas { expected, new } => {
+                    let outcome = api
+                        .cas(region, key, expected.as_deref(), new.as_deref())
+                        .await?;
+                    OpOutput::Cas {
+                        succeeded: outcome.succeeded,
+                        current: outcome.current,
+                    }
+                }
+                OpInput::Delete => OpOutput::Deleted {
+                    existed: api.delete(region, key).await?,
+                },
+            }),
+            Endpoint::Wire(wire) => {
+                let key = key.as_bytes();
+                Ok(match input {
+                    OpInput::Get => OpOutput::Value(text(
+                        wire.get(region, key, consistency(&workload.consistency))
+                            .await?,
+                    )),
+                    OpInput::Put { value } => {
+                        wire.put(region, key, value.as_bytes()).await?;
+                        OpOutput::Ok
+                    }
+                    OpInput::Cas { expected, new } => {
+                        let (succeeded, current) = wire
+                            .cas(
+                                region,
+                                key,
+                                expected.as_deref().map(str::as_bytes),
+                                new.as_deref().map(str::as_bytes),
+                            )
+                            .await?;
+                        OpOutput::Cas {
+                            succeeded,
+                            current: text(current),
+                        }
+                    }
+                    OpInput::Delete => OpOutput::Deleted {
+                        existed: wire.delete(region, key).await?,
+                    },
+                })
+            }
+        }
+    }
+}
 
 /// What the clients do.
 #[derive(Clone, Debug)]
@@ -106,15 +246,15 @@ impl WorkloadReport {
 
 /// Runs `workload` against `endpoints` (any node; redirects reach the
 /// leader) for `duration`, recording into `recorder` if given.
-pub async fn run(
-    endpoints: Vec<ApiClient>,
+pub async fn run<E: Into<Endpoint>>(
+    endpoints: Vec<E>,
     workload: Workload,
     duration: Duration,
     recorder: Option<Arc<Recorder>>,
 ) -> WorkloadReport {
     let started = Instant::now();
     let deadline = started + duration;
-    let endpoints = Arc::new(endpoints);
+    let endpoints: Arc<Vec<Endpoint>> = Arc::new(endpoints.into_iter().map(Into::into).collect());
     let mut tasks = Vec::new();
     for client in 0..workload.clients {
         tasks.push(tokio::spawn(client_loop(
@@ -149,7 +289,7 @@ fn never_applied(error: &ApiClientError) -> bool {
 
 async fn client_loop(
     client: u64,
-    endpoints: Arc<Vec<ApiClient>>,
+    endpoints: Arc<Vec<Endpoint>>,
     workload: Workload,
     deadline: Instant,
     recorder: Option<Arc<Recorder>>,
@@ -192,7 +332,7 @@ async fn client_loop(
                 value: value.clone(),
             }
         };
-        let api = &endpoints[endpoint];
+        let endpoint_now = &endpoints[endpoint];
         // History keys name the region: regions are independent objects.
         let history_key = format!("{}/{key}", workload.region);
         let history_client = workload.client_id_base + client;
@@ -200,34 +340,12 @@ async fn client_loop(
         // was made), so refusals that prove it never happened can be left out.
         let call_time = recorder.as_ref().map(|r| r.now());
         let started = Instant::now();
-        let result: Result<OpOutput, ApiClientError> = match &input {
-            OpInput::Get => {
-                report.reads += 1;
-                api.get(&workload.region, &key, &workload.consistency)
-                    .await
-                    .map(OpOutput::Value)
-            }
-            OpInput::Put { value } => {
-                report.writes += 1;
-                api.put(&workload.region, &key, value)
-                    .await
-                    .map(|()| OpOutput::Ok)
-            }
-            OpInput::Cas { expected, new } => {
-                report.cas += 1;
-                api.cas(&workload.region, &key, expected.as_deref(), new.as_deref())
-                    .await
-                    .map(|outcome| OpOutput::Cas {
-                        succeeded: outcome.succeeded,
-                        current: outcome.current,
-                    })
-            }
-            OpInput::Delete => api
-                .delete(&workload.region, &key)
-                .await
-                .map(|existed| OpOutput::Deleted { existed }),
-        };
-        match result {
+        match &input {
+            OpInput::Get => report.reads += 1,
+            OpInput::Put { .. } | OpInput::Delete => report.writes += 1,
+            OpInput::Cas { .. } => report.cas += 1,
+        }
+        match endpoint_now.execute(&workload, &key, &input).await {
             Ok(output) => {
                 report.latencies.push(started.elapsed());
                 if let (Some(recorder), Some(call)) = (&recorder, call_time) {
@@ -236,18 +354,24 @@ async fn client_loop(
                     let _ = history.record_return(id, output, recorder.now());
                 }
             }
-            Err(error) => {
+            Err(failure) => {
                 report.errors += 1;
                 if let (Some(recorder), Some(call)) = (&recorder, call_time)
-                    && !never_applied(&error)
+                    && !failure.never_applied
                 {
                     // The outcome is unknown: it may still take effect.
                     let mut history = recorder.lock();
                     let id = history.record_call(history_client, history_key, input, call);
                     let _ = history.record_unknown(id);
                 }
-                tracing::debug!(client, %error, "workload request failed");
-                if error.status().is_none() {
+                tracing::debug!(client, failure = %failure.message, "workload request failed");
+                let redirected = failure
+                    .redirect
+                    .as_deref()
+                    .and_then(|to| endpoints.iter().position(|e| e.address() == to));
+                if let Some(target) = redirected {
+                    endpoint = target;
+                } else if failure.unreachable {
                     // The node is unreachable: try another.
                     endpoint = (endpoint + 1) % endpoints.len();
                 }

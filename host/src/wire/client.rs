@@ -1,0 +1,265 @@
+//! A multiplexed wire client: one connection, any number of concurrent
+//! callers, requests and responses coalesced into as few writes as the
+//! load allows.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::codec::FramedRead;
+
+use super::{CONNECTION_ERROR_ID, Consistency, Failure, MAGIC, Op, Response};
+use crate::state_machine::KvOutcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireClientError {
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request may or may not have taken effect.
+    #[error("the connection ended before an answer ({0}); the outcome is unknown")]
+    ConnectionLost(String),
+    /// The request may or may not have taken effect.
+    #[error("no answer within {0:?}; the outcome is unknown")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(#[from] Failure),
+    #[error("the request did not encode: {0}")]
+    Encode(postcard::Error),
+    #[error("unexpected outcome {0:?}")]
+    Unexpected(KvOutcome),
+}
+
+impl WireClientError {
+    /// Whether the request certainly never took effect.
+    pub fn never_applied(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::Encode(_) => true,
+            Self::Failed(failure) => failure.never_applied(),
+            Self::ConnectionLost(_) | Self::Timeout(_) | Self::Unexpected(_) => false,
+        }
+    }
+
+    /// Whether the node could not be reached or stopped answering.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::ConnectionLost(_))
+    }
+}
+
+type Answer = oneshot::Sender<Result<KvOutcome, WireClientError>>;
+
+struct Shared {
+    pending: Mutex<HashMap<u64, Answer>>,
+    /// Set once the connection has ended, with why; read under `pending`.
+    closed: Mutex<Option<String>>,
+    /// Encoded requests waiting for the writer.
+    outbox: Mutex<Vec<u8>>,
+    wake_writer: Notify,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Ends the connection for every caller waiting on it.
+    fn close(&self, why: String) {
+        let mut pending = lock(&self.pending);
+        lock(&self.closed).get_or_insert(why.clone());
+        for (_, answer) in pending.drain() {
+            let _ = answer.send(Err(WireClientError::ConnectionLost(why.clone())));
+        }
+    }
+}
+
+/// Aborts the connection's tasks when the last client clone goes.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// A connection to one node; cheap to clone, all clones share it.
+#[derive(Clone)]
+pub struct WireClient {
+    address: Arc<str>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+    _tasks: Arc<Tasks>,
+}
+
+/// [`super::Request`] without owning its region name, to encode in place.
+#[derive(Serialize)]
+struct RequestRef<'a> {
+    id: u64,
+    region: &'a str,
+    op: &'a Op,
+}
+
+impl WireClient {
+    /// Connects to a node's API address (`host:port`).
+    pub async fn connect(address: &str, timeout: Duration) -> Result<Self, WireClientError> {
+        let failed = |source| WireClientError::Connect {
+            address: address.to_string(),
+            source,
+        };
+        let mut stream = TcpStream::connect(address).await.map_err(failed)?;
+        stream.set_nodelay(true).map_err(failed)?;
+        stream.write_all(MAGIC).await.map_err(failed)?;
+        let (read, write) = stream.into_split();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            closed: Mutex::new(None),
+            outbox: Mutex::new(Vec::new()),
+            wake_writer: Notify::new(),
+            next_id: AtomicU64::new(1),
+        });
+        let tasks = Tasks(vec![
+            tokio::spawn(read_responses(read, shared.clone())),
+            tokio::spawn(write_requests(write, shared.clone())),
+        ]);
+        Ok(Self {
+            address: address.into(),
+            shared,
+            timeout,
+            _tasks: Arc::new(tasks),
+        })
+    }
+
+    /// The node's API address this client is connected to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends `op` for `region` and waits for its outcome.
+    pub async fn call(&self, region: &str, op: &Op) -> Result<KvOutcome, WireClientError> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        {
+            let mut pending = lock(&self.shared.pending);
+            if let Some(why) = lock(&self.shared.closed).clone() {
+                return Err(WireClientError::ConnectionLost(why));
+            }
+            pending.insert(id, answer);
+        }
+        let encoded = super::encode_frame(
+            &RequestRef { id, region, op },
+            &mut lock(&self.shared.outbox),
+        );
+        if let Err(error) = encoded {
+            lock(&self.shared.pending).remove(&id);
+            return Err(WireClientError::Encode(error));
+        }
+        self.shared.wake_writer.notify_one();
+        match tokio::time::timeout(self.timeout, answered).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(WireClientError::ConnectionLost("client shut down".into())),
+            Err(_) => {
+                lock(&self.shared.pending).remove(&id);
+                Err(WireClientError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    pub async fn put(&self, region: &str, key: &[u8], value: &[u8]) -> Result<(), WireClientError> {
+        match self.call(region, &Op::put(key, value)).await? {
+            KvOutcome::Written => Ok(()),
+            other => Err(WireClientError::Unexpected(other)),
+        }
+    }
+
+    /// Whether the key existed.
+    pub async fn delete(&self, region: &str, key: &[u8]) -> Result<bool, WireClientError> {
+        match self.call(region, &Op::delete(key)).await? {
+            KvOutcome::Deleted { existed } => Ok(existed),
+            other => Err(WireClientError::Unexpected(other)),
+        }
+    }
+
+    /// Whether it succeeded, and the value the key held.
+    pub async fn cas(
+        &self,
+        region: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<(bool, Option<Vec<u8>>), WireClientError> {
+        match self.call(region, &Op::cas(key, expected, new)).await? {
+            KvOutcome::Cas { succeeded, current } => {
+                Ok((succeeded, current.map(serde_bytes::ByteBuf::into_vec)))
+            }
+            other => Err(WireClientError::Unexpected(other)),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        region: &str,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<Vec<u8>>, WireClientError> {
+        match self.call(region, &Op::get(key, consistency)).await? {
+            KvOutcome::Value(value) => Ok(value.map(serde_bytes::ByteBuf::into_vec)),
+            other => Err(WireClientError::Unexpected(other)),
+        }
+    }
+}
+
+async fn write_requests(mut write: OwnedWriteHalf, shared: Arc<Shared>) {
+    let mut sending = Vec::new();
+    loop {
+        shared.wake_writer.notified().await;
+        std::mem::swap(&mut sending, &mut *lock(&shared.outbox));
+        if sending.is_empty() {
+            continue;
+        }
+        if let Err(error) = write.write_all(&sending).await {
+            shared.close(format!("write failed: {error}"));
+            return;
+        }
+        sending.clear();
+    }
+}
+
+async fn read_responses(read: OwnedReadHalf, shared: Arc<Shared>) {
+    let mut frames = FramedRead::new(read, super::codec());
+    let why = loop {
+        let bytes = match frames.next().await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(error)) => break format!("read failed: {error}"),
+            None => break "the node closed the connection".to_string(),
+        };
+        let response: Response = match postcard::from_bytes(&bytes) {
+            Ok(response) => response,
+            Err(error) => break format!("a response did not decode: {error}"),
+        };
+        if response.id == CONNECTION_ERROR_ID {
+            break match response.result {
+                Err(failure) => format!("the node ended the connection: {failure}"),
+                Ok(outcome) => format!("the node ended the connection ({outcome:?})"),
+            };
+        }
+        let answer = lock(&shared.pending).remove(&response.id);
+        if let Some(answer) = answer {
+            let _ = answer.send(response.result.map_err(WireClientError::Failed));
+        }
+    };
+    shared.close(why);
+}
