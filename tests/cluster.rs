@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use synod::checker::{CheckOptions, Outcome, check_linearizable};
 use synod::cluster::LocalCluster;
+use synod::wire::WireClient;
 use synod::workload::{Recorder, Workload, WorkloadReport};
 use synod_tests::node_binary;
 
@@ -48,6 +49,33 @@ fn start_workload(
     workload.keys = 16;
     tokio::spawn(synod::workload::run(
         cluster.clients(),
+        workload,
+        Duration::from_secs_f64(seconds),
+        Some(recorder.clone()),
+    ))
+}
+
+/// Like [`start_workload`] over the binary wire protocol, one connection
+/// per node, with client ids from 1000 so both can share a recorder.
+async fn start_wire_workload(
+    cluster: &LocalCluster,
+    region: &str,
+    clients: usize,
+    seconds: f64,
+    recorder: &Arc<Recorder>,
+) -> tokio::task::JoinHandle<WorkloadReport> {
+    let mut endpoints = Vec::new();
+    for node in cluster.nodes.values() {
+        let client = WireClient::connect(&node.api, Duration::from_secs(5))
+            .await
+            .expect("wire connection");
+        endpoints.push(client);
+    }
+    let mut workload = Workload::new(region, clients);
+    workload.keys = 16;
+    workload.client_id_base = 1000;
+    tokio::spawn(synod::workload::run(
+        endpoints,
         workload,
         Duration::from_secs_f64(seconds),
         Some(recorder.clone()),
@@ -100,6 +128,7 @@ async fn kill_9_the_leader_under_load() {
     .await;
     let recorder = Arc::new(Recorder::default());
     let load = start_workload(&cluster, "r", 6, 6.0, &recorder);
+    let wire_load = start_wire_workload(&cluster, "r", 6, 6.0, &recorder).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old_leader = cluster.leader_of("r").await.expect("leader");
     cluster.kill(old_leader).expect("kill");
@@ -112,6 +141,12 @@ async fn kill_9_the_leader_under_load() {
     cluster.restart(old_leader).await.expect("restart");
     let report = load.await.expect("workload");
     assert!(report.completed() > 100, "progress: {}", report.completed());
+    let wire_report = wire_load.await.expect("wire workload");
+    assert!(
+        wire_report.completed() > 100,
+        "wire progress: {}",
+        wire_report.completed()
+    );
     assert_converged(&cluster, "r", &[1, 2, 3]).await;
     assert_linearizable(&recorder);
 }

@@ -1,10 +1,11 @@
 //! A multiplexed wire client: one connection, any number of concurrent
 //! callers, requests and responses coalesced into as few writes as the
-//! load allows.
+//! load allows. A lost connection fails the calls in flight (their outcome
+//! is unknown) and the next call dials again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -96,26 +97,14 @@ impl Drop for Tasks {
     }
 }
 
-/// A connection to one node; cheap to clone, all clones share it.
-#[derive(Clone)]
-pub struct WireClient {
-    address: Arc<str>,
+/// One open connection and its reader and writer tasks.
+struct Connection {
     shared: Arc<Shared>,
-    timeout: Duration,
-    _tasks: Arc<Tasks>,
+    _tasks: Tasks,
 }
 
-/// [`super::Request`] without owning its region name, to encode in place.
-#[derive(Serialize)]
-struct RequestRef<'a> {
-    id: u64,
-    region: &'a str,
-    op: &'a Op,
-}
-
-impl WireClient {
-    /// Connects to a node's API address (`host:port`).
-    pub async fn connect(address: &str, timeout: Duration) -> Result<Self, WireClientError> {
+impl Connection {
+    async fn open(address: &str) -> Result<Self, WireClientError> {
         let failed = |source| WireClientError::Connect {
             address: address.to_string(),
             source,
@@ -136,46 +125,115 @@ impl WireClient {
             tokio::spawn(write_requests(write, shared.clone())),
         ]);
         Ok(Self {
-            address: address.into(),
             shared,
-            timeout,
-            _tasks: Arc::new(tasks),
+            _tasks: tasks,
         })
     }
 
-    /// The node's API address this client is connected to.
-    pub fn address(&self) -> &str {
-        &self.address
+    fn is_closed(&self) -> bool {
+        lock(&self.shared.closed).is_some()
     }
 
-    /// Sends `op` for `region` and waits for its outcome.
-    pub async fn call(&self, region: &str, op: &Op) -> Result<KvOutcome, WireClientError> {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+    async fn call(
+        &self,
+        region: &str,
+        op: &Op,
+        timeout: Duration,
+    ) -> Result<KvOutcome, WireClientError> {
+        let shared = &self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         {
-            let mut pending = lock(&self.shared.pending);
-            if let Some(why) = lock(&self.shared.closed).clone() {
+            let mut pending = lock(&shared.pending);
+            if let Some(why) = lock(&shared.closed).clone() {
                 return Err(WireClientError::ConnectionLost(why));
             }
             pending.insert(id, answer);
         }
-        let encoded = super::encode_frame(
-            &RequestRef { id, region, op },
-            &mut lock(&self.shared.outbox),
-        );
+        let encoded =
+            super::encode_frame(&RequestRef { id, region, op }, &mut lock(&shared.outbox));
         if let Err(error) = encoded {
-            lock(&self.shared.pending).remove(&id);
+            lock(&shared.pending).remove(&id);
             return Err(WireClientError::Encode(error));
         }
-        self.shared.wake_writer.notify_one();
-        match tokio::time::timeout(self.timeout, answered).await {
+        shared.wake_writer.notify_one();
+        match tokio::time::timeout(timeout, answered).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(WireClientError::ConnectionLost("client shut down".into())),
             Err(_) => {
-                lock(&self.shared.pending).remove(&id);
-                Err(WireClientError::Timeout(self.timeout))
+                lock(&shared.pending).remove(&id);
+                Err(WireClientError::Timeout(timeout))
             }
         }
+    }
+}
+
+/// A client of one node; cheap to clone, all clones share its connection.
+#[derive(Clone)]
+pub struct WireClient {
+    address: Arc<str>,
+    timeout: Duration,
+    connection: Arc<RwLock<Arc<Connection>>>,
+}
+
+/// [`super::Request`] without owning its region name, to encode in place.
+#[derive(Serialize)]
+struct RequestRef<'a> {
+    id: u64,
+    region: &'a str,
+    op: &'a Op,
+}
+
+impl WireClient {
+    /// Connects to a node's API address (`host:port`); each call waits at
+    /// most `timeout` for its answer.
+    pub async fn connect(address: &str, timeout: Duration) -> Result<Self, WireClientError> {
+        let connection = Connection::open(address).await?;
+        Ok(Self {
+            address: address.into(),
+            timeout,
+            connection: Arc::new(RwLock::new(Arc::new(connection))),
+        })
+    }
+
+    /// The node's API address this client talks to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn current(&self) -> Arc<Connection> {
+        self.connection
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The open connection, dialling again if the last one ended.
+    async fn open_connection(&self) -> Result<Arc<Connection>, WireClientError> {
+        let current = self.current();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        let fresh = Arc::new(Connection::open(&self.address).await?);
+        let mut slot = self
+            .connection
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if Arc::ptr_eq(&slot, &current) {
+            *slot = fresh.clone();
+            Ok(fresh)
+        } else {
+            // Another caller dialled first; use theirs.
+            Ok(slot.clone())
+        }
+    }
+
+    /// Sends `op` for `region` and waits for its outcome.
+    pub async fn call(&self, region: &str, op: &Op) -> Result<KvOutcome, WireClientError> {
+        self.open_connection()
+            .await?
+            .call(region, op, self.timeout)
+            .await
     }
 
     pub async fn put(&self, region: &str, key: &[u8], value: &[u8]) -> Result<(), WireClientError> {
