@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use synod_guest_sdk::Rejection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 
@@ -129,90 +129,86 @@ async fn speaks_wire(stream: &TcpStream) -> bool {
 }
 
 /// Serves one wire connection (opening with [`MAGIC`]) until the client
-/// closes it or sends something undecodable.
+/// closes it or sends something undecodable. One task reads requests,
+/// drives them all, and writes each batch of answers that is ready: an
+/// answer wakes this task directly, with no hop through another.
 pub async fn serve_connection(node: Arc<Node>, mut stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let mut opening = [0u8; MAGIC.len()];
     if stream.read_exact(&mut opening).await.is_err() || &opening != MAGIC {
         return;
     }
-    let (read, write) = stream.into_split();
-    let (responses, outbox) = mpsc::channel::<Response>(IN_FLIGHT_MAX);
-    let writer = tokio::spawn(write_responses(write, outbox));
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let (read, mut write) = stream.into_split();
     let mut frames = FramedRead::new(read, super::codec());
-    while let Some(frame) = frames.next().await {
-        let request = match frame {
-            Ok(bytes) => postcard::from_bytes::<Request>(&bytes).map_err(|error| {
+    let mut running = FuturesUnordered::new();
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            frame = frames.next(), if reading && running.len() < IN_FLIGHT_MAX => {
+                match decode(frame) {
+                    Ok(Some(request)) => running.push(answer(node.clone(), request)),
+                    Ok(None) => reading = false,
+                    Err(failure) => {
+                        tracing::warn!(?peer, %failure, "closing a client connection");
+                        push(&Response { id: CONNECTION_ERROR_ID, result: Err(failure) }, &mut buffer);
+                        reading = false;
+                    }
+                }
+            }
+            Some(response) = running.next(), if !running.is_empty() => {
+                push(&response, &mut buffer);
+                // Replies of one commit complete together: send them as one.
+                while buffer.len() < WRITE_BATCH_BYTES {
+                    match running.next().now_or_never() {
+                        Some(Some(response)) => push(&response, &mut buffer),
+                        _ => break,
+                    }
+                }
+            }
+            else => break,
+        }
+        if !buffer.is_empty() {
+            if let Err(error) = write.write_all(&buffer).await {
+                tracing::debug!(%error, "a client connection closed while answering");
+                return;
+            }
+            buffer.clear();
+            buffer.shrink_to(WRITE_BATCH_BYTES * 2);
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// The next request; `None` once the client has closed its side.
+fn decode(frame: Option<std::io::Result<impl AsRef<[u8]>>>) -> Result<Option<Request>, Failure> {
+    match frame {
+        None => Ok(None),
+        Some(Ok(bytes)) => postcard::from_bytes::<Request>(bytes.as_ref())
+            .map(Some)
+            .map_err(|error| {
                 Failure::new(
                     "malformed_request",
                     format!("a request frame did not decode: {error}"),
                 )
             }),
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(error) => Err(Failure::new(
-                "malformed_frame",
-                format!(
-                    "{error} (frames are at most {} bytes)",
-                    super::FRAME_BYTES_MAX
-                ),
-            )),
-        };
-        let request = match request {
-            Ok(request) => request,
-            Err(failure) => {
-                tracing::warn!(?peer, %failure, "closing a client connection");
-                let _ = responses
-                    .send(Response {
-                        id: CONNECTION_ERROR_ID,
-                        result: Err(failure),
-                    })
-                    .await;
-                break;
-            }
-        };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        let node = node.clone();
-        let responses = responses.clone();
-        tokio::spawn(async move {
-            let result = execute(&node, &request.region, request.op).await;
-            let _ = responses
-                .send(Response {
-                    id: request.id,
-                    result,
-                })
-                .await;
-            drop(permit);
-        });
+        Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Some(Err(error)) => Err(Failure::new(
+            "malformed_frame",
+            format!(
+                "{error} (frames are at most {} bytes)",
+                super::FRAME_BYTES_MAX
+            ),
+        )),
     }
-    drop(responses);
-    // Requests in flight still answer before the connection closes.
-    let _ = writer.await;
 }
 
-/// Writes responses as they complete, as many per write as are ready.
-async fn write_responses(mut write: OwnedWriteHalf, mut outbox: mpsc::Receiver<Response>) {
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    while let Some(response) = outbox.recv().await {
-        push(&response, &mut buffer);
-        // Replies of one commit complete together; let them queue up.
-        tokio::task::yield_now().await;
-        while buffer.len() < WRITE_BATCH_BYTES {
-            match outbox.try_recv() {
-                Ok(response) => push(&response, &mut buffer),
-                Err(_) => break,
-            }
-        }
-        if let Err(error) = write.write_all(&buffer).await {
-            tracing::debug!(%error, "a client connection closed while answering");
-            return;
-        }
-        buffer.clear();
-        buffer.shrink_to(WRITE_BATCH_BYTES * 2);
+async fn answer(node: Arc<Node>, request: Request) -> Response {
+    let result = execute(&node, &request.region, request.op).await;
+    Response {
+        id: request.id,
+        result,
     }
-    let _ = write.shutdown().await;
 }
 
 fn push(response: &Response, buffer: &mut Vec<u8>) {
