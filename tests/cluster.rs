@@ -167,6 +167,16 @@ async fn a_restarted_node_catches_up_by_snapshot_after_compaction() {
     let leader = cluster.leader_of("r").await.expect("leader");
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.kill(follower).expect("kill follower");
+    // Over two snapshot chunks of state, so the catch-up reassembles chunks.
+    let big = "b".repeat(900_000);
+    let chunks_of_state = synod::transport::SNAPSHOT_CHUNK_BYTES * 2 / big.len() + 1;
+    let leader_client = cluster.client(leader).expect("client");
+    for i in 0..chunks_of_state {
+        leader_client
+            .put("r", &format!("big-{i}"), &big)
+            .await
+            .expect("large put");
+    }
     let recorder = Arc::new(Recorder::default());
     let report = start_workload(&cluster, "r", 4, 2.5, &recorder)
         .await

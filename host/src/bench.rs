@@ -424,9 +424,13 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
         if let Some((etcd_clients, etcd_writes)) =
             ETCD_REFERENCE.iter().find(|(c, _)| *c == clients)
         {
+            // Little's law: closed-loop clients / throughput = mean latency.
+            let etcd_mean_ms = *etcd_clients as f64 / etcd_writes * 1e3;
             println!(
-                "         vs etcd's {etcd_writes:.0} writes/s at {etcd_clients} clients (the brief's figure for this machine): {:.1}x",
-                writes_per_second / etcd_writes
+                "         vs etcd's {etcd_writes:.0} writes/s at {etcd_clients} clients (the brief's figure for this machine): {:.1}x the writes/s; \
+                 etcd's mean latency there is {etcd_mean_ms:.1} ms (clients / writes/s), {:.1}x this run's p99",
+                writes_per_second / etcd_writes,
+                etcd_mean_ms / report.percentile_ms(0.99).max(1e-9)
             );
         }
     }

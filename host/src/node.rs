@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::{Catalog, NodeAddress};
-use crate::transport::{Frame, InboundHandler, Transport, TransportStats};
+use crate::transport::{
+    Chunk, Frame, InboundHandler, SnapshotAssembler, Transport, TransportStats,
+};
 use serde::Serialize;
 use synod_guest_sdk::{InitConfig, Membership, NodeId};
 
@@ -346,7 +348,10 @@ impl Node {
             for (id, address) in node.lock_catalog().nodes.clone() {
                 transport.set_peer(id, &address.peer);
             }
-            transport.set_inbound(Arc::new(NodeInbound(Arc::downgrade(&node))));
+            transport.set_inbound(Arc::new(NodeInbound {
+                node: Arc::downgrade(&node),
+                snapshots: std::sync::Mutex::new(SnapshotAssembler::default()),
+            }));
             tokio::spawn(push_catalog_periodically(
                 Arc::downgrade(&node),
                 node.config.catalog_interval,
@@ -893,12 +898,18 @@ fn seed_for(node_id: NodeId, region: &str, incarnation: u64) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Routes authenticated frames from peers into the node.
-struct NodeInbound(std::sync::Weak<Node>);
+/// Routes authenticated frames from peers into the node, reassembling
+/// chunked snapshots on the way.
+struct NodeInbound {
+    node: std::sync::Weak<Node>,
+    snapshots: std::sync::Mutex<SnapshotAssembler>,
+}
 
 impl InboundHandler for NodeInbound {
     fn on_frame(&self, from: NodeId, frame: Frame) {
-        let Some(node) = self.0.upgrade() else { return };
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
         match frame {
             Frame::Messages {
                 region,
@@ -924,17 +935,42 @@ impl InboundHandler for NodeInbound {
                 }
                 let _ = handle.deliver_messages(from, payloads);
             }
-            Frame::Snapshot {
+            Frame::SnapshotChunk {
                 region,
                 epoch,
+                transfer,
+                offset,
+                total,
                 metadata,
-                image,
+                data,
             } => {
-                let Some(handle) = node.read_regions().get(&region).cloned() else {
+                let chunk = Chunk {
+                    region,
+                    epoch,
+                    transfer,
+                    offset,
+                    total,
+                    metadata: metadata.into_vec(),
+                    data: data.into_vec(),
+                };
+                let arrived = self
+                    .snapshots
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .accept(from, chunk);
+                let snapshot = match arrived {
+                    Ok(Some(snapshot)) => snapshot,
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::warn!(from, %error, "snapshot transfer abandoned");
+                        return;
+                    }
+                };
+                let Some(handle) = node.read_regions().get(&snapshot.region).cloned() else {
                     return;
                 };
-                if handle.spec.epoch == epoch {
-                    let _ = handle.offer_snapshot(from, metadata.into_vec(), image.into_vec());
+                if handle.spec.epoch == snapshot.epoch {
+                    let _ = handle.offer_snapshot(from, snapshot.metadata, snapshot.image);
                 }
             }
             Frame::Catalog(catalog) => {

@@ -42,12 +42,17 @@ pub enum Frame {
         data: ByteBuf,
         ends: Vec<u32>,
     },
-    /// A state-machine snapshot shipped by a plugin.
-    Snapshot {
+    /// Part of a state-machine snapshot shipped by a plugin: `data` is
+    /// the image's bytes from `offset`, of `total` in all. `metadata` rides
+    /// on the first chunk. `transfer` tells one shipment from its retry.
+    SnapshotChunk {
         region: String,
         epoch: u64,
+        transfer: u64,
+        offset: u64,
+        total: u64,
         metadata: ByteBuf,
-        image: ByteBuf,
+        data: ByteBuf,
     },
     /// The sender's view of cluster metadata (anti-entropy).
     Catalog(Catalog),

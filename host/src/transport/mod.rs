@@ -10,6 +10,7 @@
 //! Garbage, truncated, oversized or unauthenticated input closes that
 //! connection with a log line; it never panics the node or stalls others.
 
+mod chunks;
 mod frame;
 
 use std::collections::HashMap;
@@ -28,6 +29,9 @@ use tokio::sync::mpsc;
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+pub use self::chunks::{
+    ArrivedSnapshot, Chunk, ChunkError, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, SnapshotAssembler,
+};
 pub use self::frame::{FRAME_BYTES_MAX, Frame, TRANSPORT_VERSION};
 use crate::network::Network;
 use crate::region::RegionName;
@@ -481,14 +485,8 @@ impl Network for Arc<Transport> {
         metadata: Vec<u8>,
         image: Vec<u8>,
     ) {
-        self.send_frame(
-            to,
-            Frame::Snapshot {
-                region: region.to_string(),
-                epoch,
-                metadata: ByteBuf::from(metadata),
-                image: ByteBuf::from(image),
-            },
-        );
+        for frame in chunks::snapshot_frames(region.as_str(), epoch, &metadata, &image) {
+            self.send_frame(to, frame);
+        }
     }
 }
