@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// multiplexed over --connections) or `http` (one connection each).
     #[arg(long, default_value = "wire", value_parser = ["wire", "http"])]
     api: String,
+    /// Protocol of the --cluster bench region (`standalone` measures the
+    /// host alone: one copy, no replication).
+    #[arg(long, default_value = "raft")]
+    protocol: String,
     /// Connections the --cluster wire clients share.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -361,7 +365,7 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
     let binary = std::env::current_exe()?;
     let cluster = LocalCluster::start(&binary, dir.path(), 3).await?;
     let entry = cluster.client(1)?;
-    entry.create_region("bench", "raft", &[]).await?;
+    entry.create_region("bench", &args.protocol, &[]).await?;
     let leader = cluster
         .wait_for_leader("bench", Duration::from_secs(20))
         .await?;
@@ -372,8 +376,8 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
         "HTTP (a connection each)".to_string()
     };
     println!(
-        "== 3-process Raft cluster, fsync on, {} B values, closed-loop writers over {over} ==",
-        args.value_bytes
+        "== 3-process cluster, a {} region, fsync on, {} B values, closed-loop writers over {over} ==",
+        args.protocol, args.value_bytes
     );
     for &clients in &args.clients {
         let mut workload = Workload::new("bench", clients);

@@ -400,21 +400,18 @@ fn run(
                 None
             }),
         };
-        let mut st = shared.lock();
         match result {
-            Ok(Some(durable)) => {
-                st.durable = durable;
-                shared.durable_tx.send_replace(durable);
-            }
-            Ok(None) => {}
+            // Entries published their durability above, before compaction;
+            // publishing again would only wake every region once more.
+            Ok(Some(_)) => {}
+            Ok(None) => shared.progress.notify_all(),
             Err(e) => {
+                let mut st = shared.lock();
                 error!(error = %e, durable = st.durable, "wal: commit thread failed");
                 st.failed = Some(e.to_string());
                 break;
             }
         }
-        drop(st);
-        shared.progress.notify_all();
     }
     shared.lock().exited = true;
     shared.progress.notify_all();
