@@ -330,6 +330,9 @@ pub struct ReplicaHost {
     round_outputs: Vec<Output>,
     /// The newest ticket holding this region's records.
     last_ticket: u64,
+    /// The newest ticket holding a write to the plugin's kv (its hard
+    /// state): the simulator crashes nodes right after such writes.
+    metadata_ticket: u64,
     timers: HashMap<TimerId, u64>,
     next_request: u64,
     storage_failure: Option<String>,
@@ -430,6 +433,7 @@ impl ReplicaHost {
             round_records: Vec::new(),
             round_outputs: Vec::new(),
             last_ticket,
+            metadata_ticket: 0,
             timers: HashMap::new(),
             next_request: request_prefix,
             storage_failure: None,
@@ -765,12 +769,23 @@ impl ReplicaHost {
             return;
         }
         let records = std::mem::take(&mut self.round_records);
+        let writes_metadata = records.iter().any(|record| {
+            matches!(
+                record,
+                JournalRecord::MetaPut { .. } | JournalRecord::MetaDelete { .. }
+            )
+        });
         match self
             .context
             .commit
             .submit(JournalRecord::encode_all(&records))
         {
-            Ok(ticket) => self.last_ticket = ticket,
+            Ok(ticket) => {
+                self.last_ticket = ticket;
+                if writes_metadata {
+                    self.metadata_ticket = ticket;
+                }
+            }
             Err(error) => self.fail_storage(error.to_string()),
         }
     }
@@ -787,6 +802,11 @@ impl ReplicaHost {
             }
         }
         self.release();
+    }
+
+    /// The newest ticket that carried a plugin kv write (0 if none yet).
+    pub fn metadata_ticket(&self) -> u64 {
+        self.metadata_ticket
     }
 
     /// Releases every output whose records are durable.

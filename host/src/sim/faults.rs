@@ -25,6 +25,13 @@ pub struct FaultProfile {
     pub crash_every: Duration,
     pub down_for: Duration,
     pub torn_writes: bool,
+    /// Probability that a node crashes the moment a write to its plugin's
+    /// kv (hard state: term, vote) is durable and the messages that
+    /// depended on it have left, and comes back within `quick_down_max`.
+    /// Random crashes almost never land there; bugs in persisting a vote
+    /// or a term show only when one does.
+    pub crash_after_metadata: f64,
+    pub quick_down_max: Duration,
     /// Mean time between pauses (a frozen process), and their length.
     pub pause_every: Duration,
     pub pause_length: Duration,
@@ -49,6 +56,8 @@ impl FaultProfile {
             crash_every: Duration::ZERO,
             down_for: Duration::ZERO,
             torn_writes: false,
+            crash_after_metadata: 0.0,
+            quick_down_max: Duration::ZERO,
             pause_every: Duration::ZERO,
             pause_length: Duration::ZERO,
             clock_drift_ppm: 0,
@@ -80,6 +89,8 @@ impl FaultProfile {
                 profile.crash_every = Duration::from_secs(2);
                 profile.down_for = Duration::from_millis(800);
                 profile.torn_writes = true;
+                profile.crash_after_metadata = 0.25;
+                profile.quick_down_max = Duration::from_millis(4);
                 profile.pause_every = Duration::from_secs(4);
                 profile.pause_length = Duration::from_millis(700);
             }
@@ -93,6 +104,8 @@ impl FaultProfile {
                 profile.crash_every = Duration::from_secs(3);
                 profile.down_for = Duration::from_millis(700);
                 profile.torn_writes = true;
+                profile.crash_after_metadata = 0.1;
+                profile.quick_down_max = Duration::from_millis(4);
                 profile.pause_every = Duration::from_secs(5);
                 profile.pause_length = Duration::from_millis(500);
                 profile.clock_drift_ppm = 200;

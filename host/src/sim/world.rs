@@ -106,6 +106,8 @@ struct SimNode {
     parked: Vec<RegionEvent>,
     incarnation: u64,
     fsync_pending: bool,
+    /// The newest hard-state write the targeted crash fault has considered.
+    metadata_ticket_seen: u64,
     wake_at: Option<u64>,
     /// Commands applied since the last (re)start, to catch double applies.
     applied: HashSet<RequestId>,
@@ -192,6 +194,7 @@ impl World {
                     parked: Vec::new(),
                     incarnation: 0,
                     fsync_pending: false,
+                    metadata_ticket_seen: 0,
                     wake_at: None,
                     applied: HashSet::new(),
                     last_checked_position: 0,
@@ -441,6 +444,7 @@ impl World {
         node.failures_seen = 0;
         node.unconfirmed.clear();
         node.fsync_pending = false;
+        node.metadata_ticket_seen = 0;
         node.wake_at = None;
         let torn = replay.torn_tail_bytes;
         self.trace.record(
@@ -464,6 +468,7 @@ impl World {
                 }
             }
             Event::Fsync { node } => {
+                let mut metadata_left = false;
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.fsync_pending = false;
                     // The disk completes the fsync even while the process
@@ -473,6 +478,21 @@ impl World {
                         && !n.paused
                     {
                         runtime.host.release();
+                        let written = runtime.host.metadata_ticket();
+                        if written > n.metadata_ticket_seen
+                            && written <= runtime.commit.durable_ticket()
+                        {
+                            n.metadata_ticket_seen = written;
+                            metadata_left = true;
+                        }
+                    }
+                }
+                if metadata_left && self.faults_on {
+                    let probability = self.config.faults.crash_after_metadata;
+                    if probability > 0.0 && self.chance(probability) {
+                        let down_for =
+                            self.random_between(Duration::ZERO, self.config.faults.quick_down_max);
+                        self.take_down(node, down_for, "right after its hard state");
                     }
                 }
             }
@@ -551,39 +571,52 @@ impl World {
         true
     }
 
+    /// A periodic crash; the next one is scheduled from here.
     fn crash(&mut self, id: NodeId) {
         if !self.faults_on {
             return;
         }
+        let down_for = nanos(self.config.faults.down_for);
+        self.take_down(id, down_for, "");
+        let every = self.config.faults.crash_every * self.config.nodes as u32;
+        let next = self.now() + down_for + self.after_mean(every);
+        self.schedule(next, Event::Crash { node: id });
+    }
+
+    /// Crashes node `id` if it is up (unsynced writes are lost, the tail
+    /// maybe torn) and restarts it `down_for` nanoseconds later.
+    fn take_down(&mut self, id: NodeId, down_for: u64, when: &str) {
         let torn = self.config.faults.torn_writes && self.chance(0.5);
         let keep = (self.rng.next_u64() % 64) as usize;
-        let down_for = self.config.faults.down_for;
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
-        if node.runtime.is_some() {
-            node.runtime = None;
-            node.paused = false;
-            node.parked.clear();
-            if torn {
-                node.disk.crash_with_torn_tail(keep);
-            } else {
-                node.disk.crash();
-            }
-            self.trace.record(
-                self.now(),
-                id,
-                format!(
-                    "crash (unsynced writes lost{})",
-                    if torn { ", torn tail" } else { "" }
-                ),
-            );
-            let restart_at = self.now() + nanos(down_for);
-            self.schedule(restart_at, Event::Restart { node: id });
+        if node.runtime.is_none() {
+            return;
         }
-        let every = self.config.faults.crash_every * self.config.nodes as u32;
-        let next = self.now() + nanos(down_for) + self.after_mean(every);
-        self.schedule(next, Event::Crash { node: id });
+        node.runtime = None;
+        node.paused = false;
+        node.parked.clear();
+        if torn {
+            node.disk.crash_with_torn_tail(keep);
+        } else {
+            node.disk.crash();
+        }
+        let when = if when.is_empty() {
+            String::new()
+        } else {
+            format!(" {when}")
+        };
+        self.trace.record(
+            self.now(),
+            id,
+            format!(
+                "crash{when} (unsynced writes lost{})",
+                if torn { ", torn tail" } else { "" }
+            ),
+        );
+        let restart_at = self.now() + down_for;
+        self.schedule(restart_at, Event::Restart { node: id });
     }
 
     fn pause(&mut self, id: NodeId) {
