@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// host alone: one copy, no replication).
     #[arg(long, default_value = "raft")]
     protocol: String,
+    /// Parameter of the --cluster bench region, repeatable:
+    /// `--param snapshot-interval=100000`.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
     /// Connections the --cluster wire clients share.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -365,7 +369,16 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
     let binary = std::env::current_exe()?;
     let cluster = LocalCluster::start(&binary, dir.path(), 3).await?;
     let entry = cluster.client(1)?;
-    entry.create_region("bench", &args.protocol, &[]).await?;
+    let mut params = Vec::new();
+    for param in &args.params {
+        let Some((name, value)) = param.split_once('=') else {
+            bail!("--param {param:?}: expected NAME=VALUE");
+        };
+        params.push((name.to_string(), value.to_string()));
+    }
+    entry
+        .create_region("bench", &args.protocol, &params)
+        .await?;
     let leader = cluster
         .wait_for_leader("bench", Duration::from_secs(20))
         .await?;
