@@ -35,6 +35,9 @@ pub const ROUND_EVENTS_MAX: usize = 4096;
 /// Inbox capacity; a full inbox answers `overloaded`.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
 
+/// A snapshot write taking longer than this is logged as a warning.
+const SNAPSHOT_SLOW: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Why a client request got no outcome.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -732,12 +735,24 @@ impl ReplicaHost {
             self.round_records.extend(records);
             self.submit_round_records();
             records = after;
-            let saved = self.wait_durable(self.last_ticket).and_then(|()| {
+            let started = std::time::Instant::now();
+            let durable = self.wait_durable(self.last_ticket);
+            let waited = started.elapsed();
+            let saved = durable.and_then(|()| {
                 self.context
                     .snapshots
                     .save(self.name.as_str(), &snapshot.image)
                     .map_err(|e| e.to_string())
             });
+            if started.elapsed() > SNAPSHOT_SLOW {
+                tracing::warn!(
+                    region = %self.name,
+                    bytes = snapshot.image.len(),
+                    waited_for_wal_ms = waited.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "slow snapshot: the region stalled while it was written"
+                );
+            }
             match saved {
                 Ok(()) => {
                     tracing::debug!(region = %self.name, position = snapshot.position, "snapshot saved")

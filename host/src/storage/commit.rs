@@ -343,6 +343,9 @@ fn next_batch(shared: &Shared) -> Option<Batch> {
     }
 }
 
+/// A WAL checkpoint taking longer than this is logged as a warning.
+const CHECKPOINT_SLOW: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn run(
     shared: &Shared,
     mut wal: Wal,
@@ -381,8 +384,17 @@ fn run(
                         if wal_bytes > policy.min_wal_bytes
                             && wal_bytes > live.saturating_mul(policy.wal_to_live_ratio)
                         {
+                            let started = std::time::Instant::now();
                             let checkpoint = compactor.checkpoint();
                             wal.checkpoint(&checkpoint)?;
+                            if started.elapsed() > CHECKPOINT_SLOW {
+                                tracing::warn!(
+                                    wal_bytes,
+                                    live,
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "slow WAL checkpoint: commits waited while it was written"
+                                );
+                            }
                             stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                             debug!(
                                 wal_bytes,

@@ -27,6 +27,12 @@ pub trait Disk: Send + Sync + 'static {
     fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
     /// Deletes the file; a missing file is not an error.
     fn remove(&self, path: &str) -> io::Result<()>;
+    /// Deletes a file nothing reads any more, possibly later and off the
+    /// caller's thread: deleting a large file can take tens of
+    /// milliseconds. The caller must cope with finding it after a crash.
+    fn remove_superseded(&self, path: &str) -> io::Result<()> {
+        self.remove(path)
+    }
 }
 
 /// Rejects paths that could escape the root or are not plain relative names.
@@ -68,6 +74,29 @@ struct FsState {
 pub struct FsDisk {
     root: PathBuf,
     state: Mutex<FsState>,
+    /// The thread that deletes superseded files, started on first use.
+    reaper: Mutex<Option<Reaper>>,
+}
+
+struct Reaper {
+    queue: std::sync::mpsc::Sender<PathBuf>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drop for FsDisk {
+    /// Waits for pending deletions, so a disk opened next on the same root
+    /// never sees a file vanish under it.
+    fn drop(&mut self) {
+        let reaper = self
+            .reaper
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(Reaper { queue, thread }) = reaper {
+            drop(queue);
+            let _ = thread.join();
+        }
+    }
 }
 
 impl FsDisk {
@@ -76,6 +105,37 @@ impl FsDisk {
         FsDisk {
             root,
             state: Mutex::new(FsState::default()),
+            reaper: Mutex::new(None),
+        }
+    }
+
+    /// Hands `path` to the reaper thread; gives it back if there is none.
+    fn reap_later(&self, path: PathBuf) -> Result<(), PathBuf> {
+        let mut reaper = lock(&self.reaper);
+        if reaper.is_none() {
+            let (queue, paths) = std::sync::mpsc::channel::<PathBuf>();
+            let spawned = std::thread::Builder::new()
+                .name("synod-reaper".into())
+                .spawn(move || {
+                    for path in paths {
+                        if let Err(error) = fs::remove_file(&path)
+                            && error.kind() != io::ErrorKind::NotFound
+                        {
+                            tracing::warn!(path = %path.display(), %error, "could not delete a superseded file");
+                        }
+                    }
+                });
+            match spawned {
+                Ok(thread) => *reaper = Some(Reaper { queue, thread }),
+                Err(error) => {
+                    tracing::warn!(%error, "no reaper thread; deleting inline");
+                    return Err(path);
+                }
+            }
+        }
+        match reaper.as_ref() {
+            Some(reaper) => reaper.queue.send(path).map_err(|unsent| unsent.0),
+            None => Err(path),
         }
     }
 
@@ -217,6 +277,18 @@ impl Disk for FsDisk {
             Ok(()) => sync_dir(&self.parent_of(&full)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    fn remove_superseded(&self, path: &str) -> io::Result<()> {
+        let full = self.resolve(path)?;
+        self.forget(path);
+        match self.reap_later(full) {
+            Ok(()) => Ok(()),
+            Err(full) => match fs::remove_file(&full) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
         }
     }
 }
@@ -435,6 +507,25 @@ mod tests {
             d.read("a/f").map_err(|e| e.kind()),
             Err(io::ErrorKind::NotFound)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn superseded_files_are_gone_once_the_disk_is_dropped() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        let d = FsDisk::new(root.clone());
+        for name in ["wal/1.seg", "wal/2.seg", "wal/3.seg"] {
+            d.append(name, &[7; 4096])?;
+            d.sync(name)?;
+        }
+        d.remove_superseded("wal/1.seg")?;
+        d.remove_superseded("wal/2.seg")?;
+        d.remove_superseded("wal/missing.seg")?;
+        assert!(d.remove_superseded("../escape").is_err());
+        drop(d);
+        let d = FsDisk::new(root);
+        assert_eq!(d.list("wal")?, vec!["3.seg".to_string()]);
         Ok(())
     }
 

@@ -337,8 +337,10 @@ impl Wal {
                 len: image.len() as u64,
             }],
         );
+        // The checkpoint is durable, so the old segments are dead; deleting
+        // them may finish later (`open` removes any a crash left behind).
         for s in &old {
-            self.disk.remove(&seg_path(&self.dir, s.seq))?;
+            self.disk.remove_superseded(&seg_path(&self.dir, s.seq))?;
         }
         info!(segment = %path, entries = entries.len(), removed = old.len(), "wal: checkpoint");
         Ok(())
