@@ -35,6 +35,16 @@ pub const ROUND_EVENTS_MAX: usize = 4096;
 /// Inbox capacity; a full inbox answers `overloaded`.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
 
+/// Runs `f`, which blocks on the disk, telling a multi-threaded tokio
+/// runtime first so it moves this worker's other tasks elsewhere. Under the
+/// simulator (no runtime) it simply runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// A snapshot write taking longer than this is logged as a warning.
 const SNAPSHOT_SLOW: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -658,11 +668,13 @@ impl ReplicaHost {
         match self.replica.deliver(Call::Snapshot(offer)) {
             Delivery::Done(CallResult::Snapshot(true), effects) => {
                 self.submit_round_records();
-                let saved = self.wait_durable(self.last_ticket).and_then(|()| {
-                    self.context
-                        .snapshots
-                        .save(self.name.as_str(), &image)
-                        .map_err(|e| e.to_string())
+                let saved = blocking(|| {
+                    self.wait_durable(self.last_ticket).and_then(|()| {
+                        self.context
+                            .snapshots
+                            .save(self.name.as_str(), &image)
+                            .map_err(|e| e.to_string())
+                    })
                 });
                 if let Err(why) = saved {
                     // Without the snapshot on disk the log must not be
@@ -736,13 +748,16 @@ impl ReplicaHost {
             self.submit_round_records();
             records = after;
             let started = std::time::Instant::now();
-            let durable = self.wait_durable(self.last_ticket);
-            let waited = started.elapsed();
-            let saved = durable.and_then(|()| {
-                self.context
-                    .snapshots
-                    .save(self.name.as_str(), &snapshot.image)
-                    .map_err(|e| e.to_string())
+            let (waited, saved) = blocking(|| {
+                let durable = self.wait_durable(self.last_ticket);
+                let waited = started.elapsed();
+                let saved = durable.and_then(|()| {
+                    self.context
+                        .snapshots
+                        .save(self.name.as_str(), &snapshot.image)
+                        .map_err(|e| e.to_string())
+                });
+                (waited, saved)
             });
             if started.elapsed() > SNAPSHOT_SLOW {
                 tracing::warn!(
