@@ -302,6 +302,68 @@ async fn add_a_fourth_node_and_remove_one_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_membership_change_survives_the_leader_that_took_it() {
+    let (mut cluster, _dir) = cluster(3).await;
+    raft_region(
+        &cluster,
+        "r",
+        &[("election-timeout-ms", "300"), ("heartbeat-ms", "50")],
+    )
+    .await;
+    cluster
+        .add_node(4, 1)
+        .await
+        .expect("node 4 joins the cluster");
+    let leader = cluster.leader_of("r").await.expect("leader");
+    // Frozen, node 4 cannot catch up, so the leader that accepts the change
+    // cannot finish it before it dies.
+    cluster.pause(4).expect("pause node 4");
+    cluster
+        .client(leader)
+        .expect("client")
+        .change_membership("r", &[1, 2, 3, 4], &[])
+        .await
+        .expect("membership change accepted");
+    // Let the spec (with the target) reach the other nodes, then kill it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill(leader).expect("kill the leader");
+    // (Resumed before polling statuses: a frozen node would not answer.)
+    cluster.resume(4).expect("resume node 4");
+    let new_leader = cluster
+        .wait_for_leader("r", Duration::from_secs(20))
+        .await
+        .expect("a new leader");
+    assert_ne!(new_leader, leader);
+    eprintln!("node {new_leader} leads after node {leader} died");
+    // The new leader is asked for the target again and makes node 4 a voter.
+    let started = tokio::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let role = cluster
+            .client(4)
+            .expect("client")
+            .region_status("r")
+            .await
+            .ok()
+            .and_then(|status| status["plugin"]["role"].as_str().map(str::to_string));
+        if matches!(role.as_deref(), Some("follower" | "leader")) {
+            eprintln!("node 4 became a voter after {:?}", started.elapsed());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 4 never became a voter (role {role:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster
+        .restart(leader)
+        .await
+        .expect("restart the old leader");
+    assert_converged(&cluster, "r", &[1, 2, 3, 4]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn leader_transfer_moves_leadership() {
     let (cluster, _dir) = cluster(3).await;
     raft_region(

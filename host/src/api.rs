@@ -37,6 +37,7 @@ use synod_guest_sdk::{Membership, NodeId, ReadLevel, Rejection};
 use crate::plugin::{Call, CallResult};
 
 use crate::node::{Node, NodeError};
+use crate::region::MembershipTarget;
 use crate::region::driver::ClientError;
 use crate::state_machine::{KvCommand, KvOutcome, KvQuery};
 
@@ -606,8 +607,19 @@ async fn change_membership(
         voters: body.voters,
         learners: body.learners,
     };
-    match handle.control(Call::Membership(target)).await? {
-        CallResult::Membership(Ok(())) => Ok(Json(handle.status().await?).into_response()),
+    match handle.control(Call::Membership(target.clone())).await? {
+        CallResult::Membership(Ok(())) => {
+            // Remembered in the spec, so a later leader is asked again.
+            if let Some(mut spec) = node.region_spec(&region) {
+                spec.membership_target = Some(MembershipTarget {
+                    voters: target.voters,
+                    learners: target.learners,
+                });
+                spec.version += 1;
+                node.update_region_spec(spec).await?;
+            }
+            Ok(Json(handle.status().await?).into_response())
+        }
         CallResult::Membership(Err(why)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "membership_refused",

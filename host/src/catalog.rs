@@ -108,6 +108,7 @@ mod tests {
             voters,
             learners: vec![],
             epoch: 1,
+            membership_target: None,
             version,
         }
     }

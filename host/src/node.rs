@@ -19,11 +19,11 @@ use crate::journal::{
     JournalCompactor, JournalError, JournalRecord, RecoveredNode, RecoveredRegion,
 };
 use crate::network::{Network, NoPeers};
-use crate::plugin::PluginSource;
+use crate::plugin::{Call, CallResult, PluginSource};
 use crate::region::core::RegionCore;
 use crate::region::driver::{DriverContext, RegionDriver, RegionHandle};
 use crate::region::replica::{FailurePolicy, RegionReplica};
-use crate::region::{InvalidRegionName, ProtocolRef, RegionName, RegionSpec};
+use crate::region::{InvalidRegionName, MembershipTarget, ProtocolRef, RegionName, RegionSpec};
 use crate::state_machine::KvStateMachine;
 use crate::storage::commit::{CheckpointPolicy, CommitStatsSnapshot, GroupCommit};
 use crate::storage::disk::{Disk, FsDisk};
@@ -356,6 +356,7 @@ impl Node {
                 Arc::downgrade(&node),
                 node.config.catalog_interval,
             ));
+            tokio::spawn(reconcile_membership_periodically(Arc::downgrade(&node)));
         }
         tracing::info!(
             node = node.config.node_id,
@@ -743,6 +744,7 @@ impl Node {
             voters,
             learners: Vec::new(),
             epoch: 1,
+            membership_target: None,
             version: 1,
         };
         let source = self.plugin_source(&spec)?;
@@ -981,6 +983,57 @@ impl InboundHandler for NodeInbound {
                 });
             }
             Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Proof { .. } => {}
+        }
+    }
+}
+
+/// How often a node checks that the regions it leads are moving to the
+/// membership their spec asks for.
+const MEMBERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Asks each local replica that leads a region for the spec's membership
+/// target, once per term it leads in: the leader that accepted the target
+/// may have failed before finishing it. Plugins treat a repeated target as
+/// a no-op.
+async fn reconcile_membership_periodically(node: std::sync::Weak<Node>) {
+    let mut asked: HashMap<String, (u64, MembershipTarget)> = HashMap::new();
+    loop {
+        tokio::time::sleep(MEMBERSHIP_CHECK_INTERVAL).await;
+        let Some(node) = node.upgrade() else { return };
+        for handle in node.regions().await {
+            let name = handle.name().to_string();
+            let Some(target) = node
+                .region_spec(&name)
+                .and_then(|spec| spec.membership_target)
+            else {
+                continue;
+            };
+            let Ok(status) = handle.status().await else {
+                continue;
+            };
+            let Some(plugin) = status.plugin else {
+                continue;
+            };
+            if plugin.role != "leader" {
+                continue;
+            }
+            if asked.get(&name) == Some(&(plugin.term, target.clone())) {
+                continue;
+            }
+            let call = Call::Membership(Membership {
+                voters: target.voters.clone(),
+                learners: target.learners.clone(),
+            });
+            match handle.control(call).await {
+                Ok(CallResult::Membership(Ok(()))) => {
+                    tracing::debug!(region = %name, term = plugin.term, "membership target renewed");
+                    asked.insert(name, (plugin.term, target));
+                }
+                Ok(CallResult::Membership(Err(why))) => {
+                    tracing::debug!(region = %name, %why, "membership target not taken yet");
+                }
+                Ok(_) | Err(_) => {}
+            }
         }
     }
 }

@@ -74,8 +74,19 @@ pub struct RegionSpec {
     pub learners: Vec<NodeId>,
     /// Changes at every swap or reconfiguration (epoch fencing).
     pub epoch: u64,
+    /// The membership an operator last asked for and the protocol
+    /// accepted. Whichever replica leads later is asked for it again, so a
+    /// change survives the loss of the leader that took it.
+    pub membership_target: Option<MembershipTarget>,
     /// Bumped at every change of this spec, so catalog merges keep the newest.
     pub version: u64,
+}
+
+/// Voters and learners an operator asked a region's protocol to move to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipTarget {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
 }
 
 impl RegionSpec {

@@ -282,6 +282,7 @@ impl World {
             voters: (1..=self.config.nodes).collect(),
             learners: Vec::new(),
             epoch: 1,
+            membership_target: None,
             version: 1,
         }
     }

@@ -2123,10 +2123,15 @@ impl Raft {
         }
         let last_index = self.log.last_index();
         let progress = &self.lead.progress;
+        // Caught up: it answered lately and holds nearly the whole log. A
+        // learner that never answered is not promoted, however short the
+        // log: a silent voter would only cost the quorum.
         let step = next_membership_step(&self.config, &target, self.id, |learner| {
-            progress
-                .get(&learner)
-                .is_some_and(|p| p.match_index + LEARNER_CATCH_UP_ENTRIES_MAX >= last_index)
+            progress.get(&learner).is_some_and(|p| {
+                p.recent_active
+                    && p.match_index > 0
+                    && p.match_index + LEARNER_CATCH_UP_ENTRIES_MAX >= last_index
+            })
         });
         match step {
             MembershipStep::Done => {
