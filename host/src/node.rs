@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::{Catalog, NodeAddress};
-use crate::transport::{
-    Chunk, Frame, InboundHandler, SnapshotAssembler, Transport, TransportStats,
-};
+use crate::transport::{Frame, InboundHandler, SnapshotAssembler, Transport, TransportStats};
 use serde::Serialize;
 use synod_guest_sdk::{InitConfig, Membership, NodeId};
 
@@ -937,24 +935,7 @@ impl InboundHandler for NodeInbound {
                 }
                 let _ = handle.deliver_messages(from, payloads);
             }
-            Frame::SnapshotChunk {
-                region,
-                epoch,
-                transfer,
-                offset,
-                total,
-                metadata,
-                data,
-            } => {
-                let chunk = Chunk {
-                    region,
-                    epoch,
-                    transfer,
-                    offset,
-                    total,
-                    metadata: metadata.into_vec(),
-                    data: data.into_vec(),
-                };
+            Frame::SnapshotChunk(chunk) => {
                 let arrived = self
                     .snapshots
                     .lock()

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use serde_bytes::ByteBuf;
+use serde::{Deserialize, Serialize};
 use synod_guest_sdk::NodeId;
 
 use super::frame::Frame;
@@ -23,19 +23,19 @@ pub fn snapshot_frames(region: &str, epoch: u64, metadata: &[u8], image: &[u8]) 
     let mut offset = 0;
     loop {
         let end = (offset + SNAPSHOT_CHUNK_BYTES).min(image.len());
-        frames.push(Frame::SnapshotChunk {
+        frames.push(Frame::SnapshotChunk(Chunk {
             region: region.to_string(),
             epoch,
             transfer,
             offset: offset as u64,
             total,
-            metadata: ByteBuf::from(if offset == 0 {
+            metadata: if offset == 0 {
                 metadata.to_vec()
             } else {
                 Vec::new()
-            }),
-            data: ByteBuf::from(image[offset..end].to_vec()),
-        });
+            },
+            data: image[offset..end].to_vec(),
+        }));
         offset = end;
         if offset >= image.len() {
             return frames;
@@ -52,14 +52,19 @@ pub struct ArrivedSnapshot {
     pub image: Vec<u8>,
 }
 
-/// One chunk of a snapshot, as it arrived.
+/// One chunk of a snapshot: `data` is the image's bytes from `offset`, of
+/// `total` in all. `metadata` rides on the first chunk. `transfer` tells
+/// one shipment from its retry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     pub region: String,
     pub epoch: u64,
     pub transfer: u64,
     pub offset: u64,
     pub total: u64,
+    #[serde(with = "serde_bytes")]
     pub metadata: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -161,23 +166,7 @@ mod tests {
         frames
             .into_iter()
             .map(|frame| match frame {
-                Frame::SnapshotChunk {
-                    region,
-                    epoch,
-                    transfer,
-                    offset,
-                    total,
-                    metadata,
-                    data,
-                } => Chunk {
-                    region,
-                    epoch,
-                    transfer,
-                    offset,
-                    total,
-                    metadata: metadata.into_vec(),
-                    data: data.into_vec(),
-                },
+                Frame::SnapshotChunk(chunk) => chunk,
                 other => panic!("not a chunk: {other:?}"),
             })
             .collect()

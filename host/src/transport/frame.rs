@@ -42,18 +42,8 @@ pub enum Frame {
         data: ByteBuf,
         ends: Vec<u32>,
     },
-    /// Part of a state-machine snapshot shipped by a plugin: `data` is
-    /// the image's bytes from `offset`, of `total` in all. `metadata` rides
-    /// on the first chunk. `transfer` tells one shipment from its retry.
-    SnapshotChunk {
-        region: String,
-        epoch: u64,
-        transfer: u64,
-        offset: u64,
-        total: u64,
-        metadata: ByteBuf,
-        data: ByteBuf,
-    },
+    /// Part of a state-machine snapshot shipped by a plugin.
+    SnapshotChunk(super::chunks::Chunk),
     /// The sender's view of cluster metadata (anti-entropy).
     Catalog(Catalog),
 }
