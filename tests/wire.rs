@@ -11,7 +11,7 @@ use synod::wire::{
     CONNECTION_ERROR_ID, Consistency, FRAME_BYTES_MAX, MAGIC, Op, Request, Response, WireClient,
     WireClientError,
 };
-use synod_tests::TestNode;
+use synod_tests::{NodeProcess, TestNode, free_port, node_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -299,4 +299,39 @@ async fn a_node_that_goes_away_fails_calls_as_unknown() {
         .err()
         .expect("nothing listens");
     assert!(refused.never_applied());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_dials_again_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let mut process = NodeProcess::start(node_binary!(), dir.path(), port)
+        .await
+        .expect("node starts");
+    process
+        .client
+        .create_region("kv", "standalone", &[])
+        .await
+        .expect("create region");
+    let wire = WireClient::connect(&format!("127.0.0.1:{port}"), TIMEOUT)
+        .await
+        .expect("connect");
+    wire.put("kv", b"k", b"before").await.expect("put");
+    process.kill();
+    let lost = wire.put("kv", b"k", b"lost").await.expect_err("no node");
+    assert!(lost.is_unreachable(), "{lost}");
+    let process = NodeProcess::start(node_binary!(), dir.path(), port)
+        .await
+        .expect("node restarts");
+    // The same client, clones included, works again on a new connection.
+    let clone = wire.clone();
+    assert_eq!(
+        clone
+            .get("kv", b"k", Consistency::Linearizable)
+            .await
+            .expect("get after the restart"),
+        Some(b"before".to_vec())
+    );
+    wire.put("kv", b"k", b"after").await.expect("put");
+    drop(process);
 }

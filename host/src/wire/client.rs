@@ -174,6 +174,9 @@ pub struct WireClient {
     address: Arc<str>,
     timeout: Duration,
     connection: Arc<RwLock<Arc<Connection>>>,
+    /// Held while dialling, so callers that find the connection lost at
+    /// once dial once between them, not once each.
+    dialling: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// [`super::Request`] without owning its region name, to encode in place.
@@ -193,6 +196,7 @@ impl WireClient {
             address: address.into(),
             timeout,
             connection: Arc::new(RwLock::new(Arc::new(connection))),
+            dialling: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -214,18 +218,18 @@ impl WireClient {
         if !current.is_closed() {
             return Ok(current);
         }
+        let _dialling = self.dialling.lock().await;
+        let current = self.current();
+        if !current.is_closed() {
+            // Another caller dialled while this one waited.
+            return Ok(current);
+        }
         let fresh = Arc::new(Connection::open(&self.address).await?);
-        let mut slot = self
+        *self
             .connection
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if Arc::ptr_eq(&slot, &current) {
-            *slot = fresh.clone();
-            Ok(fresh)
-        } else {
-            // Another caller dialled first; use theirs.
-            Ok(slot.clone())
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.clone();
+        Ok(fresh)
     }
 
     /// Sends `op` for `region` and waits for its outcome.
