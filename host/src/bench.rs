@@ -54,6 +54,15 @@ pub struct BenchArgs {
     /// Concurrent writers per region in the multi-region run.
     #[arg(long, default_value_t = 32)]
     writers: usize,
+    /// Run only the CPU fairness scenario of the single-node bench.
+    #[arg(long)]
+    fairness_only: bool,
+    /// CPU hogs beside the healthy region in the fairness run (0 skips it).
+    #[arg(long, default_value_t = 8)]
+    hogs: usize,
+    /// CPU each hog burns per call, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    hog_burn_ms: u64,
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -68,11 +77,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.cluster {
         return cluster_bench(&args).await;
     }
+    let seconds = Duration::from_secs_f64(args.seconds);
+    if args.fairness_only {
+        return fairness_section(&args, seconds).await;
+    }
     println!("== Wasm boundary (wasmtime, pooling allocator, fuel + epoch deadline on) ==");
     tokio::task::spawn_blocking(call_costs).await??;
     println!();
     println!("== Group commit (one WAL and one fsync stream per node, 64-byte values) ==");
-    let seconds = Duration::from_secs_f64(args.seconds);
     let single = group_commit(1, 1, seconds).await?;
     let many = group_commit(args.regions, args.writers, seconds).await?;
     println!(
@@ -82,7 +94,143 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         args.regions,
         args.writers
     );
+    if args.hogs > 0 {
+        println!();
+        fairness_section(&args, seconds).await?;
+    }
     Ok(())
+}
+
+async fn fairness_section(args: &BenchArgs, seconds: Duration) -> Result<()> {
+    println!(
+        "== CPU fairness (a healthy standalone region beside {} Wasm regions burning {} ms per call) ==",
+        args.hogs, args.hog_burn_ms
+    );
+    let without = cpu_fairness(args.hogs, args.hog_burn_ms, seconds, false).await?;
+    let with = cpu_fairness(args.hogs, args.hog_burn_ms, seconds, true).await?;
+    println!(
+        "  ratio: healthy p99 beside hogs / alone = {with:.2}x with fairness (target <= 2x), {without:.2}x without"
+    );
+    Ok(())
+}
+
+/// Latency of a healthy region's writes alone, then beside `hogs` regions
+/// whose plugin burns `burn_ms` of CPU in every call.
+/// Returns the p99 ratio (beside / alone).
+async fn cpu_fairness(hogs: usize, burn_ms: u64, duration: Duration, fair: bool) -> Result<f64> {
+    const WRITERS: usize = 4;
+    let dir = tempfile::tempdir()?;
+    let mut config = NodeConfig::new(1, dir.path().to_path_buf());
+    config.cpu_policy.enabled = fair;
+    println!("  fairness {}:", if fair { "on" } else { "off" });
+    let node = Node::open(config).await?;
+    let healthy = node
+        .create_region("healthy", "standalone", Vec::new())
+        .await
+        .context("creating the healthy region")?;
+    let alone = timed_writes(&healthy, WRITERS, duration).await?;
+    alone.print("alone");
+    node.publish(synod_plugin_artifacts::MISBEHAVE_WASM)
+        .context("publishing the hog component")?;
+    let params = vec![
+        ("mode".to_string(), "burn".to_string()),
+        ("burn-ms".to_string(), burn_ms.to_string()),
+    ];
+    for index in 0..hogs {
+        node.create_region(&format!("hog{index}"), "misbehave", params.clone())
+            .await
+            .context("creating a hog region")?;
+    }
+    // Let every hog burn through its inline budget first.
+    tokio::time::sleep(Duration::from_millis(500 + 2 * burn_ms)).await;
+    let beside = timed_writes(&healthy, WRITERS, duration).await?;
+    beside.print(&format!("beside {hogs} hogs"));
+    let mut lanes = BTreeMap::<&'static str, usize>::new();
+    for index in 0..hogs {
+        if let Ok(hog) = node.region(&format!("hog{index}")).await
+            && let Ok(status) = hog.status().await
+        {
+            *lanes.entry(status.cpu.lane).or_default() += 1;
+        }
+    }
+    let ratio = beside.p99.as_secs_f64() / alone.p99.as_secs_f64().max(1e-9);
+    println!(
+        "    hog lanes {lanes:?}; beside/alone: p99 {ratio:.2}x, p50 {:.2}x, writes/s {:.2}x",
+        beside.p50.as_secs_f64() / alone.p50.as_secs_f64().max(1e-9),
+        beside.writes_per_second / alone.writes_per_second.max(1e-9),
+    );
+    node.shutdown().await;
+    Ok(ratio)
+}
+
+struct LatencyFigures {
+    writes_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl LatencyFigures {
+    fn print(&self, label: &str) {
+        println!(
+            "    {label}: {:.0} writes/s, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            self.writes_per_second,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+            self.max.as_secs_f64() * 1e3,
+        );
+    }
+}
+
+/// `writers` closed-loop writers on one region for `duration`.
+async fn timed_writes(
+    handle: &crate::region::driver::RegionHandle,
+    writers: usize,
+    duration: Duration,
+) -> Result<LatencyFigures> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let handle = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0u64;
+            while Instant::now() < deadline {
+                let command = KvCommand::Put {
+                    key: format!("h{writer}-{}", latencies.len() % 64).into_bytes(),
+                    value: vec![b'v'; 64],
+                };
+                let sent = Instant::now();
+                match handle.write(&command, Duration::from_secs(10)).await {
+                    Ok(_) => latencies.push(sent.elapsed()),
+                    Err(_) => failed += 1,
+                }
+            }
+            (latencies, failed)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for task in tasks {
+        let (mut l, f) = task.await?;
+        latencies.append(&mut l);
+        failed += f;
+    }
+    if failed > 0 {
+        bail!("{failed} writes of the healthy region failed");
+    }
+    if latencies.is_empty() {
+        bail!("the healthy region completed no writes");
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    Ok(LatencyFigures {
+        writes_per_second: latencies.len() as f64 / started.elapsed().as_secs_f64(),
+        p50: at(0.5),
+        p99: at(0.99),
+        max: at(1.0),
+    })
 }
 
 fn new_core(name: &str) -> Result<RegionCore> {

@@ -154,6 +154,7 @@ impl LocalCluster {
                 })
                 .collect(),
             limits: LimitsEntry::default(),
+            fairness: Default::default(),
             request_timeout_ms: Some(5000),
             wal_checkpoint_min_bytes: None,
         };

@@ -18,6 +18,13 @@
 //! deadline_per_call_ms = 2000
 //! memory_bytes_max = 268435456
 //! instances_max = 64
+//!
+//! [fairness]                    # optional: CPU fairness between regions
+//! enabled = true
+//! cpu_share_percent = 50        # sustained share of one core per region
+//! burst_ms = 100                # CPU a region may use beyond its share
+//! heavy_call_ms = 20            # one call above this is heavy at once
+//! cooldown_ms = 5000            # light this long to run inline again
 //! ```
 
 use std::net::SocketAddr;
@@ -42,12 +49,26 @@ pub struct ConfigFile {
     pub nodes: Vec<NodeEntry>,
     #[serde(default)]
     pub limits: LimitsEntry,
+    #[serde(default)]
+    pub fairness: FairnessEntry,
     /// Client request timeout in milliseconds.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,
     /// Rewrite the WAL as a checkpoint past this size (and 4x live state).
     #[serde(default)]
     pub wal_checkpoint_min_bytes: Option<u64>,
+}
+
+/// `[fairness]`: when a region's plugin calls run at idle priority
+/// (`region::cpu`). Absent keys keep the defaults.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FairnessEntry {
+    pub enabled: Option<bool>,
+    pub cpu_share_percent: Option<u32>,
+    pub burst_ms: Option<u64>,
+    pub heavy_call_ms: Option<u64>,
+    pub cooldown_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -161,6 +182,22 @@ impl ConfigFile {
         }
         if let Some(instances) = limits.instances_max {
             config.limits.instances_max = instances;
+        }
+        let fairness = &self.fairness;
+        if let Some(enabled) = fairness.enabled {
+            config.cpu_policy.enabled = enabled;
+        }
+        if let Some(percent) = fairness.cpu_share_percent {
+            config.cpu_policy.share = f64::from(percent) / 100.0;
+        }
+        if let Some(ms) = fairness.burst_ms {
+            config.cpu_policy.burst = Duration::from_millis(ms);
+        }
+        if let Some(ms) = fairness.heavy_call_ms {
+            config.cpu_policy.heavy_call = Duration::from_millis(ms);
+        }
+        if let Some(ms) = fairness.cooldown_ms {
+            config.cpu_policy.cooldown = Duration::from_millis(ms);
         }
         if let Some(bytes) = self.wal_checkpoint_min_bytes {
             config.wal_checkpoint_min_bytes = bytes;

@@ -19,6 +19,7 @@ use crate::journal::{
 use crate::network::{Network, NoPeers};
 use crate::plugin::{Call, CallResult, PluginSource};
 use crate::region::core::RegionCore;
+use crate::region::cpu::CpuPolicy;
 use crate::region::driver::{DriverContext, RegionDriver, RegionHandle};
 use crate::region::replica::{FailurePolicy, RegionReplica};
 use crate::region::{InvalidRegionName, MembershipTarget, ProtocolRef, RegionName, RegionSpec};
@@ -35,6 +36,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub limits: SandboxLimits,
     pub failure_policy: FailurePolicy,
+    /// When a region's plugin calls move to the idle-priority lane.
+    pub cpu_policy: CpuPolicy,
     /// How long a client request may wait for its outcome.
     pub request_timeout: Duration,
     pub key_bytes_max: usize,
@@ -64,6 +67,7 @@ impl NodeConfig {
             data_dir,
             limits: SandboxLimits::default(),
             failure_policy: FailurePolicy::default(),
+            cpu_policy: CpuPolicy::default(),
             request_timeout: Duration::from_secs(10),
             key_bytes_max: 4096,
             value_bytes_max: 1 << 20,
@@ -831,13 +835,14 @@ impl Node {
             recovering,
             applied_position: 0,
         };
-        let replica = RegionReplica::new(
+        let mut replica = RegionReplica::new(
             source,
             core,
             init,
             self.config.failure_policy.clone(),
             self.context.clock.clone(),
         );
+        replica.set_cpu_policy(self.config.cpu_policy.clone());
         RegionDriver::spawn(
             spec,
             replica,

@@ -120,6 +120,17 @@ pub struct RegionStatus {
     pub state_machine: StateMachineStatus,
     pub pending_requests: usize,
     pub held_outputs: usize,
+    pub cpu: CpuStatus,
+}
+
+/// Where the region's plugin calls run (see `region::cpu`).
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuStatus {
+    /// `inline` (on the node's workers) or `background` (idle priority).
+    pub lane: &'static str,
+    /// CPU time used by plugin calls since the replica was created.
+    pub used_ms: u64,
+    pub background_calls: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -997,6 +1008,11 @@ impl ReplicaHost {
             },
             pending_requests: self.pending.len(),
             held_outputs: self.held.iter().map(|(_, o)| o.len()).sum(),
+            cpu: CpuStatus {
+                lane: self.replica.cpu().lane().name(),
+                used_ms: u64::try_from(self.replica.cpu().total().as_millis()).unwrap_or(u64::MAX),
+                background_calls: self.replica.cpu().background_calls(),
+            },
         }
     }
 }

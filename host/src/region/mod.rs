@@ -3,10 +3,12 @@
 //! - [`core`]: the effects a plugin has during a callback (the `Host`
 //!   implementation), staged so a trapped callback leaves no trace.
 //! - [`replica`]: one plugin instance plus failure containment.
+//! - [`cpu`]: CPU fairness: expensive regions run their calls at idle priority.
 //! - [`driver`]: the tokio task feeding events to a replica in batches and
 //!   releasing its outputs after they are durable (output commit).
 
 pub mod core;
+pub mod cpu;
 pub mod driver;
 mod log;
 pub mod replica;

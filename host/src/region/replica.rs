@@ -16,6 +16,7 @@ use synod_guest_sdk::{InitConfig, PluginInfo};
 use crate::clock::Clock;
 use crate::plugin::{Call, CallResult, PluginFailure, PluginInstance, PluginSource};
 use crate::region::core::{Effects, RegionCore};
+use crate::region::cpu::{CpuAccount, CpuPolicy, run_in_lane};
 
 /// When to rebuild a failed replica and when to give up.
 #[derive(Clone, Debug)]
@@ -92,6 +93,7 @@ pub struct RegionReplica {
     recent_failures: VecDeque<Duration>,
     failures_total: u64,
     restarts: u64,
+    cpu: CpuAccount,
 }
 
 impl RegionReplica {
@@ -118,7 +120,18 @@ impl RegionReplica {
             recent_failures: VecDeque::new(),
             failures_total: 0,
             restarts: 0,
+            cpu: CpuAccount::new(CpuPolicy::default()),
         }
+    }
+
+    /// Replaces the CPU fairness policy (node configuration).
+    pub fn set_cpu_policy(&mut self, policy: CpuPolicy) {
+        self.cpu = CpuAccount::new(policy);
+    }
+
+    /// The replica's CPU account: its lane and the CPU its calls used.
+    pub fn cpu(&self) -> &CpuAccount {
+        &self.cpu
     }
 
     pub fn core(&self) -> &RegionCore {
@@ -178,11 +191,12 @@ impl RegionReplica {
             return Delivery::Refused(self.unavailable_reason());
         };
         let call_name = call.name();
-        let result = instance.call(&mut self.core, call).and_then(|result| {
-            match self.core.take_violation() {
-                Some(why) => Err(PluginFailure::Contract(why)),
-                None => Ok(result),
-            }
+        let core = &mut self.core;
+        let (result, used, lane) = run_in_lane(self.cpu.lane(), || instance.call(core, call));
+        self.cpu.charge(used, lane);
+        let result = result.and_then(|result| match self.core.take_violation() {
+            Some(why) => Err(PluginFailure::Contract(why)),
+            None => Ok(result),
         });
         match result {
             Ok(result) => Delivery::Done(result, self.core.commit_callback()),

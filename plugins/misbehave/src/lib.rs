@@ -5,6 +5,9 @@
 //! - `loop`: spins forever (caught by fuel or the epoch deadline);
 //! - `alloc`: allocates without bound (caught by the memory limit);
 //! - `panic`: panics (a trap; the message reaches the host log);
+//! - `burn`: burns `burn-ms` (default 200) of CPU in every write and every
+//!   timer call, and keeps a timer armed so it burns with no clients (a CPU
+//!   hog within its fuel and deadline; writes are then applied);
 //! - anything else: behaves, applying writes at once without a log.
 //!
 //! Reads always behave, so a test can see the replica come back. Timers
@@ -15,6 +18,17 @@ use synod_guest_sdk::*;
 pub struct Misbehave {
     mode: String,
     position: u64,
+    burn_nanos: u64,
+}
+
+/// The timer a `burn` replica keeps armed.
+const BURN_TIMER: TimerId = 0xB0;
+
+/// Spins for `nanos` of host clock time, mostly inside the `now` import,
+/// so a long burn stays well within the fuel of one call.
+fn burn<H: Host>(host: &mut H, nanos: u64) {
+    let started = host.now();
+    while host.now().saturating_sub(started) < nanos {}
 }
 
 impl Protocol for Misbehave {
@@ -27,10 +41,19 @@ impl Protocol for Misbehave {
         }
     }
 
-    fn init<H: Host>(_host: &mut H, config: InitConfig) -> Self {
+    fn init<H: Host>(host: &mut H, config: InitConfig) -> Self {
+        let mode = config.param("mode").unwrap_or("none").to_string();
+        let burn_ms: u64 = config
+            .param("burn-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        if mode == "burn" {
+            host.set_timer(BURN_TIMER, 1_000_000);
+        }
         Misbehave {
-            mode: config.param("mode").unwrap_or("none").to_string(),
+            mode,
             position: config.applied_position,
+            burn_nanos: burn_ms.saturating_mul(1_000_000),
         }
     }
 
@@ -48,6 +71,15 @@ impl Protocol for Misbehave {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "burn" => {
+                burn(host, self.burn_nanos);
+                self.position += commands.len() as u64;
+                let applies = Applies {
+                    ids: commands.ids,
+                    payloads: commands.payloads,
+                };
+                host.apply(&applies, self.position);
             }
             "panic" => panic!(
                 "misbehave fixture asked to panic on {} writes",
@@ -67,6 +99,11 @@ impl Protocol for Misbehave {
     /// Calls the `now` import once per timer: lets `synod bench` measure
     /// the cost of an import call.
     fn on_timers<H: Host>(&mut self, host: &mut H, timers: Vec<TimerId>) {
+        if self.mode == "burn" && timers.contains(&BURN_TIMER) {
+            burn(host, self.burn_nanos);
+            host.set_timer(BURN_TIMER, 1_000_000);
+            return;
+        }
         let mut sum = 0u64;
         for _ in &timers {
             sum = sum.wrapping_add(host.now());
