@@ -5,6 +5,10 @@
 //! - `loop`: spins forever (caught by fuel or the epoch deadline);
 //! - `alloc`: allocates without bound (caught by the memory limit);
 //! - `panic`: panics (a trap; the message reaches the host log);
+//! - `hoard-kv`: behaves, and also keeps a value of `kv-value-bytes` (default
+//!   65536) per write in its kv area, under one of `kv-slots` keys (default
+//!   16) chosen by position, so the kv area grows to slots × value bytes
+//!   while the WAL keeps growing (exercises bounded checkpoints);
 //! - anything else: behaves, applying writes at once without a log.
 //!
 //! Reads always behave, so a test can see the replica come back. Timers
@@ -15,6 +19,17 @@ use synod_guest_sdk::*;
 pub struct Misbehave {
     mode: String,
     position: u64,
+    params: Vec<(String, String)>,
+}
+
+impl Misbehave {
+    fn param_or(&self, name: &str, default: usize) -> usize {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(default)
+    }
 }
 
 impl Protocol for Misbehave {
@@ -31,6 +46,7 @@ impl Protocol for Misbehave {
         Misbehave {
             mode: config.param("mode").unwrap_or("none").to_string(),
             position: config.applied_position,
+            params: config.params.clone(),
         }
     }
 
@@ -53,6 +69,25 @@ impl Protocol for Misbehave {
                 "misbehave fixture asked to panic on {} writes",
                 commands.len()
             ),
+            "hoard-kv" => {
+                let bytes = self.param_or("kv-value-bytes", 65536).max(8);
+                let slots = self.param_or("kv-slots", 16).max(1) as u64;
+                for i in 0..commands.len() as u64 {
+                    let position = self.position + i + 1;
+                    let key = format!("hoard-{}", position % slots);
+                    let mut value = vec![(position % 251) as u8; bytes];
+                    value[..8].copy_from_slice(&position.to_le_bytes());
+                    if host.kv_put(key.as_bytes(), &value).is_err() {
+                        host.log(Level::Warn, "kv put refused");
+                    }
+                }
+                self.position += commands.len() as u64;
+                let applies = Applies {
+                    ids: commands.ids,
+                    payloads: commands.payloads,
+                };
+                host.apply(&applies, self.position);
+            }
             _ => {
                 self.position += commands.len() as u64;
                 let applies = Applies {
