@@ -503,6 +503,19 @@ fn scan_segment(name: &str, data: &[u8], expected: Option<u64>) -> Result<SegSca
     Ok(scan)
 }
 
+/// Offsets and payload lengths of the intact frames at the start of one
+/// segment's bytes, up to the first damage (for tools and tests).
+pub fn frame_layout(data: &[u8]) -> Vec<(u64, usize)> {
+    let frames = scan_segment("", data, None).map_or_else(|_| Vec::new(), |s| s.frames);
+    frames
+        .iter()
+        .map(|f| {
+            let start = f.offset as usize + 4;
+            (f.offset, data.get(start..start + 4).map_or(0, |b| u32_at(b, 0) as usize))
+        })
+        .collect()
+}
+
 fn parse_seq(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".seg")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
