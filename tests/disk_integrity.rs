@@ -260,3 +260,39 @@ async fn a_kv_area_larger_than_a_frame_checkpoints_in_bounded_frames() {
     node.client.put("hoard", "k1", "again").await.expect("writes after restart");
     node.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn synod_repair_reports_and_cuts_only_with_cut_and_yes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    node_with_writes(dir.path(), 100).await;
+    let segment = only_segment(dir.path());
+    let mut data = std::fs::read(&segment).expect("read");
+    let (victim, _) = wal::frame_layout(&data)[60];
+    data[victim as usize + 30] ^= 0x01;
+    std::fs::write(&segment, &data).expect("damage");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(synod_tests::node_binary!())
+            .arg("repair")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .expect("run synod repair")
+    };
+    for extra in [&[][..], &["--cut"][..]] {
+        let out = run(extra);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{extra:?}: {stdout}");
+        assert!(stdout.contains(&format!("at offset {victim}")), "{stdout}");
+        assert!(stdout.contains("Nothing was changed"), "{stdout}");
+        assert_eq!(std::fs::read(&segment).expect("read"), data, "{extra:?} changed nothing");
+    }
+    let out = run(&["--cut", "--yes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("The WAL was cut durably"), "{stdout}");
+    assert_eq!(std::fs::metadata(&segment).expect("meta").len(), victim);
+    let out = run(&[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No damage found"));
+}
