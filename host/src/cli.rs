@@ -102,6 +102,22 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Inspect a stopped node's WAL for damage and report what a cut would
+    /// lose; with --cut --yes, cut at the damage point.
+    Repair(RepairArgs),
+}
+
+#[derive(Args, Debug)]
+struct RepairArgs {
+    /// The stopped node's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Cut the WAL at the first damage (needs --yes): everything after it is lost.
+    #[arg(long)]
+    cut: bool,
+    /// Confirm --cut.
+    #[arg(long, requires = "cut")]
+    yes: bool,
 }
 
 #[derive(Args, Debug)]
@@ -303,7 +319,21 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Status { target } => print_json(&ApiClient::new(&target.node).status().await?),
+        Command::Repair(args) => repair(args),
     }
+}
+
+fn repair(args: RepairArgs) -> Result<()> {
+    let report = crate::storage::repair::repair(&args.data_dir, args.cut && args.yes)
+        .with_context(|| format!("inspecting {}", args.data_dir.display()))?;
+    print!("{report}");
+    if args.cut && !args.yes {
+        println!("--cut needs --yes to confirm.");
+    }
+    if report.blocks_start() {
+        bail!("the WAL is damaged and the node will not start; nothing was changed");
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

@@ -70,9 +70,6 @@ impl JournalRecord {
     }
 }
 
-/// Bytes of log entries per record in a checkpoint.
-const CHECKPOINT_CHUNK_BYTES: u32 = 4 << 20;
-
 /// Feeds the commit thread's checkpoints: a [`RecoveredNode`] kept current
 /// by folding every entry the WAL writes.
 pub struct JournalCompactor {
@@ -103,29 +100,40 @@ impl crate::storage::commit::Compactor for JournalCompactor {
         self.shadow.live_bytes()
     }
 
-    fn checkpoint(&self) -> Vec<Vec<u8>> {
-        // Records are grouped into entries of bounded size.
-        let mut entries = Vec::new();
-        let mut group = Vec::new();
-        let mut group_bytes = 0usize;
-        for record in self.shadow.checkpoint_records() {
-            let size = match &record {
-                JournalRecord::LogAppend { data, .. } => data.len() + 64,
-                _ => 256,
-            };
-            if !group.is_empty() && group_bytes + size > CHECKPOINT_CHUNK_BYTES as usize {
-                entries.push(JournalRecord::encode_all(&group));
-                group.clear();
-                group_bytes = 0;
-            }
-            group.push(record);
-            group_bytes += size;
-        }
-        if !group.is_empty() {
-            entries.push(JournalRecord::encode_all(&group));
-        }
-        entries
+    fn checkpoint(&self, entry_bytes_max: usize) -> Vec<Vec<u8>> {
+        group_records(&self.shadow.checkpoint_records(entry_bytes_max), entry_bytes_max)
     }
+}
+
+/// Encodes `records` as WAL entries (each a `Vec<JournalRecord>`) of at most
+/// `entry_bytes_max` bytes; a record larger than that goes alone. Sizes are
+/// exact: each record is encoded once and the entry is the postcard list
+/// prefix (a varint count) followed by the records.
+pub fn group_records(records: &[JournalRecord], entry_bytes_max: usize) -> Vec<Vec<u8>> {
+    const COUNT_PREFIX_MAX: usize = 10;
+    let mut entries = Vec::new();
+    let mut group: Vec<Vec<u8>> = Vec::new();
+    let mut group_bytes = COUNT_PREFIX_MAX;
+    let flush = |group: &mut Vec<Vec<u8>>, entries: &mut Vec<Vec<u8>>| {
+        let mut entry = postcard::to_allocvec(&(group.len() as u64)).unwrap_or_default();
+        for encoded in group.drain(..) {
+            entry.extend_from_slice(&encoded);
+        }
+        entries.push(entry);
+    };
+    for record in records {
+        let encoded = postcard::to_allocvec(record).unwrap_or_default();
+        if !group.is_empty() && group_bytes + encoded.len() > entry_bytes_max {
+            flush(&mut group, &mut entries);
+            group_bytes = COUNT_PREFIX_MAX;
+        }
+        group_bytes += encoded.len();
+        group.push(encoded);
+    }
+    if !group.is_empty() {
+        flush(&mut group, &mut entries);
+    }
+    entries
 }
 
 /// A region's durable storage as rebuilt from the journal.
@@ -251,8 +259,14 @@ impl RecoveredNode {
     }
 
     /// The records that recreate this state: the input of a WAL checkpoint.
-    /// Large logs are split into several appends so no record is huge.
-    pub fn checkpoint_records(&self) -> Vec<JournalRecord> {
+    /// Large logs are split into several appends, so a `LogAppend` holds at
+    /// most about `record_bytes_max` bytes (data plus entry ends) unless one
+    /// log entry alone is larger.
+    pub fn checkpoint_records(&self, record_bytes_max: usize) -> Vec<JournalRecord> {
+        // Data up to a quarter of the cap, and at most cap/8 entries (each
+        // end is a varint of up to 5 bytes): together under the cap.
+        let data_bytes = u32::try_from(record_bytes_max / 4).unwrap_or(u32::MAX).max(1);
+        let count_max = (record_bytes_max as u64 / 8).max(1);
         let mut records = vec![JournalRecord::NodeBoot {
             incarnation: self.incarnation,
         }];
@@ -277,9 +291,10 @@ impl RecoveredNode {
             }
             let mut next = bounds.first;
             while next <= bounds.last {
+                let upto = bounds.last.min(next.saturating_add(count_max - 1));
                 let batch = region
                     .log
-                    .read(next, bounds.last, CHECKPOINT_CHUNK_BYTES)
+                    .read(next, upto, data_bytes)
                     .unwrap_or_default();
                 if batch.is_empty() {
                     break;

@@ -25,6 +25,7 @@ use crate::region::replica::{FailurePolicy, RegionReplica};
 use crate::region::{InvalidRegionName, MembershipTarget, ProtocolRef, RegionName, RegionSpec};
 use crate::state_machine::KvStateMachine;
 use crate::storage::commit::{CheckpointPolicy, CommitStatsSnapshot, GroupCommit};
+use crate::storage::datadir;
 use crate::storage::disk::{Disk, FsDisk};
 use crate::storage::snapshot::SnapshotStore;
 use crate::storage::wal::{Wal, WalOptions};
@@ -43,6 +44,9 @@ pub struct NodeConfig {
     pub key_bytes_max: usize,
     pub value_bytes_max: usize,
     pub wal_segment_bytes: u64,
+    /// Largest WAL frame payload; an entry larger than this is refused at
+    /// submit, and checkpoints are written in frames within it.
+    pub wal_frame_bytes_max: usize,
     /// The WAL is rewritten as a checkpoint once larger than this and than
     /// 4x the live state.
     pub wal_checkpoint_min_bytes: u64,
@@ -72,6 +76,7 @@ impl NodeConfig {
             key_bytes_max: 4096,
             value_bytes_max: 1 << 20,
             wal_segment_bytes: 64 << 20,
+            wal_frame_bytes_max: crate::storage::wal::FRAME_BYTES_MAX,
             wal_checkpoint_min_bytes: 64 << 20,
             api_address: String::new(),
             peer_listen: None,
@@ -240,9 +245,14 @@ impl Node {
         } = environment;
         let options = WalOptions {
             segment_bytes_target: config.wal_segment_bytes,
+            frame_bytes_max: config.wal_frame_bytes_max,
         };
+        let data_dir = config.data_dir.display().to_string();
+        // A damaged WAL names its segment and offset and the repair command.
         let (wal, replay) = Wal::open(disk.clone(), "wal", options)
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+            .map_err(|e| NodeError::Storage(e.to_string().replace("<data dir>", &data_dir)))?;
+        let data_dir_state = datadir::check(&*disk, config.node_id, replay.entries.is_empty())
+            .map_err(|e| NodeError::Storage(format!("{data_dir}: {e}")))?;
         if replay.torn_tail_bytes > 0 {
             tracing::warn!(
                 bytes = replay.torn_tail_bytes,
@@ -267,6 +277,10 @@ impl Node {
         commit
             .wait_durable(ticket)
             .map_err(|e| NodeError::Storage(e.to_string()))?;
+        if data_dir_state == datadir::DataDirState::Unmarked {
+            datadir::write_marker(&*disk, config.node_id)
+                .map_err(|e| NodeError::Storage(format!("{data_dir}: {e}")))?;
+        }
 
         let engine = Arc::new(PluginEngine::new(
             config.limits.clone(),

@@ -3,13 +3,14 @@
 //! call, a memory limit per instance, no ambient authority).
 
 mod bindings;
+pub mod cache;
 mod convert;
 mod imports;
 mod wasi;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -109,6 +110,7 @@ pub struct PluginEngine {
     linker: Linker<StoreData>,
     limits: SandboxLimits,
     cache_dir: Option<PathBuf>,
+    cache_stats: cache::CacheStats,
     /// Loaded components by digest: loading the same bytes twice is free.
     loaded: Mutex<HashMap<String, Arc<LoadedComponent>>>,
     ticker_stop: Arc<AtomicBool>,
@@ -174,6 +176,7 @@ impl PluginEngine {
             linker,
             limits,
             cache_dir,
+            cache_stats: cache::CacheStats::default(),
             loaded: Mutex::new(HashMap::new()),
             ticker_stop,
         })
@@ -181,6 +184,11 @@ impl PluginEngine {
 
     pub fn limits(&self) -> &SandboxLimits {
         &self.limits
+    }
+
+    /// Compile cache outcomes since this engine started.
+    pub fn cache_stats(&self) -> cache::CacheStatsSnapshot {
+        self.cache_stats.snapshot()
     }
 
     /// sha256 hex of component bytes.
@@ -239,18 +247,20 @@ impl PluginEngine {
     fn compile(&self, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
         let cache_path = self.cache_path(digest);
         if let Some(path) = &cache_path
-            && path.exists()
+            && let Some(artifact) = cache::read_verified(path, &self.cache_stats)
         {
-            // SAFETY: the cache directory is written only by this engine
-            // code, and its file names include the engine's compatibility
-            // hash, so the artifact was produced by a compatible engine.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(component) => return Ok(component),
-                Err(error) => tracing::warn!(
-                    path = %path.display(),
-                    error = %root_cause(&error),
-                    "ignoring unusable compile cache entry"
-                ),
+            // SAFETY: `artifact` matches the sha256 stored with it when this
+            // engine code wrote it, so these are the bytes wasmtime produced;
+            // the file name includes the engine's compatibility hash, so they
+            // were produced by a compatible engine.
+            match unsafe { Component::deserialize(&self.engine, &artifact) } {
+                Ok(component) => {
+                    self.cache_stats
+                        .hits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(component);
+                }
+                Err(error) => cache::reject(path, &root_cause(&error), &self.cache_stats),
             }
         }
         let compiled = self
@@ -261,7 +271,7 @@ impl PluginEngine {
         let component = unsafe { Component::deserialize(&self.engine, &compiled) }
             .map_err(|e| LoadError::Invalid(root_cause(&e)))?;
         if let Some(path) = cache_path
-            && let Err(error) = write_atomically(&path, &compiled)
+            && let Err(error) = cache::write(&path, &compiled, &self.cache_stats)
         {
             tracing::warn!(path = %path.display(), %error, "could not write compile cache");
         }
@@ -312,12 +322,6 @@ fn unknown_info() -> PluginInfo {
 
 fn root_cause(error: &wasmtime::Error) -> String {
     format!("{:#}", error.root_cause())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Tells a core module or garbage from a component before compiling.

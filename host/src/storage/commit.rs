@@ -15,6 +15,8 @@ use super::wal::{self, Wal};
 
 /// Soft cap on the entry bytes gathered into one frame.
 pub const COMMIT_FRAME_BYTES: usize = 8 << 20;
+/// Largest entry a checkpoint builds (a kv area or log is split into many).
+pub const CHECKPOINT_ENTRY_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum CommitError {
@@ -100,8 +102,10 @@ pub trait Compactor: Send + 'static {
     fn fold(&mut self, entry: &[u8]);
     /// Approximate bytes a checkpoint of the shadow would take.
     fn live_bytes(&self) -> u64;
-    /// Entries recreating the shadow (each well under the frame limit).
-    fn checkpoint(&self) -> Vec<Vec<u8>>;
+    /// Entries recreating the shadow, each at most `entry_bytes_max` bytes
+    /// unless one record alone is larger (it then fits a frame, because it
+    /// was accepted into one).
+    fn checkpoint(&self, entry_bytes_max: usize) -> Vec<Vec<u8>>;
 }
 
 /// When the commit thread rewrites the WAL.
@@ -145,6 +149,8 @@ struct Shared {
     progress: Condvar,
     durable_tx: watch::Sender<u64>,
     stats: Arc<CommitStats>,
+    /// The WAL's frame payload limit: an entry must fit one frame alone.
+    frame_bytes_max: usize,
 }
 
 impl Shared {
@@ -190,6 +196,7 @@ impl GroupCommit {
             progress: Condvar::new(),
             durable_tx,
             stats: Arc::new(CommitStats::default()),
+            frame_bytes_max: wal.frame_bytes_max(),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -211,12 +218,15 @@ impl GroupCommit {
         }
     }
 
-    /// Enqueues one entry; on-disk order equals ticket order.
+    /// Enqueues one entry; on-disk order equals ticket order. An entry that
+    /// cannot fit a frame is refused here, to this submitter only, so it can
+    /// never fail the commit thread.
     pub fn submit(&self, entry: Vec<u8>) -> Result<u64, CommitError> {
         if entry.is_empty() {
             return Err(CommitError::Empty);
         }
-        wal::check_entry(&entry).map_err(|e| CommitError::InvalidEntry(e.to_string()))?;
+        wal::check_entry(&entry, self.shared.frame_bytes_max)
+            .map_err(|e| CommitError::InvalidEntry(e.to_string()))?;
         let ticket = {
             let mut st = self.shared.lock();
             Self::check_open(&st)?;
@@ -234,7 +244,8 @@ impl GroupCommit {
     /// Returns the last ticket the checkpoint covers.
     pub fn request_checkpoint(&self, entries: Vec<Vec<u8>>) -> Result<u64, CommitError> {
         for e in &entries {
-            wal::check_entry(e).map_err(|e| CommitError::InvalidEntry(e.to_string()))?;
+            wal::check_entry(e, self.shared.frame_bytes_max)
+                .map_err(|e| CommitError::InvalidEntry(e.to_string()))?;
         }
         let covered = {
             let mut st = self.shared.lock();
@@ -326,13 +337,17 @@ fn next_batch(shared: &Shared) -> Option<Batch> {
     match st.pending.pop_front()? {
         Op::Checkpoint(entries) => Some(Batch::Checkpoint(entries)),
         Op::Entry(ticket, first) => {
-            let mut bytes = first.len();
+            // Each entry fits a frame alone (checked at submit); a batch
+            // stays within both the soft cap and the frame limit.
+            let cap = COMMIT_FRAME_BYTES.min(shared.frame_bytes_max);
+            let mut bytes = wal::payload_bound([first.as_slice()]);
             let (mut entries, mut last) = (vec![first], ticket);
             while let Some(Op::Entry(_, next)) = st.pending.front() {
-                if bytes + next.len() > COMMIT_FRAME_BYTES {
+                let size = next.len() + wal::VARINT_MAX;
+                if bytes + size > cap {
                     break;
                 }
-                bytes += next.len();
+                bytes += size;
                 if let Some(Op::Entry(t, e)) = st.pending.pop_front() {
                     entries.push(e);
                     last = t;
@@ -352,6 +367,8 @@ fn run(
     mut compaction: Option<(Box<dyn Compactor>, CheckpointPolicy)>,
 ) {
     let stats = &shared.stats;
+    // After a refused checkpoint, WAL size before the next attempt.
+    let mut retry_after = 0u64;
     while let Some(batch) = next_batch(shared) {
         let result = match batch {
             Batch::Entries { entries, last } => wal
@@ -383,10 +400,23 @@ fn run(
                         let live = compactor.live_bytes().max(1);
                         if wal_bytes > policy.min_wal_bytes
                             && wal_bytes > live.saturating_mul(policy.wal_to_live_ratio)
+                            && wal_bytes > retry_after
                         {
                             let started = std::time::Instant::now();
-                            let checkpoint = compactor.checkpoint();
-                            wal.checkpoint(&checkpoint)?;
+                            let cap = CHECKPOINT_ENTRY_BYTES
+                                .min(wal::entry_bytes_max(wal.frame_bytes_max()));
+                            let checkpoint = compactor.checkpoint(cap);
+                            match wal.checkpoint(&checkpoint) {
+                                Ok(()) => retry_after = 0,
+                                // Refused before writing: the WAL is intact,
+                                // so keep committing and retry much later.
+                                Err(error) if error.is_refusal() => {
+                                    retry_after = wal_bytes.saturating_mul(2);
+                                    error!(%error, wal_bytes, "wal: checkpoint refused; the WAL keeps growing until it succeeds");
+                                    return Ok(durable);
+                                }
+                                Err(error) => return Err(error),
+                            }
                             if started.elapsed() > CHECKPOINT_SLOW {
                                 tracing::warn!(
                                     wal_bytes,

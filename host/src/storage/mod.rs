@@ -5,7 +5,9 @@
 //! simulator) can use [`MemDisk`] to inject crashes, torn writes and bit rot.
 
 pub mod commit;
+pub mod datadir;
 pub mod disk;
+pub mod repair;
 pub mod snapshot;
 pub mod wal;
 

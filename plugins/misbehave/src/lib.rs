@@ -8,6 +8,10 @@
 //! - `burn`: burns `burn-ms` (default 200) of CPU in every write and every
 //!   timer call, and keeps a timer armed so it burns with no clients (a CPU
 //!   hog within its fuel and deadline; writes are then applied);
+//! - `hoard-kv`: behaves, and also keeps a value of `kv-value-bytes` (default
+//!   65536) per write in its kv area, under one of `kv-slots` keys (default
+//!   16) chosen by position, so the kv area grows to slots × value bytes
+//!   while the WAL keeps growing (exercises bounded checkpoints);
 //! - anything else: behaves, applying writes at once without a log.
 //!
 //! Reads always behave, so a test can see the replica come back. Timers
@@ -19,6 +23,7 @@ pub struct Misbehave {
     mode: String,
     position: u64,
     burn_nanos: u64,
+    params: Vec<(String, String)>,
 }
 
 /// The timer a `burn` replica keeps armed.
@@ -29,6 +34,16 @@ const BURN_TIMER: TimerId = 0xB0;
 fn burn<H: Host>(host: &mut H, nanos: u64) {
     let started = host.now();
     while host.now().saturating_sub(started) < nanos {}
+}
+
+impl Misbehave {
+    fn param_or(&self, name: &str, default: usize) -> usize {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(default)
+    }
 }
 
 impl Protocol for Misbehave {
@@ -54,6 +69,7 @@ impl Protocol for Misbehave {
             mode,
             position: config.applied_position,
             burn_nanos: burn_ms.saturating_mul(1_000_000),
+            params: config.params.clone(),
         }
     }
 
@@ -85,6 +101,25 @@ impl Protocol for Misbehave {
                 "misbehave fixture asked to panic on {} writes",
                 commands.len()
             ),
+            "hoard-kv" => {
+                let bytes = self.param_or("kv-value-bytes", 65536).max(8);
+                let slots = self.param_or("kv-slots", 16).max(1) as u64;
+                for i in 0..commands.len() as u64 {
+                    let position = self.position + i + 1;
+                    let key = format!("hoard-{}", position % slots);
+                    let mut value = vec![(position % 251) as u8; bytes];
+                    value[..8].copy_from_slice(&position.to_le_bytes());
+                    if host.kv_put(key.as_bytes(), &value).is_err() {
+                        host.log(Level::Warn, "kv put refused");
+                    }
+                }
+                self.position += commands.len() as u64;
+                let applies = Applies {
+                    ids: commands.ids,
+                    payloads: commands.payloads,
+                };
+                host.apply(&applies, self.position);
+            }
             _ => {
                 self.position += commands.len() as u64;
                 let applies = Applies {
