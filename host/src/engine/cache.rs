@@ -145,7 +145,8 @@ mod tests {
     }
 
     #[test]
-    fn damaged_cache_entries_are_verified_deleted_and_rebuilt() -> Result<(), Box<dyn std::error::Error>> {
+    fn damaged_cache_entries_are_verified_deleted_and_rebuilt()
+    -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path();
         let first = load_fresh(dir)?;
@@ -157,16 +158,36 @@ mod tests {
         assert_eq!((hit.hits, hit.rejected, hit.writes), (1, 0, 0));
 
         let len = good.len();
-        for offset in [0, 9, 20, HEADER_BYTES, HEADER_BYTES + 100, len / 3, len / 2, len - 1] {
+        for offset in [
+            0,
+            9,
+            20,
+            HEADER_BYTES,
+            HEADER_BYTES + 100,
+            len / 3,
+            len / 2,
+            len - 1,
+        ] {
             let mut bad = good.clone();
             bad[offset] ^= 0x5a;
             std::fs::write(&path, &bad)?;
             let stats = load_fresh(dir)?;
-            assert_eq!((stats.hits, stats.rejected, stats.writes), (0, 1, 1), "offset {offset}");
-            assert!(verify(&std::fs::read(&path)?).is_ok(), "rewritten after offset {offset}");
+            assert_eq!(
+                (stats.hits, stats.rejected, stats.writes),
+                (0, 1, 1),
+                "offset {offset}"
+            );
+            assert!(
+                verify(&std::fs::read(&path)?).is_ok(),
+                "rewritten after offset {offset}"
+            );
         }
         // Truncated, and the old layout without a checksum.
-        for bad in [good[..len / 2].to_vec(), good[HEADER_BYTES..].to_vec(), Vec::new()] {
+        for bad in [
+            good[..len / 2].to_vec(),
+            good[HEADER_BYTES..].to_vec(),
+            Vec::new(),
+        ] {
             std::fs::write(&path, &bad)?;
             let stats = load_fresh(dir)?;
             assert_eq!((stats.hits, stats.rejected, stats.writes), (0, 1, 1));
