@@ -340,3 +340,41 @@ async fn synod_repair_reports_and_cuts_only_with_cut_and_yes() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("No damage found"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_component_file_is_refused_by_name_and_never_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(NodeConfig::new(1, dir.path().to_path_buf()))
+        .await
+        .expect("node");
+    let published = node
+        .client
+        .publish_component(synod_plugin_artifacts::MISBEHAVE_WASM.to_vec())
+        .await
+        .expect("publish");
+    let digest = published["digest"].as_str().expect("digest").to_string();
+    node.client
+        .create_region("m", &format!("sha256:{digest}"), &[])
+        .await
+        .expect("create");
+    node.client.put("m", "k", "v").await.expect("write");
+    node.stop().await.expect("stop");
+
+    let path = dir.path().join(format!("components/{digest}.wasm"));
+    let mut bytes = std::fs::read(&path).expect("read");
+    // A byte near the end (a custom or data section): often still valid Wasm.
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("damage");
+    let error = open_error(NodeConfig::new(1, dir.path().to_path_buf())).await;
+    assert!(
+        error.contains(&format!("components/{digest}.wasm")),
+        "{error}"
+    );
+    assert!(error.contains("damaged"), "{error}");
+    // Nothing was published under the damaged bytes' digest.
+    let count = std::fs::read_dir(dir.path().join("components"))
+        .expect("dir")
+        .count();
+    assert_eq!(count, 3, "standalone, raft and misbehave only");
+}
