@@ -102,6 +102,20 @@ pub fn reject(path: &Path, reason: &str, stats: &CacheStats) {
     }
 }
 
+/// Deletes temporary files a crash left in the cache directory.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.to_str().is_some_and(|p| p.ends_with(".cwasm.tmp"))
+            && let Err(error) = std::fs::remove_file(&path)
+        {
+            tracing::warn!(path = %path.display(), %error, "could not delete a stale compile cache file");
+        }
+    }
+}
+
 /// Writes `artifact` with its checksum atomically: temporary file, fsync,
 /// rename, directory fsync.
 pub fn write(path: &Path, artifact: &[u8], stats: &CacheStats) -> std::io::Result<()> {
@@ -193,6 +207,11 @@ mod tests {
             assert_eq!((stats.hits, stats.rejected, stats.writes), (0, 1, 1));
         }
         assert_eq!(std::fs::read(&path)?.len(), len);
+        // A temporary file from an interrupted write is cleaned up.
+        let stale = path.with_extension("cwasm.tmp");
+        std::fs::write(&stale, b"partial")?;
+        load_fresh(dir)?;
+        assert!(!stale.exists());
         Ok(())
     }
 }
