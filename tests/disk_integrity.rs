@@ -59,7 +59,11 @@ async fn assert_all_readable(dir: &Path, acknowledged: &BTreeMap<String, String>
         .await
         .expect("node starts");
     for (key, value) in acknowledged {
-        let found = node.client.get("r", key, "linearizable").await.expect("read");
+        let found = node
+            .client
+            .get("r", key, "linearizable")
+            .await
+            .expect("read");
         assert_eq!(found.as_deref(), Some(value.as_str()), "{key}");
     }
     node.stop().await.expect("stop");
@@ -95,7 +99,10 @@ async fn a_damaged_length_mid_wal_refuses_to_start_and_repair_cuts_only_with_con
     assert!(report.loss.frames > 200, "{:?}", report.loss);
     assert!(report.loss.regions["r"].log_positions.is_some());
     let text = report.to_string();
-    assert!(text.contains(&format!("at offset {victim}")) && text.contains("region r"), "{text}");
+    assert!(
+        text.contains(&format!("at offset {victim}")) && text.contains("region r"),
+        "{text}"
+    );
     assert_eq!(std::fs::read(&segment).expect("read"), data);
     let _ = open_error(NodeConfig::new(1, dir.path().to_path_buf())).await;
 
@@ -106,9 +113,16 @@ async fn a_damaged_length_mid_wal_refuses_to_start_and_repair_cuts_only_with_con
     let node = TestNode::start(NodeConfig::new(1, dir.path().to_path_buf()))
         .await
         .expect("node starts after the cut");
-    let first = node.client.get("r", "k0", "linearizable").await.expect("read");
+    let first = node
+        .client
+        .get("r", "k0", "linearizable")
+        .await
+        .expect("read");
     assert_eq!(first.as_deref(), Some(acknowledged["k0"].as_str()));
-    node.client.put("r", "after", "repair").await.expect("writes work");
+    node.client
+        .put("r", "after", "repair")
+        .await
+        .expect("writes work");
     node.stop().await.expect("stop");
 }
 
@@ -120,13 +134,20 @@ async fn a_flipped_byte_in_the_last_complete_frame_refuses_to_start() {
     let data = std::fs::read(&segment).expect("read");
     let frames = wal::frame_layout(&data);
     let (last, len) = *frames.last().expect("frames");
-    assert_eq!(last as usize + 20 + len, data.len(), "the last frame ends the file");
+    assert_eq!(
+        last as usize + 20 + len,
+        data.len(),
+        "the last frame ends the file"
+    );
     for at in [last as usize + 2, last as usize + 21, data.len() - 1] {
         let mut damaged = data.clone();
         damaged[at] ^= 0x04;
         std::fs::write(&segment, &damaged).expect("damage");
         let error = open_error(NodeConfig::new(1, dir.path().to_path_buf())).await;
-        assert!(error.contains(&format!("offset {last}")), "byte {at}: {error}");
+        assert!(
+            error.contains(&format!("offset {last}")),
+            "byte {at}: {error}"
+        );
     }
 }
 
@@ -146,7 +167,10 @@ async fn a_torn_tail_is_cut_and_every_acknowledged_write_survives() {
         wal.sync().expect("sync");
     }
     let full = std::fs::metadata(&segment).expect("meta").len();
-    let file = std::fs::OpenOptions::new().write(true).open(&segment).expect("open");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open");
     file.set_len(full - 3).expect("tear");
     drop(file);
     assert_all_readable(dir.path(), &acknowledged).await;
@@ -171,7 +195,10 @@ async fn a_lost_wal_or_another_nodes_directory_refuses_to_start() {
     std::fs::remove_dir_all(dir.path().join("wal")).expect("delete wal/");
     let error = open_error(NodeConfig::new(1, dir.path().to_path_buf())).await;
     assert!(error.contains("wal/ holds no WAL segment"), "{error}");
-    assert!(error.contains("node 1") && error.contains("components/"), "{error}");
+    assert!(
+        error.contains("node 1") && error.contains("components/"),
+        "{error}"
+    );
     // Nothing was created in its place.
     assert!(!dir.path().join("wal").exists() || only_segments(dir.path()) == 0);
 }
@@ -227,8 +254,14 @@ async fn a_kv_area_larger_than_a_frame_checkpoints_in_bounded_frames() {
         .await
         .expect("create");
     assert!(node.client.put("huge", "k", "v").await.is_err());
-    node.client.put("plain", "k", "v").await.expect("other regions still write");
-    node.client.put("hoard", "k0", "last").await.expect("still writes");
+    node.client
+        .put("plain", "k", "v")
+        .await
+        .expect("other regions still write");
+    node.client
+        .put("hoard", "k0", "last")
+        .await
+        .expect("still writes");
     node.stop().await.expect("stop");
 
     // Every frame on disk is within the limit, and the kv area is whole.
@@ -255,9 +288,16 @@ async fn a_kv_area_larger_than_a_frame_checkpoints_in_bounded_frames() {
     // (misbehave keeps no log, so only the standalone region's data is
     // readable after a restart; the hoard's kv area was checked above.)
     let node = TestNode::start(config()).await.expect("restarts");
-    let found = node.client.get("plain", "k", "linearizable").await.expect("read");
+    let found = node
+        .client
+        .get("plain", "k", "linearizable")
+        .await
+        .expect("read");
     assert_eq!(found.as_deref(), Some("v"));
-    node.client.put("hoard", "k1", "again").await.expect("writes after restart");
+    node.client
+        .put("hoard", "k1", "again")
+        .await
+        .expect("writes after restart");
     node.stop().await.expect("stop");
 }
 
@@ -285,7 +325,11 @@ async fn synod_repair_reports_and_cuts_only_with_cut_and_yes() {
         assert!(!out.status.success(), "{extra:?}: {stdout}");
         assert!(stdout.contains(&format!("at offset {victim}")), "{stdout}");
         assert!(stdout.contains("Nothing was changed"), "{stdout}");
-        assert_eq!(std::fs::read(&segment).expect("read"), data, "{extra:?} changed nothing");
+        assert_eq!(
+            std::fs::read(&segment).expect("read"),
+            data,
+            "{extra:?} changed nothing"
+        );
     }
     let out = run(&["--cut", "--yes"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -295,4 +339,42 @@ async fn synod_repair_reports_and_cuts_only_with_cut_and_yes() {
     let out = run(&[]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("No damage found"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_component_file_is_refused_by_name_and_never_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(NodeConfig::new(1, dir.path().to_path_buf()))
+        .await
+        .expect("node");
+    let published = node
+        .client
+        .publish_component(synod_plugin_artifacts::MISBEHAVE_WASM.to_vec())
+        .await
+        .expect("publish");
+    let digest = published["digest"].as_str().expect("digest").to_string();
+    node.client
+        .create_region("m", &format!("sha256:{digest}"), &[])
+        .await
+        .expect("create");
+    node.client.put("m", "k", "v").await.expect("write");
+    node.stop().await.expect("stop");
+
+    let path = dir.path().join(format!("components/{digest}.wasm"));
+    let mut bytes = std::fs::read(&path).expect("read");
+    // A byte near the end (a custom or data section): often still valid Wasm.
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("damage");
+    let error = open_error(NodeConfig::new(1, dir.path().to_path_buf())).await;
+    assert!(
+        error.contains(&format!("components/{digest}.wasm")),
+        "{error}"
+    );
+    assert!(error.contains("damaged"), "{error}");
+    // Nothing was published under the damaged bytes' digest.
+    let count = std::fs::read_dir(dir.path().join("components"))
+        .expect("dir")
+        .count();
+    assert_eq!(count, 3, "standalone, raft and misbehave only");
 }

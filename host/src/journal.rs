@@ -101,7 +101,10 @@ impl crate::storage::commit::Compactor for JournalCompactor {
     }
 
     fn checkpoint(&self, entry_bytes_max: usize) -> Vec<Vec<u8>> {
-        group_records(&self.shadow.checkpoint_records(entry_bytes_max), entry_bytes_max)
+        group_records(
+            &self.shadow.checkpoint_records(entry_bytes_max),
+            entry_bytes_max,
+        )
     }
 }
 
@@ -265,7 +268,9 @@ impl RecoveredNode {
     pub fn checkpoint_records(&self, record_bytes_max: usize) -> Vec<JournalRecord> {
         // Data up to a quarter of the cap, and at most cap/8 entries (each
         // end is a varint of up to 5 bytes): together under the cap.
-        let data_bytes = u32::try_from(record_bytes_max / 4).unwrap_or(u32::MAX).max(1);
+        let data_bytes = u32::try_from(record_bytes_max / 4)
+            .unwrap_or(u32::MAX)
+            .max(1);
         let count_max = (record_bytes_max as u64 / 8).max(1);
         let mut records = vec![JournalRecord::NodeBoot {
             incarnation: self.incarnation,
@@ -292,10 +297,7 @@ impl RecoveredNode {
             let mut next = bounds.first;
             while next <= bounds.last {
                 let upto = bounds.last.min(next.saturating_add(count_max - 1));
-                let batch = region
-                    .log
-                    .read(next, upto, data_bytes)
-                    .unwrap_or_default();
+                let batch = region.log.read(next, upto, data_bytes).unwrap_or_default();
                 if batch.is_empty() {
                     break;
                 }

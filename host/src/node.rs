@@ -613,6 +613,11 @@ impl Node {
                 .disk
                 .read(&path)
                 .map_err(|e| NodeError::Storage(format!("{path}: {e}")))?;
+            let digest = PluginEngine::digest(&bytes);
+            if file.strip_suffix(".wasm") != Some(digest.as_str()) {
+                tracing::warn!(%path, sha256 = %digest, "skipping a stored component whose bytes do not match its name (damaged)");
+                continue;
+            }
             if let Err(error) = self.publish(&bytes) {
                 tracing::warn!(%path, %error, "skipping a stored component that no longer loads");
             }
@@ -674,6 +679,16 @@ impl Node {
                         digest: digest.clone(),
                         path: path.clone(),
                     })?;
+                // Content-addressed: bytes that do not hash to their name
+                // are damaged, and must not run in place of the original.
+                let found = PluginEngine::digest(&bytes);
+                if found != *digest {
+                    return Err(NodeError::Storage(format!(
+                        "component file {path} of region {} is damaged: its sha256 is {found}; \
+                         publish the original component again",
+                        spec.name
+                    )));
+                }
                 let component = self.engine.load(&bytes)?;
                 Ok(PluginSource::Wasm {
                     engine: self.engine.clone(),

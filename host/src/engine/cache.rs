@@ -102,6 +102,20 @@ pub fn reject(path: &Path, reason: &str, stats: &CacheStats) {
     }
 }
 
+/// Deletes temporary files a crash left in the cache directory.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.to_str().is_some_and(|p| p.ends_with(".cwasm.tmp"))
+            && let Err(error) = std::fs::remove_file(&path)
+        {
+            tracing::warn!(path = %path.display(), %error, "could not delete a stale compile cache file");
+        }
+    }
+}
+
 /// Writes `artifact` with its checksum atomically: temporary file, fsync,
 /// rename, directory fsync.
 pub fn write(path: &Path, artifact: &[u8], stats: &CacheStats) -> std::io::Result<()> {
@@ -145,7 +159,8 @@ mod tests {
     }
 
     #[test]
-    fn damaged_cache_entries_are_verified_deleted_and_rebuilt() -> Result<(), Box<dyn std::error::Error>> {
+    fn damaged_cache_entries_are_verified_deleted_and_rebuilt()
+    -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path();
         let first = load_fresh(dir)?;
@@ -157,21 +172,46 @@ mod tests {
         assert_eq!((hit.hits, hit.rejected, hit.writes), (1, 0, 0));
 
         let len = good.len();
-        for offset in [0, 9, 20, HEADER_BYTES, HEADER_BYTES + 100, len / 3, len / 2, len - 1] {
+        for offset in [
+            0,
+            9,
+            20,
+            HEADER_BYTES,
+            HEADER_BYTES + 100,
+            len / 3,
+            len / 2,
+            len - 1,
+        ] {
             let mut bad = good.clone();
             bad[offset] ^= 0x5a;
             std::fs::write(&path, &bad)?;
             let stats = load_fresh(dir)?;
-            assert_eq!((stats.hits, stats.rejected, stats.writes), (0, 1, 1), "offset {offset}");
-            assert!(verify(&std::fs::read(&path)?).is_ok(), "rewritten after offset {offset}");
+            assert_eq!(
+                (stats.hits, stats.rejected, stats.writes),
+                (0, 1, 1),
+                "offset {offset}"
+            );
+            assert!(
+                verify(&std::fs::read(&path)?).is_ok(),
+                "rewritten after offset {offset}"
+            );
         }
         // Truncated, and the old layout without a checksum.
-        for bad in [good[..len / 2].to_vec(), good[HEADER_BYTES..].to_vec(), Vec::new()] {
+        for bad in [
+            good[..len / 2].to_vec(),
+            good[HEADER_BYTES..].to_vec(),
+            Vec::new(),
+        ] {
             std::fs::write(&path, &bad)?;
             let stats = load_fresh(dir)?;
             assert_eq!((stats.hits, stats.rejected, stats.writes), (0, 1, 1));
         }
         assert_eq!(std::fs::read(&path)?.len(), len);
+        // A temporary file from an interrupted write is cleaned up.
+        let stale = path.with_extension("cwasm.tmp");
+        std::fs::write(&stale, b"partial")?;
+        load_fresh(dir)?;
+        assert!(!stale.exists());
         Ok(())
     }
 }

@@ -156,6 +156,7 @@ impl PluginEngine {
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| EngineError(format!("cache dir {}: {e}", dir.display())))?;
+            cache::remove_stale_temps(dir);
         }
 
         let ticker_stop = Arc::new(AtomicBool::new(false));

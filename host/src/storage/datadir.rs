@@ -76,7 +76,8 @@ fn count(disk: &dyn Disk, dir: &str, suffix: &str) -> Result<usize, DataDirError
 pub fn check(disk: &dyn Disk, node_id: u64, wal_empty: bool) -> Result<DataDirState, DataDirError> {
     let marker = match disk.read(MARKER_PATH) {
         Ok(bytes) => {
-            let text = String::from_utf8(bytes).map_err(|e| DataDirError::BadMarker(e.to_string()))?;
+            let text =
+                String::from_utf8(bytes).map_err(|e| DataDirError::BadMarker(e.to_string()))?;
             Some(parse_marker(&text).map_err(DataDirError::BadMarker)?)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -99,7 +100,9 @@ pub fn check(disk: &dyn Disk, node_id: u64, wal_empty: bool) -> Result<DataDirSt
         };
         let mut present = Vec::new();
         if let Some(id) = marker {
-            present.push(format!("{MARKER_PATH} says it was initialized as node {id}"));
+            present.push(format!(
+                "{MARKER_PATH} says it was initialized as node {id}"
+            ));
         }
         let snapshots = count(disk, "snapshots", ".snap")?;
         if snapshots > 0 {
@@ -141,20 +144,35 @@ mod tests {
         assert_eq!(check(&disk, 3, true)?, DataDirState::Unmarked);
         write_marker(&disk, 3)?;
         assert_eq!(check(&disk, 3, false)?, DataDirState::Marked);
-        let err = check(&disk, 3, true).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("wal/ holds no WAL segment") && err.contains("node 3"), "{err}");
+        let err = check(&disk, 3, true)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("wal/ holds no WAL segment") && err.contains("node 3"),
+            "{err}"
+        );
         assert!(matches!(
             check(&disk, 4, false),
-            Err(DataDirError::WrongNode { found: 3, configured: 4 })
+            Err(DataDirError::WrongNode {
+                found: 3,
+                configured: 4
+            })
         ));
         // No marker (a directory from before markers) but snapshots: refused.
         let disk = MemDisk::new();
         disk.write_atomic("snapshots/r.snap", b"x")?;
-        let err = check(&disk, 1, true).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = check(&disk, 1, true)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("snapshots/ holds 1 snapshot"), "{err}");
         assert_eq!(check(&disk, 1, false)?, DataDirState::Unmarked);
         disk.write_atomic(MARKER_PATH, b"garbage")?;
-        assert!(matches!(check(&disk, 1, false), Err(DataDirError::BadMarker(_))));
+        assert!(matches!(
+            check(&disk, 1, false),
+            Err(DataDirError::BadMarker(_))
+        ));
         Ok(())
     }
 }

@@ -101,14 +101,25 @@ fn summarize(diagnosis: &Diagnosis) -> Loss {
                             widen(&mut r.log_positions, first, last);
                         }
                     }
-                    JournalRecord::LogTruncate { region: name, .. } => region_of(regions, &name).log_truncates += 1,
-                    JournalRecord::LogCompact { region: name, .. } => region_of(regions, &name).log_compacts += 1,
-                    JournalRecord::MetaPut { region: name, .. } => region_of(regions, &name).kv_puts += 1,
-                    JournalRecord::MetaDelete { region: name, .. } => region_of(regions, &name).kv_deletes += 1,
-                    JournalRecord::RegionCreated { spec } | JournalRecord::RegionUpdated { spec } => {
+                    JournalRecord::LogTruncate { region: name, .. } => {
+                        region_of(regions, &name).log_truncates += 1
+                    }
+                    JournalRecord::LogCompact { region: name, .. } => {
+                        region_of(regions, &name).log_compacts += 1
+                    }
+                    JournalRecord::MetaPut { region: name, .. } => {
+                        region_of(regions, &name).kv_puts += 1
+                    }
+                    JournalRecord::MetaDelete { region: name, .. } => {
+                        region_of(regions, &name).kv_deletes += 1
+                    }
+                    JournalRecord::RegionCreated { spec }
+                    | JournalRecord::RegionUpdated { spec } => {
                         region_of(regions, &spec.name).spec_changes += 1
                     }
-                    JournalRecord::RegionDropped { region: name } => region_of(regions, &name).spec_changes += 1,
+                    JournalRecord::RegionDropped { region: name } => {
+                        region_of(regions, &name).spec_changes += 1
+                    }
                     JournalRecord::NodeBoot { .. } | JournalRecord::NodeAddress { .. } => {
                         loss.node_records += 1;
                     }
@@ -165,14 +176,22 @@ impl fmt::Display for RepairReport {
         let Some(p) = &d.problem else {
             return writeln!(f, "No damage found: the node can start.");
         };
-        writeln!(f, "Damage: {} at offset {}: {}", p.segment, p.offset, p.reason)?;
+        writeln!(
+            f,
+            "Damage: {} at offset {}: {}",
+            p.segment, p.offset, p.reason
+        )?;
         if p.torn {
             writeln!(
                 f,
                 "This is a torn tail (a write that never completed): the node cuts it by itself on start."
             )?;
         }
-        let verb = if self.cut { "The cut removed" } else { "A cut at this point removes" };
+        let verb = if self.cut {
+            "The cut removed"
+        } else {
+            "A cut at this point removes"
+        };
         writeln!(
             f,
             "{verb} {} byte(s): {} from offset {} to its end{}",
@@ -186,9 +205,15 @@ impl fmt::Display for RepairReport {
             }
         )?;
         let l = &self.loss;
-        writeln!(f, "Lost with it: the damaged frame itself (its contents cannot be read)")?;
+        writeln!(
+            f,
+            "Lost with it: the damaged frame itself (its contents cannot be read)"
+        )?;
         match l.seqs {
-            None => writeln!(f, "  and no intact frame: nothing decodable lies after the damage")?,
+            None => writeln!(
+                f,
+                "  and no intact frame: nothing decodable lies after the damage"
+            )?,
             Some((lo, hi)) => {
                 writeln!(
                     f,
@@ -198,7 +223,9 @@ impl fmt::Display for RepairReport {
                 for (name, r) in &l.regions {
                     let positions = r
                         .log_positions
-                        .map_or("no log appends".to_string(), |(a, b)| format!("log positions {a}..={b}"));
+                        .map_or("no log appends".to_string(), |(a, b)| {
+                            format!("log positions {a}..={b}")
+                        });
                     writeln!(
                         f,
                         "    region {name}: {positions}, {} log truncation(s), {} log compaction(s), \
@@ -210,7 +237,11 @@ impl fmt::Display for RepairReport {
                     writeln!(f, "    node records (boots, addresses): {}", l.node_records)?;
                 }
                 if l.undecodable > 0 {
-                    writeln!(f, "    entries that are not journal records: {}", l.undecodable)?;
+                    writeln!(
+                        f,
+                        "    entries that are not journal records: {}",
+                        l.undecodable
+                    )?;
                 }
             }
         }
@@ -221,7 +252,10 @@ impl fmt::Display for RepairReport {
                  replica that lost entries should be replaced (docs/OPERATIONS.md)."
             )
         } else {
-            writeln!(f, "Nothing was changed. To cut here, run again with --cut --yes.")
+            writeln!(
+                f,
+                "Nothing was changed. To cut here, run again with --cut --yes."
+            )
         }
     }
 }
@@ -254,7 +288,11 @@ mod tests {
         // Damage frame 6 (the 6th append).
         let data = disk.read(seg)?;
         let frame = (data.len() - wal::SEGMENT_HEADER_BYTES) / 20;
-        disk.corrupt(seg, (wal::SEGMENT_HEADER_BYTES + 5 * frame + 9) as u64, 0x01)?;
+        disk.corrupt(
+            seg,
+            (wal::SEGMENT_HEADER_BYTES + 5 * frame + 9) as u64,
+            0x01,
+        )?;
         let report = repair_on(&disk, false)?;
         assert!(report.blocks_start());
         assert_eq!(report.loss.regions["r"].log_positions, Some((7, 20)));

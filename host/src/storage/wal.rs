@@ -226,7 +226,11 @@ fn encode_segment_header(first_seq: u64) -> Vec<u8> {
     h
 }
 
-fn encode_frame(entries: &[Vec<u8>], seq: u64, frame_bytes_max: usize) -> Result<Vec<u8>, WalError> {
+fn encode_frame(
+    entries: &[Vec<u8>],
+    seq: u64,
+    frame_bytes_max: usize,
+) -> Result<Vec<u8>, WalError> {
     let refs: Vec<&Bytes> = entries.iter().map(|e| Bytes::new(e)).collect();
     let mut payload = postcard::to_stdvec(&refs).map_err(|e| WalError::Encode(e.to_string()))?;
     let limit = frame_bytes_max.min(FRAME_BYTES_MAX);
@@ -511,7 +515,11 @@ pub fn frame_layout(data: &[u8]) -> Vec<(u64, usize)> {
         .iter()
         .map(|f| {
             let start = f.offset as usize + 4;
-            (f.offset, data.get(start..start + 4).map_or(0, |b| u32_at(b, 0) as usize))
+            (
+                f.offset,
+                data.get(start..start + 4)
+                    .map_or(0, |b| u32_at(b, 0) as usize),
+            )
         })
         .collect()
 }
@@ -600,7 +608,15 @@ fn analyze(disk: &dyn Disk, dir: &str, remove_tmp: bool) -> Result<Analysis, Wal
                  earlier segments are missing",
                 scan.first_seq
             );
-            damage = Some((i, DamageAt { offset: 0, reason, torn_like: false }, false));
+            damage = Some((
+                i,
+                DamageAt {
+                    offset: 0,
+                    reason,
+                    torn_like: false,
+                },
+                false,
+            ));
         }
         if damage.is_none()
             && let Some(d) = &scan.damage
@@ -679,11 +695,22 @@ pub struct Problem {
 pub fn diagnose(disk: &dyn Disk, dir: &str) -> Result<Diagnosis, WalError> {
     let analysis = analyze(disk, dir, false)?;
     let mut diagnosis = Diagnosis {
-        segments: analysis.live.iter().map(|(s, _, _)| seg_path(dir, *s)).collect(),
-        superseded: analysis.superseded.iter().map(|s| seg_path(dir, *s)).collect(),
+        segments: analysis
+            .live
+            .iter()
+            .map(|(s, _, _)| seg_path(dir, *s))
+            .collect(),
+        superseded: analysis
+            .superseded
+            .iter()
+            .map(|s| seg_path(dir, *s))
+            .collect(),
         ..Diagnosis::default()
     };
-    let upto = analysis.damage.as_ref().map_or(analysis.live.len(), |(i, _, _)| i + 1);
+    let upto = analysis
+        .damage
+        .as_ref()
+        .map_or(analysis.live.len(), |(i, _, _)| i + 1);
     for (_, _, scan) in &analysis.live[..upto] {
         diagnosis.frames += scan.frames.len() as u64;
         if let Some(f) = scan.frames.last() {
@@ -703,7 +730,11 @@ pub fn diagnose(disk: &dyn Disk, dir: &str) -> Result<Diagnosis, WalError> {
         for (later, data, _) in &analysis.live[index + 1..] {
             let path = seg_path(dir, *later);
             let min_seq = frames_after.last().map_or(next_seq, |(_, f)| f.seq + 1);
-            frames_after.extend(salvage(data, 0, min_seq).into_iter().map(|f| (path.clone(), f)));
+            frames_after.extend(
+                salvage(data, 0, min_seq)
+                    .into_iter()
+                    .map(|f| (path.clone(), f)),
+            );
             bytes_cut += data.len() as u64;
             segments_removed.push(path);
         }
@@ -782,7 +813,11 @@ impl Wal {
                 let path = seg_path(&dir, seq);
                 // A cut inside the segment header leaves an empty segment,
                 // whose header the next append writes again.
-                let at = if at < SEGMENT_HEADER_BYTES { 0 } else { at as u64 };
+                let at = if at < SEGMENT_HEADER_BYTES {
+                    0
+                } else {
+                    at as u64
+                };
                 let cut = len - at;
                 warn!(segment = %path, offset = at, bytes = cut, "wal: truncating torn tail");
                 disk.truncate(&path, at)?;
@@ -1158,7 +1193,12 @@ mod tests {
         disk.append(SEG1, &[0; 64])?;
         disk.corrupt(SEG1, len - 1, 0x01)?;
         expect_corrupt(&disk, SEG1, last);
-        assert_eq!(open(&disk, 1 << 20).err().map(|e| e.to_string().contains("synod repair")), Some(true));
+        assert_eq!(
+            open(&disk, 1 << 20)
+                .err()
+                .map(|e| e.to_string().contains("synod repair")),
+            Some(true)
+        );
         Ok(())
     }
 
@@ -1168,7 +1208,8 @@ mod tests {
         let offsets = filled(&disk, 50)?;
         let victim = offsets[20];
         let mut data = disk.read(SEG1)?;
-        data[victim as usize + 4..victim as usize + 8].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        data[victim as usize + 4..victim as usize + 8]
+            .copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
         disk.write_atomic(SEG1, &data)?;
         expect_corrupt(&disk, SEG1, victim);
         // Also with a length that fits the file, and with a zeroed header.
@@ -1271,7 +1312,10 @@ mod tests {
                 assert!(e.to_string().contains("format v1"), "{e}");
                 assert!(e.to_string().contains(SEG1), "{e}");
             }
-            other => panic!("expected UnsupportedFormat, got {:?}", other.map(|(_, r)| r)),
+            other => panic!(
+                "expected UnsupportedFormat, got {:?}",
+                other.map(|(_, r)| r)
+            ),
         }
         Ok(())
     }
@@ -1284,7 +1328,10 @@ mod tests {
         disk.corrupt(SEG1, victim + 5, 0x40)?;
         let diagnosis = diagnose(&disk, "wal")?;
         let problem = diagnosis.problem.as_ref().ok_or(WalError::Poisoned)?;
-        assert_eq!((problem.segment.as_str(), problem.offset, problem.torn), (SEG1, victim, false));
+        assert_eq!(
+            (problem.segment.as_str(), problem.offset, problem.torn),
+            (SEG1, victim, false)
+        );
         assert_eq!(diagnosis.frames, 10);
         assert_eq!(problem.next_seq, 11);
         // Frames 12..=30 are intact after the damage.
@@ -1400,7 +1447,9 @@ mod tests {
         bytes[at] ^= 0x08;
         std::fs::write(&name, &bytes)?;
         match Wal::open(disk, "wal", opts) {
-            Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, SEGMENT_HEADER_BYTES as u64),
+            Err(WalError::Corrupt { offset, .. }) => {
+                assert_eq!(offset, SEGMENT_HEADER_BYTES as u64)
+            }
             other => panic!("expected Corrupt, got {:?}", other.map(|(_, r)| r)),
         }
         Ok(())
