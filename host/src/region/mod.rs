@@ -10,6 +10,8 @@ pub mod core;
 pub mod driver;
 mod log;
 pub mod replica;
+#[cfg(test)]
+mod snapshot_tests;
 
 use std::fmt;
 use std::sync::Arc;
