@@ -9,7 +9,10 @@
 //! different times). Until then its log and kv writes are not durable and
 //! its normal sends, snapshot shipments are held; `send-eager` messages leave
 //! at once. A node restart loses unsynced writes and held messages. Outside
-//! `tick` (scripted scenarios), every callback syncs at once.
+//! `tick` (scripted scenarios), every callback syncs at once. A snapshot
+//! offer the plugin accepts follows the driver's order
+//! (`ReplicaHost::offer_snapshot`): the accepting callback's writes become
+//! durable, then the image becomes the node's snapshot, then its state.
 //!
 //! Safety checkers:
 //! - election safety, after every callback: at most one leader per term;
@@ -588,10 +591,15 @@ impl Cluster {
         };
         let accepted = self.call(to, |raft, host| raft.on_snapshot(host, offer));
         if accepted {
-            // The host installs the image before the next event.
-            let mem = &mut self.nodes.get_mut(&to).expect("node").host.mem;
-            mem.applied_position = image.0;
-            mem.applied = image.1;
+            // The driver's order (`ReplicaHost::offer_snapshot`): (a) the
+            // accepting callback's storage effects become durable, (b) the
+            // image is saved as the node's snapshot, (c) the state machine
+            // is replaced, all before the next event.
+            self.sync(to);
+            let host = &mut self.nodes.get_mut(&to).expect("node").host;
+            host.snapshot_image = Some(image.clone());
+            host.mem.applied_position = image.0;
+            host.mem.applied = image.1;
         }
     }
 

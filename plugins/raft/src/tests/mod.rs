@@ -1102,3 +1102,47 @@ fn an_entry_rewritten_within_its_term_is_refused() {
     assert_eq!(raft.counters.messages_sent, sent_before, "no acknowledgement");
     assert_eq!(cluster.host(follower).log[&x_index], held);
 }
+
+/// Goal: the driver's rule for an accepted snapshot offer, as this harness
+/// models it (the real host core is held to the same rule by
+/// `synod::region::snapshot_tests::raft_install_survives_a_crash_after_the_image_is_saved`):
+/// a crash right after the install, before the replica's next callback,
+/// brings the node back with the installed image and its install marker,
+/// and recovery finishes the install instead of failing or forgetting it.
+#[test]
+fn a_snapshot_install_survives_a_crash_before_it_is_finished() {
+    let mut cluster = Cluster::new(3, 3, fast_params(&[("snapshot-interval", "10")]), 32);
+    let leader = cluster.wait_for_leader(2000);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    for i in 0..15 {
+        cluster.propose(leader, format!("early-{i}").as_bytes());
+    }
+    cluster.tick(50);
+    assert!(cluster.host(follower).applied_position > 0);
+    cluster.isolate(&[follower]);
+    for i in 0..60 {
+        cluster.propose(leader, format!("v{i}").as_bytes());
+        cluster.tick(1);
+    }
+    cluster.tick(20);
+    let before = cluster.host(follower).applied_position;
+    let sent = cluster.raft(leader).counters.snapshots_sent;
+    cluster.heal();
+    cluster.wait_until(1000, "a snapshot is shipped", |c| {
+        c.raft(leader).counters.snapshots_sent > sent
+    });
+    cluster.sync(leader);
+    // Only the shipment arrives; nothing else reaches the follower.
+    cluster.deliver_where(|_, _, _| Verdict::Hold);
+    let installed = cluster.host(follower).applied_position;
+    assert!(installed > before, "the follower accepted the snapshot");
+    assert_eq!(cluster.raft(follower).counters.snapshots_installed, 0);
+    cluster.crash(follower, false);
+    cluster.restart(follower);
+    assert_eq!(cluster.host(follower).applied_position, installed);
+    assert_eq!(cluster.raft(follower).snapshot_meta.index, installed);
+    assert_eq!(cluster.raft(follower).counters.snapshots_installed, 1);
+    let after = cluster.propose(leader, b"after");
+    wait_applied(&mut cluster, &[1, 2, 3], after, 1000);
+    cluster.check_applied_prefixes();
+}
