@@ -120,9 +120,8 @@ impl TestNode {
         let commit = Arc::new(SimCommit::new(wal));
         let recovering = region.is_some();
         if !recovering {
-            let record = JournalRecord::encode_all(&[JournalRecord::RegionCreated {
-                spec: self.spec(),
-            }]);
+            let record =
+                JournalRecord::encode_all(&[JournalRecord::RegionCreated { spec: self.spec() }]);
             let ticket = commit.submit(record).expect("submit");
             commit.wait_durable(ticket).expect("durable");
         }

@@ -1053,7 +1053,10 @@ fn a_single_voter_never_reveals_a_term_it_may_lose() {
         "the learner's log diverged from the leader's at {x_index}"
     );
     assert!(cluster.is_applied(2, y));
-    assert!(!cluster.is_applied(2, x), "the learner applied a lost entry");
+    assert!(
+        !cluster.is_applied(2, x),
+        "the learner applied a lost entry"
+    );
     cluster.check_log_matching();
     cluster.check_applied_prefixes();
 }
@@ -1099,7 +1102,10 @@ fn an_entry_rewritten_within_its_term_is_refused() {
     });
     let raft = cluster.raft(follower);
     assert_eq!(raft.counters.append_term_conflicts, 1);
-    assert_eq!(raft.counters.messages_sent, sent_before, "no acknowledgement");
+    assert_eq!(
+        raft.counters.messages_sent, sent_before,
+        "no acknowledgement"
+    );
     assert_eq!(cluster.host(follower).log[&x_index], held);
 }
 
