@@ -349,6 +349,8 @@ pub struct ReplicaHost {
     timers: HashMap<TimerId, u64>,
     next_request: u64,
     storage_failure: Option<String>,
+    /// Shipped snapshots installed (the simulator crashes nodes right after).
+    snapshots_installed: u64,
     /// Who to tell once a requested shutdown has flushed.
     stopped: Option<oneshot::Sender<()>>,
     /// Every released reply, when observed (the simulator's invariants).
@@ -450,6 +452,7 @@ impl ReplicaHost {
             timers: HashMap::new(),
             next_request: request_prefix,
             storage_failure: None,
+            snapshots_installed: 0,
             stopped: None,
             tap: None,
         }
@@ -705,6 +708,7 @@ impl ReplicaHost {
                 // (c) Replace the state.
                 tracing::info!(region = %self.name, from, position = state.applied_position(), "installed a shipped snapshot");
                 self.replica.core_mut().replace_state(state);
+                self.snapshots_installed += 1;
             }
             Delivery::Done(_, effects) => self.stage(effects),
             Delivery::Refused(_) => {}
@@ -903,6 +907,11 @@ impl ReplicaHost {
             }
         }
         self.release();
+    }
+
+    /// Shipped snapshots this host installed.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
     }
 
     /// The newest ticket that carried a plugin kv write (0 if none yet).
