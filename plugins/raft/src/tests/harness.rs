@@ -9,7 +9,9 @@
 //! different times). Until then its log and kv writes are not durable and
 //! its normal sends, snapshot shipments are held; `send-eager` messages leave
 //! at once. A node restart loses unsynced writes and held messages. Outside
-//! `tick` (scripted scenarios), every callback syncs at once. A snapshot
+//! `tick` (scripted scenarios), every callback syncs at once. A shipment's
+//! image is the node's snapshot when `send-snapshot` is called, however long
+//! it is held (the driver pins it the same way). A snapshot
 //! offer the plugin accepts follows the driver's order
 //! (`ReplicaHost::offer_snapshot`): the accepting callback's writes become
 //! durable, then the image becomes the node's snapshot, then its state.
@@ -52,8 +54,9 @@ pub struct SimHost {
     unsynced: Vec<Undo>,
     /// Normal sends waiting for the next sync.
     held_messages: Vec<(NodeId, Vec<u8>)>,
-    /// Snapshot shipments waiting for the next sync.
-    held_snapshots: Vec<(NodeId, Vec<u8>)>,
+    /// Snapshot shipments waiting for the next sync, with the image pinned
+    /// when `send-snapshot` was called (as the driver pins it).
+    held_snapshots: Vec<(NodeId, Vec<u8>, Option<StateImage>)>,
 }
 
 /// How to revert one storage change.
@@ -221,7 +224,8 @@ impl Host for SimHost {
         Ok(position)
     }
     fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
-        self.held_snapshots.push((to, metadata.to_vec()));
+        let image = self.snapshot_image.clone();
+        self.held_snapshots.push((to, metadata.to_vec(), image));
     }
     fn digest(&mut self) -> Vec<u8> {
         self.mem.digest()
@@ -440,12 +444,11 @@ impl Cluster {
         node.host.sync_storage();
         let messages = std::mem::take(&mut node.host.held_messages);
         let shipped = std::mem::take(&mut node.host.held_snapshots);
-        let image = node.host.snapshot_image.clone();
         for (to, bytes) in messages {
             self.enqueue(id, to, Payload::Message(bytes));
         }
-        for (to, metadata) in shipped {
-            if let Some(image) = image.clone() {
+        for (to, metadata, image) in shipped {
+            if let Some(image) = image {
                 self.enqueue(id, to, Payload::Snapshot { metadata, image });
             }
         }
