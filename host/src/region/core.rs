@@ -41,10 +41,26 @@ pub enum Output {
         to: NodeId,
         messages: Batch,
     },
+    /// Ships a snapshot image with the plugin's metadata. The image is
+    /// pinned when the callback is staged, so the bytes shipped are the
+    /// snapshot the metadata describes even if a newer one is saved before
+    /// the output is released.
     SendSnapshot {
         to: NodeId,
         metadata: Vec<u8>,
+        image: PinnedImage,
     },
+}
+
+/// Which snapshot image a `send-snapshot` ships.
+#[derive(Debug, Clone)]
+pub enum PinnedImage {
+    /// These bytes: the snapshot this same callback took before the call,
+    /// or the saved one once the driver has read it.
+    Pinned(Arc<Vec<u8>>),
+    /// The region's saved snapshot as of the callback: the driver reads it
+    /// when it stages the callback, before saving any newer one.
+    LatestSaved,
 }
 
 /// The plugin's answer to one client request.
@@ -66,7 +82,8 @@ pub enum TimerChange {
 #[derive(Debug)]
 pub struct StagedSnapshot {
     pub position: u64,
-    pub image: Vec<u8>,
+    /// Shared with any `send-snapshot` of the same callback that pinned it.
+    pub image: Arc<Vec<u8>>,
     /// How many of the callback's records precede the snapshot.
     pub records_before: usize,
 }
@@ -454,7 +471,7 @@ impl Host for RegionCore {
         let position = self.state.applied_position();
         self.staged.snapshot = Some(StagedSnapshot {
             position,
-            image: self.state.snapshot(),
+            image: Arc::new(self.state.snapshot()),
             records_before: self.staged.records.len(),
         });
         Ok(position)
@@ -462,9 +479,16 @@ impl Host for RegionCore {
 
     fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
         if to != self.self_id {
+            // The metadata describes the latest snapshot the plugin knows
+            // of: one taken earlier in this callback, else the saved one.
+            let image = match &self.staged.snapshot {
+                Some(staged) => PinnedImage::Pinned(staged.image.clone()),
+                None => PinnedImage::LatestSaved,
+            };
             self.staged.outputs.push(Output::SendSnapshot {
                 to,
                 metadata: metadata.to_vec(),
+                image,
             });
         }
     }

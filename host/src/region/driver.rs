@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::journal::JournalRecord;
 use crate::network::Network;
 use crate::plugin::{Call, CallResult, PluginFailure};
-use crate::region::core::{Effects, Output, Reply, TimerChange};
+use crate::region::core::{Effects, Output, PinnedImage, Reply, TimerChange};
 use crate::region::replica::{Delivery, RegionReplica};
 use crate::region::{RegionName, RegionSpec};
 use crate::state_machine::{KvCommand, KvOutcome, KvQuery, KvStateMachine, conflict_key};
@@ -360,6 +360,8 @@ pub struct ReplicaHost {
     timers: HashMap<TimerId, u64>,
     next_request: u64,
     storage_failure: Option<String>,
+    /// Shipped snapshots installed (the simulator crashes nodes right after).
+    snapshots_installed: u64,
     /// Who to tell once a requested shutdown has flushed.
     stopped: Option<oneshot::Sender<()>>,
     /// Every released reply, when observed (the simulator's invariants).
@@ -461,6 +463,7 @@ impl ReplicaHost {
             timers: HashMap::new(),
             next_request: request_prefix,
             storage_failure: None,
+            snapshots_installed: 0,
             stopped: None,
             tap: None,
         }
@@ -660,10 +663,22 @@ impl ReplicaHost {
         }
     }
 
-    /// Offers a shipped snapshot; if the plugin accepts, the image becomes
-    /// the state machine and is saved durably before any record the plugin
-    /// staged while accepting (e.g. compacting its log) can become durable.
+    /// Offers a shipped snapshot. If the plugin accepts, the steps are, in
+    /// this order: (a) every record of the accepting callback (its install
+    /// marker, a new term) and everything staged before it becomes durable;
+    /// (b) the image is saved as the region's snapshot file (atomically);
+    /// (c) the in-memory state machine is replaced. A crash between any two
+    /// steps leaves the plugin's durable records at least as new as the
+    /// snapshot file, so recovery sees either the old state with the marker
+    /// (the install is abandoned and retried) or the new state with the
+    /// marker (the install is finished). If a step fails the region stops
+    /// acknowledging, as on a WAL failure; after a storage failure offers are
+    /// refused.
     fn offer_snapshot(&mut self, from: NodeId, metadata: Vec<u8>, image: Vec<u8>) {
+        if let Some(why) = &self.storage_failure {
+            tracing::warn!(region = %self.name, from, %why, "refusing a shipped snapshot: storage failed");
+            return;
+        }
         let state = match KvStateMachine::restore(&image) {
             Ok(state) => state,
             Err(error) => {
@@ -678,7 +693,17 @@ impl ReplicaHost {
         };
         match self.replica.deliver(Call::Snapshot(offer)) {
             Delivery::Done(CallResult::Snapshot(true), effects) => {
-                self.submit_round_records();
+                // (a) The accepting callback's records join the round (a
+                // snapshot it took itself is saved here too), then the whole
+                // round is submitted and waited for.
+                self.stage(effects);
+                if self.storage_failure.is_none() {
+                    self.submit_round_records();
+                }
+                if self.storage_failure.is_some() {
+                    return;
+                }
+                // (b) Save the image.
                 let saved = blocking(|| {
                     self.wait_durable(self.last_ticket).and_then(|()| {
                         self.context
@@ -688,15 +713,13 @@ impl ReplicaHost {
                     })
                 });
                 if let Err(why) = saved {
-                    // Without the snapshot on disk the log must not be
-                    // compacted: stop acknowledging (as for any storage
-                    // failure) until the node restarts.
-                    self.fail_storage(format!("saving a shipped snapshot: {why}"));
+                    self.fail_storage(format!("installing a shipped snapshot: {why}"));
                     return;
                 }
+                // (c) Replace the state.
                 tracing::info!(region = %self.name, from, position = state.applied_position(), "installed a shipped snapshot");
                 self.replica.core_mut().replace_state(state);
-                self.stage(effects);
+                self.snapshots_installed += 1;
             }
             Delivery::Done(_, effects) => self.stage(effects),
             Delivery::Refused(_) => {}
@@ -733,13 +756,15 @@ impl ReplicaHost {
     }
 
     /// Adds a callback's effects to the round. A snapshot is written only
-    /// after every record staged before it is durable, and records after a
-    /// failed snapshot that would compact the log are dropped (the log must
-    /// keep what the missing snapshot does not cover).
+    /// after every record staged before it is durable, and the records after
+    /// it (the plugin's metadata, compacting its log) only after it is saved:
+    /// if saving fails they are never submitted and the region stops
+    /// acknowledging, so no durable record runs ahead of the snapshot file.
+    /// `send-snapshot` outputs are pinned to their image here.
     fn stage(&mut self, effects: Effects) {
         let Effects {
             mut records,
-            outputs,
+            mut outputs,
             timers,
             snapshot,
         } = effects;
@@ -753,6 +778,8 @@ impl ReplicaHost {
                 }
             }
         }
+        // Before this callback's own snapshot replaces the file.
+        self.pin_snapshot_images(&mut outputs);
         if let Some(snapshot) = snapshot {
             let after = records.split_off(snapshot.records_before.min(records.len()));
             self.round_records.extend(records);
@@ -763,6 +790,9 @@ impl ReplicaHost {
                 let durable = self.wait_durable(self.last_ticket);
                 let waited = started.elapsed();
                 let saved = durable.and_then(|()| {
+                    if let Some(why) = &self.storage_failure {
+                        return Err(why.clone());
+                    }
                     self.context
                         .snapshots
                         .save(self.name.as_str(), &snapshot.image)
@@ -784,8 +814,13 @@ impl ReplicaHost {
                     tracing::debug!(region = %self.name, position = snapshot.position, "snapshot saved")
                 }
                 Err(why) => {
-                    tracing::error!(region = %self.name, %why, "snapshot failed; keeping the log uncompacted");
-                    records.retain(|r| !matches!(r, JournalRecord::LogCompact { .. }));
+                    // The records after the snapshot (its metadata, log
+                    // compaction) must never become durable without it.
+                    records.clear();
+                    self.fail_storage(format!(
+                        "saving the snapshot at position {}: {why}",
+                        snapshot.position
+                    ));
                 }
             }
         }
@@ -796,6 +831,41 @@ impl ReplicaHost {
                 output => self.round_outputs.push(output),
             }
         }
+    }
+
+    /// Pins every `send-snapshot` that names the saved snapshot to the
+    /// file's current bytes (read once per callback). One that cannot be
+    /// read is dropped with an error; the plugin's retry ships it again.
+    fn pin_snapshot_images(&mut self, outputs: &mut Vec<Output>) {
+        let mut saved: Option<Option<Arc<Vec<u8>>>> = None;
+        outputs.retain_mut(|output| {
+            let Output::SendSnapshot { to, image, .. } = output else {
+                return true;
+            };
+            if !matches!(image, PinnedImage::LatestSaved) {
+                return true;
+            }
+            let bytes = saved.get_or_insert_with(|| {
+                match self.context.snapshots.load(self.name.as_str()) {
+                    Ok(Some(bytes)) => Some(Arc::new(bytes)),
+                    Ok(None) => {
+                        tracing::warn!(region = %self.name, to = *to, "no snapshot to ship");
+                        None
+                    }
+                    Err(error) => {
+                        tracing::error!(region = %self.name, %error, "snapshot unreadable; not shipped");
+                        None
+                    }
+                }
+            });
+            match bytes {
+                Some(bytes) => {
+                    *image = PinnedImage::Pinned(bytes.clone());
+                    true
+                }
+                None => false,
+            }
+        });
     }
 
     fn wait_durable(&self, ticket: u64) -> Result<(), String> {
@@ -810,6 +880,11 @@ impl ReplicaHost {
             return;
         }
         let records = std::mem::take(&mut self.round_records);
+        if self.storage_failure.is_some() {
+            // A region whose storage failed writes nothing more: a record
+            // could depend on a write that failed (a snapshot file).
+            return;
+        }
         let writes_metadata = records.iter().any(|record| {
             matches!(
                 record,
@@ -843,6 +918,11 @@ impl ReplicaHost {
             }
         }
         self.release();
+    }
+
+    /// Shipped snapshots this host installed.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
     }
 
     /// The newest ticket that carried a plugin kv write (0 if none yet).
@@ -889,22 +969,23 @@ impl ReplicaHost {
                     messages,
                 );
             }
-            Output::SendSnapshot { to, metadata } => {
-                match self.context.snapshots.load(self.name.as_str()) {
-                    Ok(Some(image)) => self.context.network.send_snapshot(
-                        &self.name,
-                        self.spec.epoch,
-                        self.context.node_id,
-                        to,
-                        metadata,
-                        image,
-                    ),
-                    Ok(None) => tracing::warn!(region = %self.name, to, "no snapshot to ship"),
-                    Err(error) => {
-                        tracing::error!(region = %self.name, %error, "snapshot unreadable")
-                    }
+            Output::SendSnapshot {
+                to,
+                metadata,
+                image,
+            } => match image {
+                PinnedImage::Pinned(image) => self.context.network.send_snapshot(
+                    &self.name,
+                    self.spec.epoch,
+                    self.context.node_id,
+                    to,
+                    metadata,
+                    Arc::unwrap_or_clone(image),
+                ),
+                PinnedImage::LatestSaved => {
+                    tracing::error!(region = %self.name, to, "a snapshot shipment was never pinned; dropped")
                 }
-            }
+            },
         }
     }
 

@@ -12,6 +12,8 @@ pub mod cpu;
 pub mod driver;
 mod log;
 pub mod replica;
+#[cfg(test)]
+mod snapshot_tests;
 
 use std::fmt;
 use std::sync::Arc;

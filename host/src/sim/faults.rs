@@ -31,6 +31,11 @@ pub struct FaultProfile {
     /// Random crashes almost never land there; bugs in persisting a vote
     /// or a term show only when one does.
     pub crash_after_metadata: f64,
+    /// Probability that a node crashes the moment it has installed a
+    /// shipped snapshot (image saved, state replaced), before anything
+    /// later is synced; it comes back within `quick_down_max`. Installs are
+    /// rare, and the order of their writes only shows in a crash there.
+    pub crash_after_install: f64,
     pub quick_down_max: Duration,
     /// Mean time between pauses (a frozen process), and their length.
     pub pause_every: Duration,
@@ -57,6 +62,7 @@ impl FaultProfile {
             down_for: Duration::ZERO,
             torn_writes: false,
             crash_after_metadata: 0.0,
+            crash_after_install: 0.0,
             quick_down_max: Duration::ZERO,
             pause_every: Duration::ZERO,
             pause_length: Duration::ZERO,
@@ -90,6 +96,7 @@ impl FaultProfile {
                 profile.down_for = Duration::from_millis(800);
                 profile.torn_writes = true;
                 profile.crash_after_metadata = 0.25;
+                profile.crash_after_install = 0.5;
                 profile.quick_down_max = Duration::from_millis(4);
                 profile.pause_every = Duration::from_secs(4);
                 profile.pause_length = Duration::from_millis(700);
@@ -105,6 +112,7 @@ impl FaultProfile {
                 profile.down_for = Duration::from_millis(700);
                 profile.torn_writes = true;
                 profile.crash_after_metadata = 0.1;
+                profile.crash_after_install = 0.3;
                 profile.quick_down_max = Duration::from_millis(4);
                 profile.pause_every = Duration::from_secs(5);
                 profile.pause_length = Duration::from_millis(500);

@@ -550,7 +550,24 @@ impl World {
                 image,
             },
         };
+        let installs = self.snapshots_installed(to);
         self.submit(to, event);
+        if self.faults_on && self.snapshots_installed(to) > installs {
+            let probability = self.config.faults.crash_after_install;
+            if probability > 0.0 && self.chance(probability) {
+                let down_for =
+                    self.random_between(Duration::ZERO, self.config.faults.quick_down_max);
+                self.take_down(to, down_for, "right after installing a shipped snapshot");
+            }
+        }
+    }
+
+    /// Shipped snapshots the node's running replica has installed.
+    fn snapshots_installed(&self, id: NodeId) -> u64 {
+        self.nodes
+            .get(&id)
+            .and_then(|node| node.runtime.as_ref())
+            .map_or(0, |runtime| runtime.host.snapshots_installed())
     }
 
     /// Hands an event to a node: handled now, parked while paused, lost

@@ -45,7 +45,13 @@
 //! `send-eager` instead, so followers persist entries while the leader does
 //! (thesis §10.2.1): they carry no commit index, and everything that does
 //! depend on the leader's own durability (heartbeats carrying the commit
-//! index, client answers, read answers) is sent normally.
+//! index, client answers, read answers) is sent normally. An eager append
+//! still reveals the leader's term, so it is used only once that term is
+//! known durable: at once for a leader elected with another voter's vote,
+//! and, for a leader whose own vote was the quorum (one voter plus
+//! learners), after a peer acknowledged a normally sent append. A follower
+//! refuses an entry with the term of the entry it holds at that index but
+//! other bytes (counter `append-term-conflicts`) rather than acknowledge it.
 //!
 //! # Parameters
 //!

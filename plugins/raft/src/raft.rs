@@ -14,11 +14,18 @@
 //!
 //! The one exception is AppendEntries from the leader, sent with
 //! `send-eager` so that followers persist entries while the leader does
-//! (thesis §10.2.1). Nothing in it depends on the leader's durability: the
-//! entries are not committed until a quorum acknowledges them (and the
-//! leader counts itself only in later callbacks, whose commit-dependent
-//! outputs — heartbeats carrying the commit index, client answers, read
-//! answers — wait for its log like any other output).
+//! (thesis §10.2.1). The entries in it may be lost by the leader: nothing
+//! that depends on them being durable on the leader leaves early (heartbeats
+//! carrying the commit index, client answers and read answers wait for its
+//! log like any other output). The leader's *term*, which the message also
+//! reveals, must be durable first: a leader that loses its term in a crash
+//! can win the same term again and write different entries at the same
+//! indexes, and a receiver that took the first ones (log matching compares
+//! terms only) would acknowledge and later apply an entry the leader never
+//! had. A leader elected with another voter's vote knows its term is
+//! durable (that vote answered a RequestVote sent after the term was
+//! persisted). A leader whose own vote was the quorum (a single voter, with
+//! learners) sends appends normally until a peer acknowledges one.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -146,6 +153,13 @@ pub(crate) struct LeaderState {
     reads_ready: VecDeque<(u64, Vec<RequestId>)>,
     transfer: Option<Transfer>,
     pub(crate) membership_target: Option<Config>,
+    /// This leader knows its term and vote are durable, so AppendEntries
+    /// may leave with `send-eager` (see [`Raft::send_append`]). True when
+    /// another voter granted its vote (that answered a RequestVote which
+    /// left only once the term was durable), or once a peer acknowledged
+    /// an append or heartbeat of this term (sent normally, hence after).
+    /// A leader whose own vote was the quorum starts without it.
+    pub(crate) term_durable: bool,
 }
 
 impl LeaderState {
@@ -171,6 +185,10 @@ pub(crate) struct Counters {
     pub(crate) messages_sent: u64,
     pub(crate) messages_received: u64,
     pub(crate) messages_malformed: u64,
+    /// Appends refused because an entry had the term of the one we hold at
+    /// its index but other bytes: a leader lost its term in a crash and
+    /// wrote that term again (log matching broken; never in a correct run).
+    pub(crate) append_term_conflicts: u64,
     pub(crate) entries_appended: u64,
     pub(crate) commands_rejected: u64,
     pub(crate) snapshots_taken: u64,
@@ -202,6 +220,7 @@ impl Counters {
             ("messages-sent", self.messages_sent),
             ("messages-received", self.messages_received),
             ("messages-malformed", self.messages_malformed),
+            ("append-term-conflicts", self.append_term_conflicts),
             ("entries-appended", self.entries_appended),
             ("commands-rejected", self.commands_rejected),
             ("snapshots-taken", self.snapshots_taken),
@@ -665,6 +684,10 @@ impl Raft {
         self.counters.elections_won += 1;
         let next = self.log.last_index() + 1;
         self.lead = LeaderState::default();
+        self.lead.term_durable = self
+            .votes
+            .iter()
+            .any(|(&voter, &granted)| granted && voter != self.id);
         for member in self.config.members() {
             if member != self.id {
                 self.lead
@@ -1190,6 +1213,23 @@ impl Raft {
             let term = entry::term_of(entries.get(offset as usize).expect("entry"));
             self.log.term(index) != Some(term)
         });
+        // Log matching (§5.3) rests on one leader per term never writing
+        // two different entries at one index. A leader that acts on a term
+        // before it is durable can break it (it loses the term, wins it
+        // again and writes anew), so the entries skipped as already held
+        // are checked byte for byte. A mismatch is refused, never
+        // acknowledged: acknowledging would count an entry we do not hold.
+        let held_end = first_new.unwrap_or(count);
+        if let Some(index) = self.first_differing(host, prev_index, &entries, skip, held_end) {
+            self.counters.append_term_conflicts += 1;
+            host.log(
+                Level::Error,
+                &format!(
+                    "raft: leader {from} sent an entry at {index} with the term of ours but other bytes; refused"
+                ),
+            );
+            return;
+        }
         if let Some(offset) = first_new {
             let index = prev_index + 1 + offset;
             assert!(
@@ -1208,6 +1248,28 @@ impl Raft {
             self.index_appended(host, index, &suffix);
         }
         self.send_append_success(from, last_new);
+    }
+
+    /// The first index in offsets `from..to` of `entries` (after
+    /// `prev_index`) where our log holds other bytes, if any.
+    fn first_differing<H: Host>(
+        &self,
+        host: &mut H,
+        prev_index: u64,
+        entries: &Batch,
+        from: u64,
+        to: u64,
+    ) -> Option<u64> {
+        if from >= to {
+            return None;
+        }
+        let first = prev_index + 1 + from;
+        let last = prev_index + to;
+        let ours = read_or_panic(host, first, last, u32::MAX);
+        ours.iter().enumerate().find_map(|(offset, held)| {
+            let theirs = entries.get((from as usize) + offset)?;
+            (held != theirs).then_some(first + offset as u64)
+        })
     }
 
     /// Entries from a peer are well formed, their terms never decrease and
@@ -1300,6 +1362,9 @@ impl Raft {
             index <= last_index,
             "{from} acknowledges {index} beyond the leader's last index {last_index}"
         );
+        // Only an append or snapshot of this term is acknowledged, and
+        // while the term was not known durable those were sent normally.
+        self.lead.term_durable = true;
         let Some(progress) = self.lead.progress.get_mut(&from) else {
             return;
         };
@@ -1334,6 +1399,9 @@ impl Raft {
         last_index: u64,
     ) {
         let mut resend = false;
+        // Heartbeats are sent normally: this one left after our term was
+        // durable.
+        self.lead.term_durable = true;
         if let Some(progress) = self.lead.progress.get_mut(&from) {
             progress.recent_active = true;
             progress.acked_round = progress.acked_round.max(round);
@@ -1695,15 +1763,22 @@ impl Raft {
             };
             let count = entries.len() as u64;
             let bytes = entries.byte_len() as u64;
-            self.send_eager(
-                to,
-                &Message::Append {
-                    term: self.term,
-                    prev_index: prev,
-                    prev_term,
-                    entries: Entries::from_batch(entries),
-                },
-            );
+            let message = Message::Append {
+                term: self.term,
+                prev_index: prev,
+                prev_term,
+                entries: Entries::from_batch(entries),
+            };
+            // An eager append reveals this leader's term (and its entries)
+            // before they are durable. That is safe only once the term is:
+            // a leader that loses its term in a crash can win that term
+            // again and write different entries at the same indexes, which
+            // a receiver comparing by term would take for the same ones.
+            if self.lead.term_durable {
+                self.send_eager(to, &message);
+            } else {
+                self.send(to, &message);
+            }
             let progress = self.lead.progress.get_mut(&to).expect("progress exists");
             match progress.state {
                 ProgressState::Replicate => {

@@ -9,7 +9,12 @@
 //! different times). Until then its log and kv writes are not durable and
 //! its normal sends, snapshot shipments are held; `send-eager` messages leave
 //! at once. A node restart loses unsynced writes and held messages. Outside
-//! `tick` (scripted scenarios), every callback syncs at once.
+//! `tick` (scripted scenarios), every callback syncs at once. A shipment's
+//! image is the node's snapshot when `send-snapshot` is called, however long
+//! it is held (the driver pins it the same way). A snapshot
+//! offer the plugin accepts follows the driver's order
+//! (`ReplicaHost::offer_snapshot`): the accepting callback's writes become
+//! durable, then the image becomes the node's snapshot, then its state.
 //!
 //! Safety checkers:
 //! - election safety, after every callback: at most one leader per term;
@@ -49,8 +54,9 @@ pub struct SimHost {
     unsynced: Vec<Undo>,
     /// Normal sends waiting for the next sync.
     held_messages: Vec<(NodeId, Vec<u8>)>,
-    /// Snapshot shipments waiting for the next sync.
-    held_snapshots: Vec<(NodeId, Vec<u8>)>,
+    /// Snapshot shipments waiting for the next sync, with the image pinned
+    /// when `send-snapshot` was called (as the driver pins it).
+    held_snapshots: Vec<(NodeId, Vec<u8>, Option<StateImage>)>,
 }
 
 /// How to revert one storage change.
@@ -218,7 +224,8 @@ impl Host for SimHost {
         Ok(position)
     }
     fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
-        self.held_snapshots.push((to, metadata.to_vec()));
+        let image = self.snapshot_image.clone();
+        self.held_snapshots.push((to, metadata.to_vec(), image));
     }
     fn digest(&mut self) -> Vec<u8> {
         self.mem.digest()
@@ -437,12 +444,11 @@ impl Cluster {
         node.host.sync_storage();
         let messages = std::mem::take(&mut node.host.held_messages);
         let shipped = std::mem::take(&mut node.host.held_snapshots);
-        let image = node.host.snapshot_image.clone();
         for (to, bytes) in messages {
             self.enqueue(id, to, Payload::Message(bytes));
         }
-        for (to, metadata) in shipped {
-            if let Some(image) = image.clone() {
+        for (to, metadata, image) in shipped {
+            if let Some(image) = image {
                 self.enqueue(id, to, Payload::Snapshot { metadata, image });
             }
         }
@@ -588,10 +594,15 @@ impl Cluster {
         };
         let accepted = self.call(to, |raft, host| raft.on_snapshot(host, offer));
         if accepted {
-            // The host installs the image before the next event.
-            let mem = &mut self.nodes.get_mut(&to).expect("node").host.mem;
-            mem.applied_position = image.0;
-            mem.applied = image.1;
+            // The driver's order (`ReplicaHost::offer_snapshot`): (a) the
+            // accepting callback's storage effects become durable, (b) the
+            // image is saved as the node's snapshot, (c) the state machine
+            // is replaced, all before the next event.
+            self.sync(to);
+            let host = &mut self.nodes.get_mut(&to).expect("node").host;
+            host.snapshot_image = Some(image.clone());
+            host.mem.applied_position = image.0;
+            host.mem.applied = image.1;
         }
     }
 

@@ -992,3 +992,163 @@ fn pipelining_respects_batch_and_inflight_bounds() {
     cluster.settle();
     wait_applied(&mut cluster, &[1, 2, 3], 1099, 1000);
 }
+
+/// Goal: a single voter never lets a learner act on a term it may still
+/// lose. With voters = {1} and a learner (every 1 → 3 growth passes
+/// through it), the voter's own vote is the quorum: it wins a term and
+/// commits in one callback, before that term is durable. Method: manual
+/// durability. Node 1 restarts, wins term T alone and appends X; whatever
+/// it sent reaches the learner, which persists it. Node 1 crashes before
+/// its fsync (losing T and X), restarts, wins T again and appends Y at X's
+/// index. Had the learner received X, it would compare by term only, keep
+/// X and acknowledge it: the logs would diverge and it would apply X.
+#[test]
+fn a_single_voter_never_reveals_a_term_it_may_lose() {
+    let mut cluster = Cluster::new(1, 2, fast_params(&[]), 30);
+    assert_eq!(cluster.wait_for_leader(1000), 1);
+    let grow = Membership {
+        voters: vec![1],
+        learners: vec![2],
+    };
+    assert_eq!(
+        cluster.call(1, |raft, host| raft.on_membership(host, grow)),
+        Ok(())
+    );
+    let first = cluster.propose(1, b"first");
+    wait_applied(&mut cluster, &[1, 2], first, 1000);
+    cluster.tick(50);
+    // Node 1 restarts from durable storage and wins the next term alone.
+    cluster.crash(1, false);
+    cluster.restart(1);
+    cluster.auto_sync = false;
+    let before = cluster.raft(1).term;
+    cluster.call(1, |raft, host| raft.campaign_now(host));
+    assert_eq!(cluster.raft(1).role, RaftRole::Leader);
+    let term = cluster.raft(1).term;
+    assert_eq!(term, before + 1);
+    let x = cluster.propose(1, b"X");
+    let x_index = cluster.raft(1).log.last_index();
+    assert!(cluster.is_applied(1, x), "a quorum of one commits at once");
+    // Whatever left node 1 reaches the learner, which persists it and
+    // answers.
+    cluster.settle();
+    cluster.sync(2);
+    cluster.settle();
+    // Node 1 crashes before its fsync: term T and X are gone.
+    cluster.crash(1, false);
+    cluster.restart(1);
+    assert_eq!(cluster.raft(1).term, before);
+    cluster.call(1, |raft, host| raft.campaign_now(host));
+    assert_eq!(cluster.raft(1).term, term, "the same term again");
+    let y = cluster.propose(1, b"Y");
+    assert_eq!(cluster.raft(1).log.last_index(), x_index);
+    cluster.auto_sync = true;
+    cluster.sync(1);
+    cluster.sync(2);
+    wait_applied(&mut cluster, &[1], y, 1000);
+    cluster.tick(300);
+    assert_eq!(
+        cluster.host(2).log.get(&x_index),
+        cluster.host(1).log.get(&x_index),
+        "the learner's log diverged from the leader's at {x_index}"
+    );
+    assert!(cluster.is_applied(2, y));
+    assert!(
+        !cluster.is_applied(2, x),
+        "the learner applied a lost entry"
+    );
+    cluster.check_log_matching();
+    cluster.check_applied_prefixes();
+}
+
+/// Goal: the receiver side of log matching (§5.3). An append whose entry
+/// has the term of the entry held at its index but other bytes (only a
+/// leader that lost its term in a crash and won it again could send one)
+/// is refused and not acknowledged, instead of being taken for the entry
+/// already held. Method: a follower holds an uncommitted X; it is sent a
+/// forged entry of X's term at X's index.
+#[test]
+fn an_entry_rewritten_within_its_term_is_refused() {
+    let mut cluster = Cluster::new(3, 3, fast_params(&[]), 31);
+    let leader = cluster.wait_for_leader(2000);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    cluster.propose(leader, b"X");
+    let x_index = cluster.raft(leader).log.last_index();
+    let term = cluster.raft(leader).term;
+    cluster.deliver_where(|from, to, message| match message {
+        Message::Append { .. } if (from, to) == (leader, follower) => Verdict::Deliver,
+        _ => Verdict::Drop,
+    });
+    assert_eq!(cluster.raft(follower).log.last_index(), x_index);
+    assert!(cluster.raft(follower).commit < x_index);
+    let held = cluster.host(follower).log[&x_index].clone();
+    let mut forged = Batch::new();
+    crate::entry::push_command(&mut forged, term, 999, b"Y");
+    let append = Message::Append {
+        term,
+        prev_index: x_index - 1,
+        prev_term: cluster.raft(follower).log.term(x_index - 1).unwrap(),
+        entries: crate::message::Entries::from_batch(forged),
+    };
+    let sent_before = cluster.raft(follower).counters.messages_sent;
+    cluster.call(follower, |raft, host| {
+        raft.on_messages(
+            host,
+            Messages {
+                senders: vec![leader],
+                payloads: Batch::from_items([append.encode()]),
+            },
+        )
+    });
+    let raft = cluster.raft(follower);
+    assert_eq!(raft.counters.append_term_conflicts, 1);
+    assert_eq!(
+        raft.counters.messages_sent, sent_before,
+        "no acknowledgement"
+    );
+    assert_eq!(cluster.host(follower).log[&x_index], held);
+}
+
+/// Goal: the driver's rule for an accepted snapshot offer, as this harness
+/// models it (the real host core is held to the same rule by
+/// `synod::region::snapshot_tests::raft_install_survives_a_crash_after_the_image_is_saved`):
+/// a crash right after the install, before the replica's next callback,
+/// brings the node back with the installed image and its install marker,
+/// and recovery finishes the install instead of failing or forgetting it.
+#[test]
+fn a_snapshot_install_survives_a_crash_before_it_is_finished() {
+    let mut cluster = Cluster::new(3, 3, fast_params(&[("snapshot-interval", "10")]), 32);
+    let leader = cluster.wait_for_leader(2000);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    for i in 0..15 {
+        cluster.propose(leader, format!("early-{i}").as_bytes());
+    }
+    cluster.tick(50);
+    assert!(cluster.host(follower).applied_position > 0);
+    cluster.isolate(&[follower]);
+    for i in 0..60 {
+        cluster.propose(leader, format!("v{i}").as_bytes());
+        cluster.tick(1);
+    }
+    cluster.tick(20);
+    let before = cluster.host(follower).applied_position;
+    let sent = cluster.raft(leader).counters.snapshots_sent;
+    cluster.heal();
+    cluster.wait_until(1000, "a snapshot is shipped", |c| {
+        c.raft(leader).counters.snapshots_sent > sent
+    });
+    cluster.sync(leader);
+    // Only the shipment arrives; nothing else reaches the follower.
+    cluster.deliver_where(|_, _, _| Verdict::Hold);
+    let installed = cluster.host(follower).applied_position;
+    assert!(installed > before, "the follower accepted the snapshot");
+    assert_eq!(cluster.raft(follower).counters.snapshots_installed, 0);
+    cluster.crash(follower, false);
+    cluster.restart(follower);
+    assert_eq!(cluster.host(follower).applied_position, installed);
+    assert_eq!(cluster.raft(follower).snapshot_meta.index, installed);
+    assert_eq!(cluster.raft(follower).counters.snapshots_installed, 1);
+    let after = cluster.propose(leader, b"after");
+    wait_applied(&mut cluster, &[1, 2, 3], after, 1000);
+    cluster.check_applied_prefixes();
+}
