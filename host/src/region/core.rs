@@ -6,8 +6,9 @@
 //! output — journal records for the WAL, client replies and messages held
 //! until those records are durable (output commit).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -18,7 +19,9 @@ use synod_guest_sdk::{
 
 use crate::clock::{Clock, SystemClock};
 use crate::journal::JournalRecord;
-use crate::region::{LogUndo, RegionLog, RegionName};
+use crate::region::pending::is_read_id;
+use crate::region::quota::{DiskReserve, RECORD_OVERHEAD_BYTES, RegionLimits};
+use crate::region::{LogUndo, POSITION_MAX, RegionLog, RegionName};
 use crate::state_machine::{self, KvOutcome, KvStateMachine};
 
 /// Bounds on the plugin KV area: hard state and metadata, not user data.
@@ -98,6 +101,29 @@ enum Undo {
     },
     State(state_machine::Undo),
     StateReplaced(Box<KvStateMachine>),
+    /// A timer id the callback armed (it was not armed before).
+    TimerArmed(TimerId),
+    /// A timer id the callback cancelled (it was armed before).
+    TimerDisarmed(TimerId),
+}
+
+/// How long a quota refusal keeps the region's health at `quota`.
+pub const QUOTA_RECENT: Duration = Duration::from_secs(10);
+
+/// A region's storage use against its limits, for the status.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct QuotaUsage {
+    pub log_bytes: u64,
+    pub kv_bytes: u64,
+    pub kv_keys: u64,
+    pub timers: u64,
+    pub limits: RegionLimits,
+    /// A limit (or the node's disk reserve) refused an import within the
+    /// last 10 s.
+    pub exceeded: bool,
+    pub refusals_total: u64,
+    /// The newest refusal, as the plugin was told.
+    pub last_refusal: Option<String>,
 }
 
 /// One region replica's storage view, state machine and staged effects.
@@ -123,6 +149,22 @@ pub struct RegionCore {
     violation: Option<String>,
     /// The last panic message the plugin logged (why it trapped).
     last_panic: Option<String>,
+    limits: RegionLimits,
+    /// The node's free-disk reserve (absent under the simulator).
+    reserve: Option<Arc<DiskReserve>>,
+    /// Key plus value bytes of `meta`, kept incrementally.
+    meta_bytes: u64,
+    /// Timer ids armed (mirrors the driver's timers, which it tells us
+    /// about when they fire or die with a failed instance).
+    armed_timers: HashSet<TimerId>,
+    /// Record bytes staged since the driver last submitted to the WAL,
+    /// by callbacks that succeeded.
+    staged_bytes: u64,
+    /// Record bytes the current callback staged.
+    callback_staged_bytes: u64,
+    /// When the newest quota refusal happened (clock time) and what it said.
+    last_refusal: Option<(Duration, String)>,
+    refusals_total: u64,
 }
 
 impl Default for RegionCore {
@@ -150,6 +192,7 @@ impl RegionCore {
         clock: Arc<dyn Clock>,
         seed: u64,
     ) -> Self {
+        let meta_bytes = meta.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         Self {
             name,
             self_id,
@@ -165,7 +208,135 @@ impl RegionCore {
             undo: Vec::new(),
             violation: None,
             last_panic: None,
+            limits: RegionLimits::default(),
+            reserve: None,
+            meta_bytes,
+            armed_timers: HashSet::new(),
+            staged_bytes: 0,
+            callback_staged_bytes: 0,
+            last_refusal: None,
+            refusals_total: 0,
         }
+    }
+
+    /// Sets the region's limits and the node's disk reserve.
+    pub fn set_limits(&mut self, limits: RegionLimits, reserve: Option<Arc<DiskReserve>>) {
+        self.limits = limits;
+        self.reserve = reserve;
+    }
+
+    pub fn limits(&self) -> &RegionLimits {
+        &self.limits
+    }
+
+    /// Storage use against the limits.
+    pub fn quota_usage(&self) -> QuotaUsage {
+        let now = self.clock.now();
+        QuotaUsage {
+            log_bytes: self.log.byte_len() as u64,
+            kv_bytes: self.meta_bytes,
+            kv_keys: self.meta.len() as u64,
+            timers: self.armed_timers.len() as u64,
+            limits: self.limits.clone(),
+            exceeded: self.quota_exceeded_recently(now),
+            refusals_total: self.refusals_total,
+            last_refusal: self.last_refusal.as_ref().map(|(_, why)| why.clone()),
+        }
+    }
+
+    fn quota_exceeded_recently(&self, now: Duration) -> bool {
+        self.last_refusal
+            .as_ref()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) < QUOTA_RECENT)
+    }
+
+    /// The newest refusal, if it happened within [`QUOTA_RECENT`].
+    pub fn recent_refusal(&self) -> Option<&str> {
+        let now = self.clock.now();
+        self.last_refusal
+            .as_ref()
+            .filter(|(at, _)| now.saturating_sub(*at) < QUOTA_RECENT)
+            .map(|(_, why)| why.as_str())
+    }
+
+    /// The driver submitted every record staged so far as one WAL entry.
+    pub fn records_submitted(&mut self) {
+        self.staged_bytes = 0;
+    }
+
+    /// Timers the driver fired: they are no longer armed.
+    pub fn timers_fired(&mut self, ids: &[TimerId]) {
+        for id in ids {
+            self.armed_timers.remove(id);
+        }
+    }
+
+    /// The instance died (or is replaced) and its timers with it.
+    pub fn clear_timers(&mut self) {
+        self.armed_timers.clear();
+    }
+
+    /// Refuses an import over a limit: the plugin gets a storage error, and
+    /// the status shows the refusal.
+    fn refuse(&mut self, why: String) -> StorageError {
+        tracing::debug!(region = %self.name, %why, "import refused");
+        self.last_refusal = Some((self.clock.now(), why.clone()));
+        self.refusals_total += 1;
+        StorageError::Failed(why)
+    }
+
+    /// Charges `payload` bytes of one journal record against the bytes the
+    /// region may stage for one WAL entry. Records that shrink storage
+    /// (truncate, compact) may use twice the limit, so a plugin that hit it
+    /// can still free space in the same round.
+    fn charge_record(&mut self, what: &str, payload: usize) -> Result<(), StorageError> {
+        let cost = payload as u64 + RECORD_OVERHEAD_BYTES;
+        let total = self.staged_bytes + self.callback_staged_bytes + cost;
+        let limit = if payload == 0 {
+            self.limits.staged_bytes.saturating_mul(2)
+        } else {
+            self.limits.staged_bytes
+        };
+        if total > limit {
+            return Err(self.refuse(format!(
+                "quota exceeded: region {} {what} would stage {total} bytes for one WAL entry > limit {} (quota.staged-bytes)",
+                self.name, self.limits.staged_bytes
+            )));
+        }
+        self.callback_staged_bytes += cost;
+        Ok(())
+    }
+
+    /// Refuses growth while the node's disk is below its reserve.
+    fn check_reserve(&mut self, what: &str) -> Result<(), StorageError> {
+        let free = self.reserve.as_ref().and_then(|r| {
+            r.below_reserve()
+                .map(|free| (free, r.reserve_bytes()))
+        });
+        match free {
+            Some((free, reserve)) => Err(self.refuse(format!(
+                "disk reserve: {free} bytes free on the node's disk < reserve {reserve} (disk_reserve_bytes); region {} may not grow its {what}",
+                self.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn meta_insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        let added = (key.len() + value.len()) as u64;
+        let klen = key.len() as u64;
+        let previous = self.meta.insert(key, value);
+        self.meta_bytes += added;
+        if let Some(previous) = &previous {
+            self.meta_bytes -= klen + previous.len() as u64;
+        }
+        previous
+    }
+
+    fn meta_remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let previous = self.meta.remove(key)?;
+        self.meta_bytes -= (key.len() + previous.len()) as u64;
+        Some(previous)
     }
 
     pub fn name(&self) -> &RegionName {
@@ -213,6 +384,7 @@ impl RegionCore {
     /// effects handed to the driver.
     pub fn commit_callback(&mut self) -> Effects {
         self.undo.clear();
+        self.staged_bytes += std::mem::take(&mut self.callback_staged_bytes);
         self.violation = None;
         self.rng_at_start = None;
         for id in std::mem::take(&mut self.completed_reads) {
@@ -241,16 +413,23 @@ impl RegionCore {
                 Undo::Log(undo) => self.log.undo(undo),
                 Undo::Meta { key, previous } => match previous {
                     Some(value) => {
-                        self.meta.insert(key, value);
+                        self.meta_insert(key, value);
                     }
                     None => {
-                        self.meta.remove(&key);
+                        self.meta_remove(&key);
                     }
                 },
                 Undo::State(undo) => self.state.undo(undo),
                 Undo::StateReplaced(previous) => self.state = *previous,
+                Undo::TimerArmed(id) => {
+                    self.armed_timers.remove(&id);
+                }
+                Undo::TimerDisarmed(id) => {
+                    self.armed_timers.insert(id);
+                }
             }
         }
+        self.callback_staged_bytes = 0;
         self.staged = Effects::default();
         self.completed_reads.clear();
         self.violation = None;
@@ -293,7 +472,49 @@ impl Host for RegionCore {
         if !self.check_batch("log.append", entries) {
             return Err(StorageError::OutOfRange("malformed batch".into()));
         }
-        let undo = self.log.append(first, entries)?;
+        if first == 0 {
+            self.violate("log.append at position 0: positions start at 1".into());
+            return Err(StorageError::OutOfRange("position 0".into()));
+        }
+        let count = entries.len() as u64;
+        if count > 0 && first.checked_add(count - 1).is_none_or(|last| last > POSITION_MAX) {
+            self.violate(format!(
+                "log.append of {count} entries at {first} passes the last usable position {POSITION_MAX}"
+            ));
+            return Err(StorageError::OutOfRange("position overflow".into()));
+        }
+        let added = entries.byte_len() as u64;
+        if added > self.limits.log_bytes {
+            return Err(self.refuse(format!(
+                "quota exceeded: region {} log bytes {added} in one append > limit {} (quota.log-bytes)",
+                self.name, self.limits.log_bytes
+            )));
+        }
+        self.charge_record("log.append", entries.byte_len())?;
+        let before = self.log.byte_len() as u64;
+        let undo = match self.log.append(first, entries) {
+            Ok(undo) => undo,
+            Err(error) => {
+                self.callback_staged_bytes -= added + RECORD_OVERHEAD_BYTES;
+                return Err(error);
+            }
+        };
+        let after = self.log.byte_len() as u64;
+        if after > before {
+            let refused = if after > self.limits.log_bytes {
+                Some(Err(self.refuse(format!(
+                    "quota exceeded: region {} log bytes {after} > limit {} (quota.log-bytes); compact the log",
+                    self.name, self.limits.log_bytes
+                ))))
+            } else {
+                self.check_reserve("log").err().map(Err)
+            };
+            if let Some(refused) = refused {
+                self.log.undo(undo);
+                self.callback_staged_bytes -= added + RECORD_OVERHEAD_BYTES;
+                return refused;
+            }
+        }
         self.undo.push(Undo::Log(undo));
         self.staged.records.push(JournalRecord::LogAppend {
             region: self.region(),
@@ -313,7 +534,14 @@ impl Host for RegionCore {
     }
 
     fn log_truncate_suffix(&mut self, from: u64) -> Result<(), StorageError> {
-        let undo = self.log.truncate_suffix(from)?;
+        self.charge_record("log.truncate-suffix", 0)?;
+        let undo = match self.log.truncate_suffix(from) {
+            Ok(undo) => undo,
+            Err(error) => {
+                self.callback_staged_bytes -= RECORD_OVERHEAD_BYTES;
+                return Err(error);
+            }
+        };
         self.undo.push(Undo::Log(undo));
         self.staged.records.push(JournalRecord::LogTruncate {
             region: self.region(),
@@ -323,7 +551,20 @@ impl Host for RegionCore {
     }
 
     fn log_compact_prefix(&mut self, through: u64) -> Result<(), StorageError> {
-        let undo = self.log.compact_prefix(through);
+        if through == u64::MAX {
+            self.violate(format!(
+                "log.compact-prefix({through}) would wrap the first position; compact at most through {POSITION_MAX}"
+            ));
+            return Err(StorageError::OutOfRange("compact-prefix past the last position".into()));
+        }
+        self.charge_record("log.compact-prefix", 0)?;
+        let undo = match self.log.compact_prefix(through) {
+            Ok(undo) => undo,
+            Err(error) => {
+                self.callback_staged_bytes -= RECORD_OVERHEAD_BYTES;
+                return Err(error);
+            }
+        };
         self.undo.push(Undo::Log(undo));
         self.staged.records.push(JournalRecord::LogCompact {
             region: self.region(),
@@ -342,7 +583,26 @@ impl Host for RegionCore {
                 "kv keys are limited to {META_KEY_BYTES_MAX} bytes and values to {META_VALUE_BYTES_MAX}"
             )));
         }
-        let previous = self.meta.insert(key.to_vec(), value.to_vec());
+        let old = self.meta.get(key).map(|v| (key.len() + v.len()) as u64);
+        let new_bytes = self.meta_bytes - old.unwrap_or(0) + (key.len() + value.len()) as u64;
+        let new_keys = self.meta.len() as u64 + u64::from(old.is_none());
+        if new_keys > self.limits.kv_keys && old.is_none() {
+            return Err(self.refuse(format!(
+                "quota exceeded: region {} kv keys {new_keys} > limit {} (quota.kv-keys)",
+                self.name, self.limits.kv_keys
+            )));
+        }
+        if new_bytes > self.meta_bytes {
+            if new_bytes > self.limits.kv_bytes {
+                return Err(self.refuse(format!(
+                    "quota exceeded: region {} kv bytes {new_bytes} > limit {} (quota.kv-bytes)",
+                    self.name, self.limits.kv_bytes
+                )));
+            }
+            self.check_reserve("kv area")?;
+        }
+        self.charge_record("kv.put", key.len() + value.len())?;
+        let previous = self.meta_insert(key.to_vec(), value.to_vec());
         self.undo.push(Undo::Meta {
             key: key.to_vec(),
             previous,
@@ -356,7 +616,7 @@ impl Host for RegionCore {
     }
 
     fn kv_delete(&mut self, key: &[u8]) {
-        if let Some(previous) = self.meta.remove(key) {
+        if let Some(previous) = self.meta_remove(key) {
             self.undo.push(Undo::Meta {
                 key: key.to_vec(),
                 previous: Some(previous),
@@ -397,6 +657,17 @@ impl Host for RegionCore {
     }
 
     fn set_timer(&mut self, id: TimerId, after_nanos: u64) {
+        if !self.armed_timers.contains(&id) {
+            if self.armed_timers.len() as u64 >= self.limits.timers {
+                self.violate(format!(
+                    "clock.set-timer({id}): {} timers are armed, the limit (quota.timers); re-arm or cancel existing timer ids",
+                    self.limits.timers
+                ));
+                return;
+            }
+            self.armed_timers.insert(id);
+            self.undo.push(Undo::TimerArmed(id));
+        }
         let deadline_nanos = self.now().saturating_add(after_nanos);
         self.staged
             .timers
@@ -404,6 +675,9 @@ impl Host for RegionCore {
     }
 
     fn cancel_timer(&mut self, id: TimerId) {
+        if self.armed_timers.remove(&id) {
+            self.undo.push(Undo::TimerDisarmed(id));
+        }
         self.staged.timers.push(TimerChange::Cancel { id });
     }
 
@@ -430,6 +704,12 @@ impl Host for RegionCore {
             return;
         }
         let applied = self.state.applied_position();
+        if position == u64::MAX {
+            self.violate(format!(
+                "state-machine.apply at position {position}: no position could follow it, so the region could never apply again"
+            ));
+            return;
+        }
         if position <= applied {
             self.violate(format!(
                 "state-machine.apply: position {position} does not advance past {applied}"
@@ -474,9 +754,17 @@ impl Host for RegionCore {
     }
 
     fn complete_reads(&mut self, ids: &[RequestId]) {
-        // Evaluated when the callback returns; unknown ids (already
-        // answered, or never a read) are ignored then.
+        // Evaluated when the callback returns; unknown read ids (already
+        // answered, expired, or from an earlier run) are ignored then, since
+        // replays may legitimately answer old ids. A write id is a mistake
+        // that would leave its client waiting.
         for id in ids {
+            if !is_read_id(*id) && !self.reads.contains_key(id) {
+                self.violate(format!(
+                    "client.complete-reads({id}): request {id} is a write; answer writes with state-machine.apply or client.reject"
+                ));
+                return;
+            }
             self.completed_reads.push(*id);
         }
     }

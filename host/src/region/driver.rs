@@ -22,7 +22,8 @@ use crate::clock::Clock;
 use crate::journal::JournalRecord;
 use crate::network::Network;
 use crate::plugin::{Call, CallResult, PluginFailure};
-use crate::region::core::{Effects, Output, Reply, TimerChange};
+use crate::region::core::{Effects, Output, QuotaUsage, Reply, TimerChange};
+use crate::region::pending::{PendingRequests, READ_ID_BIT};
 use crate::region::replica::{Delivery, RegionReplica};
 use crate::region::{RegionName, RegionSpec};
 use crate::state_machine::{KvCommand, KvOutcome, KvQuery, KvStateMachine, conflict_key};
@@ -67,15 +68,19 @@ pub type ClientReply = Result<KvOutcome, ClientError>;
 
 /// What a region driver receives.
 pub enum RegionEvent {
+    /// `timeout`: how long the client waits; the driver forgets the
+    /// request then (answering it as timed out), whatever the protocol does.
     Write {
         command: Vec<u8>,
         keys: Vec<u64>,
         reply: oneshot::Sender<ClientReply>,
+        timeout: Duration,
     },
     Read {
         query: Vec<u8>,
         level: ReadLevel,
         reply: oneshot::Sender<ClientReply>,
+        timeout: Duration,
     },
     Messages {
         from: NodeId,
@@ -119,6 +124,10 @@ pub struct RegionStatus {
     pub log: LogStatus,
     pub state_machine: StateMachineStatus,
     pub pending_requests: usize,
+    /// Of `pending_requests`, the reads.
+    pub pending_reads: usize,
+    /// Read queries stored in the core for reads the plugin holds.
+    pub read_queries: usize,
     pub held_outputs: usize,
 }
 
@@ -133,10 +142,13 @@ pub struct ProtocolStatus {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct HealthStatus {
+    /// `running`, `quota` (running, but a limit refused an import within
+    /// the last 10 s), `restarting` or `quarantined`.
     pub state: &'static str,
     pub reason: Option<String>,
     pub failures_total: u64,
     pub restarts: u64,
+    pub quota: QuotaUsage,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -227,6 +239,7 @@ impl RegionHandle {
                 command,
                 keys,
                 reply,
+                timeout,
             },
             timeout,
         )
@@ -240,6 +253,7 @@ impl RegionHandle {
                 query,
                 level,
                 reply,
+                timeout,
             },
             timeout,
         )
@@ -335,7 +349,7 @@ pub struct ReplicaHost {
     name: RegionName,
     replica: RegionReplica,
     context: DriverContext,
-    pending: HashMap<RequestId, oneshot::Sender<ClientReply>>,
+    pending: PendingRequests,
     /// Outputs waiting for the WAL to be durable through their ticket.
     held: VecDeque<(u64, Vec<Output>)>,
     /// Records of the current round not yet submitted.
@@ -441,7 +455,7 @@ impl ReplicaHost {
             name,
             replica,
             context,
-            pending: HashMap::new(),
+            pending: PendingRequests::default(),
             held: VecDeque::new(),
             round_records: Vec::new(),
             round_outputs: Vec::new(),
@@ -484,6 +498,31 @@ impl ReplicaHost {
     pub fn on_wakeup(&mut self) {
         self.fire_timers();
         self.maybe_restart();
+        self.expire_pending();
+    }
+
+    /// Answers requests whose client has given up as timed out and drops
+    /// their stored read queries: the protocol may never answer them (a
+    /// deposed leader's overwritten writes, reads a trapped instance held).
+    pub fn expire_pending(&mut self) {
+        if self
+            .pending
+            .next_deadline()
+            .is_none_or(|deadline| deadline > self.now_nanos())
+        {
+            return;
+        }
+        let expired = self.pending.expire(self.now_nanos());
+        tracing::debug!(region = %self.name, count = expired.len(), "expired requests the protocol did not answer in time");
+        for (id, reply, timeout) in expired {
+            self.replica.core_mut().forget_read(id);
+            let _ = reply.send(Err(ClientError::Timeout(timeout)));
+        }
+    }
+
+    /// Client requests waiting for an answer.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
     }
 
     /// Answers every pending request as stopped and signals a waiting
@@ -503,11 +542,10 @@ impl ReplicaHost {
             .replica
             .next_restart()
             .map(|at| u64::try_from(at.as_nanos()).unwrap_or(u64::MAX));
-        match (timer, restart) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (Some(a), None) | (None, Some(a)) => Some(a),
-            (None, None) => None,
-        }
+        [timer, restart, self.pending.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Outputs held for durability.
@@ -528,9 +566,14 @@ impl ReplicaHost {
         u64::try_from(self.context.clock.now().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn allocate_request(&mut self) -> RequestId {
-        self.next_request += 1;
-        self.next_request
+    /// A new request id; the low bit tells reads (1) from writes (0).
+    fn allocate_request(&mut self, read: bool) -> RequestId {
+        self.next_request += 2;
+        if read {
+            self.next_request | READ_ID_BIT
+        } else {
+            self.next_request & !READ_ID_BIT
+        }
     }
 
     /// Handles one round of events; returns false when the driver should
@@ -546,9 +589,10 @@ impl ReplicaHost {
                     command,
                     keys,
                     reply,
+                    timeout,
                 } => {
-                    let id = self.allocate_request();
-                    self.pending.insert(id, reply);
+                    let id = self.allocate_request(false);
+                    self.pending.insert(id, reply, self.now_nanos(), timeout);
                     commands.ids.push(id);
                     commands.payloads.push(&command);
                     commands.keys.extend_from_slice(&keys);
@@ -558,9 +602,10 @@ impl ReplicaHost {
                     query,
                     level,
                     reply,
+                    timeout,
                 } => {
-                    let id = self.allocate_request();
-                    self.pending.insert(id, reply);
+                    let id = self.allocate_request(true);
+                    self.pending.insert(id, reply, self.now_nanos(), timeout);
                     self.replica.core_mut().register_read(id, query);
                     reads.ids.push(id);
                     reads.levels.push(level);
@@ -611,6 +656,7 @@ impl ReplicaHost {
                 }
             }
         }
+        self.expire_pending();
         match stopping {
             Some(done) => {
                 self.stopped = Some(done);
@@ -709,14 +755,14 @@ impl ReplicaHost {
 
     fn fail_requests(&mut self, requests: &[RequestId], error: &ClientError) {
         for id in requests {
-            if let Some(reply) = self.pending.remove(id) {
+            if let Some(reply) = self.pending.take(*id) {
                 let _ = reply.send(Err(error.clone()));
             }
         }
     }
 
     fn fail_all_pending(&mut self, error: ClientError) {
-        for (_, reply) in self.pending.drain() {
+        for reply in self.pending.drain() {
             let _ = reply.send(Err(error.clone()));
         }
     }
@@ -799,6 +845,7 @@ impl ReplicaHost {
             return;
         }
         let records = std::mem::take(&mut self.round_records);
+        self.replica.core_mut().records_submitted();
         let writes_metadata = records.iter().any(|record| {
             matches!(
                 record,
@@ -861,7 +908,7 @@ impl ReplicaHost {
                 if let Some(tap) = self.tap.as_mut() {
                     tap.push((id, reply.clone()));
                 }
-                if let Some(sender) = self.pending.remove(&id) {
+                if let Some(sender) = self.pending.take(id) {
                     let answer = match reply {
                         Reply::Outcome(outcome) => Ok(outcome),
                         Reply::Rejected(rejection) => Err(ClientError::Rejected(rejection)),
@@ -901,7 +948,7 @@ impl ReplicaHost {
         let why = self.storage_failure.clone().unwrap_or_default();
         for output in outputs {
             if let Output::Reply { id, .. } = output
-                && let Some(sender) = self.pending.remove(&id)
+                && let Some(sender) = self.pending.take(id)
             {
                 let _ = sender.send(Err(ClientError::Unavailable(format!(
                     "storage failed: {why}"
@@ -935,6 +982,7 @@ impl ReplicaHost {
         for id in &ids {
             self.timers.remove(id);
         }
+        self.replica.core_mut().timers_fired(&ids);
         self.deliver(Call::Timers(ids), &[]);
     }
 
@@ -979,10 +1027,17 @@ impl ReplicaHost {
                 capabilities: info.capabilities.names(),
             },
             health: HealthStatus {
-                state: health.name(),
-                reason: health.reason().map(str::to_string),
+                state: match core.recent_refusal() {
+                    Some(_) if health.is_running() => "quota",
+                    _ => health.name(),
+                },
+                reason: health
+                    .reason()
+                    .or_else(|| core.recent_refusal())
+                    .map(str::to_string),
                 failures_total: self.replica.failures_total(),
                 restarts: self.replica.restarts(),
+                quota: core.quota_usage(),
             },
             plugin,
             log: LogStatus {
@@ -996,6 +1051,8 @@ impl ReplicaHost {
                 digest: hex::encode(core.state().digest()),
             },
             pending_requests: self.pending.len(),
+            pending_reads: self.pending.reads(),
+            read_queries: core.pending_reads(),
             held_outputs: self.held.iter().map(|(_, o)| o.len()).sum(),
         }
     }

@@ -983,6 +983,8 @@ impl World {
                     ReadLevel::Linearizable
                 },
                 reply,
+                // Simulated clients wait for the end of the run.
+                timeout: Duration::MAX,
             },
             OpInput::Put { value } => {
                 let command = KvCommand::Put {
@@ -993,6 +995,7 @@ impl World {
                     keys: vec![conflict_key(command.key())],
                     command: command.encode(),
                     reply,
+                    timeout: Duration::MAX,
                 }
             }
             OpInput::Cas { expected, new } => {
@@ -1005,6 +1008,7 @@ impl World {
                     keys: vec![conflict_key(command.key())],
                     command: command.encode(),
                     reply,
+                    timeout: Duration::MAX,
                 }
             }
             OpInput::Delete => return,
