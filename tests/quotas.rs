@@ -120,10 +120,7 @@ async fn a_region_filling_its_log_is_refused_at_its_quota_and_compaction_frees_i
         .expect("compaction freed the quota");
     good_region_serves(&node, 1).await;
     assert_eq!(
-        node.client
-            .region_status("bad")
-            .await
-            .expect("status")["health"]["failures_total"],
+        node.client.region_status("bad").await.expect("status")["health"]["failures_total"],
         0,
         "a refusal is not a failure"
     );
@@ -149,15 +146,8 @@ async fn one_callback_cannot_stage_more_than_one_wal_entry_may_hold() {
         )
         .await
         .expect("bad region");
-    let error = node
-        .client
-        .put("bad", "a", "1")
-        .await
-        .expect_err("refused");
-    assert!(
-        error.to_string().contains("one WAL entry"),
-        "{error}"
-    );
+    let error = node.client.put("bad", "a", "1").await.expect_err("refused");
+    assert!(error.to_string().contains("one WAL entry"), "{error}");
     let status = node.client.region_status("bad").await.expect("status");
     assert_eq!(status["health"]["state"], "quota", "{status}");
     assert_eq!(status["log"]["bytes"], 0, "{status}");
@@ -211,8 +201,8 @@ async fn kv_bytes_and_keys_have_quotas_that_survive_a_restart() {
     // The keys put before the refusal stay (the plugin did not trap): at
     // the limit, not past it.
     assert_eq!(status["health"]["quota"]["kv_keys"], 1500, "{status}");
-    let bytes_before = node.client.region_status("bytes").await.expect("status")["health"]
-        ["quota"]["kv_bytes"]
+    let bytes_before = node.client.region_status("bytes").await.expect("status")["health"]["quota"]
+        ["kv_bytes"]
         .clone();
     good_region_serves(&node, 1).await;
     node.stop().await.expect("stop");
@@ -223,7 +213,10 @@ async fn kv_bytes_and_keys_have_quotas_that_survive_a_restart() {
     assert_eq!(status["health"]["quota"]["kv_keys"], 1500, "{status}");
     assert_eq!(status["health"]["state"], "running", "{status}");
     let status = node.client.region_status("bytes").await.expect("status");
-    assert_eq!(status["health"]["quota"]["kv_bytes"], bytes_before, "{status}");
+    assert_eq!(
+        status["health"]["quota"]["kv_bytes"], bytes_before,
+        "{status}"
+    );
     assert_eq!(status["health"]["quota"]["limits"]["kv_bytes"], 614_400);
     good_region_serves(&node, 2).await;
     node.stop().await.expect("stop");
@@ -341,8 +334,14 @@ async fn armed_timers_are_bounded_per_region() {
         )
         .await
         .expect("region");
-    node.client.put("busy", "a", "1").await.expect("1000 timers");
-    node.client.put("busy", "a", "2").await.expect("2000 timers");
+    node.client
+        .put("busy", "a", "1")
+        .await
+        .expect("1000 timers");
+    node.client
+        .put("busy", "a", "2")
+        .await
+        .expect("2000 timers");
     let error = node
         .client
         .put("busy", "a", "3")
@@ -357,7 +356,10 @@ async fn armed_timers_are_bounded_per_region() {
         started.elapsed()
     );
     assert!(
-        status["health"]["quota"]["timers"].as_u64().unwrap_or(u64::MAX) <= 4096,
+        status["health"]["quota"]["timers"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+            <= 4096,
         "{status}"
     );
     good_region_serves(&node, 1).await;

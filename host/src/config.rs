@@ -276,10 +276,7 @@ peer = "127.0.0.1:7172"
             .node_config();
         assert_eq!(node.region_limits.log_bytes, 1 << 20);
         assert_eq!(node.region_limits.timers, 10);
-        assert_eq!(
-            node.region_limits.kv_keys,
-            RegionLimits::default().kv_keys
-        );
+        assert_eq!(node.region_limits.kv_keys, RegionLimits::default().kv_keys);
         assert_eq!(node.disk_reserve_bytes, 0);
         let bad = format!("{GOOD}\n[limits]\nregion_staged_bytes_max = 1073741824\n");
         let error = ConfigFile::parse(&bad, "x.toml").expect_err("refused");

@@ -19,8 +19,8 @@ use crate::journal::{
 use crate::network::{Network, NoPeers};
 use crate::plugin::{Call, CallResult, PluginSource};
 use crate::region::core::RegionCore;
-use crate::region::quota::{DiskReserve, FreeSpace, QUOTA_PARAM_PREFIX, RegionLimits};
 use crate::region::driver::{DriverContext, RegionDriver, RegionHandle};
+use crate::region::quota::{DiskReserve, FreeSpace, QUOTA_PARAM_PREFIX, RegionLimits};
 use crate::region::replica::{FailurePolicy, RegionReplica};
 use crate::region::{InvalidRegionName, MembershipTarget, ProtocolRef, RegionName, RegionSpec};
 use crate::state_machine::KvStateMachine;
@@ -845,10 +845,7 @@ impl Node {
             self.context.clock.clone(),
             seed,
         );
-        core.set_limits(
-            self.region_limits(&spec),
-            Some(self.disk_reserve.clone()),
-        );
+        core.set_limits(self.region_limits(&spec), Some(self.disk_reserve.clone()));
         let init = InitConfig {
             self_id: self.config.node_id,
             membership: Membership {

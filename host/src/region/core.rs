@@ -309,10 +309,10 @@ impl RegionCore {
 
     /// Refuses growth while the node's disk is below its reserve.
     fn check_reserve(&mut self, what: &str) -> Result<(), StorageError> {
-        let free = self.reserve.as_ref().and_then(|r| {
-            r.below_reserve()
-                .map(|free| (free, r.reserve_bytes()))
-        });
+        let free = self
+            .reserve
+            .as_ref()
+            .and_then(|r| r.below_reserve().map(|free| (free, r.reserve_bytes())));
         match free {
             Some((free, reserve)) => Err(self.refuse(format!(
                 "disk reserve: {free} bytes free on the node's disk < reserve {reserve} (disk_reserve_bytes); region {} may not grow its {what}",
@@ -477,7 +477,11 @@ impl Host for RegionCore {
             return Err(StorageError::OutOfRange("position 0".into()));
         }
         let count = entries.len() as u64;
-        if count > 0 && first.checked_add(count - 1).is_none_or(|last| last > POSITION_MAX) {
+        if count > 0
+            && first
+                .checked_add(count - 1)
+                .is_none_or(|last| last > POSITION_MAX)
+        {
             self.violate(format!(
                 "log.append of {count} entries at {first} passes the last usable position {POSITION_MAX}"
             ));
@@ -555,7 +559,9 @@ impl Host for RegionCore {
             self.violate(format!(
                 "log.compact-prefix({through}) would wrap the first position; compact at most through {POSITION_MAX}"
             ));
-            return Err(StorageError::OutOfRange("compact-prefix past the last position".into()));
+            return Err(StorageError::OutOfRange(
+                "compact-prefix past the last position".into(),
+            ));
         }
         self.charge_record("log.compact-prefix", 0)?;
         let undo = match self.log.compact_prefix(through) {
@@ -910,5 +916,198 @@ mod tests {
         let snapshot = effects.snapshot.expect("staged snapshot");
         assert_eq!(snapshot.records_before, 1);
         assert_eq!(effects.records.len(), 2);
+    }
+
+    fn limited(limits: RegionLimits) -> RegionCore {
+        let mut core = core();
+        core.set_limits(limits, None);
+        core
+    }
+
+    #[test]
+    fn quota_counters_follow_rollback_and_freeing() {
+        let mut core = limited(RegionLimits {
+            log_bytes: 10,
+            kv_bytes: 10,
+            kv_keys: 2,
+            ..RegionLimits::default()
+        });
+        core.log_append(1, &Batch::from_items([b"12345678"]))
+            .expect("8 bytes fit");
+        core.kv_put(b"k", b"1234").expect("5 bytes fit");
+        core.commit_callback();
+
+        // Refused past each limit, with the limit in the message.
+        let error = core
+            .log_append(2, &Batch::from_items([b"abc"]))
+            .expect_err("11 bytes do not");
+        assert!(
+            matches!(&error, StorageError::Failed(why) if why.contains("log bytes 11 > limit 10")),
+            "{error:?}"
+        );
+        assert!(core.kv_put(b"k", b"1234567890").is_err(), "kv bytes");
+        core.kv_put(b"j", b"1").expect("second key");
+        assert!(core.kv_put(b"i", b"1").is_err(), "kv keys");
+        assert!(core.quota_usage().exceeded);
+        assert!(
+            core.take_violation().is_none(),
+            "refusals are not violations"
+        );
+        // Replacing the suffix with less is fine over the quota.
+        core.log_append(1, &Batch::from_items([b"12"]))
+            .expect("shrinks");
+        assert_eq!(core.quota_usage().log_bytes, 2);
+
+        // A trapped callback's changes leave the counters as they were.
+        core.rollback_callback();
+        let usage = core.quota_usage();
+        assert_eq!((usage.log_bytes, usage.kv_bytes, usage.kv_keys), (8, 5, 1));
+
+        // Compacting and deleting free quota.
+        core.log_compact_prefix(1).expect("compact");
+        core.kv_delete(b"k");
+        core.log_append(2, &Batch::from_items([b"1234567890"]))
+            .expect("fits after compaction");
+        core.kv_put(b"x", b"123456789").expect("fits after delete");
+        let usage = core.quota_usage();
+        assert_eq!(
+            (usage.log_bytes, usage.kv_bytes, usage.kv_keys),
+            (10, 10, 1)
+        );
+    }
+
+    #[test]
+    fn a_round_stages_at_most_one_wal_entry() {
+        let mut core = limited(RegionLimits {
+            staged_bytes: 1000,
+            ..RegionLimits::default()
+        });
+        let big = vec![0u8; 600];
+        core.log_append(1, &Batch::from_items([&big])).expect("600");
+        core.commit_callback();
+        // The round's earlier callback counts until the driver submits.
+        let error = core
+            .log_append(2, &Batch::from_items([&big]))
+            .expect_err("1200 + overhead > 1000");
+        assert!(
+            matches!(&error, StorageError::Failed(why) if why.contains("one WAL entry")),
+            "{error:?}"
+        );
+        // Shrinking records still fit in the same round.
+        core.log_truncate_suffix(1).expect("truncate");
+        core.rollback_callback();
+        core.records_submitted();
+        core.log_append(2, &Batch::from_items([&big]))
+            .expect("a new WAL entry");
+    }
+
+    #[test]
+    fn the_disk_reserve_refuses_growth_only() {
+        use crate::region::quota::{DiskReserve, FreeSpace};
+        use std::sync::atomic::AtomicU64;
+        let free = Arc::new(AtomicU64::new(10));
+        let reserve = DiskReserve::new(".".into(), 100, FreeSpace::shared(free));
+        let mut core = core();
+        core.log_append(1, &Batch::from_items([b"abcd"]))
+            .expect("append");
+        core.kv_put(b"k", b"vv").expect("put");
+        core.commit_callback();
+        core.set_limits(RegionLimits::default(), Some(Arc::new(reserve)));
+        let error = core
+            .log_append(2, &Batch::from_items([b"e"]))
+            .expect_err("grows");
+        assert!(
+            matches!(&error, StorageError::Failed(why) if why.contains("disk reserve")),
+            "{error:?}"
+        );
+        assert!(core.kv_put(b"k", b"vvv").is_err(), "grows");
+        core.kv_put(b"k", b"v").expect("shrinks");
+        core.log_append(1, &Batch::from_items([b"ab"]))
+            .expect("shrinks");
+        core.log_truncate_suffix(1).expect("truncate");
+        core.log_compact_prefix(3).expect("compact");
+        core.kv_delete(b"k");
+        assert!(core.take_violation().is_none());
+    }
+
+    #[test]
+    fn timers_are_bounded_and_rearming_is_free() {
+        let mut core = limited(RegionLimits {
+            timers: 2,
+            ..RegionLimits::default()
+        });
+        core.set_timer(1, 10);
+        core.set_timer(2, 10);
+        core.set_timer(2, 20);
+        assert!(core.take_violation().is_none(), "re-arming is fine");
+        core.commit_callback();
+        core.cancel_timer(1);
+        core.set_timer(3, 10);
+        assert!(core.take_violation().is_none(), "a cancelled slot is free");
+        core.set_timer(4, 10);
+        let why = core.take_violation().expect("a third timer");
+        assert!(why.contains("quota.timers"), "{why}");
+        // Rollback restores the armed set: 1 and 2 again, so 3 is refused.
+        core.rollback_callback();
+        core.set_timer(3, 10);
+        assert!(core.take_violation().is_some());
+        core.rollback_callback();
+        // Fired timers free their slot.
+        core.timers_fired(&[1]);
+        core.set_timer(3, 10);
+        assert!(core.take_violation().is_none());
+    }
+
+    #[test]
+    fn edge_positions_are_contract_violations() {
+        let mut core = core();
+        assert!(core.log_append(0, &Batch::from_items([b"a"])).is_err());
+        assert!(
+            core.take_violation()
+                .expect("append at 0")
+                .contains("start at 1")
+        );
+        assert!(core.log_compact_prefix(u64::MAX).is_err());
+        assert!(core.take_violation().expect("compact MAX").contains("wrap"));
+        assert_eq!(core.log_bounds(), LogBounds { first: 1, last: 0 });
+        core.log_compact_prefix(POSITION_MAX - 1).expect("compact");
+        assert!(
+            core.log_append(POSITION_MAX, &Batch::from_items([b"a", b"b"]))
+                .is_err()
+        );
+        assert!(
+            core.take_violation()
+                .expect("past the last")
+                .contains("last usable")
+        );
+        core.rollback_callback();
+
+        let mut applies = Applies::default();
+        applies.push(2, &put("x"));
+        core.apply(&applies, u64::MAX);
+        assert!(
+            core.take_violation()
+                .expect("apply MAX")
+                .contains("could follow")
+        );
+
+        // A write id answered as a read; unknown read ids are ignored.
+        core.complete_reads(&[7]);
+        assert!(core.take_violation().is_none(), "7 is a read id");
+        core.complete_reads(&[8]);
+        assert!(
+            core.take_violation()
+                .expect("8 is a write")
+                .contains("is a write")
+        );
+        // A registered read is answered whatever its id.
+        core.rollback_callback();
+        core.register_read(
+            10,
+            crate::state_machine::KvQuery::Get { key: b"x".to_vec() }.encode(),
+        );
+        core.complete_reads(&[10]);
+        assert!(core.take_violation().is_none());
+        assert_eq!(core.commit_callback().outputs.len(), 1);
     }
 }

@@ -76,7 +76,11 @@ impl RegionLog {
             ));
         }
         let count = entries.len() as u64;
-        if count > 0 && first.checked_add(count - 1).is_none_or(|last| last > POSITION_MAX) {
+        if count > 0
+            && first
+                .checked_add(count - 1)
+                .is_none_or(|last| last > POSITION_MAX)
+        {
             return Err(StorageError::OutOfRange(format!(
                 "{count} entries at {first} would pass the last usable position {POSITION_MAX}"
             )));

@@ -133,7 +133,10 @@ impl RegionLimits {
 /// Where the free space of the data directory comes from: `statvfs` on a
 /// real node, anything a test likes (a nearly-full disk without filling one).
 #[derive(Clone)]
-pub struct FreeSpace(Arc<dyn Fn(&Path) -> std::io::Result<u64> + Send + Sync>);
+pub struct FreeSpace(Arc<FreeSpaceFn>);
+
+/// Free bytes on the filesystem holding a path.
+type FreeSpaceFn = dyn Fn(&Path) -> std::io::Result<u64> + Send + Sync;
 
 impl FreeSpace {
     pub fn new(source: impl Fn(&Path) -> std::io::Result<u64> + Send + Sync + 'static) -> Self {
