@@ -128,6 +128,45 @@ async fn a_region_filling_its_log_is_refused_at_its_quota_and_compaction_frees_i
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn standalone_snapshots_early_when_its_log_reaches_the_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(config(dir.path())).await;
+    // 100 writes of 4 KiB against a 64 KiB log quota, with the default
+    // snapshot interval of 10,000 entries.
+    node.client
+        .create_region(
+            "small",
+            "standalone",
+            &params(&[("quota.log-bytes", "65536")]),
+        )
+        .await
+        .expect("region");
+    let value = "x".repeat(4096);
+    for i in 0..100 {
+        node.client
+            .put("small", &format!("k{i}"), &value)
+            .await
+            .expect("the log is compacted instead of refused");
+    }
+    let status = node.client.region_status("small").await.expect("status");
+    assert!(
+        status["log"]["bytes"].as_u64().unwrap_or(u64::MAX) <= 65_536,
+        "{status}"
+    );
+    assert_eq!(status["state_machine"]["keys"], 100, "{status}");
+    node.stop().await.expect("stop");
+    let node = TestNode::start(config(dir.path())).await.expect("restart");
+    assert_eq!(
+        node.client
+            .get("small", "k99", "linearizable")
+            .await
+            .expect("read"),
+        Some(value)
+    );
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn one_callback_cannot_stage_more_than_one_wal_entry_may_hold() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
