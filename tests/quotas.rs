@@ -398,7 +398,10 @@ async fn armed_timers_are_bounded_per_region() {
         )
         .await
         .expect("region");
-    node.client.put("full", "a", "1").await.expect("4096 timers");
+    node.client
+        .put("full", "a", "1")
+        .await
+        .expect("4096 timers");
     for _ in 0..5 {
         let started = Instant::now();
         let status = node.client.region_status("full").await.expect("status");

@@ -20,7 +20,9 @@ use synod_guest_sdk::{
 use crate::clock::{Clock, SystemClock};
 use crate::journal::JournalRecord;
 use crate::region::pending::is_read_id;
-use crate::region::quota::{DiskReserve, RECORD_OVERHEAD_BYTES, RegionLimits};
+use crate::region::quota::{
+    DiskReserve, LOG_ENTRY_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES, RegionLimits,
+};
 use crate::region::{LogUndo, POSITION_MAX, RegionLog, RegionName};
 use crate::state_machine::{self, KvOutcome, KvStateMachine};
 
@@ -138,6 +140,9 @@ pub struct RegionCore {
     clock: Arc<dyn Clock>,
     rng: ChaCha8Rng,
     staged: Effects,
+    /// Where each timer id's change sits in `staged.timers`: only the last
+    /// change of an id matters, so re-arming in a loop stages one change.
+    staged_timer_slots: HashMap<TimerId, usize>,
     /// Reads the plugin completed in this callback, answered at its end so
     /// they see every apply of the callback (as the contract promises).
     completed_reads: Vec<RequestId>,
@@ -204,6 +209,7 @@ impl RegionCore {
             rng: ChaCha8Rng::seed_from_u64(seed),
             staged: Effects::default(),
             completed_reads: Vec::new(),
+            staged_timer_slots: HashMap::new(),
             rng_at_start: None,
             undo: Vec::new(),
             violation: None,
@@ -233,7 +239,7 @@ impl RegionCore {
     pub fn quota_usage(&self) -> QuotaUsage {
         let now = self.clock.now();
         QuotaUsage {
-            log_bytes: self.log.byte_len() as u64,
+            log_bytes: self.log_charge(),
             kv_bytes: self.meta_bytes,
             kv_keys: self.meta.len() as u64,
             timers: self.armed_timers.len() as u64,
@@ -257,6 +263,12 @@ impl RegionCore {
             .as_ref()
             .filter(|(at, _)| now.saturating_sub(*at) < QUOTA_RECENT)
             .map(|(_, why)| why.as_str())
+    }
+
+    /// What the log counts against `log_bytes`: its payload plus
+    /// [`LOG_ENTRY_OVERHEAD_BYTES`] per entry.
+    fn log_charge(&self) -> u64 {
+        self.log.byte_len() as u64 + LOG_ENTRY_OVERHEAD_BYTES * self.log.len() as u64
     }
 
     /// The driver submitted every record staged so far as one WAL entry.
@@ -384,6 +396,7 @@ impl RegionCore {
     /// effects handed to the driver.
     pub fn commit_callback(&mut self) -> Effects {
         self.undo.clear();
+        self.staged_timer_slots.clear();
         self.staged_bytes += std::mem::take(&mut self.callback_staged_bytes);
         self.violation = None;
         self.rng_at_start = None;
@@ -431,6 +444,7 @@ impl RegionCore {
         }
         self.callback_staged_bytes = 0;
         self.staged = Effects::default();
+        self.staged_timer_slots.clear();
         self.completed_reads.clear();
         self.violation = None;
         if let Some(rng) = self.rng_at_start.take() {
@@ -451,6 +465,20 @@ impl RegionCore {
         let previous = std::mem::replace(&mut self.state, state);
         self.undo.push(Undo::StateReplaced(Box::new(previous)));
         Ok(())
+    }
+
+    fn stage_timer(&mut self, id: TimerId, change: TimerChange) {
+        match self
+            .staged_timer_slots
+            .get(&id)
+            .and_then(|&slot| self.staged.timers.get_mut(slot))
+        {
+            Some(staged) => *staged = change,
+            None => {
+                self.staged_timer_slots.insert(id, self.staged.timers.len());
+                self.staged.timers.push(change);
+            }
+        }
     }
 
     fn region(&self) -> String {
@@ -487,23 +515,26 @@ impl Host for RegionCore {
             ));
             return Err(StorageError::OutOfRange("position overflow".into()));
         }
-        let added = entries.byte_len() as u64;
-        if added > self.limits.log_bytes {
+        let charged = entries.byte_len() as u64 + LOG_ENTRY_OVERHEAD_BYTES * count;
+        if charged > self.limits.log_bytes {
             return Err(self.refuse(format!(
-                "quota exceeded: region {} log bytes {added} in one append > limit {} (quota.log-bytes)",
+                "quota exceeded: region {} log bytes {charged} in one append > limit {} (quota.log-bytes)",
                 self.name, self.limits.log_bytes
             )));
         }
-        self.charge_record("log.append", entries.byte_len())?;
-        let before = self.log.byte_len() as u64;
+        // The WAL record holds the payload and a u32 end per entry.
+        let staged = entries.byte_len() + 4 * entries.len();
+        self.charge_record("log.append", staged)?;
+        let refund = staged as u64 + RECORD_OVERHEAD_BYTES;
+        let before = self.log_charge();
         let undo = match self.log.append(first, entries) {
             Ok(undo) => undo,
             Err(error) => {
-                self.callback_staged_bytes -= added + RECORD_OVERHEAD_BYTES;
+                self.callback_staged_bytes -= refund;
                 return Err(error);
             }
         };
-        let after = self.log.byte_len() as u64;
+        let after = self.log_charge();
         if after > before {
             let refused = if after > self.limits.log_bytes {
                 Some(Err(self.refuse(format!(
@@ -515,7 +546,7 @@ impl Host for RegionCore {
             };
             if let Some(refused) = refused {
                 self.log.undo(undo);
-                self.callback_staged_bytes -= added + RECORD_OVERHEAD_BYTES;
+                self.callback_staged_bytes -= refund;
                 return refused;
             }
         }
@@ -675,16 +706,15 @@ impl Host for RegionCore {
             self.undo.push(Undo::TimerArmed(id));
         }
         let deadline_nanos = self.now().saturating_add(after_nanos);
-        self.staged
-            .timers
-            .push(TimerChange::Set { id, deadline_nanos });
+        self.stage_timer(id, TimerChange::Set { id, deadline_nanos });
     }
 
     fn cancel_timer(&mut self, id: TimerId) {
+        // Cancelling a timer that is not armed changes nothing.
         if self.armed_timers.remove(&id) {
             self.undo.push(Undo::TimerDisarmed(id));
+            self.stage_timer(id, TimerChange::Cancel { id });
         }
-        self.staged.timers.push(TimerChange::Cancel { id });
     }
 
     fn random(&mut self) -> u64 {
@@ -926,23 +956,24 @@ mod tests {
 
     #[test]
     fn quota_counters_follow_rollback_and_freeing() {
+        // Each log entry counts 32 bytes beyond its payload.
         let mut core = limited(RegionLimits {
-            log_bytes: 10,
+            log_bytes: 70,
             kv_bytes: 10,
             kv_keys: 2,
             ..RegionLimits::default()
         });
         core.log_append(1, &Batch::from_items([b"12345678"]))
-            .expect("8 bytes fit");
+            .expect("8 + 32 bytes fit");
         core.kv_put(b"k", b"1234").expect("5 bytes fit");
         core.commit_callback();
 
         // Refused past each limit, with the limit in the message.
         let error = core
             .log_append(2, &Batch::from_items([b"abc"]))
-            .expect_err("11 bytes do not");
+            .expect_err("75 bytes do not");
         assert!(
-            matches!(&error, StorageError::Failed(why) if why.contains("log bytes 11 > limit 10")),
+            matches!(&error, StorageError::Failed(why) if why.contains("log bytes 75 > limit 70")),
             "{error:?}"
         );
         assert!(core.kv_put(b"k", b"1234567890").is_err(), "kv bytes");
@@ -956,12 +987,12 @@ mod tests {
         // Replacing the suffix with less is fine over the quota.
         core.log_append(1, &Batch::from_items([b"12"]))
             .expect("shrinks");
-        assert_eq!(core.quota_usage().log_bytes, 2);
+        assert_eq!(core.quota_usage().log_bytes, 34);
 
         // A trapped callback's changes leave the counters as they were.
         core.rollback_callback();
         let usage = core.quota_usage();
-        assert_eq!((usage.log_bytes, usage.kv_bytes, usage.kv_keys), (8, 5, 1));
+        assert_eq!((usage.log_bytes, usage.kv_bytes, usage.kv_keys), (40, 5, 1));
 
         // Compacting and deleting free quota.
         core.log_compact_prefix(1).expect("compact");
@@ -972,8 +1003,29 @@ mod tests {
         let usage = core.quota_usage();
         assert_eq!(
             (usage.log_bytes, usage.kv_bytes, usage.kv_keys),
-            (10, 10, 1)
+            (42, 10, 1)
         );
+
+        // Empty entries are not free.
+        let empty: [&[u8]; 2] = [b"", b""];
+        assert!(core.log_append(3, &Batch::from_items(empty)).is_err());
+    }
+
+    #[test]
+    fn timer_changes_are_coalesced_per_id() {
+        let mut core = core();
+        for after in 0..1000 {
+            core.set_timer(1, after);
+        }
+        for id in 100..1100 {
+            core.cancel_timer(id);
+        }
+        core.set_timer(2, 5);
+        core.cancel_timer(2);
+        let effects = core.commit_callback();
+        assert_eq!(effects.timers.len(), 2, "{:?}", effects.timers);
+        assert!(matches!(effects.timers[0], TimerChange::Set { id: 1, .. }));
+        assert_eq!(effects.timers[1], TimerChange::Cancel { id: 2 });
     }
 
     #[test]

@@ -25,10 +25,16 @@ pub const STAGED_BYTES_CEILING: u64 = 96 << 20;
 /// name and the record's framing, so a flood of tiny records is bounded too.
 pub const RECORD_OVERHEAD_BYTES: u64 = 96;
 
+/// What the host keeps per log entry beyond its payload (the entry's own
+/// allocation and its slot in the log), counted against `log_bytes` so a
+/// flood of empty entries is bounded too.
+pub const LOG_ENTRY_OVERHEAD_BYTES: u64 = 32;
+
 /// Bounds on one region replica's retained storage and armed timers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RegionLimits {
-    /// Payload bytes of the retained log entries.
+    /// Payload bytes of the retained log entries, plus
+    /// [`LOG_ENTRY_OVERHEAD_BYTES`] per entry.
     pub log_bytes: u64,
     /// Key plus value bytes of the plugin kv area.
     pub kv_bytes: u64,
