@@ -167,6 +167,29 @@ async fn standalone_snapshots_early_when_its_log_reaches_the_quota() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_large_writes_fits_the_staged_bytes_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(config(dir.path())).await;
+    // 96 concurrent writes of 1 MiB: more than one WAL entry may hold
+    // (64 MiB), so the driver must spread them over several rounds.
+    let value = Arc::new("v".repeat(1 << 20));
+    let mut writes = Vec::new();
+    for i in 0..96 {
+        let client = node.client.clone();
+        let value = value.clone();
+        writes.push(tokio::spawn(async move {
+            client.put("good", &format!("big{i}"), &value).await
+        }));
+    }
+    for write in writes {
+        write.await.expect("task").expect("every write fits");
+    }
+    let status = node.client.region_status("good").await.expect("status");
+    assert_eq!(status["health"]["state"], "running", "{status}");
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn one_callback_cannot_stage_more_than_one_wal_entry_may_hold() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
@@ -417,12 +440,17 @@ async fn armed_timers_are_bounded_per_region() {
 }
 
 async fn edge_case_is_a_contract_violation(mode: &str, reason: &str) {
+    edge_case_with(&[("mode", mode)], reason).await;
+}
+
+async fn edge_case_with(region_params: &[(&str, &str)], reason: &str) {
+    let mode = region_params[0].1;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
     config.request_timeout = Duration::from_secs(3);
     let node = start(config).await;
     node.client
-        .create_region("bad", "misbehave", &params(&[("mode", mode)]))
+        .create_region("bad", "misbehave", &params(region_params))
         .await
         .expect("bad region");
     let error = node.client.put("bad", "a", "1").await.expect_err("fails");
@@ -509,4 +537,13 @@ async fn requests_the_protocol_never_answers_expire_with_the_client_timeout() {
     assert_eq!(status["read_queries"], 0, "{status}");
     good_region_serves(&node, 1).await;
     node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_replies_in_one_callback_is_a_contract_violation() {
+    edge_case_with(
+        &[("mode", "flood-replies"), ("entries", "2000000")],
+        "messages and replies",
+    )
+    .await;
 }

@@ -21,7 +21,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::journal::JournalRecord;
 use crate::region::pending::is_read_id;
 use crate::region::quota::{
-    DiskReserve, LOG_ENTRY_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES, RegionLimits,
+    DiskReserve, LOG_ENTRY_OVERHEAD_BYTES, OUTPUT_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES,
+    RegionLimits,
 };
 use crate::region::{LogUndo, POSITION_MAX, RegionLog, RegionName};
 use crate::state_machine::{self, KvOutcome, KvStateMachine};
@@ -167,6 +168,8 @@ pub struct RegionCore {
     staged_bytes: u64,
     /// Record bytes the current callback staged.
     callback_staged_bytes: u64,
+    /// Host memory the current callback's outputs (messages, replies) take.
+    callback_output_bytes: u64,
     /// When the newest quota refusal happened (clock time) and what it said.
     last_refusal: Option<(Duration, String)>,
     refusals_total: u64,
@@ -220,6 +223,7 @@ impl RegionCore {
             armed_timers: HashSet::new(),
             staged_bytes: 0,
             callback_staged_bytes: 0,
+            callback_output_bytes: 0,
             last_refusal: None,
             refusals_total: 0,
         }
@@ -319,6 +323,22 @@ impl RegionCore {
         Ok(())
     }
 
+    /// Charges `bytes` of host memory for outputs of the callback. Outputs
+    /// are held until the callback's records are durable; past the
+    /// `staged_bytes` limit in one callback, the plugin is flooding the host
+    /// (e.g. a reject or send per id in a loop) and the callback fails.
+    fn charge_output(&mut self, what: &str, bytes: usize) -> bool {
+        self.callback_output_bytes += bytes as u64 + OUTPUT_OVERHEAD_BYTES;
+        if self.callback_output_bytes > self.limits.staged_bytes {
+            self.violate(format!(
+                "{what}: the callback's messages and replies take more than {} bytes (quota.staged-bytes)",
+                self.limits.staged_bytes
+            ));
+            return false;
+        }
+        true
+    }
+
     /// Refuses growth while the node's disk is below its reserve.
     fn check_reserve(&mut self, what: &str) -> Result<(), StorageError> {
         let free = self
@@ -396,6 +416,7 @@ impl RegionCore {
     /// effects handed to the driver.
     pub fn commit_callback(&mut self) -> Effects {
         self.undo.clear();
+        self.callback_output_bytes = 0;
         self.staged_timer_slots.clear();
         self.staged_bytes += std::mem::take(&mut self.callback_staged_bytes);
         self.violation = None;
@@ -443,6 +464,7 @@ impl RegionCore {
             }
         }
         self.callback_staged_bytes = 0;
+        self.callback_output_bytes = 0;
         self.staged = Effects::default();
         self.staged_timer_slots.clear();
         self.completed_reads.clear();
@@ -670,6 +692,9 @@ impl Host for RegionCore {
         {
             return;
         }
+        if !self.charge_output("network.send", messages.byte_len() + 4 * messages.len()) {
+            return;
+        }
         self.staged.outputs.push(Output::Send {
             to,
             messages: messages.clone(),
@@ -681,6 +706,12 @@ impl Host for RegionCore {
             || to == self.self_id
             || messages.is_empty()
         {
+            return;
+        }
+        if !self.charge_output(
+            "network.send-eager",
+            messages.byte_len() + 4 * messages.len(),
+        ) {
             return;
         }
         self.staged.outputs.push(Output::SendEager {
@@ -752,6 +783,13 @@ impl Host for RegionCore {
             ));
             return;
         }
+        // Each command leaves a reply (its payload is not kept).
+        if !self.charge_output(
+            "state-machine.apply",
+            OUTPUT_OVERHEAD_BYTES as usize * commands.len(),
+        ) {
+            return;
+        }
         for (id, payload) in commands.ids.iter().zip(commands.payloads.iter()) {
             let (outcome, undo) = self.state.apply(payload, position);
             self.undo.push(Undo::State(undo));
@@ -777,7 +815,7 @@ impl Host for RegionCore {
     }
 
     fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
-        if to != self.self_id {
+        if to != self.self_id && self.charge_output("state-machine.send-snapshot", metadata.len()) {
             self.staged.outputs.push(Output::SendSnapshot {
                 to,
                 metadata: metadata.to_vec(),
@@ -794,6 +832,12 @@ impl Host for RegionCore {
         // answered, expired, or from an earlier run) are ignored then, since
         // replays may legitimately answer old ids. A write id is a mistake
         // that would leave its client waiting.
+        if !self.charge_output(
+            "client.complete-reads",
+            ids.len() * OUTPUT_OVERHEAD_BYTES as usize,
+        ) {
+            return;
+        }
         for id in ids {
             if !is_read_id(*id) && !self.reads.contains_key(id) {
                 self.violate(format!(
@@ -806,6 +850,16 @@ impl Host for RegionCore {
     }
 
     fn reject(&mut self, ids: &[RequestId], reason: &Rejection) {
+        let reason_bytes = match reason {
+            Rejection::Invalid(why) | Rejection::Unavailable(why) => why.len(),
+            _ => 0,
+        };
+        if !self.charge_output(
+            "client.reject",
+            ids.len() * (OUTPUT_OVERHEAD_BYTES as usize + reason_bytes),
+        ) {
+            return;
+        }
         for id in ids {
             self.staged.outputs.push(Output::Reply {
                 id: *id,

@@ -33,6 +33,10 @@ use crate::storage::snapshot::SnapshotStore;
 /// Events taken from the inbox per round: bounds the batch handed to the
 /// plugin and the latency of one round.
 pub const ROUND_EVENTS_MAX: usize = 4096;
+/// Write payload bytes taken from the inbox per round: a round's writes
+/// become one WAL entry, which must stay well below the region's
+/// `staged_bytes` limit (64 MiB by default) and the WAL frame limit.
+pub const ROUND_WRITE_BYTES_MAX: usize = 8 << 20;
 /// Inbox capacity; a full inbox answers `overloaded`.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
 
@@ -110,6 +114,16 @@ pub enum RegionEvent {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+}
+
+impl RegionEvent {
+    /// The command bytes of a write (0 for other events).
+    fn write_bytes(&self) -> usize {
+        match self {
+            RegionEvent::Write { command, .. } => command.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// A region replica's status, as the API shows it.
@@ -410,10 +424,14 @@ impl RegionDriver {
             tokio::select! {
                 event = self.inbox.recv() => {
                     let Some(event) = event else { break };
+                    let mut bytes = event.write_bytes();
                     let mut events = vec![event];
-                    while events.len() < ROUND_EVENTS_MAX {
+                    while events.len() < ROUND_EVENTS_MAX && bytes < ROUND_WRITE_BYTES_MAX {
                         match self.inbox.try_recv() {
-                            Ok(event) => events.push(event),
+                            Ok(event) => {
+                                bytes += event.write_bytes();
+                                events.push(event);
+                            }
                             Err(_) => break,
                         }
                     }

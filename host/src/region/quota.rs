@@ -30,6 +30,10 @@ pub const RECORD_OVERHEAD_BYTES: u64 = 96;
 /// flood of empty entries is bounded too.
 pub const LOG_ENTRY_OVERHEAD_BYTES: u64 = 32;
 
+/// What one output (a reply, a message batch) costs the host beyond its
+/// payload while it waits for output commit.
+pub const OUTPUT_OVERHEAD_BYTES: u64 = 64;
+
 /// Bounds on one region replica's retained storage and armed timers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RegionLimits {

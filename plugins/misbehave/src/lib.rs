@@ -19,6 +19,8 @@
 //! - `edge-append-zero`: appends the writes at log position 0;
 //! - `edge-complete-write`: answers writes with `client.complete-reads`;
 //! - `silent`: never answers writes or reads;
+//! - `flood-replies`: rejects the writes `entries` times over (host memory
+//!   for outputs held until output commit);
 //! - anything else: behaves, applying writes at once without a log.
 //!
 //! Reads behave in every mode but `silent`, so a test can see the replica
@@ -167,6 +169,11 @@ impl Protocol for Misbehave {
             }
             "edge-complete-write" => host.complete_reads(&commands.ids),
             "silent" => {}
+            "flood-replies" => {
+                for _ in 0..self.entries {
+                    host.reject(&commands.ids, &Rejection::Overloaded);
+                }
+            }
             _ => self.apply(host, commands),
         }
     }
