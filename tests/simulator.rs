@@ -412,3 +412,25 @@ fn weak_protocols_are_checked_for_lost_writes_and_convergence() {
     config.source = synod::plugin::PluginSource::native::<weak::Weak>();
     assert_seeds_pass("weak-standalone", &config, 1, 6);
 }
+
+/// Writes a deposed leader appended and its successor overwrote are never
+/// answered by the protocol; the host expires them with the client's
+/// timeout instead of holding them (and their reply channels) forever. The
+/// simulator checks at the end of every run that no node holds more
+/// requests than were sent within the client timeout.
+#[test]
+fn requests_a_deposed_leader_never_answers_do_not_leak() {
+    let params = [("election-timeout-ms", "300"), ("heartbeat-ms", "50")];
+    let config = config("native:raft", 3, "partitions", &params);
+    let mut leader_changes = 0;
+    for seed in 100..106 {
+        let report = run_seed(&config, seed);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}",
+            report.violations
+        );
+        leader_changes += report.leader_changes;
+    }
+    assert!(leader_changes > 6, "the seeds depose leaders");
+}

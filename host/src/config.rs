@@ -25,6 +25,12 @@
 //! burst_ms = 100                # CPU a region may use beyond its share
 //! heavy_call_ms = 20            # one call above this is heavy at once
 //! cooldown_ms = 5000            # light this long to run inline again
+//! region_log_bytes_max = 1073741824     # per region (quota.log-bytes)
+//! region_kv_bytes_max = 67108864        # per region (quota.kv-bytes)
+//! region_kv_keys_max = 65536            # per region (quota.kv-keys)
+//! region_staged_bytes_max = 67108864    # per region and WAL entry (quota.staged-bytes)
+//! region_timers_max = 4096              # per region (quota.timers)
+//! disk_reserve_bytes = 268435456        # node-wide free-disk reserve
 //! ```
 
 use std::net::SocketAddr;
@@ -36,6 +42,7 @@ use synod_guest_sdk::NodeId;
 
 use crate::catalog::NodeAddress;
 use crate::node::NodeConfig;
+use crate::region::quota::RegionLimits;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +93,32 @@ pub struct LimitsEntry {
     pub deadline_per_call_ms: Option<u64>,
     pub memory_bytes_max: Option<usize>,
     pub instances_max: Option<u32>,
+    pub region_log_bytes_max: Option<u64>,
+    pub region_kv_bytes_max: Option<u64>,
+    pub region_kv_keys_max: Option<u64>,
+    pub region_staged_bytes_max: Option<u64>,
+    pub region_timers_max: Option<u64>,
+    pub disk_reserve_bytes: Option<u64>,
+}
+
+impl LimitsEntry {
+    /// The node's default region limits this section describes.
+    fn region_limits(&self) -> RegionLimits {
+        let mut limits = RegionLimits::default();
+        let pairs = [
+            (&mut limits.log_bytes, self.region_log_bytes_max),
+            (&mut limits.kv_bytes, self.region_kv_bytes_max),
+            (&mut limits.kv_keys, self.region_kv_keys_max),
+            (&mut limits.staged_bytes, self.region_staged_bytes_max),
+            (&mut limits.timers, self.region_timers_max),
+        ];
+        for (slot, value) in pairs {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        }
+        limits
+    }
 }
 
 /// Why a configuration file was refused.
@@ -134,6 +167,10 @@ impl ConfigFile {
         if self.secret.len() < 8 {
             return Err(invalid("secret must be at least 8 characters".into()));
         }
+        self.limits
+            .region_limits()
+            .validate(|name| format!("[limits] region_{}_max", name.replace('-', "_")))
+            .map_err(|e| invalid(e.to_string()))?;
         let mut seen = std::collections::BTreeSet::new();
         for node in &self.nodes {
             if node.id == 0 || node.id > 0xFFFF {
@@ -199,6 +236,10 @@ impl ConfigFile {
         if let Some(ms) = fairness.cooldown_ms {
             config.cpu_policy.cooldown = Duration::from_millis(ms);
         }
+        config.region_limits = limits.region_limits();
+        if let Some(bytes) = limits.disk_reserve_bytes {
+            config.disk_reserve_bytes = bytes;
+        }
         if let Some(bytes) = self.wal_checkpoint_min_bytes {
             config.wal_checkpoint_min_bytes = bytes;
         }
@@ -260,6 +301,29 @@ peer = "127.0.0.1:7172"
         let error =
             ConfigFile::parse(&GOOD.replace("id = 1", "id = 2"), "x.toml").expect_err("refused");
         assert!(error.to_string().contains("twice"), "{error}");
+    }
+
+    #[test]
+    fn region_limits_come_from_the_limits_section() {
+        let text = format!(
+            "{GOOD}\n[limits]\nregion_log_bytes_max = 1048576\nregion_timers_max = 10\ndisk_reserve_bytes = 0\n"
+        );
+        let node = ConfigFile::parse(&text, "n2.toml")
+            .expect("parses")
+            .node_config();
+        assert_eq!(node.region_limits.log_bytes, 1 << 20);
+        assert_eq!(node.region_limits.timers, 10);
+        assert_eq!(node.region_limits.kv_keys, RegionLimits::default().kv_keys);
+        assert_eq!(node.disk_reserve_bytes, 0);
+        let bad = format!("{GOOD}\n[limits]\nregion_staged_bytes_max = 1073741824\n");
+        let error = ConfigFile::parse(&bad, "x.toml").expect_err("refused");
+        assert!(
+            error.to_string().contains("region_staged_bytes_max"),
+            "{error}"
+        );
+        let bad = format!("{GOOD}\n[limits]\nregion_kv_keys_max = 0\n");
+        let error = ConfigFile::parse(&bad, "x.toml").expect_err("refused");
+        assert!(error.to_string().contains("region_kv_keys_max"), "{error}");
     }
 
     #[test]

@@ -231,7 +231,10 @@ impl RecoveredNode {
                     .map_err(|e| format!("log truncate for region {region}: {e}"))?;
             }
             JournalRecord::LogCompact { region, through } => {
-                self.region(&region).log.compact_prefix(through);
+                self.region(&region)
+                    .log
+                    .compact_prefix(through)
+                    .map_err(|e| format!("log compaction for region {region}: {e}"))?;
             }
             JournalRecord::MetaPut { region, key, value } => {
                 self.region(&region)

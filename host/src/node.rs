@@ -21,6 +21,7 @@ use crate::plugin::{Call, CallResult, PluginSource};
 use crate::region::core::RegionCore;
 use crate::region::cpu::CpuPolicy;
 use crate::region::driver::{DriverContext, RegionDriver, RegionHandle};
+use crate::region::quota::{DiskReserve, FreeSpace, QUOTA_PARAM_PREFIX, RegionLimits};
 use crate::region::replica::{FailurePolicy, RegionReplica};
 use crate::region::{InvalidRegionName, MembershipTarget, ProtocolRef, RegionName, RegionSpec};
 use crate::state_machine::KvStateMachine;
@@ -62,6 +63,14 @@ pub struct NodeConfig {
     pub bootstrap: Vec<(NodeId, NodeAddress)>,
     /// How often the catalog is pushed to every peer.
     pub catalog_interval: Duration,
+    /// Every region's storage and timer limits, unless its `quota.*`
+    /// parameters say otherwise.
+    pub region_limits: RegionLimits,
+    /// While the data directory's disk has less free space than this, no
+    /// region may grow its storage (0: no reserve).
+    pub disk_reserve_bytes: u64,
+    /// Where the free space comes from (`statvfs`; tests inject their own).
+    pub free_space: FreeSpace,
 }
 
 impl NodeConfig {
@@ -84,6 +93,9 @@ impl NodeConfig {
             secret: Vec::new(),
             bootstrap: Vec::new(),
             catalog_interval: Duration::from_millis(500),
+            region_limits: RegionLimits::default(),
+            disk_reserve_bytes: 256 << 20,
+            free_space: FreeSpace::default(),
         }
     }
 }
@@ -177,6 +189,8 @@ pub struct NodeStatus {
 
 pub struct Node {
     config: NodeConfig,
+    /// The free-disk reserve every region's imports check.
+    disk_reserve: Arc<DiskReserve>,
     engine: Arc<PluginEngine>,
     context: DriverContext,
     commit: Arc<GroupCommit>,
@@ -327,7 +341,13 @@ impl Node {
                 catalog.absorb_region(spec);
             }
         }
+        let disk_reserve = Arc::new(DiskReserve::new(
+            config.data_dir.clone(),
+            config.disk_reserve_bytes,
+            config.free_space.clone(),
+        ));
         let node = Arc::new(Node {
+            disk_reserve,
             config,
             engine,
             context,
@@ -718,6 +738,10 @@ impl Node {
         replicas: Option<Vec<NodeId>>,
     ) -> Result<RegionHandle, NodeError> {
         let name = RegionName::new(name)?;
+        self.config
+            .region_limits
+            .with_overrides(&params)
+            .map_err(|e| NodeError::Invalid(e.to_string()))?;
         if self.lock_catalog().regions.contains_key(name.as_str()) {
             return Err(NodeError::RegionExists(name.to_string()));
         }
@@ -845,7 +869,7 @@ impl Node {
         let name =
             RegionName::new(&spec.name).unwrap_or_else(|_| unreachable!("validated at creation"));
         let seed = seed_for(self.config.node_id, &spec.name, self.context.incarnation);
-        let core = RegionCore::new(
+        let mut core = RegionCore::new(
             name,
             self.config.node_id,
             storage.log,
@@ -854,6 +878,7 @@ impl Node {
             self.context.clock.clone(),
             seed,
         );
+        core.set_limits(self.region_limits(&spec), Some(self.disk_reserve.clone()));
         let init = InitConfig {
             self_id: self.config.node_id,
             membership: Membership {
@@ -879,6 +904,22 @@ impl Node {
             self.commit.durable(),
             recovering,
         )
+    }
+
+    /// A region's limits: the node's, with the spec's `quota.*` parameters.
+    /// A spec learned from a peer with values this node refuses keeps the
+    /// node's limits (and says so).
+    fn region_limits(&self, spec: &RegionSpec) -> RegionLimits {
+        let defaults = &self.config.region_limits;
+        defaults.with_overrides(&spec.params).unwrap_or_else(|error| {
+            let quota: Vec<_> = spec
+                .params
+                .iter()
+                .filter(|(k, _)| k.starts_with(QUOTA_PARAM_PREFIX))
+                .collect();
+            tracing::warn!(region = %spec.name, %error, ?quota, "ignoring the region's quota parameters");
+            defaults.clone()
+        })
     }
 
     pub async fn region(&self, name: &str) -> Result<RegionHandle, NodeError> {

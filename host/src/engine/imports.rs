@@ -122,10 +122,9 @@ impl log::Host for StoreData {
     }
 
     fn compact_prefix(&mut self, through: u64) -> Trappable<Result<(), types::StorageError>> {
-        Ok(self
-            .core
-            .log_compact_prefix(through)
-            .map_err(storage_error_to_wit))
+        let result = self.core.log_compact_prefix(through);
+        self.check()?;
+        Ok(result.map_err(storage_error_to_wit))
     }
 }
 
@@ -163,7 +162,7 @@ impl clock::Host for StoreData {
 
     fn set_timer(&mut self, id: u64, after_nanos: u64) -> Trappable<()> {
         self.core.set_timer(id, after_nanos);
-        Ok(())
+        self.check()
     }
 
     fn cancel_timer(&mut self, id: u64) -> Trappable<()> {
@@ -207,7 +206,7 @@ impl state_machine::Host for StoreData {
 impl client::Host for StoreData {
     fn complete_reads(&mut self, ids: Vec<u64>) -> Trappable<()> {
         self.core.complete_reads(&ids);
-        Ok(())
+        self.check()
     }
 
     fn reject(&mut self, ids: Vec<u64>, reason: types::Rejection) -> Trappable<()> {

@@ -22,7 +22,8 @@ use crate::clock::Clock;
 use crate::journal::JournalRecord;
 use crate::network::Network;
 use crate::plugin::{Call, CallResult, PluginFailure};
-use crate::region::core::{Effects, Output, PinnedImage, Reply, TimerChange};
+use crate::region::core::{Effects, Output, PinnedImage, QuotaUsage, Reply, TimerChange};
+use crate::region::pending::{PendingRequests, READ_ID_BIT};
 use crate::region::replica::{Delivery, RegionReplica};
 use crate::region::{RegionName, RegionSpec};
 use crate::state_machine::{KvCommand, KvOutcome, KvQuery, KvStateMachine, conflict_key};
@@ -32,6 +33,10 @@ use crate::storage::snapshot::SnapshotStore;
 /// Events taken from the inbox per round: bounds the batch handed to the
 /// plugin and the latency of one round.
 pub const ROUND_EVENTS_MAX: usize = 4096;
+/// Write payload bytes taken from the inbox per round: a round's writes
+/// become one WAL entry, which must stay well below the region's
+/// `staged_bytes` limit (64 MiB by default) and the WAL frame limit.
+pub const ROUND_WRITE_BYTES_MAX: usize = 8 << 20;
 /// Inbox capacity; a full inbox answers `overloaded`.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
 
@@ -67,15 +72,19 @@ pub type ClientReply = Result<KvOutcome, ClientError>;
 
 /// What a region driver receives.
 pub enum RegionEvent {
+    /// `timeout`: how long the client waits; the driver forgets the
+    /// request then (answering it as timed out), whatever the protocol does.
     Write {
         command: Vec<u8>,
         keys: Vec<u64>,
         reply: oneshot::Sender<ClientReply>,
+        timeout: Duration,
     },
     Read {
         query: Vec<u8>,
         level: ReadLevel,
         reply: oneshot::Sender<ClientReply>,
+        timeout: Duration,
     },
     Messages {
         from: NodeId,
@@ -107,6 +116,16 @@ pub enum RegionEvent {
     },
 }
 
+impl RegionEvent {
+    /// The command bytes of a write (0 for other events).
+    fn write_bytes(&self) -> usize {
+        match self {
+            RegionEvent::Write { command, .. } => command.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// A region replica's status, as the API shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct RegionStatus {
@@ -119,6 +138,10 @@ pub struct RegionStatus {
     pub log: LogStatus,
     pub state_machine: StateMachineStatus,
     pub pending_requests: usize,
+    /// Of `pending_requests`, the reads.
+    pub pending_reads: usize,
+    /// Read queries stored in the core for reads the plugin holds.
+    pub read_queries: usize,
     pub held_outputs: usize,
     pub cpu: CpuStatus,
 }
@@ -144,10 +167,13 @@ pub struct ProtocolStatus {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct HealthStatus {
+    /// `running`, `quota` (running, but a limit refused an import within
+    /// the last 10 s), `restarting` or `quarantined`.
     pub state: &'static str,
     pub reason: Option<String>,
     pub failures_total: u64,
     pub restarts: u64,
+    pub quota: QuotaUsage,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -238,6 +264,7 @@ impl RegionHandle {
                 command,
                 keys,
                 reply,
+                timeout,
             },
             timeout,
         )
@@ -251,6 +278,7 @@ impl RegionHandle {
                 query,
                 level,
                 reply,
+                timeout,
             },
             timeout,
         )
@@ -346,7 +374,7 @@ pub struct ReplicaHost {
     name: RegionName,
     replica: RegionReplica,
     context: DriverContext,
-    pending: HashMap<RequestId, oneshot::Sender<ClientReply>>,
+    pending: PendingRequests,
     /// Outputs waiting for the WAL to be durable through their ticket.
     held: VecDeque<(u64, Vec<Output>)>,
     /// Records of the current round not yet submitted.
@@ -409,10 +437,14 @@ impl RegionDriver {
             tokio::select! {
                 event = self.inbox.recv() => {
                     let Some(event) = event else { break };
+                    let mut bytes = event.write_bytes();
                     let mut events = vec![event];
-                    while events.len() < ROUND_EVENTS_MAX {
+                    while events.len() < ROUND_EVENTS_MAX && bytes < ROUND_WRITE_BYTES_MAX {
                         match self.inbox.try_recv() {
-                            Ok(event) => events.push(event),
+                            Ok(event) => {
+                                bytes += event.write_bytes();
+                                events.push(event);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -454,7 +486,7 @@ impl ReplicaHost {
             name,
             replica,
             context,
-            pending: HashMap::new(),
+            pending: PendingRequests::default(),
             held: VecDeque::new(),
             round_records: Vec::new(),
             round_outputs: Vec::new(),
@@ -498,6 +530,31 @@ impl ReplicaHost {
     pub fn on_wakeup(&mut self) {
         self.fire_timers();
         self.maybe_restart();
+        self.expire_pending();
+    }
+
+    /// Answers requests whose client has given up as timed out and drops
+    /// their stored read queries: the protocol may never answer them (a
+    /// deposed leader's overwritten writes, reads a trapped instance held).
+    pub fn expire_pending(&mut self) {
+        if self
+            .pending
+            .next_deadline()
+            .is_none_or(|deadline| deadline > self.now_nanos())
+        {
+            return;
+        }
+        let expired = self.pending.expire(self.now_nanos());
+        tracing::debug!(region = %self.name, count = expired.len(), "expired requests the protocol did not answer in time");
+        for (id, reply, timeout) in expired {
+            self.replica.core_mut().forget_read(id);
+            let _ = reply.send(Err(ClientError::Timeout(timeout)));
+        }
+    }
+
+    /// Client requests waiting for an answer.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
     }
 
     /// Answers every pending request as stopped and signals a waiting
@@ -517,11 +574,10 @@ impl ReplicaHost {
             .replica
             .next_restart()
             .map(|at| u64::try_from(at.as_nanos()).unwrap_or(u64::MAX));
-        match (timer, restart) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (Some(a), None) | (None, Some(a)) => Some(a),
-            (None, None) => None,
-        }
+        [timer, restart, self.pending.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Outputs held for durability.
@@ -542,9 +598,14 @@ impl ReplicaHost {
         u64::try_from(self.context.clock.now().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn allocate_request(&mut self) -> RequestId {
-        self.next_request += 1;
-        self.next_request
+    /// A new request id; the low bit tells reads (1) from writes (0).
+    fn allocate_request(&mut self, read: bool) -> RequestId {
+        self.next_request += 2;
+        if read {
+            self.next_request | READ_ID_BIT
+        } else {
+            self.next_request & !READ_ID_BIT
+        }
     }
 
     /// Handles one round of events; returns false when the driver should
@@ -560,9 +621,10 @@ impl ReplicaHost {
                     command,
                     keys,
                     reply,
+                    timeout,
                 } => {
-                    let id = self.allocate_request();
-                    self.pending.insert(id, reply);
+                    let id = self.allocate_request(false);
+                    self.pending.insert(id, reply, self.now_nanos(), timeout);
                     commands.ids.push(id);
                     commands.payloads.push(&command);
                     commands.keys.extend_from_slice(&keys);
@@ -572,9 +634,10 @@ impl ReplicaHost {
                     query,
                     level,
                     reply,
+                    timeout,
                 } => {
-                    let id = self.allocate_request();
-                    self.pending.insert(id, reply);
+                    let id = self.allocate_request(true);
+                    self.pending.insert(id, reply, self.now_nanos(), timeout);
                     self.replica.core_mut().register_read(id, query);
                     reads.ids.push(id);
                     reads.levels.push(level);
@@ -625,6 +688,7 @@ impl ReplicaHost {
                 }
             }
         }
+        self.expire_pending();
         match stopping {
             Some(done) => {
                 self.stopped = Some(done);
@@ -743,14 +807,14 @@ impl ReplicaHost {
 
     fn fail_requests(&mut self, requests: &[RequestId], error: &ClientError) {
         for id in requests {
-            if let Some(reply) = self.pending.remove(id) {
+            if let Some(reply) = self.pending.take(*id) {
                 let _ = reply.send(Err(error.clone()));
             }
         }
     }
 
     fn fail_all_pending(&mut self, error: ClientError) {
-        for (_, reply) in self.pending.drain() {
+        for reply in self.pending.drain() {
             let _ = reply.send(Err(error.clone()));
         }
     }
@@ -880,6 +944,7 @@ impl ReplicaHost {
             return;
         }
         let records = std::mem::take(&mut self.round_records);
+        self.replica.core_mut().records_submitted();
         if self.storage_failure.is_some() {
             // A region whose storage failed writes nothing more: a record
             // could depend on a write that failed (a snapshot file).
@@ -952,7 +1017,7 @@ impl ReplicaHost {
                 if let Some(tap) = self.tap.as_mut() {
                     tap.push((id, reply.clone()));
                 }
-                if let Some(sender) = self.pending.remove(&id) {
+                if let Some(sender) = self.pending.take(id) {
                     let answer = match reply {
                         Reply::Outcome(outcome) => Ok(outcome),
                         Reply::Rejected(rejection) => Err(ClientError::Rejected(rejection)),
@@ -993,7 +1058,7 @@ impl ReplicaHost {
         let why = self.storage_failure.clone().unwrap_or_default();
         for output in outputs {
             if let Output::Reply { id, .. } = output
-                && let Some(sender) = self.pending.remove(&id)
+                && let Some(sender) = self.pending.take(id)
             {
                 let _ = sender.send(Err(ClientError::Unavailable(format!(
                     "storage failed: {why}"
@@ -1027,6 +1092,7 @@ impl ReplicaHost {
         for id in &ids {
             self.timers.remove(id);
         }
+        self.replica.core_mut().timers_fired(&ids);
         self.deliver(Call::Timers(ids), &[]);
     }
 
@@ -1071,10 +1137,17 @@ impl ReplicaHost {
                 capabilities: info.capabilities.names(),
             },
             health: HealthStatus {
-                state: health.name(),
-                reason: health.reason().map(str::to_string),
+                state: match core.recent_refusal() {
+                    Some(_) if health.is_running() => "quota",
+                    _ => health.name(),
+                },
+                reason: health
+                    .reason()
+                    .or_else(|| core.recent_refusal())
+                    .map(str::to_string),
                 failures_total: self.replica.failures_total(),
                 restarts: self.replica.restarts(),
+                quota: core.quota_usage(),
             },
             plugin,
             log: LogStatus {
@@ -1088,6 +1161,8 @@ impl ReplicaHost {
                 digest: hex::encode(core.state().digest()),
             },
             pending_requests: self.pending.len(),
+            pending_reads: self.pending.reads(),
+            read_queries: core.pending_reads(),
             held_outputs: self.held.iter().map(|(_, o)| o.len()).sum(),
             cpu: CpuStatus {
                 lane: self.replica.cpu().lane().name(),

@@ -7,6 +7,15 @@ use std::collections::VecDeque;
 
 use synod_guest_sdk::{Batch, LogBounds, StorageError};
 
+/// The highest position an entry may take. `bounds.last + 1` must not
+/// wrap for the plugin, so `u64::MAX` is never a position.
+pub const POSITION_MAX: u64 = u64::MAX - 1;
+
+/// The most bytes one `log.read` returns (beyond a first entry, which is
+/// always returned): a batch indexes its data with u32 offsets, and a
+/// plugin asking for its whole log would only trap on its memory limit.
+pub const READ_BYTES_MAX: usize = 64 << 20;
+
 /// Entries at dense positions `first..=last`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionLog {
@@ -61,6 +70,21 @@ impl RegionLog {
 
     /// Writes `entries` at `first..`, replacing the suffix.
     pub fn append(&mut self, first: u64, entries: &Batch) -> Result<LogUndo, StorageError> {
+        if first == 0 {
+            return Err(StorageError::OutOfRange(
+                "position 0 is not a log position (positions start at 1)".into(),
+            ));
+        }
+        let count = entries.len() as u64;
+        if count > 0
+            && first
+                .checked_add(count - 1)
+                .is_none_or(|last| last > POSITION_MAX)
+        {
+            return Err(StorageError::OutOfRange(format!(
+                "{count} entries at {first} would pass the last usable position {POSITION_MAX}"
+            )));
+        }
         if first < self.first {
             return Err(StorageError::Compacted(self.first));
         }
@@ -83,6 +107,11 @@ impl RegionLog {
 
     /// Removes every entry at or after `from`.
     pub fn truncate_suffix(&mut self, from: u64) -> Result<LogUndo, StorageError> {
+        if from == 0 {
+            return Err(StorageError::OutOfRange(
+                "truncate-suffix(0): positions start at 1; truncate from bounds.first to empty the log".into(),
+            ));
+        }
         if from < self.first {
             return Err(StorageError::Compacted(self.first));
         }
@@ -90,8 +119,14 @@ impl RegionLog {
         Ok(LogUndo::RestoreSuffix { from, removed })
     }
 
-    /// Discards every entry at or before `through`.
-    pub fn compact_prefix(&mut self, through: u64) -> LogUndo {
+    /// Discards every entry at or before `through`. `through` must leave a
+    /// first position: `u64::MAX` is refused (it would wrap `first` to 0).
+    pub fn compact_prefix(&mut self, through: u64) -> Result<LogUndo, StorageError> {
+        if through == u64::MAX {
+            return Err(StorageError::OutOfRange(format!(
+                "compact-prefix({through}) leaves no first position; compact at most through {POSITION_MAX}"
+            )));
+        }
         let first = self.first;
         let mut removed = Vec::new();
         while self.first <= through {
@@ -109,7 +144,7 @@ impl RegionLog {
             }
             self.first += 1;
         }
-        LogUndo::Uncompact { first, removed }
+        Ok(LogUndo::Uncompact { first, removed })
     }
 
     /// Entries `first..=last`, stopping before `max_bytes` once one is taken.
@@ -129,8 +164,9 @@ impl RegionLog {
         }
         let start = (first - self.first) as usize;
         let end = (last - self.first) as usize;
+        let max_bytes = (max_bytes as usize).min(READ_BYTES_MAX);
         for entry in self.entries.range(start..=end) {
-            if !batch.is_empty() && batch.byte_len() + entry.len() > max_bytes as usize {
+            if !batch.is_empty() && batch.byte_len() + entry.len() > max_bytes {
                 break;
             }
             batch.push(entry);
@@ -207,7 +243,7 @@ mod tests {
             Err(StorageError::OutOfRange(_))
         ));
         log.append(1, &batch(&["a", "b"])).expect("append");
-        log.compact_prefix(1);
+        log.compact_prefix(1).expect("compact");
         assert!(matches!(
             log.append(1, &batch(&["z"])),
             Err(StorageError::Compacted(2))
@@ -227,7 +263,7 @@ mod tests {
         let mut log = RegionLog::default();
         log.append(1, &batch(&["a"])).expect("append");
         let before = log.clone();
-        let undo = log.compact_prefix(10);
+        let undo = log.compact_prefix(10).expect("compact");
         assert_eq!(
             log.bounds(),
             LogBounds {
@@ -250,5 +286,42 @@ mod tests {
         assert_eq!(log.read(1, 3, 1).expect("read").len(), 1);
         assert_eq!(log.read(1, 3, 8).expect("read").len(), 2);
         assert_eq!(log.byte_len(), 12);
+    }
+
+    #[test]
+    fn edge_positions_never_wrap() {
+        let mut log = RegionLog::default();
+        assert!(matches!(
+            log.append(0, &batch(&["a"])),
+            Err(StorageError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            log.truncate_suffix(0),
+            Err(StorageError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            log.compact_prefix(u64::MAX),
+            Err(StorageError::OutOfRange(_))
+        ));
+        assert_eq!(log.bounds(), LogBounds { first: 1, last: 0 });
+        // Compacting through the last usable position leaves an empty log
+        // whose `last + 1` does not wrap, and nothing can be appended.
+        log.compact_prefix(POSITION_MAX).expect("compact");
+        let bounds = log.bounds();
+        assert_eq!(bounds.first, u64::MAX);
+        assert_eq!(bounds.last, POSITION_MAX);
+        assert!(matches!(
+            log.append(u64::MAX, &batch(&["a"])),
+            Err(StorageError::OutOfRange(_))
+        ));
+        // Huge ranges are refused, not walked.
+        let mut log = RegionLog::default();
+        log.append(1, &batch(&["a", "b"])).expect("append");
+        assert!(matches!(
+            log.read(1, u64::MAX, u32::MAX),
+            Err(StorageError::OutOfRange(_))
+        ));
+        assert_eq!(log.read(1, 2, 0).expect("read").len(), 1);
+        assert_eq!(log.read(2, 1, 0).expect("read").len(), 0);
     }
 }

@@ -11,6 +11,8 @@ pub mod core;
 pub mod cpu;
 pub mod driver;
 mod log;
+pub mod pending;
+pub mod quota;
 pub mod replica;
 #[cfg(test)]
 mod snapshot_tests;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use synod_guest_sdk::NodeId;
 
-pub use self::log::{LogUndo, RegionLog};
+pub use self::log::{LogUndo, POSITION_MAX, READ_BYTES_MAX, RegionLog};
 
 /// A validated region name: 1–64 of `[A-Za-z0-9_-]`, so it is safe in file
 /// names and URLs.

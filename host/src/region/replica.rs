@@ -63,6 +63,10 @@ impl Health {
         }
     }
 
+    pub fn is_running(&self) -> bool {
+        matches!(self, Health::Running)
+    }
+
     pub fn reason(&self) -> Option<&str> {
         match self {
             Health::Running => None,
@@ -166,6 +170,8 @@ impl RegionReplica {
     /// for the very first start of a new region replica.
     pub fn start(&mut self, recovering: bool) -> Result<Effects, PluginFailure> {
         self.instance = None;
+        // A new instance has armed no timers (the driver drops its own).
+        self.core.clear_timers();
         let instance = match self.source.instantiate() {
             Ok(instance) => instance,
             Err(failure) => {
@@ -254,6 +260,7 @@ impl RegionReplica {
 
     fn fail(&mut self, failure: &PluginFailure) {
         self.core.rollback_callback();
+        self.core.clear_timers();
         self.instance = None;
         self.failures_total += 1;
         let now = self.clock.now();

@@ -145,6 +145,8 @@ pub struct World {
     operations: Vec<Operation>,
     /// Operations known not to have happened (refused), excluded from checks.
     dropped: HashSet<usize>,
+    /// When and to which node each request was sent (the leak check).
+    sent_requests: Vec<(u64, NodeId)>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     faults_on: bool,
     strong: bool,
@@ -223,6 +225,7 @@ impl World {
             clients,
             operations: Vec::new(),
             dropped: HashSet::new(),
+            sent_requests: Vec::new(),
             blocked: BTreeSet::new(),
             faults_on: true,
             strong,
@@ -1000,6 +1003,7 @@ impl World {
                     ReadLevel::Linearizable
                 },
                 reply,
+                timeout: CLIENT_TIMEOUT,
             },
             OpInput::Put { value } => {
                 let command = KvCommand::Put {
@@ -1010,6 +1014,7 @@ impl World {
                     keys: vec![conflict_key(command.key())],
                     command: command.encode(),
                     reply,
+                    timeout: CLIENT_TIMEOUT,
                 }
             }
             OpInput::Cas { expected, new } => {
@@ -1022,6 +1027,7 @@ impl World {
                     keys: vec![conflict_key(command.key())],
                     command: command.encode(),
                     reply,
+                    timeout: CLIENT_TIMEOUT,
                 }
             }
             OpInput::Delete => return,
@@ -1045,6 +1051,7 @@ impl World {
             self.schedule(at, Event::ClientIssue { client: index });
             return;
         }
+        self.sent_requests.push((now, target));
         self.clients[index].in_flight = Some(InFlight {
             op,
             node: target,
@@ -1165,7 +1172,37 @@ impl World {
         }
     }
 
+    /// Requests the protocol never answered (a deposed leader's overwritten
+    /// writes, reads a trapped instance held) must not pile up: a node may
+    /// hold only requests sent within the client timeout (plus a margin for
+    /// delivery and clock drift) before the end.
+    fn check_pending_requests_drained(&mut self) {
+        let margin = nanos(Duration::from_millis(500));
+        let recent_from = self.end.saturating_sub(nanos(CLIENT_TIMEOUT) + margin);
+        let mut leaks = Vec::new();
+        for (id, node) in &self.nodes {
+            let Some(runtime) = &node.runtime else {
+                continue;
+            };
+            let recent = self
+                .sent_requests
+                .iter()
+                .filter(|(at, to)| to == id && *at >= recent_from)
+                .count();
+            let pending = runtime.host.pending_requests();
+            if pending > recent {
+                leaks.push(format!(
+                    "n{id} holds {pending} pending requests, but only {recent} were sent within the client timeout"
+                ));
+            }
+        }
+        for leak in leaks {
+            self.violation(format!("requests leaked: {leak}"));
+        }
+    }
+
     fn finish(mut self) -> SimReport {
+        self.check_pending_requests_drained();
         // Liveness: once healed, a strong protocol must serve clients.
         if self.config.clients > 0 && self.ok_in_quiet == 0 {
             self.violation("no client operation completed after the faults stopped".into());

@@ -12,22 +12,43 @@
 //!   65536) per write in its kv area, under one of `kv-slots` keys (default
 //!   16) chosen by position, so the kv area grows to slots × value bytes
 //!   while the WAL keeps growing (exercises bounded checkpoints);
+//! - `fill-log`: appends `entries` (default 16) entries of `entry-bytes`
+//!   (default 65536) per batch of writes; when the host refuses, it
+//!   compacts its whole log, rejects the writes with the host's error and
+//!   goes on (so quota refusals, and compaction freeing quota, are visible);
+//! - `fill-kv`: puts `entries` values of `entry-bytes` (at most 1 MiB)
+//!   under new keys per batch; on a refusal it deletes its keys and rejects;
+//! - `many-keys`: puts `entries` (default 1024) tiny values under new keys
+//!   per batch; on a refusal it rejects the writes;
+//! - `timers`: arms `entries` (default 1024) new timer ids per batch;
+//! - `edge-apply-max`: applies at position `u64::MAX`;
+//! - `edge-compact-max`: calls `log.compact-prefix(u64::MAX)`;
+//! - `edge-append-zero`: appends the writes at log position 0;
+//! - `edge-complete-write`: answers writes with `client.complete-reads`;
+//! - `silent`: never answers writes or reads;
+//! - `flood-replies`: rejects the writes `entries` times over (host memory
+//!   for outputs held until output commit);
 //! - anything else: behaves, applying writes at once without a log.
 //!
-//! Reads always behave, so a test can see the replica come back. Timers
-//! call one import each (used by `synod bench` to time imports).
+//! Reads behave in every mode but `silent`, so a test can see the replica
+//! come back. Timers call one import each (used by `synod bench` to time
+//! imports).
 
 use synod_guest_sdk::*;
 
 pub struct Misbehave {
     mode: String,
     position: u64,
+    entries: usize,
+    entry_bytes: usize,
+    /// The next fresh key or timer id.
+    next: u64,
     burn_nanos: u64,
     params: Vec<(String, String)>,
 }
 
 /// The timer a `burn` replica keeps armed.
-const BURN_TIMER: TimerId = 0xB0;
+const BURN_TIMER: TimerId = u64::MAX - 0xB0;
 
 /// Spins for `nanos` of host clock time, mostly inside the `now` import,
 /// so a long burn stays well within the fuel of one call.
@@ -44,6 +65,52 @@ impl Misbehave {
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(default)
     }
+
+    /// Applies the writes (the default behaviour).
+    fn apply<H: Host>(&mut self, host: &mut H, commands: Commands) {
+        self.position += commands.len() as u64;
+        let applies = Applies {
+            ids: commands.ids,
+            payloads: commands.payloads,
+        };
+        host.apply(&applies, self.position);
+    }
+
+    fn fill_log<H: Host>(&mut self, host: &mut H, commands: Commands) {
+        let entry = vec![0xABu8; self.entry_bytes];
+        let batch = Batch::from_items(std::iter::repeat_n(entry.as_slice(), self.entries));
+        let first = host.log_bounds().last + 1;
+        match host.log_append(first, &batch) {
+            Ok(()) => self.apply(host, commands),
+            Err(error) => {
+                let last = host.log_bounds().last;
+                let _ = host.log_compact_prefix(last);
+                host.reject(&commands.ids, &Rejection::Unavailable(error.to_string()));
+            }
+        }
+    }
+
+    fn fill_kv<H: Host>(&mut self, host: &mut H, commands: Commands, value_bytes: usize) {
+        let value = vec![0xCDu8; value_bytes];
+        let start = self.next;
+        for _ in 0..self.entries {
+            let key = format!("fill-{}", self.next);
+            self.next += 1;
+            if let Err(error) = host.kv_put(key.as_bytes(), &value) {
+                if self.mode == "fill-kv" {
+                    for n in 0..self.next {
+                        host.kv_delete(format!("fill-{n}").as_bytes());
+                    }
+                    self.next = 0;
+                } else {
+                    self.next = start;
+                }
+                host.reject(&commands.ids, &Rejection::Unavailable(error.to_string()));
+                return;
+            }
+        }
+        self.apply(host, commands);
+    }
 }
 
 impl Protocol for Misbehave {
@@ -57,19 +124,26 @@ impl Protocol for Misbehave {
     }
 
     fn init<H: Host>(host: &mut H, config: InitConfig) -> Self {
+        let number = |name: &str, default: usize| {
+            config
+                .param(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
         let mode = config.param("mode").unwrap_or("none").to_string();
-        let burn_ms: u64 = config
-            .param("burn-ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(200);
+        let entries = number("entries", if mode == "fill-log" { 16 } else { 1024 });
         if mode == "burn" {
             host.set_timer(BURN_TIMER, 1_000_000);
         }
+        let burn_ms = number("burn-ms", 200) as u64;
         Misbehave {
-            mode,
-            position: config.applied_position,
             burn_nanos: burn_ms.saturating_mul(1_000_000),
             params: config.params.clone(),
+            entries,
+            entry_bytes: number("entry-bytes", 65_536),
+            next: 0,
+            mode,
+            position: config.applied_position,
         }
     }
 
@@ -88,19 +162,14 @@ impl Protocol for Misbehave {
                     std::hint::black_box(&hoard);
                 }
             }
-            "burn" => {
-                burn(host, self.burn_nanos);
-                self.position += commands.len() as u64;
-                let applies = Applies {
-                    ids: commands.ids,
-                    payloads: commands.payloads,
-                };
-                host.apply(&applies, self.position);
-            }
             "panic" => panic!(
                 "misbehave fixture asked to panic on {} writes",
                 commands.len()
             ),
+            "burn" => {
+                burn(host, self.burn_nanos);
+                self.apply(host, commands);
+            }
             "hoard-kv" => {
                 let bytes = self.param_or("kv-value-bytes", 65536).max(8);
                 let slots = self.param_or("kv-slots", 16).max(1) as u64;
@@ -113,21 +182,50 @@ impl Protocol for Misbehave {
                         host.log(Level::Warn, "kv put refused");
                     }
                 }
-                self.position += commands.len() as u64;
+                self.apply(host, commands);
+            }
+            "fill-log" => self.fill_log(host, commands),
+            "fill-kv" => {
+                let bytes = self.entry_bytes.min(1 << 20);
+                self.fill_kv(host, commands, bytes)
+            }
+            "many-keys" => self.fill_kv(host, commands, 1),
+            "timers" => {
+                for _ in 0..self.entries {
+                    host.set_timer(self.next, 3_600_000_000_000);
+                    self.next += 1;
+                }
+                self.apply(host, commands);
+            }
+            "edge-apply-max" => {
                 let applies = Applies {
                     ids: commands.ids,
                     payloads: commands.payloads,
                 };
-                host.apply(&applies, self.position);
+                host.apply(&applies, u64::MAX);
             }
-            _ => {
-                self.position += commands.len() as u64;
-                let applies = Applies {
-                    ids: commands.ids,
-                    payloads: commands.payloads,
-                };
-                host.apply(&applies, self.position);
+            "edge-compact-max" => {
+                if let Err(error) = host.log_compact_prefix(u64::MAX) {
+                    host.reject(&commands.ids, &Rejection::Unavailable(error.to_string()));
+                    return;
+                }
+                self.apply(host, commands);
             }
+            "edge-append-zero" => {
+                if let Err(error) = host.log_append(0, &commands.payloads) {
+                    host.reject(&commands.ids, &Rejection::Unavailable(error.to_string()));
+                    return;
+                }
+                self.apply(host, commands);
+            }
+            "edge-complete-write" => host.complete_reads(&commands.ids),
+            "silent" => {}
+            "flood-replies" => {
+                for _ in 0..self.entries {
+                    host.reject(&commands.ids, &Rejection::Overloaded);
+                }
+            }
+            _ => self.apply(host, commands),
         }
     }
 
@@ -147,7 +245,9 @@ impl Protocol for Misbehave {
     }
 
     fn on_reads<H: Host>(&mut self, host: &mut H, reads: Reads) {
-        host.complete_reads(&reads.ids);
+        if self.mode != "silent" {
+            host.complete_reads(&reads.ids);
+        }
     }
 
     fn seal<H: Host>(&mut self, _host: &mut H) -> SealProgress {

@@ -10,7 +10,9 @@
 //! Parameters:
 //! - `snapshot-interval` (entries, default 10000, 0 = never): after this many
 //!   applies since the last snapshot, snapshot the state machine and compact
-//!   the log up to it.
+//!   the log up to it. When the host refuses an append over the region's
+//!   log quota (`quota exceeded: ...`), it snapshots at once and retries, so
+//!   a quota smaller than `snapshot-interval` entries still works.
 
 use synod_guest_sdk::*;
 
@@ -82,6 +84,10 @@ impl Standalone {
         {
             return;
         }
+        self.snapshot_now(host);
+    }
+
+    fn snapshot_now<H: Host>(&mut self, host: &mut H) {
         match host.snapshot() {
             Ok(position) => {
                 self.last_snapshot_position = position;
@@ -141,7 +147,16 @@ impl Protocol for Standalone {
             Self::encode(*id, payload, &mut entries);
         }
         let first = self.position + 1;
-        if let Err(error) = host.log_append(first, &entries) {
+        let mut appended = host.log_append(first, &entries);
+        if let Err(StorageError::Failed(why)) = &appended
+            && why.starts_with("quota exceeded:")
+            && self.position > self.last_snapshot_position
+        {
+            // Everything in the log is applied: a snapshot frees it all.
+            self.snapshot_now(host);
+            appended = host.log_append(first, &entries);
+        }
+        if let Err(error) = appended {
             host.reject(&commands.ids, &Rejection::Unavailable(error.to_string()));
             return;
         }
