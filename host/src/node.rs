@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::{Catalog, NodeAddress};
-use crate::transport::{Frame, InboundHandler, SnapshotAssembler, Transport, TransportStats};
+use crate::transport::{
+    Frame, InboundHandler, SnapshotAssembler, Transport, TransportLimits, TransportStats,
+};
 use serde::Serialize;
 use synod_guest_sdk::{InitConfig, Membership, NodeId};
 
@@ -55,6 +57,10 @@ pub struct NodeConfig {
     pub bootstrap: Vec<(NodeId, NodeAddress)>,
     /// How often the catalog is pushed to every peer.
     pub catalog_interval: Duration,
+    /// Byte budgets, handshake and write limits of the peer transport.
+    pub transport: TransportLimits,
+    /// Connection caps and timeouts of the API port (HTTP and wire).
+    pub connections: crate::api::ConnectionLimits,
 }
 
 impl NodeConfig {
@@ -75,6 +81,8 @@ impl NodeConfig {
             secret: Vec::new(),
             bootstrap: Vec::new(),
             catalog_interval: Duration::from_millis(500),
+            transport: TransportLimits::default(),
+            connections: crate::api::ConnectionLimits::default(),
         }
     }
 }
@@ -110,6 +118,8 @@ pub enum NodeError {
     Snapshot { region: String, reason: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("region spec refused: {0}")]
+    SpecTooLarge(#[from] crate::catalog::SpecTooLarge),
 }
 
 /// Components built into this binary, published at every start.
@@ -163,6 +173,8 @@ pub struct NodeStatus {
     pub regions: usize,
     pub wal: CommitStatsSnapshot,
     pub transport: Option<TransportStats>,
+    /// Connections on the API port.
+    pub api: crate::api::ApiStats,
     pub nodes: BTreeMap<NodeId, NodeAddress>,
 }
 
@@ -179,6 +191,7 @@ pub struct Node {
     transport: Option<Arc<Transport>>,
     components: std::sync::Mutex<BTreeMap<String, ComponentSummary>>,
     started: Instant,
+    api_counters: Arc<crate::api::ApiCounters>,
 }
 
 const COMPONENTS_DIR: &str = "components";
@@ -192,8 +205,13 @@ impl Node {
         let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(config.data_dir.clone()));
         let (network, transport): (Arc<dyn Network>, _) = match config.peer_listen {
             Some(listen) => {
-                let transport = Transport::start(config.node_id, &config.secret, listen)
-                    .await
+                let transport = Transport::start(
+                    config.node_id,
+                    &config.secret,
+                    listen,
+                    config.transport.clone(),
+                )
+                .await
                     .map_err(|e| {
                         NodeError::Storage(format!("binding the peer listener {listen}: {e}"))
                     })?;
@@ -321,6 +339,7 @@ impl Node {
             transport,
             components: std::sync::Mutex::new(BTreeMap::new()),
             started: Instant::now(),
+            api_counters: Arc::new(crate::api::ApiCounters::default()),
         });
         for (_, bytes) in builtin_components() {
             node.publish(bytes)?;
@@ -413,6 +432,11 @@ impl Node {
             .filter(|api| !api.is_empty())
     }
 
+    /// Connection counters of the API port (kept by `api` and `wire`).
+    pub fn api_counters(&self) -> &Arc<crate::api::ApiCounters> {
+        &self.api_counters
+    }
+
     pub fn transport(&self) -> Option<&Arc<Transport>> {
         self.transport.as_ref()
     }
@@ -470,6 +494,14 @@ impl Node {
             let mut incoming = other;
             // Nobody else decides this node's own address.
             incoming.nodes.remove(&self.config.node_id);
+            // A spec over the size limits is refused, whoever sent it.
+            incoming.regions.retain(|name, spec| match spec.check_size() {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(region = %name, %error, "refused a region spec from a peer");
+                    false
+                }
+            });
             catalog.merge(&incoming)
         };
         if changes.is_empty() {
@@ -745,6 +777,7 @@ impl Node {
             membership_target: None,
             version: 1,
         };
+        spec.check_size()?;
         let source = self.plugin_source(&spec)?;
         let _serial = self.catalog_changes.lock().await;
         if !self.lock_catalog().absorb_region(&spec)
@@ -866,6 +899,7 @@ impl Node {
             regions: self.read_regions().len(),
             wal: self.commit.stats(),
             transport: self.transport.as_ref().map(|t| t.stats()),
+            api: self.api_counters.stats(),
             nodes: self.lock_catalog().nodes.clone(),
         }
     }
@@ -933,7 +967,13 @@ impl InboundHandler for NodeInbound {
                     tracing::warn!(%region, from, "malformed message batch dropped");
                     return;
                 }
-                let _ = handle.deliver_messages(from, payloads);
+                let bytes = payloads.data.len() as u64;
+                if let Err(error) = handle.deliver_messages(from, payloads) {
+                    tracing::debug!(%region, from, %error, "inbound messages dropped");
+                    if let Some(transport) = node.transport() {
+                        transport.count_inbound_dropped(&region, bytes);
+                    }
+                }
             }
             Frame::SnapshotChunk(chunk) => {
                 let arrived = self
