@@ -391,11 +391,11 @@ mod tests {
 
     #[test]
     fn a_full_region_drops_only_its_own_frames() {
-        let queue = LinkQueue::new(budget(3 << 20, 64 << 20));
-        for _ in 0..2 {
+        // Room for three frames of 1 MiB and their framing, not four.
+        let queue = LinkQueue::new(budget((3 << 20) + 1024, 64 << 20));
+        for _ in 0..3 {
             queue.push_frame("big", frame("big", 1 << 20)).expect("fits");
         }
-        queue.push_frame("big", frame("big", 1 << 20)).expect("fits");
         let dropped = queue
             .push_frame("big", frame("big", 1 << 20))
             .expect_err("over the region budget");
@@ -408,7 +408,7 @@ mod tests {
 
     #[test]
     fn the_link_total_is_bounded() {
-        let queue = LinkQueue::new(budget(8 << 20, 3 << 20));
+        let queue = LinkQueue::new(budget(8 << 20, (2 << 20) + 1024));
         queue.push_frame("a", frame("a", 1 << 20)).expect("fits");
         queue.push_frame("b", frame("b", 1 << 20)).expect("fits");
         assert!(queue.push_frame("c", frame("c", 1 << 20)).is_err());

@@ -42,7 +42,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 pub use self::chunks::{
     ArrivedSnapshot, Chunk, ChunkError, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, SnapshotAssembler,
 };
-pub use self::frame::{FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, TRANSPORT_VERSION};
+pub use self::frame::{
+    FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, TRANSPORT_VERSION, proof as handshake_proof,
+};
 pub use self::link::{Dropped, LinkBudget, LinkQueue, QUANTUM_BYTES};
 use crate::network::Network;
 use crate::region::RegionName;
