@@ -28,10 +28,11 @@ async fn a_flooding_region_does_not_stall_the_others() {
         .await
         .expect("cluster starts");
     let entry = cluster.client(1).expect("client");
-    let raft_params: Vec<(String, String)> = [("election-timeout-ms", "300"), ("heartbeat-ms", "50")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let raft_params: Vec<(String, String)> =
+        [("election-timeout-ms", "300"), ("heartbeat-ms", "50")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     entry
         .create_region("r", "raft", &raft_params)
         .await

@@ -353,10 +353,11 @@ async fn region_specs_over_the_size_limits_are_refused() {
             }
         }
         let mut answer = vec![0u8; 4096];
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
-            .await
-            .expect("answered without the rest of the body")
-            .expect("read");
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+                .await
+                .expect("answered without the rest of the body")
+                .expect("read");
         let answer = String::from_utf8_lossy(&answer[..read]).to_string();
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         assert!(answer.contains("body_too_large"), "{answer}");

@@ -276,9 +276,15 @@ async fn inbound_messages_over_a_regions_byte_bound_are_dropped_and_counted() {
             );
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "frames never arrived: {status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frames never arrived: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    node.client.put("r", "k", "v").await.expect("the region still serves");
+    node.client
+        .put("r", "k", "v")
+        .await
+        .expect("the region still serves");
     node.stop().await.expect("stop");
 }

@@ -396,7 +396,9 @@ async fn a_partial_frame_held_past_the_limit_is_closed() {
     assert_eq!(code.as_deref(), Some("timeout"));
     eprintln!("closed after {:?}", started.elapsed());
     // A client that keeps its frames whole is not affected.
-    let client = WireClient::connect(&address, TIMEOUT).await.expect("connect");
+    let client = WireClient::connect(&address, TIMEOUT)
+        .await
+        .expect("connect");
     client.put("kv", b"k", b"v").await.expect("write");
     tokio::time::sleep(Duration::from_millis(600)).await;
     client.put("kv", b"k", b"w").await.expect("still open");
@@ -454,7 +456,9 @@ async fn the_in_flight_byte_bound_throttles_without_losing_requests() {
         config.connections.wire_in_flight_bytes_max = 1;
     })
     .await;
-    let client = WireClient::connect(&address, TIMEOUT).await.expect("connect");
+    let client = WireClient::connect(&address, TIMEOUT)
+        .await
+        .expect("connect");
     let mut writes = tokio::task::JoinSet::new();
     for i in 0..200 {
         let client = client.clone();

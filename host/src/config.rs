@@ -178,12 +178,18 @@ impl ConfigFile {
         }
         let positive = [
             ("transport.handshakes_max", self.transport.handshakes_max),
-            ("connections.connections_max", self.connections.connections_max),
+            (
+                "connections.connections_max",
+                self.connections.connections_max,
+            ),
             (
                 "connections.wire_in_flight_bytes_max",
                 self.connections.wire_in_flight_bytes_max,
             ),
-            ("transport.link_queue_bytes_max", self.transport.link_queue_bytes_max),
+            (
+                "transport.link_queue_bytes_max",
+                self.transport.link_queue_bytes_max,
+            ),
         ];
         for (key, value) in positive {
             if value == Some(0) {
@@ -339,13 +345,19 @@ peer = "127.0.0.1:7172"
             node.connections.http_header_timeout,
             Duration::from_millis(1500)
         );
-        assert_eq!(node.connections.wire_frame_timeout, Duration::from_millis(250));
+        assert_eq!(
+            node.connections.wire_frame_timeout,
+            Duration::from_millis(250)
+        );
         let error = ConfigFile::parse(
             &format!("{GOOD}\n[transport]\nregion_queue_bytes_max = 1000\n"),
             "x.toml",
         )
         .expect_err("a budget below one snapshot chunk is refused");
-        assert!(error.to_string().contains("region_queue_bytes_max"), "{error}");
+        assert!(
+            error.to_string().contains("region_queue_bytes_max"),
+            "{error}"
+        );
     }
 
     #[test]

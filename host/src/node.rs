@@ -212,9 +212,9 @@ impl Node {
                     config.transport.clone(),
                 )
                 .await
-                    .map_err(|e| {
-                        NodeError::Storage(format!("binding the peer listener {listen}: {e}"))
-                    })?;
+                .map_err(|e| {
+                    NodeError::Storage(format!("binding the peer listener {listen}: {e}"))
+                })?;
                 (Arc::new(transport.clone()), Some(transport))
             }
             None => (Arc::new(NoPeers::default()), None),
@@ -489,21 +489,22 @@ impl Node {
     /// updated regions are journaled and, if hosted here, started.
     pub async fn absorb_catalog(&self, other: Catalog) -> Result<(), NodeError> {
         let _serial = self.catalog_changes.lock().await;
-        let changes = {
-            let mut catalog = self.lock_catalog();
-            let mut incoming = other;
-            // Nobody else decides this node's own address.
-            incoming.nodes.remove(&self.config.node_id);
-            // A spec over the size limits is refused, whoever sent it.
-            incoming.regions.retain(|name, spec| match spec.check_size() {
+        let changes =
+            {
+                let mut catalog = self.lock_catalog();
+                let mut incoming = other;
+                // Nobody else decides this node's own address.
+                incoming.nodes.remove(&self.config.node_id);
+                // A spec over the size limits is refused, whoever sent it.
+                incoming.regions.retain(|name, spec| match spec.check_size() {
                 Ok(()) => true,
                 Err(error) => {
                     tracing::warn!(region = %name, %error, "refused a region spec from a peer");
                     false
                 }
             });
-            catalog.merge(&incoming)
-        };
+                catalog.merge(&incoming)
+            };
         if changes.is_empty() {
             return Ok(());
         }

@@ -394,7 +394,9 @@ mod tests {
         // Room for three frames of 1 MiB and their framing, not four.
         let queue = LinkQueue::new(budget((3 << 20) + 1024, 64 << 20));
         for _ in 0..3 {
-            queue.push_frame("big", frame("big", 1 << 20)).expect("fits");
+            queue
+                .push_frame("big", frame("big", 1 << 20))
+                .expect("fits");
         }
         let dropped = queue
             .push_frame("big", frame("big", 1 << 20))
@@ -419,7 +421,9 @@ mod tests {
     fn small_messages_are_not_stuck_behind_bulk() {
         let queue = LinkQueue::new(budget(64 << 20, 256 << 20));
         for _ in 0..32 {
-            queue.push_frame("bulk", frame("bulk", 1 << 20)).expect("fits");
+            queue
+                .push_frame("bulk", frame("bulk", 1 << 20))
+                .expect("fits");
         }
         for _ in 0..4 {
             queue.push_frame("beat", frame("beat", 16)).expect("fits");

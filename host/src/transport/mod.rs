@@ -229,9 +229,7 @@ fn nonce() -> [u8; 32] {
 
 /// After the handshake, frames may be as large as [`FRAME_BYTES_MAX`].
 fn authenticated(mut connection: Connection) -> Connection {
-    connection
-        .codec_mut()
-        .set_max_frame_length(FRAME_BYTES_MAX);
+    connection.codec_mut().set_max_frame_length(FRAME_BYTES_MAX);
     connection
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use std::sync::atomic::Ordering;
 use synod_guest_sdk::Rejection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
@@ -44,7 +44,9 @@ pub struct ConnectionPlace {
 
 impl Drop for ConnectionPlace {
     fn drop(&mut self) {
-        self.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -197,8 +199,9 @@ pub async fn serve_connection(node: Arc<Node>, mut stream: TcpStream) {
     let mut check = tokio::time::interval(check_every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let may_read =
-            reading && running.len() < IN_FLIGHT_MAX && in_flight_bytes < limits.wire_in_flight_bytes_max;
+        let may_read = reading
+            && running.len() < IN_FLIGHT_MAX
+            && in_flight_bytes < limits.wire_in_flight_bytes_max;
         tokio::select! {
             frame = frames.next(), if may_read => {
                 since = tokio::time::Instant::now();
@@ -309,7 +312,10 @@ impl tokio_util::codec::Decoder for RequestDecoder {
         if length > self.max {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("a frame of {length} bytes is over this node's limit of {}", self.max),
+                format!(
+                    "a frame of {length} bytes is over this node's limit of {}",
+                    self.max
+                ),
             ));
         }
         if src.len() < 4 + length {
