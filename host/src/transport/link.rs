@@ -33,6 +33,10 @@ pub const QUANTUM_BYTES: usize = 256 * 1024;
 /// header, region name and metadata are charged exactly at enqueue.
 const CHUNK_OVERHEAD_BYTES: usize = 64;
 
+/// What each queued entry costs in memory besides its bytes (queue slot,
+/// buffer header), so a flood of tiny frames is bounded too.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
 /// Byte budgets of one link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkBudget {
@@ -105,7 +109,7 @@ impl Entry {
     /// Bytes charged while queued.
     fn cost(&self) -> usize {
         match self {
-            Entry::Frame(bytes) => bytes.len() + 4,
+            Entry::Frame(bytes) => bytes.len() + 4 + ENTRY_OVERHEAD_BYTES,
             Entry::Snapshot(snapshot) => snapshot.cost,
         }
     }
@@ -295,14 +299,14 @@ impl LinkQueue {
                 continue;
             }
             queue.deficit -= wants;
+            let cost = head.cost();
             let (frame, freed) = match head {
-                Entry::Frame(_) => match queue.entries.pop_front() {
-                    Some(Entry::Frame(frame)) => {
-                        let cost = frame.len() + 4;
-                        (Some(frame), cost)
-                    }
-                    _ => (None, 0),
-                },
+                Entry::Frame(frame) => {
+                    // A cheap clone (shared buffer); the entry goes next.
+                    let frame = frame.clone();
+                    queue.entries.pop_front();
+                    (Some(frame), cost)
+                }
                 Entry::Snapshot(snapshot) => {
                     let frame = snapshot.next_frame();
                     if snapshot.finished() {

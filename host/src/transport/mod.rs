@@ -133,6 +133,7 @@ pub struct RegionTraffic {
     /// Inbound message frames refused because the region's inbox was full
     /// (in bytes or entries).
     pub inbound_frames_dropped: u64,
+    pub inbound_bytes_dropped: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -293,13 +294,11 @@ impl Transport {
     /// Counts an inbound frame of a region hosted here that its inbox
     /// refused.
     pub fn count_inbound_dropped(&self, region: &str, bytes: u64) {
-        let _ = bytes;
         self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
         let mut regions = lock(&self.counters.regions);
-        regions
-            .entry(region.to_string())
-            .or_default()
-            .inbound_frames_dropped += 1;
+        let traffic = regions.entry(region.to_string()).or_default();
+        traffic.inbound_frames_dropped += 1;
+        traffic.inbound_bytes_dropped += bytes;
     }
 
     /// Learns or updates a peer's transport address.
@@ -350,8 +349,19 @@ impl Transport {
             Frame::Messages { region, .. } => region.clone(),
             Frame::SnapshotChunk(chunk) => chunk.region.clone(),
             Frame::Catalog(_) => {
+                let bytes = frame.encode();
+                if bytes.len() > FRAME_BYTES_MAX {
+                    // The peer would close the link on it; keep the link.
+                    tracing::error!(
+                        bytes = bytes.len(),
+                        limit = FRAME_BYTES_MAX,
+                        "the catalog is larger than one frame; not sent"
+                    );
+                    self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 match self.queue_of(to) {
-                    Some(queue) => queue.push_catalog(Bytes::from(frame.encode())),
+                    Some(queue) => queue.push_catalog(Bytes::from(bytes)),
                     None => {
                         self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
                     }
