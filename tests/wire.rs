@@ -469,3 +469,40 @@ async fn the_in_flight_byte_bound_throttles_without_losing_requests() {
     }
     node.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_holds_at_most_its_in_flight_bytes() {
+    let bound = 16 * 1024;
+    let (node, address, _dir) = node_with_limits(|config| {
+        config.connections.wire_in_flight_bytes_max = bound;
+    })
+    .await;
+    // 200 requests of about 1 KiB, sent in one burst, far more than the
+    // bound: the node reads only while under it.
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut burst = MAGIC.to_vec();
+    for id in 1..=200u64 {
+        burst.extend(frame(&Request {
+            id,
+            region: "kv".into(),
+            op: Op::put(format!("k{id}").as_bytes(), &[b'v'; 1000]),
+        }));
+    }
+    stream.write_all(&burst).await.expect("burst");
+    for _ in 0..200 {
+        let response = read_response(&mut stream).await.expect("an answer");
+        assert!(response.result.is_ok(), "{response:?}");
+    }
+    let status = node.client.status().await.expect("status");
+    let peak = status["api"]["wire_in_flight_bytes_peak"]
+        .as_u64()
+        .expect("peak");
+    eprintln!("in-flight peak {peak} bytes");
+    assert!(
+        peak > 0 && peak <= (bound + 1100) as u64,
+        "in flight at most the bound plus one request: {status}"
+    );
+    node.stop().await.expect("stop");
+}

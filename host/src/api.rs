@@ -93,6 +93,8 @@ pub struct ApiCounters {
     pub connections_refused: AtomicU64,
     /// Wire connections closed for a frame not completed in time, or idle.
     pub wire_timeouts: AtomicU64,
+    /// The most request bytes one wire connection had in flight at once.
+    pub wire_in_flight_bytes_peak: AtomicU64,
 }
 
 /// What `GET /v1/status` shows of the API port.
@@ -101,6 +103,7 @@ pub struct ApiStats {
     pub connections_open: u64,
     pub connections_refused: u64,
     pub wire_timeouts: u64,
+    pub wire_in_flight_bytes_peak: u64,
 }
 
 impl ApiCounters {
@@ -109,6 +112,7 @@ impl ApiCounters {
             connections_open: self.connections_open.load(Ordering::Relaxed),
             connections_refused: self.connections_refused.load(Ordering::Relaxed),
             wire_timeouts: self.wire_timeouts.load(Ordering::Relaxed),
+            wire_in_flight_bytes_peak: self.wire_in_flight_bytes_peak.load(Ordering::Relaxed),
         }
     }
 }

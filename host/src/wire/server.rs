@@ -209,6 +209,9 @@ pub async fn serve_connection(node: Arc<Node>, mut stream: TcpStream) {
                 match decode(frame) {
                     Ok(Some((request, bytes))) => {
                         in_flight_bytes += bytes;
+                        node.api_counters()
+                            .wire_in_flight_bytes_peak
+                            .fetch_max(in_flight_bytes as u64, Ordering::Relaxed);
                         running.push(answer(node.clone(), request, bytes));
                     }
                     Ok(None) => reading = false,
