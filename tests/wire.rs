@@ -506,3 +506,45 @@ async fn a_connection_holds_at_most_its_in_flight_bytes() {
     );
     node.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_its_answers_is_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(1, dir.path().to_path_buf());
+    config.connections.wire_frame_timeout = Duration::from_millis(500);
+    let node = TestNode::start(config).await.expect("node starts");
+    node.client
+        .create_region("kv", "standalone", &[])
+        .await
+        .expect("create region");
+    let address = node.client.base().trim_start_matches("http://").to_string();
+    let value = "v".repeat(1 << 20);
+    node.client.put("kv", "big", &value).await.expect("put");
+    // 64 reads of 1 MiB each, and the answers are never read.
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut burst = MAGIC.to_vec();
+    for id in 1..=64u64 {
+        burst.extend(frame(&Request {
+            id,
+            region: "kv".into(),
+            op: Op::get(b"big", Consistency::Local),
+        }));
+    }
+    stream.write_all(&burst).await.expect("burst");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = node.client.status().await.expect("status");
+        if status["api"]["wire_timeouts"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection is still held: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stream);
+    node.stop().await.expect("stop");
+}

@@ -171,8 +171,8 @@ pub fn request_frame_bytes_max(node: &Node) -> usize {
 
 /// Serves one wire connection (opening with [`MAGIC`]) until the client
 /// closes it, sends something undecodable, takes longer than
-/// `wire_frame_timeout` to complete a frame, or stays idle past
-/// `wire_idle_timeout`. One task reads requests, drives them all, and
+/// `wire_frame_timeout` to complete a frame or to take a batch of answers,
+/// or stays idle past `wire_idle_timeout`. One task reads requests, drives them all, and
 /// writes each batch of answers that is ready: an answer wakes this task
 /// directly, with no hop through another. It stops reading while
 /// `wire_in_flight_bytes_max` bytes of requests await their answers.
@@ -274,9 +274,24 @@ pub async fn serve_connection(node: Arc<Node>, mut stream: TcpStream) {
             else => break,
         }
         if !buffer.is_empty() {
-            if let Err(error) = write.write_all(&buffer).await {
-                tracing::debug!(%error, "a client connection closed while answering");
-                return;
+            // A client that stops reading its answers is not waited for
+            // longer than it may take to send a frame.
+            match tokio::time::timeout(limits.wire_frame_timeout, write.write_all(&buffer)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "a client connection closed while answering");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        ?peer,
+                        "closing a client connection that does not read its answers"
+                    );
+                    node.api_counters()
+                        .wire_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
             buffer.clear();
             buffer.shrink_to(WRITE_BATCH_BYTES * 2);
