@@ -436,3 +436,48 @@ async fn a_slowloris_client_is_closed_after_the_header_timeout() {
         .expect("status");
     node.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_its_responses_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let (node, _dir) = node_with(|config| {
+        config.connections.http_header_timeout = std::time::Duration::from_millis(800);
+    })
+    .await;
+    node.client
+        .create_region("kv", "standalone", &[])
+        .await
+        .expect("region");
+    node.client
+        .put("kv", "big", &"v".repeat(1 << 20))
+        .await
+        .expect("put");
+    // 64 pipelined reads of a 1 MiB value; no response is ever read.
+    let mut stream = tokio::net::TcpStream::connect(address_of(&node))
+        .await
+        .expect("connect");
+    let request = b"GET /v1/regions/kv/kv/big?consistency=local HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut burst = Vec::new();
+    for _ in 0..64 {
+        burst.extend_from_slice(request);
+    }
+    stream.write_all(&burst).await.expect("requests");
+    let fresh = synod::client::ApiClient::new(node.client.base());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let status = fresh.status().await.expect("status");
+        // Only the status request's own connection (and the test's pooled
+        // one) remain once the stuck connection is closed.
+        let open = status["api"]["connections_open"].as_u64().unwrap_or(99);
+        if open <= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection that does not read is still open: {status}"
+        );
+    }
+    drop(stream);
+    node.stop().await.expect("stop");
+}
