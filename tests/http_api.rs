@@ -285,3 +285,205 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     );
     node.stop().await.expect("stop");
 }
+
+async fn node_with(adjust: impl FnOnce(&mut NodeConfig)) -> (TestNode, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(1, dir.path().to_path_buf());
+    adjust(&mut config);
+    let node = TestNode::start(config).await.expect("node starts");
+    (node, dir)
+}
+
+fn address_of(node: &TestNode) -> String {
+    node.client.base().trim_start_matches("http://").to_string()
+}
+
+/// Whether the node closes `stream` within `within`.
+async fn closes_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn region_specs_over_the_size_limits_are_refused() {
+    let (node, _dir) = node().await;
+    let base = node.client.base().to_string();
+    let url = format!("{base}/v1/regions");
+    // Params over 64 KiB in all.
+    let big = "x".repeat(40 * 1024);
+    let body = json!({"name": "p", "protocol": "standalone", "params": {"a": big, "b": big}});
+    let (status, body) = raw("POST", &url, Some(&body.to_string())).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(code(&body), "params_too_large", "{body}");
+    // Too many params.
+    let many: serde_json::Map<String, Value> = (0..100)
+        .map(|i| (format!("p{i}"), Value::String("v".into())))
+        .collect();
+    let body = json!({"name": "p", "protocol": "standalone", "params": many});
+    let (status, body) = raw("POST", &url, Some(&body.to_string())).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(code(&body), "too_many_params", "{body}");
+    // A body far over any valid request is refused once the limit is
+    // read, not after 40 MB.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address_of(&node))
+            .await
+            .expect("connect");
+        stream
+            .write_all(
+                b"POST /v1/regions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40000000\r\n\r\n{\"name\":",
+            )
+            .await
+            .expect("write");
+        let filler = vec![b' '; 64 * 1024];
+        for _ in 0..20 {
+            if stream.write_all(&filler).await.is_err() {
+                break;
+            }
+        }
+        let mut answer = vec![0u8; 4096];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+                .await
+                .expect("answered without the rest of the body")
+                .expect("read");
+        let answer = String::from_utf8_lossy(&answer[..read]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("body_too_large"), "{answer}");
+    }
+    // Nothing was created; a spec within the limits still is.
+    let (status, body) = raw("GET", &format!("{base}/v1/regions/p"), None).await;
+    assert_eq!(status, 404, "{body}");
+    let fine = json!({"name": "p", "protocol": "standalone", "params": {"a": "x".repeat(1000)}});
+    let (status, body) = raw("POST", &url, Some(&fine.to_string())).await;
+    assert_eq!(status, 201, "{body}");
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_cap_are_closed_at_once() {
+    let (node, _dir) = node_with(|config| config.connections.connections_max = 3).await;
+    let address = address_of(&node);
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut extra = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    assert!(
+        closes_within(&mut extra, std::time::Duration::from_secs(1)).await,
+        "the connection over the cap is closed"
+    );
+    drop(idle);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let status = node.client.status().await.expect("room again");
+    assert!(
+        status["api"]["connections_refused"].as_u64().unwrap_or(0) >= 1,
+        "{status}"
+    );
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slowloris_client_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let timeout = std::time::Duration::from_millis(1500);
+    let (node, _dir) = node_with(|config| config.connections.http_header_timeout = timeout).await;
+    let mut stream = tokio::net::TcpStream::connect(address_of(&node))
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    let request = b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed = false;
+    for byte in request {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if closes_within(&mut stream, std::time::Duration::from_millis(250)).await {
+            closed = true;
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(closed, "the slow client was never closed");
+    assert!(
+        elapsed >= timeout / 2 && elapsed < timeout * 3,
+        "closed after {elapsed:?}, the header timeout is {timeout:?}"
+    );
+    // A normal client is served (a fresh one: the test's pooled
+    // connection went idle as long as the slow one and is closed too).
+    synod::client::ApiClient::new(node.client.base())
+        .status()
+        .await
+        .expect("status");
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_its_responses_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let (node, _dir) = node_with(|config| {
+        config.connections.http_header_timeout = std::time::Duration::from_millis(800);
+    })
+    .await;
+    {
+        // Its pooled connection closes when it is dropped.
+        let setup = synod::client::ApiClient::new(node.client.base());
+        setup
+            .create_region("kv", "standalone", &[])
+            .await
+            .expect("region");
+        setup
+            .put("kv", "big", &"v".repeat(1 << 20))
+            .await
+            .expect("put");
+    }
+    // 64 pipelined reads of a 1 MiB value; no response is ever read.
+    let mut stream = tokio::net::TcpStream::connect(address_of(&node))
+        .await
+        .expect("connect");
+    let request = b"GET /v1/regions/kv/kv/big?consistency=local HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut burst = Vec::new();
+    for _ in 0..64 {
+        burst.extend_from_slice(request);
+    }
+    stream.write_all(&burst).await.expect("requests");
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // A fresh client each time: only its own connection should be open
+        // once the stuck one is closed.
+        let status = synod::client::ApiClient::new(node.client.base())
+            .status()
+            .await
+            .expect("status");
+        if status["api"]["connections_open"].as_u64().unwrap_or(99) <= 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "the connection that does not read is still open: {status}"
+        );
+    }
+    eprintln!("closed after about {:?}", started.elapsed());
+    drop(stream);
+    node.stop().await.expect("stop");
+}

@@ -4,15 +4,20 @@
 use std::time::Duration;
 
 use synod::node::NodeConfig;
-use synod::transport::{FRAME_BYTES_MAX, Frame, TRANSPORT_VERSION};
+use synod::transport::{FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, TRANSPORT_VERSION};
 use synod_tests::{TestNode, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn node() -> (TestNode, tempfile::TempDir, u16) {
+    node_with(|_| {}).await
+}
+
+async fn node_with(adjust: impl FnOnce(&mut NodeConfig)) -> (TestNode, tempfile::TempDir, u16) {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port().expect("port");
     let mut config = NodeConfig::new(1, dir.path().to_path_buf());
+    adjust(&mut config);
     config.peer_listen = Some(format!("127.0.0.1:{port}").parse().expect("address"));
     config.peer_address = format!("127.0.0.1:{port}");
     config.secret = b"the-right-secret".to_vec();
@@ -112,5 +117,174 @@ async fn bad_input_closes_the_connection_and_the_node_keeps_serving() {
             .expect("read"),
         Some("v".into())
     );
+    node.stop().await.expect("stop");
+}
+
+/// Whether the node closes `stream` within `within` (reads end or fail).
+async fn closes_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    });
+    read.await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_length_prefix_before_the_handshake_closes_at_once() {
+    let (node, _dir, port) = node().await;
+    // A length any authenticated peer may send, but not a stranger: the
+    // node must not wait (or buffer) for 64 MiB of an unauthenticated frame.
+    for length in [FRAME_BYTES_MAX, HANDSHAKE_FRAME_BYTES_MAX + 1] {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        stream
+            .write_all(&(length as u32).to_be_bytes())
+            .await
+            .expect("write");
+        stream.write_all(&[0u8; 512]).await.expect("write");
+        let started = std::time::Instant::now();
+        assert!(
+            closes_within(&mut stream, Duration::from_secs(1)).await,
+            "a {length}-byte frame before the handshake is refused at once"
+        );
+        eprintln!("closed after {:?}", started.elapsed());
+    }
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_handshake_cap_are_closed_at_once() {
+    let (node, _dir, port) = node_with(|config| config.transport.handshakes_max = 2).await;
+    // Two strangers sit in their handshake (they send nothing).
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        waiting.push(
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    assert!(
+        closes_within(&mut third, Duration::from_secs(1)).await,
+        "a third connection waiting for its handshake is refused"
+    );
+    let status = node.client.status().await.expect("status");
+    assert!(
+        status["transport"]["refused_connections"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "refusals are counted: {status}"
+    );
+    // Once the others time out or leave, a new one gets its turn.
+    drop(waiting);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut later = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    assert!(
+        !closes_within(&mut later, Duration::from_millis(500)).await,
+        "room again once the waiting connections are gone"
+    );
+    node.stop().await.expect("stop");
+}
+
+/// Completes the dialer's side of the handshake as node `me` knowing
+/// `secret`; returns the authenticated connection.
+async fn authenticated_peer(port: u16, me: u64, secret: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let hello = Frame::Hello {
+        version: TRANSPORT_VERSION,
+        node_id: me,
+        nonce: [3; 32],
+    };
+    stream
+        .write_all(&framed(&hello.encode()))
+        .await
+        .expect("hello");
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).await.expect("welcome");
+    let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut body).await.expect("welcome");
+    let Frame::Welcome { nonce, .. } = Frame::decode(&body).expect("decodes") else {
+        panic!("expected a welcome");
+    };
+    let proof = synod::transport::handshake_proof(secret, "dial", me, &nonce);
+    stream
+        .write_all(&framed(&Frame::Proof { proof }.encode()))
+        .await
+        .expect("proof");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbound_messages_over_a_regions_byte_bound_are_dropped_and_counted() {
+    // Node 5 accepts from node 2 (the lower id dials).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port().expect("port");
+    let mut config = NodeConfig::new(5, dir.path().to_path_buf());
+    config.peer_listen = Some(format!("127.0.0.1:{port}").parse().expect("address"));
+    config.peer_address = format!("127.0.0.1:{port}");
+    config.secret = b"the-right-secret".to_vec();
+    let node = TestNode::start(config).await.expect("node");
+    node.client
+        .create_region("r", "standalone", &[])
+        .await
+        .expect("region");
+    let mut peer = authenticated_peer(port, 2, b"the-right-secret").await;
+    // One batch over the inbox's byte bound: refused, not queued.
+    let bytes = synod::region::driver::INBOX_MESSAGE_BYTES_MAX + 1;
+    let flood = Frame::Messages {
+        region: "r".into(),
+        epoch: 1,
+        data: vec![0u8; bytes].into(),
+        ends: vec![bytes as u32],
+    };
+    peer.write_all(&framed(&flood.encode()))
+        .await
+        .expect("send");
+    let small = Frame::Messages {
+        region: "r".into(),
+        epoch: 1,
+        data: vec![1u8; 10].into(),
+        ends: vec![10],
+    };
+    peer.write_all(&framed(&small.encode()))
+        .await
+        .expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = node.client.status().await.expect("status");
+        let received = status["transport"]["frames_received"].as_u64().unwrap_or(0);
+        if received >= 2 {
+            assert_eq!(
+                status["transport"]["regions"]["r"]["inbound_frames_dropped"].as_u64(),
+                Some(1),
+                "the oversized batch is dropped and counted, the small one is not: {status}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frames never arrived: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.client
+        .put("r", "k", "v")
+        .await
+        .expect("the region still serves");
     node.stop().await.expect("stop");
 }

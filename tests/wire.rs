@@ -335,3 +335,216 @@ async fn the_client_dials_again_after_a_restart() {
     wire.put("kv", b"k", b"after").await.expect("put");
     drop(process);
 }
+
+async fn node_with_limits(
+    adjust: impl FnOnce(&mut NodeConfig),
+) -> (TestNode, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(1, dir.path().to_path_buf());
+    config.value_bytes_max = 1024;
+    config.key_bytes_max = 64;
+    adjust(&mut config);
+    let node = TestNode::start(config).await.expect("node starts");
+    node.client
+        .create_region("kv", "standalone", &[])
+        .await
+        .expect("create region");
+    let address = node.client.base().trim_start_matches("http://").to_string();
+    (node, address, dir)
+}
+
+/// Reads until the node closes the connection; returns the connection
+/// error it sent first, if any.
+async fn error_then_close(
+    stream: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> Result<Option<String>, &'static str> {
+    tokio::time::timeout(within, async {
+        let first = read_response(stream).await;
+        let code = first.map(|response| {
+            assert_eq!(response.id, CONNECTION_ERROR_ID);
+            response.result.expect_err("an error").code
+        });
+        if code.is_some() {
+            assert!(read_response(stream).await.is_none(), "then closed");
+        }
+        code
+    })
+    .await
+    .map_err(|_| "still open")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_frame_held_past_the_limit_is_closed() {
+    let (node, address, _dir) = node_with_limits(|config| {
+        config.connections.wire_frame_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    stream.write_all(MAGIC).await.expect("magic");
+    stream
+        .write_all(&1000u32.to_be_bytes())
+        .await
+        .expect("length");
+    stream.write_all(&[1u8; 10]).await.expect("a few bytes");
+    let started = std::time::Instant::now();
+    let code = error_then_close(&mut stream, Duration::from_secs(3))
+        .await
+        .expect("the node closes a frame that never completes");
+    assert_eq!(code.as_deref(), Some("timeout"));
+    eprintln!("closed after {:?}", started.elapsed());
+    // A client that keeps its frames whole is not affected.
+    let client = WireClient::connect(&address, TIMEOUT)
+        .await
+        .expect("connect");
+    client.put("kv", b"k", b"v").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client.put("kv", b"k", b"w").await.expect("still open");
+    let status = node.client.status().await.expect("status");
+    assert!(
+        status["api"]["wire_timeouts"].as_u64().unwrap_or(0) >= 1,
+        "{status}"
+    );
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_wire_connection_is_closed() {
+    let (node, address, _dir) = node_with_limits(|config| {
+        config.connections.wire_idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    stream.write_all(MAGIC).await.expect("magic");
+    let code = error_then_close(&mut stream, Duration::from_secs(3))
+        .await
+        .expect("an idle connection is closed");
+    assert_eq!(code.as_deref(), Some("timeout"));
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frame_larger_than_any_request_is_refused_before_its_body() {
+    let (node, address, _dir) = node_with_limits(|_| {}).await;
+    let limit = synod::wire::request_frame_bytes_max(&node.node);
+    assert!(limit < FRAME_BYTES_MAX, "far below the protocol's cap");
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    stream.write_all(MAGIC).await.expect("magic");
+    let length = u32::try_from(limit + 1).expect("fits");
+    stream
+        .write_all(&length.to_be_bytes())
+        .await
+        .expect("length");
+    let code = error_then_close(&mut stream, Duration::from_secs(2))
+        .await
+        .expect("refused at once");
+    assert_eq!(code.as_deref(), Some("malformed_frame"));
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_in_flight_byte_bound_throttles_without_losing_requests() {
+    // One request's worth in flight: requests are read one at a time,
+    // and every one is still answered.
+    let (node, address, _dir) = node_with_limits(|config| {
+        config.connections.wire_in_flight_bytes_max = 1;
+    })
+    .await;
+    let client = WireClient::connect(&address, TIMEOUT)
+        .await
+        .expect("connect");
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let client = client.clone();
+        writes.spawn(async move { client.put("kv", format!("k{i}").as_bytes(), b"v").await });
+    }
+    while let Some(result) = writes.join_next().await {
+        result.expect("task").expect("every request answered");
+    }
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_holds_at_most_its_in_flight_bytes() {
+    let bound = 16 * 1024;
+    let (node, address, _dir) = node_with_limits(|config| {
+        config.connections.wire_in_flight_bytes_max = bound;
+    })
+    .await;
+    // 200 requests of about 1 KiB, sent in one burst, far more than the
+    // bound: the node reads only while under it.
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut burst = MAGIC.to_vec();
+    for id in 1..=200u64 {
+        burst.extend(frame(&Request {
+            id,
+            region: "kv".into(),
+            op: Op::put(format!("k{id}").as_bytes(), &[b'v'; 1000]),
+        }));
+    }
+    stream.write_all(&burst).await.expect("burst");
+    for _ in 0..200 {
+        let response = read_response(&mut stream).await.expect("an answer");
+        assert!(response.result.is_ok(), "{response:?}");
+    }
+    let status = node.client.status().await.expect("status");
+    let peak = status["api"]["wire_in_flight_bytes_peak"]
+        .as_u64()
+        .expect("peak");
+    eprintln!("in-flight peak {peak} bytes");
+    assert!(
+        peak > 0 && peak <= (bound + 1100) as u64,
+        "in flight at most the bound plus one request: {status}"
+    );
+    node.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_its_answers_is_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(1, dir.path().to_path_buf());
+    config.connections.wire_frame_timeout = Duration::from_millis(500);
+    let node = TestNode::start(config).await.expect("node starts");
+    node.client
+        .create_region("kv", "standalone", &[])
+        .await
+        .expect("create region");
+    let address = node.client.base().trim_start_matches("http://").to_string();
+    let value = "v".repeat(1 << 20);
+    node.client.put("kv", "big", &value).await.expect("put");
+    // 64 reads of 1 MiB each, and the answers are never read.
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut burst = MAGIC.to_vec();
+    for id in 1..=64u64 {
+        burst.extend(frame(&Request {
+            id,
+            region: "kv".into(),
+            op: Op::get(b"big", Consistency::Local),
+        }));
+    }
+    stream.write_all(&burst).await.expect("burst");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = node.client.status().await.expect("status");
+        if status["api"]["wire_timeouts"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection is still held: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stream);
+    node.stop().await.expect("stop");
+}

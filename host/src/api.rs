@@ -22,6 +22,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::OriginalUri;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -43,6 +45,77 @@ use crate::state_machine::{KvCommand, KvOutcome, KvQuery};
 
 /// Largest component accepted by `POST /v1/components`.
 pub const COMPONENT_BYTES_MAX: usize = 64 << 20;
+
+/// Largest body of `POST /v1/regions`: room for the largest params
+/// ([`crate::catalog::REGION_PARAMS_BYTES_MAX`]) even when JSON escapes
+/// them, and no more.
+pub const REGION_BODY_BYTES_MAX: usize = 1 << 20;
+
+/// Caps and timeouts of the API port (HTTP and the wire protocol); `[api]`
+/// in the configuration file. Worst-case memory held for clients is about
+/// `connections_max × (wire_in_flight_bytes_max + one frame)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections on the API port, HTTP and wire together; more are
+    /// closed at once (counted in `api.connections_refused`).
+    pub connections_max: usize,
+    /// Time a connection has to deliver a request's head, counted from
+    /// when it starts waiting for one: on a new connection and after each
+    /// response. So it is also the keep-alive idle timeout.
+    pub http_header_timeout: Duration,
+    /// Time a wire connection has to complete a frame once its first byte
+    /// has arrived.
+    pub wire_frame_timeout: Duration,
+    /// A wire connection with no request in flight and no bytes for this
+    /// long is closed.
+    pub wire_idle_timeout: Duration,
+    /// Bytes of wire requests accepted but not yet answered, per
+    /// connection; the node stops reading from a connection at the bound.
+    pub wire_in_flight_bytes_max: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            connections_max: 1024,
+            http_header_timeout: Duration::from_secs(20),
+            wire_frame_timeout: Duration::from_secs(10),
+            wire_idle_timeout: Duration::from_secs(300),
+            wire_in_flight_bytes_max: 16 << 20,
+        }
+    }
+}
+
+/// Connection counters of the API port.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    pub connections_open: AtomicU64,
+    pub connections_refused: AtomicU64,
+    /// Wire connections closed for a frame not completed in time, or idle.
+    pub wire_timeouts: AtomicU64,
+    /// The most request bytes one wire connection had in flight at once.
+    pub wire_in_flight_bytes_peak: AtomicU64,
+}
+
+/// What `GET /v1/status` shows of the API port.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApiStats {
+    pub connections_open: u64,
+    pub connections_refused: u64,
+    pub wire_timeouts: u64,
+    pub wire_in_flight_bytes_peak: u64,
+}
+
+impl ApiCounters {
+    pub fn stats(&self) -> ApiStats {
+        ApiStats {
+            connections_open: self.connections_open.load(Ordering::Relaxed),
+            connections_refused: self.connections_refused.load(Ordering::Relaxed),
+            wire_timeouts: self.wire_timeouts.load(Ordering::Relaxed),
+            wire_in_flight_bytes_peak: self.wire_in_flight_bytes_peak.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// An API error: status, stable machine code, human message.
 #[derive(Debug)]
@@ -108,6 +181,9 @@ impl From<NodeError> for ApiError {
             NodeError::UnknownProtocol(_) => Self::bad_request("unknown_protocol", message),
             NodeError::Component(_) => Self::bad_request("invalid_component", message),
             NodeError::Invalid(_) => Self::bad_request("invalid_request", message),
+            NodeError::SpecTooLarge(ref too_large) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, too_large.code(), message)
+            }
             NodeError::Storage(_)
             | NodeError::Journal(_)
             | NodeError::Engine(_)
@@ -199,7 +275,12 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/status", get(node_status))
-        .route("/v1/regions", get(list_regions).post(create_region))
+        .route(
+            "/v1/regions",
+            get(list_regions)
+                .post(create_region)
+                .layer(DefaultBodyLimit::max(REGION_BODY_BYTES_MAX)),
+        )
         .route("/v1/regions/{region}", get(region_status))
         .route("/v1/regions/{region}/restart", post(restart_region))
         .route(
@@ -231,10 +312,75 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = crate::wire::SharedPortListener::new(listener, node.clone())?;
-    axum::serve(listener, router(node))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let header_timeout = node.config().connections.http_header_timeout;
+    let mut listener = crate::wire::SharedPortListener::new(listener, node.clone())?;
+    let router = router(node);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept_http() => {
+                let Some(connection) = accepted else { break };
+                while connections.try_join_next().is_some() {}
+                connections.spawn(serve_http(
+                    connection,
+                    router.clone(),
+                    header_timeout,
+                    stopping.clone(),
+                ));
+            }
+        }
+    }
+    // Stop accepting (and end wire connections), then let HTTP
+    // connections finish the request they are in.
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Serves one HTTP/1.1 connection. hyper's header timer starts whenever
+/// the connection waits for a request head, so it bounds both a slow
+/// client (slowloris) and an idle keep-alive connection. A client that
+/// does not take its response within the same time is closed too.
+async fn serve_http(
+    connection: crate::wire::HttpConnection,
+    router: Router,
+    header_timeout: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let crate::wire::HttpConnection {
+        stream,
+        remote,
+        permit,
+    } = connection;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let stream = WriteDeadline::new(stream, header_timeout);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let mut graceful = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%remote, %error, "HTTP connection ended");
+                }
+                break;
+            }
+            changed = stopping.changed(), if !graceful => {
+                let _ = changed;
+                graceful = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    drop(permit);
 }
 
 /// Turns axum's own plain-text rejections (405, 413, undecodable paths)
@@ -298,6 +444,19 @@ async fn create_region(
     body: Result<Json<CreateRegion>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let request = json_body(body)?;
+    crate::catalog::check_params(
+        request
+            .params
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    )
+    .map_err(|too_large| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            too_large.code(),
+            too_large.to_string(),
+        )
+    })?;
     let params = request.params.into_iter().collect();
     let handle = node
         .create_region_on(&request.name, &request.protocol, params, request.replicas)
@@ -706,4 +865,105 @@ async fn publish_component(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })??;
     Ok((StatusCode::CREATED, Json(summary)).into_response())
+}
+
+/// A stream whose writes fail with `TimedOut` once they have made no
+/// progress for `timeout`: a client that never reads its responses cannot
+/// hold a connection (and the response buffered for it) forever.
+struct WriteDeadline<T> {
+    inner: T,
+    timeout: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteDeadline<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Called when the inner write is pending: arms the timer on the first
+    /// stall and fails once it fires.
+    fn pending<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took no response bytes for {timeout:?}"),
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn progressed<R>(
+        &mut self,
+        result: std::task::Poll<std::io::Result<R>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        match result {
+            std::task::Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progressed(result, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progressed(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.progressed(result, cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -157,6 +157,8 @@ impl LocalCluster {
             fairness: Default::default(),
             request_timeout_ms: Some(5000),
             wal_checkpoint_min_bytes: None,
+            transport: Default::default(),
+            connections: Default::default(),
         };
         std::fs::write(&node.config_path, config.to_toml())
             .with_context(|| format!("writing {}", node.config_path.display()))?;

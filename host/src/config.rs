@@ -18,6 +18,12 @@
 //! deadline_per_call_ms = 2000
 //! memory_bytes_max = 268435456
 //! instances_max = 64
+//! region_log_bytes_max = 1073741824     # per region (quota.log-bytes)
+//! region_kv_bytes_max = 67108864        # per region (quota.kv-bytes)
+//! region_kv_keys_max = 65536            # per region (quota.kv-keys)
+//! region_staged_bytes_max = 67108864    # per region and WAL entry (quota.staged-bytes)
+//! region_timers_max = 4096              # per region (quota.timers)
+//! disk_reserve_bytes = 268435456        # node-wide free-disk reserve
 //!
 //! [fairness]                    # optional: CPU fairness between regions
 //! enabled = true
@@ -25,12 +31,20 @@
 //! burst_ms = 100                # CPU a region may use beyond its share
 //! heavy_call_ms = 20            # one call above this is heavy at once
 //! cooldown_ms = 5000            # light this long to run inline again
-//! region_log_bytes_max = 1073741824     # per region (quota.log-bytes)
-//! region_kv_bytes_max = 67108864        # per region (quota.kv-bytes)
-//! region_kv_keys_max = 65536            # per region (quota.kv-keys)
-//! region_staged_bytes_max = 67108864    # per region and WAL entry (quota.staged-bytes)
-//! region_timers_max = 4096              # per region (quota.timers)
-//! disk_reserve_bytes = 268435456        # node-wide free-disk reserve
+//!
+//! [transport]                   # optional; peer port
+//! region_queue_bytes_max = 8388608
+//! link_queue_bytes_max = 67108864
+//! handshakes_max = 64
+//! handshake_timeout_ms = 5000
+//! write_timeout_ms = 10000
+//!
+//! [connections]                 # optional; API port (HTTP and wire)
+//! connections_max = 1024
+//! http_header_timeout_ms = 20000
+//! wire_frame_timeout_ms = 10000
+//! wire_idle_timeout_ms = 300000
+//! wire_in_flight_bytes_max = 16777216
 //! ```
 
 use std::net::SocketAddr;
@@ -64,6 +78,34 @@ pub struct ConfigFile {
     /// Rewrite the WAL as a checkpoint past this size (and 4x live state).
     #[serde(default)]
     pub wal_checkpoint_min_bytes: Option<u64>,
+    /// Byte budgets and limits of the peer transport.
+    #[serde(default)]
+    pub transport: TransportEntry,
+    /// Caps and timeouts of the API port.
+    #[serde(default)]
+    pub connections: ConnectionsEntry,
+}
+
+/// `[transport]`: see [`crate::transport::TransportLimits`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportEntry {
+    pub region_queue_bytes_max: Option<usize>,
+    pub link_queue_bytes_max: Option<usize>,
+    pub handshakes_max: Option<usize>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+}
+
+/// `[connections]`: see [`crate::api::ConnectionLimits`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsEntry {
+    pub connections_max: Option<usize>,
+    pub http_header_timeout_ms: Option<u64>,
+    pub wire_frame_timeout_ms: Option<u64>,
+    pub wire_idle_timeout_ms: Option<u64>,
+    pub wire_in_flight_bytes_max: Option<usize>,
 }
 
 /// `[fairness]`: when a region's plugin calls run at idle priority
@@ -183,6 +225,35 @@ impl ConfigFile {
                 return Err(invalid(format!("nodes: id {} appears twice", node.id)));
             }
         }
+        let chunk = crate::transport::SNAPSHOT_CHUNK_BYTES;
+        if let Some(bytes) = self.transport.region_queue_bytes_max
+            && bytes < chunk + (64 << 10)
+        {
+            return Err(invalid(format!(
+                "transport.region_queue_bytes_max {bytes} must be at least {} (one snapshot chunk and room beside it)",
+                chunk + (64 << 10)
+            )));
+        }
+        let positive = [
+            ("transport.handshakes_max", self.transport.handshakes_max),
+            (
+                "connections.connections_max",
+                self.connections.connections_max,
+            ),
+            (
+                "connections.wire_in_flight_bytes_max",
+                self.connections.wire_in_flight_bytes_max,
+            ),
+            (
+                "transport.link_queue_bytes_max",
+                self.transport.link_queue_bytes_max,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == Some(0) {
+                return Err(invalid(format!("{key} must be at least 1")));
+            }
+        }
         Ok(())
     }
 
@@ -245,6 +316,40 @@ impl ConfigFile {
         }
         if let Some(ms) = self.request_timeout_ms {
             config.request_timeout = Duration::from_millis(ms);
+        }
+        let transport = &self.transport;
+        let limits = &mut config.transport;
+        if let Some(bytes) = transport.region_queue_bytes_max {
+            limits.region_queue_bytes_max = bytes;
+        }
+        if let Some(bytes) = transport.link_queue_bytes_max {
+            limits.link_queue_bytes_max = bytes;
+        }
+        if let Some(count) = transport.handshakes_max {
+            limits.handshakes_max = count;
+        }
+        if let Some(ms) = transport.handshake_timeout_ms {
+            limits.handshake_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = transport.write_timeout_ms {
+            limits.write_timeout = Duration::from_millis(ms);
+        }
+        let connections = &self.connections;
+        let limits = &mut config.connections;
+        if let Some(count) = connections.connections_max {
+            limits.connections_max = count;
+        }
+        if let Some(ms) = connections.http_header_timeout_ms {
+            limits.http_header_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = connections.wire_frame_timeout_ms {
+            limits.wire_frame_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = connections.wire_idle_timeout_ms {
+            limits.wire_idle_timeout = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = connections.wire_in_flight_bytes_max {
+            limits.wire_in_flight_bytes_max = bytes;
         }
         config
     }
@@ -324,6 +429,36 @@ peer = "127.0.0.1:7172"
         let bad = format!("{GOOD}\n[limits]\nregion_kv_keys_max = 0\n");
         let error = ConfigFile::parse(&bad, "x.toml").expect_err("refused");
         assert!(error.to_string().contains("region_kv_keys_max"), "{error}");
+    }
+
+    #[test]
+    fn transport_and_connection_limits_are_read() {
+        let text = format!(
+            "{GOOD}\n[transport]\nregion_queue_bytes_max = 5000000\nhandshakes_max = 3\n\n[connections]\nconnections_max = 7\nhttp_header_timeout_ms = 1500\nwire_frame_timeout_ms = 250\n"
+        );
+        let node = ConfigFile::parse(&text, "n2.toml")
+            .expect("parses")
+            .node_config();
+        assert_eq!(node.transport.region_queue_bytes_max, 5_000_000);
+        assert_eq!(node.transport.handshakes_max, 3);
+        assert_eq!(node.connections.connections_max, 7);
+        assert_eq!(
+            node.connections.http_header_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            node.connections.wire_frame_timeout,
+            Duration::from_millis(250)
+        );
+        let error = ConfigFile::parse(
+            &format!("{GOOD}\n[transport]\nregion_queue_bytes_max = 1000\n"),
+            "x.toml",
+        )
+        .expect_err("a budget below one snapshot chunk is refused");
+        assert!(
+            error.to_string().contains("region_queue_bytes_max"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog::{Catalog, NodeAddress};
-use crate::transport::{Frame, InboundHandler, SnapshotAssembler, Transport, TransportStats};
+use crate::transport::{
+    Frame, InboundHandler, SnapshotAssembler, Transport, TransportLimits, TransportStats,
+};
 use serde::Serialize;
 use synod_guest_sdk::{InitConfig, Membership, NodeId};
 
@@ -71,6 +73,10 @@ pub struct NodeConfig {
     pub disk_reserve_bytes: u64,
     /// Where the free space comes from (`statvfs`; tests inject their own).
     pub free_space: FreeSpace,
+    /// Byte budgets, handshake and write limits of the peer transport.
+    pub transport: TransportLimits,
+    /// Connection caps and timeouts of the API port (HTTP and wire).
+    pub connections: crate::api::ConnectionLimits,
 }
 
 impl NodeConfig {
@@ -96,6 +102,8 @@ impl NodeConfig {
             region_limits: RegionLimits::default(),
             disk_reserve_bytes: 256 << 20,
             free_space: FreeSpace::default(),
+            transport: TransportLimits::default(),
+            connections: crate::api::ConnectionLimits::default(),
         }
     }
 }
@@ -131,6 +139,8 @@ pub enum NodeError {
     Snapshot { region: String, reason: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("region spec refused: {0}")]
+    SpecTooLarge(#[from] crate::catalog::SpecTooLarge),
 }
 
 /// Components built into this binary, published at every start.
@@ -184,6 +194,8 @@ pub struct NodeStatus {
     pub regions: usize,
     pub wal: CommitStatsSnapshot,
     pub transport: Option<TransportStats>,
+    /// Connections on the API port.
+    pub api: crate::api::ApiStats,
     pub nodes: BTreeMap<NodeId, NodeAddress>,
 }
 
@@ -202,6 +214,7 @@ pub struct Node {
     transport: Option<Arc<Transport>>,
     components: std::sync::Mutex<BTreeMap<String, ComponentSummary>>,
     started: Instant,
+    api_counters: Arc<crate::api::ApiCounters>,
 }
 
 const COMPONENTS_DIR: &str = "components";
@@ -215,11 +228,16 @@ impl Node {
         let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(config.data_dir.clone()));
         let (network, transport): (Arc<dyn Network>, _) = match config.peer_listen {
             Some(listen) => {
-                let transport = Transport::start(config.node_id, &config.secret, listen)
-                    .await
-                    .map_err(|e| {
-                        NodeError::Storage(format!("binding the peer listener {listen}: {e}"))
-                    })?;
+                let transport = Transport::start(
+                    config.node_id,
+                    &config.secret,
+                    listen,
+                    config.transport.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    NodeError::Storage(format!("binding the peer listener {listen}: {e}"))
+                })?;
                 (Arc::new(transport.clone()), Some(transport))
             }
             None => (Arc::new(NoPeers::default()), None),
@@ -359,6 +377,7 @@ impl Node {
             transport,
             components: std::sync::Mutex::new(BTreeMap::new()),
             started: Instant::now(),
+            api_counters: Arc::new(crate::api::ApiCounters::default()),
         });
         for (_, bytes) in builtin_components() {
             node.publish(bytes)?;
@@ -451,6 +470,11 @@ impl Node {
             .filter(|api| !api.is_empty())
     }
 
+    /// Connection counters of the API port (kept by `api` and `wire`).
+    pub fn api_counters(&self) -> &Arc<crate::api::ApiCounters> {
+        &self.api_counters
+    }
+
     pub fn transport(&self) -> Option<&Arc<Transport>> {
         self.transport.as_ref()
     }
@@ -503,13 +527,22 @@ impl Node {
     /// updated regions are journaled and, if hosted here, started.
     pub async fn absorb_catalog(&self, other: Catalog) -> Result<(), NodeError> {
         let _serial = self.catalog_changes.lock().await;
-        let changes = {
-            let mut catalog = self.lock_catalog();
-            let mut incoming = other;
-            // Nobody else decides this node's own address.
-            incoming.nodes.remove(&self.config.node_id);
-            catalog.merge(&incoming)
-        };
+        let changes =
+            {
+                let mut catalog = self.lock_catalog();
+                let mut incoming = other;
+                // Nobody else decides this node's own address.
+                incoming.nodes.remove(&self.config.node_id);
+                // A spec over the size limits is refused, whoever sent it.
+                incoming.regions.retain(|name, spec| match spec.check_size() {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(region = %name, %error, "refused a region spec from a peer");
+                    false
+                }
+            });
+                catalog.merge(&incoming)
+            };
         if changes.is_empty() {
             return Ok(());
         }
@@ -802,6 +835,7 @@ impl Node {
             membership_target: None,
             version: 1,
         };
+        spec.check_size()?;
         let source = self.plugin_source(&spec)?;
         let _serial = self.catalog_changes.lock().await;
         if !self.lock_catalog().absorb_region(&spec)
@@ -941,6 +975,7 @@ impl Node {
             regions: self.read_regions().len(),
             wal: self.commit.stats(),
             transport: self.transport.as_ref().map(|t| t.stats()),
+            api: self.api_counters.stats(),
             nodes: self.lock_catalog().nodes.clone(),
         }
     }
@@ -1008,7 +1043,13 @@ impl InboundHandler for NodeInbound {
                     tracing::warn!(%region, from, "malformed message batch dropped");
                     return;
                 }
-                let _ = handle.deliver_messages(from, payloads);
+                let bytes = payloads.data.len() as u64;
+                if let Err(error) = handle.deliver_messages(from, payloads) {
+                    tracing::debug!(%region, from, %error, "inbound messages dropped");
+                    if let Some(transport) = node.transport() {
+                        transport.count_inbound_dropped(&region, bytes);
+                    }
+                }
             }
             Frame::SnapshotChunk(chunk) => {
                 let arrived = self

@@ -39,6 +39,10 @@ pub const ROUND_EVENTS_MAX: usize = 4096;
 pub const ROUND_WRITE_BYTES_MAX: usize = 8 << 20;
 /// Inbox capacity; a full inbox answers `overloaded`.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
+/// Bytes of peer messages a region's inbox may hold; beyond it further
+/// messages are refused (the transport drops and counts them), so a peer
+/// flooding one region cannot grow the node's memory without bound.
+pub const INBOX_MESSAGE_BYTES_MAX: usize = 32 << 20;
 
 /// Runs `f`, which blocks on the disk, telling a multi-threaded tokio
 /// runtime first so it moves this worker's other tasks elsewhere. Under the
@@ -225,6 +229,8 @@ pub struct RegionHandle {
     /// Shared: a handle is cloned for every request.
     pub spec: Arc<RegionSpec>,
     sender: mpsc::Sender<RegionEvent>,
+    /// Bytes of peer messages in the inbox (see [`INBOX_MESSAGE_BYTES_MAX`]).
+    inbox_message_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RegionHandle {
@@ -336,7 +342,21 @@ impl RegionHandle {
 
     /// Delivers messages from a peer (used by the transport).
     pub fn deliver_messages(&self, from: NodeId, payloads: Batch) -> Result<(), ClientError> {
-        self.enqueue(RegionEvent::Messages { from, payloads })
+        use std::sync::atomic::Ordering;
+        let bytes = message_bytes(&payloads);
+        let queued = self.inbox_message_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if queued + bytes > INBOX_MESSAGE_BYTES_MAX {
+            self.inbox_message_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(ClientError::Overloaded(format!(
+                "region {} holds {queued} bytes of peer messages; the limit is {INBOX_MESSAGE_BYTES_MAX}",
+                self.spec.name
+            )));
+        }
+        let enqueued = self.enqueue(RegionEvent::Messages { from, payloads });
+        if enqueued.is_err() {
+            self.inbox_message_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        enqueued
     }
 
     /// Stops the driver and waits until it has flushed.
@@ -351,6 +371,11 @@ impl RegionHandle {
             let _ = finished.await;
         }
     }
+}
+
+/// What a message batch is charged in the inbox's byte budget.
+fn message_bytes(payloads: &Batch) -> usize {
+    payloads.data.len() + 4 * payloads.ends.len()
 }
 
 /// What a driver shares with the rest of the node.
@@ -402,6 +427,7 @@ pub struct RegionDriver {
     host: ReplicaHost,
     inbox: mpsc::Receiver<RegionEvent>,
     durable: watch::Receiver<u64>,
+    inbox_message_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RegionDriver {
@@ -416,10 +442,12 @@ impl RegionDriver {
     ) -> RegionHandle {
         let (sender, inbox) = mpsc::channel(INBOX_CAPACITY);
         let host = ReplicaHost::new(spec.clone(), replica, context);
+        let inbox_message_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut driver = RegionDriver {
             host,
             inbox,
             durable,
+            inbox_message_bytes: inbox_message_bytes.clone(),
         };
         tokio::spawn(async move {
             driver.host.start(recovering);
@@ -428,6 +456,7 @@ impl RegionDriver {
         RegionHandle {
             spec: Arc::new(spec),
             sender,
+            inbox_message_bytes,
         }
     }
 
@@ -448,6 +477,15 @@ impl RegionDriver {
                             Err(_) => break,
                         }
                     }
+                    let taken: usize = events
+                        .iter()
+                        .map(|event| match event {
+                            RegionEvent::Messages { payloads, .. } => message_bytes(payloads),
+                            _ => 0,
+                        })
+                        .sum();
+                    self.inbox_message_bytes
+                        .fetch_sub(taken, std::sync::atomic::Ordering::AcqRel);
                     if !self.host.handle_events(events) {
                         self.host.end_round();
                         break;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use synod_guest_sdk::NodeId;
 
+#[cfg(test)]
 use super::frame::Frame;
 
 /// Image bytes per chunk frame: well under `FRAME_BYTES_MAX`, small enough
@@ -16,6 +17,8 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 pub const SNAPSHOT_BYTES_MAX: u64 = 16 << 30;
 
 /// The frames that carry `image` (at least one, even when it is empty).
+/// The link produces the same frames one at a time (`link.rs`).
+#[cfg(test)]
 pub fn snapshot_frames(region: &str, epoch: u64, metadata: &[u8], image: &[u8]) -> Vec<Frame> {
     let transfer = rand::random::<u64>();
     let total = image.len() as u64;

@@ -16,6 +16,10 @@ use crate::catalog::Catalog;
 
 /// Largest frame accepted; a larger one closes the connection.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Largest frame accepted before the handshake completes: a Hello, Welcome
+/// or Proof is under 100 bytes, and an unauthenticated peer must not make
+/// the node buffer more.
+pub const HANDSHAKE_FRAME_BYTES_MAX: usize = 1024;
 /// Protocol version carried in the handshake.
 pub const TRANSPORT_VERSION: u32 = 1;
 

@@ -2,18 +2,28 @@
 //!
 //! One connection per pair of nodes: the node with the lower id dials, the
 //! other accepts; both then send on it. A [`PeerLink`] task per peer owns
-//! the connection, reconnects with exponential backoff, and drains a bounded
-//! queue of outgoing frames, coalescing whatever is queued into one flush
-//! (per-destination batching). While a peer is unreachable its frames are
-//! dropped: delivery is unreliable by contract and plugins retransmit.
+//! the connection and reconnects with exponential backoff. Reading and
+//! writing run side by side, so a node busy writing still reads (two nodes
+//! writing to each other cannot deadlock on full socket buffers).
+//!
+//! Outgoing frames wait in the link's [`LinkQueue`]: the newest catalog
+//! first, then the regions' frames in deficit round robin, each region
+//! within a byte budget. A region that sends more than its share has its
+//! own frames dropped and counted; the others are not held up. While a peer
+//! is unreachable its frames are dropped: delivery is unreliable by
+//! contract and plugins retransmit.
 //!
 //! Garbage, truncated, oversized or unauthenticated input closes that
 //! connection with a log line; it never panics the node or stalls others.
+//! Before the handshake a frame may be at most
+//! [`HANDSHAKE_FRAME_BYTES_MAX`], and only `handshakes_max` connections may
+//! wait for their handshake at once.
 
 mod chunks;
 mod frame;
+mod link;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,25 +35,65 @@ use serde::Serialize;
 use serde_bytes::ByteBuf;
 use synod_guest_sdk::{Batch, NodeId};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 pub use self::chunks::{
     ArrivedSnapshot, Chunk, ChunkError, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, SnapshotAssembler,
 };
-pub use self::frame::{FRAME_BYTES_MAX, Frame, TRANSPORT_VERSION};
+pub use self::frame::{
+    FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, TRANSPORT_VERSION, proof as handshake_proof,
+};
+pub use self::link::{Dropped, LinkBudget, LinkQueue, QUANTUM_BYTES};
 use crate::network::Network;
 use crate::region::RegionName;
 
-/// Frames queued per peer; beyond it new frames are dropped.
-const PEER_QUEUE_FRAMES_MAX: usize = 16 * 1024;
-/// Frames written before one flush.
-const FLUSH_FRAMES_MAX: usize = 256;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Bytes written before a flush, at most.
+const FLUSH_BYTES: usize = 256 * 1024;
+
+/// The transport's limits; `[transport]` in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// Queued outgoing bytes per region per link; beyond it that region's
+    /// new frames are dropped. Also the largest message batch a region can
+    /// send.
+    pub region_queue_bytes_max: usize,
+    /// Queued outgoing bytes per link, all regions together.
+    pub link_queue_bytes_max: usize,
+    /// Connections on the peer port that may be in their handshake at once;
+    /// more are closed at once.
+    pub handshakes_max: usize,
+    /// Time a connection has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// A frame whose write does not complete in this time (the peer does
+    /// not read) closes the connection.
+    pub write_timeout: Duration,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        Self {
+            region_queue_bytes_max: 8 << 20,
+            link_queue_bytes_max: 64 << 20,
+            handshakes_max: 64,
+            handshake_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TransportLimits {
+    fn budget(&self) -> LinkBudget {
+        LinkBudget {
+            region_bytes_max: self.region_queue_bytes_max,
+            link_bytes_max: self.link_queue_bytes_max,
+        }
+    }
+}
 
 /// Where inbound frames go once a connection is authenticated.
 pub trait InboundHandler: Send + Sync + 'static {
@@ -58,21 +108,55 @@ struct Counters {
     frames_dropped: AtomicU64,
     connections: AtomicU64,
     rejected_connections: AtomicU64,
+    refused_connections: AtomicU64,
+    /// Per region; keyed by local regions' names only (outgoing traffic).
+    regions: Mutex<BTreeMap<String, RegionTraffic>>,
+}
+
+impl Counters {
+    fn dropped(&self, dropped: &Dropped) {
+        self.frames_dropped
+            .fetch_add(dropped.frames, Ordering::Relaxed);
+        let mut regions = lock(&self.regions);
+        let region = regions.entry(dropped.region.clone()).or_default();
+        region.frames_dropped += dropped.frames;
+        region.bytes_dropped += dropped.bytes;
+    }
+}
+
+/// Outgoing traffic of one region, over all links.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RegionTraffic {
+    /// Frames dropped: over the region's budget, or the peer unreachable.
+    pub frames_dropped: u64,
+    pub bytes_dropped: u64,
+    /// Inbound message frames refused because the region's inbox was full
+    /// (in bytes or entries).
+    pub inbound_frames_dropped: u64,
+    pub inbound_bytes_dropped: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct TransportStats {
     pub frames_sent: u64,
     pub frames_received: u64,
+    /// Every frame dropped, all regions (and catalogs to unknown peers).
     pub frames_dropped: u64,
     pub connections: u64,
+    /// Connections whose handshake failed.
     pub rejected_connections: u64,
+    /// Connections closed at once because `handshakes_max` were waiting.
+    pub refused_connections: u64,
+    /// Outgoing bytes queued now, all links.
+    pub queued_bytes: u64,
+    /// Per region: what the byte budgets dropped.
+    pub regions: BTreeMap<String, RegionTraffic>,
 }
 
 type Connection = Framed<TcpStream, LengthDelimitedCodec>;
 
 struct PeerLink {
-    queue: mpsc::Sender<Frame>,
+    queue: Arc<LinkQueue>,
     /// Where to dial; empty while unknown (we accept instead).
     address: Arc<Mutex<String>>,
     /// Accepted connections from this peer, handed over by the listener.
@@ -83,15 +167,18 @@ struct PeerLink {
 pub struct Transport {
     node_id: NodeId,
     secret: Vec<u8>,
+    limits: TransportLimits,
     peers: Mutex<HashMap<NodeId, PeerLink>>,
     inbound: OnceLock<Arc<dyn InboundHandler>>,
     counters: Arc<Counters>,
     local_address: SocketAddr,
 }
 
-fn codec() -> LengthDelimitedCodec {
+/// Until the handshake is done a frame may be tiny: nothing is buffered
+/// for an unauthenticated peer beyond [`HANDSHAKE_FRAME_BYTES_MAX`].
+fn handshake_codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
-        .max_frame_length(FRAME_BYTES_MAX)
+        .max_frame_length(HANDSHAKE_FRAME_BYTES_MAX)
         .new_codec()
 }
 
@@ -141,18 +228,33 @@ fn nonce() -> [u8; 32] {
     nonce
 }
 
+/// After the handshake, frames may be as large as [`FRAME_BYTES_MAX`].
+fn authenticated(mut connection: Connection) -> Connection {
+    connection.codec_mut().set_max_frame_length(FRAME_BYTES_MAX);
+    connection
+}
+
+/// How a served connection ended.
+enum Ended {
+    Closed(String),
+    Replaced(Connection),
+    Stopping,
+}
+
 impl Transport {
     /// Binds the peer listener and starts accepting.
     pub async fn start(
         node_id: NodeId,
         secret: &[u8],
         listen: SocketAddr,
+        limits: TransportLimits,
     ) -> std::io::Result<Arc<Self>> {
         let listener = TcpListener::bind(listen).await?;
         let local_address = listener.local_addr()?;
         let transport = Arc::new(Transport {
             node_id,
             secret: secret.to_vec(),
+            limits,
             peers: Mutex::new(HashMap::new()),
             inbound: OnceLock::new(),
             counters: Arc::new(Counters::default()),
@@ -173,13 +275,30 @@ impl Transport {
 
     pub fn stats(&self) -> TransportStats {
         let c = &self.counters;
+        let queued_bytes = lock(&self.peers)
+            .values()
+            .map(|link| link.queue.queued_bytes() as u64)
+            .sum();
         TransportStats {
             frames_sent: c.frames_sent.load(Ordering::Relaxed),
             frames_received: c.frames_received.load(Ordering::Relaxed),
             frames_dropped: c.frames_dropped.load(Ordering::Relaxed),
             connections: c.connections.load(Ordering::Relaxed),
             rejected_connections: c.rejected_connections.load(Ordering::Relaxed),
+            refused_connections: c.refused_connections.load(Ordering::Relaxed),
+            queued_bytes,
+            regions: lock(&c.regions).clone(),
         }
+    }
+
+    /// Counts an inbound frame of a region hosted here that its inbox
+    /// refused.
+    pub fn count_inbound_dropped(&self, region: &str, bytes: u64) {
+        self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        let mut regions = lock(&self.counters.regions);
+        let traffic = regions.entry(region.to_string()).or_default();
+        traffic.inbound_frames_dropped += 1;
+        traffic.inbound_bytes_dropped += bytes;
     }
 
     /// Learns or updates a peer's transport address.
@@ -197,41 +316,77 @@ impl Transport {
         if let Some(link) = peers.get(&peer) {
             return link.address.clone();
         }
-        let (queue, outgoing) = mpsc::channel(PEER_QUEUE_FRAMES_MAX);
+        let queue = Arc::new(LinkQueue::new(self.limits.budget()));
         let (accepted, connections) = mpsc::channel(4);
         let address = Arc::new(Mutex::new(String::new()));
         peers.insert(
             peer,
             PeerLink {
-                queue,
+                queue: queue.clone(),
                 address: address.clone(),
                 accepted,
             },
         );
         tokio::spawn(
             self.clone()
-                .run_link(peer, address.clone(), outgoing, connections),
+                .run_link(peer, address.clone(), queue, connections),
         );
         address
     }
 
-    /// Queues a frame for `to`; drops it if `to` is not a known peer (a
-    /// plugin must not make the host allocate per invented node id) or its
-    /// queue is full.
+    fn queue_of(&self, to: NodeId) -> Option<Arc<LinkQueue>> {
+        lock(&self.peers).get(&to).map(|link| link.queue.clone())
+    }
+
+    /// Queues a frame for `to`; drops it (counted against its region) if
+    /// `to` is not a known peer (a plugin must not make the host allocate
+    /// per invented node id) or the region's or link's budget is full.
     pub fn send_frame(self: &Arc<Self>, to: NodeId, frame: Frame) {
         if to == self.node_id {
             return;
         }
-        let sent = lock(&self.peers)
-            .get(&to)
-            .map(|link| link.queue.try_send(frame).is_ok())
-            .unwrap_or(false);
-        if !sent {
-            self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        let region = match &frame {
+            Frame::Messages { region, .. } => region.clone(),
+            Frame::SnapshotChunk(chunk) => chunk.region.clone(),
+            Frame::Catalog(_) => {
+                let bytes = frame.encode();
+                if bytes.len() > FRAME_BYTES_MAX {
+                    // The peer would close the link on it; keep the link.
+                    tracing::error!(
+                        bytes = bytes.len(),
+                        limit = FRAME_BYTES_MAX,
+                        "the catalog is larger than one frame; not sent"
+                    );
+                    self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                match self.queue_of(to) {
+                    Some(queue) => queue.push_catalog(Bytes::from(bytes)),
+                    None => {
+                        self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                return;
+            }
+            // Handshake frames never travel through the queue.
+            Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Proof { .. } => return,
+        };
+        let bytes = Bytes::from(frame.encode());
+        let pushed = match self.queue_of(to) {
+            Some(queue) => queue.push_frame(&region, bytes),
+            None => Err(Dropped {
+                region,
+                frames: 1,
+                bytes: bytes.len() as u64,
+            }),
+        };
+        if let Err(dropped) = pushed {
+            self.counters.dropped(&dropped);
         }
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let handshakes = Arc::new(Semaphore::new(self.limits.handshakes_max));
         loop {
             let (stream, remote) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -241,22 +396,36 @@ impl Transport {
                     continue;
                 }
             };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                self.counters
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    %remote,
+                    limit = self.limits.handshakes_max,
+                    "refused a peer connection: too many handshakes in progress"
+                );
+                drop(stream);
+                continue;
+            };
             let transport = self.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
-                let mut connection = Framed::new(stream, codec());
+                let mut connection = Framed::new(stream, handshake_codec());
                 let handshake = tokio::time::timeout(
-                    HANDSHAKE_TIMEOUT,
+                    transport.limits.handshake_timeout,
                     transport.accept_handshake(&mut connection),
                 );
-                match handshake.await.unwrap_or(Err(HandshakeError::Timeout)) {
+                let outcome = handshake.await.unwrap_or(Err(HandshakeError::Timeout));
+                drop(permit);
+                match outcome {
                     Ok(peer) => {
                         transport.link(peer);
                         let handoff = lock(&transport.peers)
                             .get(&peer)
                             .map(|link| link.accepted.clone());
                         if let Some(handoff) = handoff {
-                            let _ = handoff.send(connection).await;
+                            let _ = handoff.send(authenticated(connection)).await;
                         }
                     }
                     Err(error) => {
@@ -307,7 +476,7 @@ impl Transport {
             .await
             .map_err(|_| HandshakeError::Timeout)??;
         let _ = stream.set_nodelay(true);
-        let mut connection = Framed::new(stream, codec());
+        let mut connection = Framed::new(stream, handshake_codec());
         let my_nonce = nonce();
         let hello = Frame::Hello {
             version: TRANSPORT_VERSION,
@@ -336,10 +505,16 @@ impl Transport {
             let proof = frame::proof(&self.secret, "dial", self.node_id, &peer_nonce);
             send_frame(&mut connection, &Frame::Proof { proof }).await
         };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        tokio::time::timeout(self.limits.handshake_timeout, exchange)
             .await
             .map_err(|_| HandshakeError::Timeout)??;
-        Ok(connection)
+        Ok(authenticated(connection))
+    }
+
+    fn drop_queued(&self, queue: &LinkQueue) {
+        for dropped in queue.clear() {
+            self.counters.dropped(&dropped);
+        }
     }
 
     /// Owns the connection to one peer for the node's lifetime.
@@ -347,16 +522,19 @@ impl Transport {
         self: Arc<Self>,
         peer: NodeId,
         address: Arc<Mutex<String>>,
-        mut outgoing: mpsc::Receiver<Frame>,
+        queue: Arc<LinkQueue>,
         mut accepted: mpsc::Receiver<Connection>,
     ) {
         let dialer = self.node_id < peer;
         let mut backoff = BACKOFF_INITIAL;
+        let mut next: Option<Connection> = None;
         loop {
-            let connection = if dialer {
+            let connection = if let Some(connection) = next.take() {
+                connection
+            } else if dialer {
                 let target = lock(&address).clone();
                 if target.is_empty() {
-                    drop_queued(&mut outgoing, &self.counters);
+                    self.drop_queued(&queue);
                     tokio::time::sleep(BACKOFF_MAX).await;
                     continue;
                 }
@@ -364,7 +542,7 @@ impl Transport {
                     Ok(connection) => connection,
                     Err(error) => {
                         tracing::debug!(peer, %target, %error, "dial failed; retrying");
-                        drop_queued(&mut outgoing, &self.counters);
+                        self.drop_queued(&queue);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         continue;
@@ -379,7 +557,7 @@ impl Transport {
                             None => return,
                         },
                         () = tokio::time::sleep(Duration::from_millis(100)) => {
-                            drop_queued(&mut outgoing, &self.counters);
+                            self.drop_queued(&queue);
                         }
                     }
                 }
@@ -387,79 +565,101 @@ impl Transport {
             backoff = BACKOFF_INITIAL;
             self.counters.connections.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(peer, "peer connected");
-            let reason = self
-                .serve(peer, connection, &mut outgoing, &mut accepted)
-                .await;
-            tracing::info!(peer, %reason, "peer connection closed");
+            match self.serve(peer, connection, &queue, &mut accepted).await {
+                Ended::Closed(reason) => tracing::info!(peer, %reason, "peer connection closed"),
+                // The peer reconnected (e.g. it restarted): use the new one.
+                Ended::Replaced(connection) => next = Some(connection),
+                Ended::Stopping => return,
+            }
         }
     }
 
     /// Moves frames both ways until the connection fails or is replaced.
+    /// Reading and writing run concurrently: a write blocked on a full
+    /// socket never stops this node from reading what the peer sends.
     async fn serve(
         &self,
         peer: NodeId,
         connection: Connection,
-        outgoing: &mut mpsc::Receiver<Frame>,
+        queue: &LinkQueue,
         accepted: &mut mpsc::Receiver<Connection>,
+    ) -> Ended {
+        let (sink, stream) = connection.split();
+        tokio::select! {
+            reason = self.write_frames(sink, queue) => Ended::Closed(reason),
+            reason = self.read_frames(peer, stream) => Ended::Closed(reason),
+            replacement = accepted.recv() => match replacement {
+                Some(replacement) => Ended::Replaced(replacement),
+                None => Ended::Stopping,
+            },
+        }
+    }
+
+    async fn write_frames(
+        &self,
+        mut sink: futures_util::stream::SplitSink<Connection, Bytes>,
+        queue: &LinkQueue,
     ) -> String {
-        let (mut sink, mut stream) = connection.split();
+        let timeout = self.limits.write_timeout;
+        let mut unflushed = 0usize;
         loop {
-            tokio::select! {
-                frame = outgoing.recv() => {
-                    let Some(frame) = frame else { return "node stopping".into() };
-                    let mut batch = vec![frame];
-                    while batch.len() < FLUSH_FRAMES_MAX {
-                        match outgoing.try_recv() {
-                            Ok(frame) => batch.push(frame),
-                            Err(_) => break,
-                        }
-                    }
-                    let count = batch.len() as u64;
-                    for frame in batch {
-                        if let Err(error) = sink.feed(Bytes::from(frame.encode())).await {
-                            return format!("write failed: {error}");
-                        }
-                    }
-                    if let Err(error) = sink.flush().await {
-                        return format!("write failed: {error}");
-                    }
-                    self.counters.frames_sent.fetch_add(count, Ordering::Relaxed);
-                }
-                inbound = stream.next() => {
-                    let bytes = match inbound {
-                        Some(Ok(bytes)) => bytes,
-                        Some(Err(error)) => return format!("bad or oversized frame: {error}"),
-                        None => return "closed by peer".into(),
-                    };
-                    let frame = match Frame::decode(&bytes) {
-                        Ok(frame) => frame,
-                        Err(error) => return format!("undecodable frame: {error}"),
-                    };
-                    if matches!(frame, Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Proof { .. }) {
-                        return "handshake frame after the handshake".into();
-                    }
-                    self.counters.frames_received.fetch_add(1, Ordering::Relaxed);
-                    if let Some(handler) = self.inbound.get() {
-                        handler.on_frame(peer, frame);
+            let Some(frame) = queue.pop() else {
+                if unflushed > 0 {
+                    match tokio::time::timeout(timeout, sink.flush()).await {
+                        Ok(Ok(())) => unflushed = 0,
+                        Ok(Err(error)) => return format!("write failed: {error}"),
+                        Err(_) => return format!("peer did not read for {timeout:?}"),
                     }
                 }
-                replacement = accepted.recv() => {
-                    // The peer reconnected (e.g. it restarted): use the new one.
-                    if let Some(replacement) = replacement {
-                        let (new_sink, new_stream) = replacement.split();
-                        sink = new_sink;
-                        stream = new_stream;
-                        self.counters.connections.fetch_add(1, Ordering::Relaxed);
-                    }
+                queue.ready().await;
+                continue;
+            };
+            let length = frame.len();
+            match tokio::time::timeout(timeout, sink.feed(frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return format!("write failed: {error}"),
+                Err(_) => return format!("peer did not read for {timeout:?}"),
+            }
+            self.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+            unflushed += length;
+            if unflushed >= FLUSH_BYTES {
+                match tokio::time::timeout(timeout, sink.flush()).await {
+                    Ok(Ok(())) => unflushed = 0,
+                    Ok(Err(error)) => return format!("write failed: {error}"),
+                    Err(_) => return format!("peer did not read for {timeout:?}"),
                 }
             }
         }
     }
-}
 
-fn drop_queued(outgoing: &mut mpsc::Receiver<Frame>, counters: &Counters) {
-    while outgoing.try_recv().is_ok() {
-        counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    async fn read_frames(
+        &self,
+        peer: NodeId,
+        mut stream: futures_util::stream::SplitStream<Connection>,
+    ) -> String {
+        loop {
+            let bytes = match stream.next().await {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(error)) => return format!("bad or oversized frame: {error}"),
+                None => return "closed by peer".into(),
+            };
+            let frame = match Frame::decode(&bytes) {
+                Ok(frame) => frame,
+                Err(error) => return format!("undecodable frame: {error}"),
+            };
+            if matches!(
+                frame,
+                Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Proof { .. }
+            ) {
+                return "handshake frame after the handshake".into();
+            }
+            self.counters
+                .frames_received
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(handler) = self.inbound.get() {
+                handler.on_frame(peer, frame);
+            }
+        }
     }
 }
 
@@ -485,8 +685,19 @@ impl Network for Arc<Transport> {
         metadata: Vec<u8>,
         image: Vec<u8>,
     ) {
-        for frame in chunks::snapshot_frames(region.as_str(), epoch, &metadata, &image) {
-            self.send_frame(to, frame);
+        if to == self.node_id {
+            return;
+        }
+        let pushed = match self.queue_of(to) {
+            Some(queue) => queue.push_snapshot(region.as_str(), epoch, metadata, image),
+            None => Err(Dropped {
+                region: region.to_string(),
+                frames: 1,
+                bytes: image.len() as u64,
+            }),
+        };
+        if let Err(dropped) = pushed {
+            self.counters.dropped(&dropped);
         }
     }
 }

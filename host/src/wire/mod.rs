@@ -24,12 +24,16 @@ use synod_guest_sdk::ReadLevel;
 use crate::state_machine::{KvCommand, KvOutcome, KvQuery};
 
 pub use client::{WireClient, WireClientError};
-pub use server::{SharedPortListener, serve_connection};
+pub use server::{
+    ConnectionPlace, HttpConnection, SharedPortListener, request_frame_bytes_max, serve_connection,
+};
 
 /// First bytes a client sends. No HTTP request starts like this.
 pub const MAGIC: &[u8; 8] = b"SYNOD/W1";
 
-/// Largest frame either side accepts; larger ones end the connection.
+/// Largest frame either side accepts; larger ones end the connection. A
+/// node accepts request frames only up to what its key and value limits
+/// allow ([`request_frame_bytes_max`], about 2 MiB by default).
 pub const FRAME_BYTES_MAX: usize = 8 << 20;
 
 /// Requests a connection may have in flight; the node stops reading

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use std::sync::atomic::Ordering;
 use synod_guest_sdk::Rejection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 
@@ -27,11 +28,34 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses gathered into one write, at most.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
-/// Accepts on the API port. Wire connections are served here; the rest
-/// are handed to the HTTP server through [`axum::serve::Listener`].
+/// An HTTP connection handed over by [`SharedPortListener`]; `permit`
+/// holds its place under `connections_max` until dropped.
+pub struct HttpConnection {
+    pub stream: TcpStream,
+    pub remote: SocketAddr,
+    pub permit: ConnectionPlace,
+}
+
+/// A connection's place under `connections_max`, given back on drop.
+pub struct ConnectionPlace {
+    _permit: OwnedSemaphorePermit,
+    counters: Arc<crate::api::ApiCounters>,
+}
+
+impl Drop for ConnectionPlace {
+    fn drop(&mut self) {
+        self.counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts on the API port, at most `connections_max` connections at once
+/// (more are closed at once and counted). Wire connections are served
+/// here; the rest are handed to the HTTP server ([`Self::accept_http`]).
 /// Dropping it stops accepting and ends the wire connections.
 pub struct SharedPortListener {
-    http: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    http: mpsc::Receiver<HttpConnection>,
     local: SocketAddr,
     acceptor: tokio::task::JoinHandle<()>,
 }
@@ -47,6 +71,15 @@ impl SharedPortListener {
             acceptor,
         })
     }
+
+    /// The next HTTP connection; `None` once the acceptor has stopped.
+    pub async fn accept_http(&mut self) -> Option<HttpConnection> {
+        self.http.recv().await
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
 }
 
 impl Drop for SharedPortListener {
@@ -55,30 +88,12 @@ impl Drop for SharedPortListener {
     }
 }
 
-impl axum::serve::Listener for SharedPortListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        match self.http.recv().await {
-            Some(connection) => connection,
-            // The acceptor is gone only once this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    node: Arc<Node>,
-    http: mpsc::Sender<(TcpStream, SocketAddr)>,
-) {
+async fn accept_loop(listener: TcpListener, node: Arc<Node>, http: mpsc::Sender<HttpConnection>) {
     // Owned here so that aborting the acceptor ends every wire connection.
     let mut connections = JoinSet::new();
+    let limit = node.config().connections.connections_max;
+    let places = Arc::new(Semaphore::new(limit));
+    let counters = node.api_counters().clone();
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, peer) = match listener.accept().await {
@@ -90,14 +105,32 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(permit) = places.clone().try_acquire_owned() else {
+            counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, limit, "refused an API connection: connections_max reached");
+            drop(stream);
+            continue;
+        };
+        counters.connections_open.fetch_add(1, Ordering::Relaxed);
+        let place = ConnectionPlace {
+            _permit: permit,
+            counters: counters.clone(),
+        };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         let http = http.clone();
         connections.spawn(async move {
             if speaks_wire(&stream).await {
                 serve_connection(node, stream).await;
+                drop(place);
             } else {
-                let _ = http.send((stream, peer)).await;
+                let _ = http
+                    .send(HttpConnection {
+                        stream,
+                        remote: peer,
+                        permit: place,
+                    })
+                    .await;
             }
         });
     }
@@ -128,26 +161,59 @@ async fn speaks_wire(stream: &TcpStream) -> bool {
     }
 }
 
+/// The largest request frame this node accepts: the largest operation
+/// its key and value limits allow (a cas carries two values), with room
+/// for the region name and encoding, and never over [`super::FRAME_BYTES_MAX`].
+pub fn request_frame_bytes_max(node: &Node) -> usize {
+    let config = node.config();
+    (2 * config.value_bytes_max + config.key_bytes_max + 4096).min(super::FRAME_BYTES_MAX)
+}
+
 /// Serves one wire connection (opening with [`MAGIC`]) until the client
-/// closes it or sends something undecodable. One task reads requests,
-/// drives them all, and writes each batch of answers that is ready: an
-/// answer wakes this task directly, with no hop through another.
+/// closes it, sends something undecodable, takes longer than
+/// `wire_frame_timeout` to complete a frame or to take a batch of answers,
+/// or stays idle past `wire_idle_timeout`. One task reads requests, drives them all, and
+/// writes each batch of answers that is ready: an answer wakes this task
+/// directly, with no hop through another. It stops reading while
+/// `wire_in_flight_bytes_max` bytes of requests await their answers.
 pub async fn serve_connection(node: Arc<Node>, mut stream: TcpStream) {
     let peer = stream.peer_addr().ok();
+    let limits = node.config().connections.clone();
     let mut opening = [0u8; MAGIC.len()];
-    if stream.read_exact(&mut opening).await.is_err() || &opening != MAGIC {
+    let opened = tokio::time::timeout(limits.wire_frame_timeout, stream.read_exact(&mut opening));
+    if !matches!(opened.await, Ok(Ok(_))) || &opening != MAGIC {
         return;
     }
     let (read, mut write) = stream.into_split();
-    let mut frames = FramedRead::new(read, super::codec());
+    let mut frames = FramedRead::new(read, RequestDecoder::new(request_frame_bytes_max(&node)));
     let mut running = FuturesUnordered::new();
     let mut buffer = Vec::with_capacity(64 * 1024);
     let mut reading = true;
+    let mut in_flight_bytes = 0usize;
+    // The last request read or answer written (idle timer), and when the
+    // frame being read was first seen partial (frame timer).
+    let mut since = tokio::time::Instant::now();
+    let mut partial_since: Option<tokio::time::Instant> = None;
+    let check_every = (limits.wire_frame_timeout.min(limits.wire_idle_timeout) / 4)
+        .max(Duration::from_millis(10));
+    let mut check = tokio::time::interval(check_every);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let may_read = reading
+            && running.len() < IN_FLIGHT_MAX
+            && in_flight_bytes < limits.wire_in_flight_bytes_max;
         tokio::select! {
-            frame = frames.next(), if reading && running.len() < IN_FLIGHT_MAX => {
+            frame = frames.next(), if may_read => {
+                since = tokio::time::Instant::now();
+                partial_since = None;
                 match decode(frame) {
-                    Ok(Some(request)) => running.push(answer(node.clone(), request)),
+                    Ok(Some((request, bytes))) => {
+                        in_flight_bytes += bytes;
+                        node.api_counters()
+                            .wire_in_flight_bytes_peak
+                            .fetch_max(in_flight_bytes as u64, Ordering::Relaxed);
+                        running.push(answer(node.clone(), request, bytes));
+                    }
                     Ok(None) => reading = false,
                     Err(failure) => {
                         tracing::warn!(?peer, %failure, "closing a client connection");
@@ -156,22 +222,76 @@ pub async fn serve_connection(node: Arc<Node>, mut stream: TcpStream) {
                     }
                 }
             }
-            Some(response) = running.next(), if !running.is_empty() => {
+            Some((response, bytes)) = running.next(), if !running.is_empty() => {
+                in_flight_bytes -= bytes;
                 push(&response, &mut buffer);
                 // Replies of one commit complete together: send them as one.
                 while buffer.len() < WRITE_BATCH_BYTES {
                     match running.next().now_or_never() {
-                        Some(Some(response)) => push(&response, &mut buffer),
+                        Some(Some((response, bytes))) => {
+                            in_flight_bytes -= bytes;
+                            push(&response, &mut buffer);
+                        }
                         _ => break,
                     }
+                }
+                since = tokio::time::Instant::now();
+            }
+            _ = check.tick(), if reading => {
+                let now = tokio::time::Instant::now();
+                let partial = !frames.read_buffer().is_empty();
+                partial_since = if partial && may_read {
+                    Some(partial_since.unwrap_or(now))
+                } else {
+                    // Not reading (in-flight bound): the client is not late.
+                    None
+                };
+                let expired = if partial_since
+                    .is_some_and(|started| now - started > limits.wire_frame_timeout)
+                {
+                    Some(format!(
+                        "a request frame was not completed within {:?}",
+                        limits.wire_frame_timeout
+                    ))
+                } else if !partial && running.is_empty() && now - since > limits.wire_idle_timeout {
+                    Some(format!("idle for {:?}", limits.wire_idle_timeout))
+                } else {
+                    None
+                };
+                if let Some(why) = expired {
+                    tracing::debug!(?peer, %why, "closing a client connection");
+                    node.api_counters().wire_timeouts.fetch_add(1, Ordering::Relaxed);
+                    push(
+                        &Response {
+                            id: CONNECTION_ERROR_ID,
+                            result: Err(Failure::new("timeout", why)),
+                        },
+                        &mut buffer,
+                    );
+                    reading = false;
                 }
             }
             else => break,
         }
         if !buffer.is_empty() {
-            if let Err(error) = write.write_all(&buffer).await {
-                tracing::debug!(%error, "a client connection closed while answering");
-                return;
+            // A client that stops reading its answers is not waited for
+            // longer than it may take to send a frame.
+            match tokio::time::timeout(limits.wire_frame_timeout, write.write_all(&buffer)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "a client connection closed while answering");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        ?peer,
+                        "closing a client connection that does not read its answers"
+                    );
+                    node.api_counters()
+                        .wire_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
             buffer.clear();
             buffer.shrink_to(WRITE_BATCH_BYTES * 2);
@@ -180,12 +300,59 @@ pub async fn serve_connection(node: Arc<Node>, mut stream: TcpStream) {
     let _ = write.shutdown().await;
 }
 
+/// Length-delimited request frames (4-byte big-endian length). Unlike
+/// `LengthDelimitedCodec` it does not reserve room for a whole frame when
+/// its header arrives: memory grows only with the bytes that do arrive.
+struct RequestDecoder {
+    max: usize,
+}
+
+impl RequestDecoder {
+    fn new(max: usize) -> Self {
+        Self { max }
+    }
+}
+
+impl tokio_util::codec::Decoder for RequestDecoder {
+    type Item = tokio_util::bytes::BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(
+        &mut self,
+        src: &mut tokio_util::bytes::BytesMut,
+    ) -> Result<Option<Self::Item>, Self::Error> {
+        let Some(header) = src.get(..4) else {
+            return Ok(None);
+        };
+        let mut length = [0u8; 4];
+        length.copy_from_slice(header);
+        let length = u32::from_be_bytes(length) as usize;
+        if length > self.max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "a frame of {length} bytes is over this node's limit of {}",
+                    self.max
+                ),
+            ));
+        }
+        if src.len() < 4 + length {
+            return Ok(None);
+        }
+        let mut frame = src.split_to(4 + length);
+        let _ = frame.split_to(4);
+        Ok(Some(frame))
+    }
+}
+
 /// The next request; `None` once the client has closed its side.
-fn decode(frame: Option<std::io::Result<impl AsRef<[u8]>>>) -> Result<Option<Request>, Failure> {
+fn decode(
+    frame: Option<std::io::Result<impl AsRef<[u8]>>>,
+) -> Result<Option<(Request, usize)>, Failure> {
     match frame {
         None => Ok(None),
         Some(Ok(bytes)) => postcard::from_bytes::<Request>(bytes.as_ref())
-            .map(Some)
+            .map(|request| Some((request, bytes.as_ref().len())))
             .map_err(|error| {
                 Failure::new(
                     "malformed_request",
@@ -193,22 +360,21 @@ fn decode(frame: Option<std::io::Result<impl AsRef<[u8]>>>) -> Result<Option<Req
                 )
             }),
         Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Some(Err(error)) => Err(Failure::new(
-            "malformed_frame",
-            format!(
-                "{error} (frames are at most {} bytes)",
-                super::FRAME_BYTES_MAX
-            ),
-        )),
+        Some(Err(error)) => Err(Failure::new("malformed_frame", error.to_string())),
     }
 }
 
-async fn answer(node: Arc<Node>, request: Request) -> Response {
+/// Runs one request; returns its answer and the request's frame bytes,
+/// which leave the in-flight count.
+async fn answer(node: Arc<Node>, request: Request, bytes: usize) -> (Response, usize) {
     let result = execute(&node, &request.region, request.op).await;
-    Response {
-        id: request.id,
-        result,
-    }
+    (
+        Response {
+            id: request.id,
+            result,
+        },
+        bytes,
+    )
 }
 
 fn push(response: &Response, buffer: &mut Vec<u8>) {

@@ -28,6 +28,10 @@
 //! - `silent`: never answers writes or reads;
 //! - `flood-replies`: rejects the writes `entries` times over (host memory
 //!   for outputs held until output commit);
+//! - `flood`: from a self-rearming timer, sends `flood-count` messages of
+//!   `flood-bytes` each (default 4 × 1 MiB) to every other member every
+//!   `flood-interval-ms` (default 5 ms): a region that tries to take the
+//!   whole transport;
 //! - anything else: behaves, applying writes at once without a log.
 //!
 //! Reads behave in every mode but `silent`, so a test can see the replica
@@ -45,6 +49,55 @@ pub struct Misbehave {
     next: u64,
     burn_nanos: u64,
     params: Vec<(String, String)>,
+    flood: Option<Flood>,
+}
+
+/// What `mode=flood` sends, to whom, how often.
+struct Flood {
+    peers: Vec<NodeId>,
+    message: Vec<u8>,
+    count: usize,
+    interval_nanos: u64,
+}
+
+const FLOOD_TIMER: TimerId = u64::MAX - 0xF1;
+
+impl Flood {
+    fn from_config(config: &InitConfig) -> Self {
+        let number = |name: &str, default: u64| {
+            config
+                .param(name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        let mut peers: Vec<NodeId> = config
+            .membership
+            .voters
+            .iter()
+            .chain(config.membership.learners.iter())
+            .copied()
+            .filter(|id| *id != config.self_id)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        Flood {
+            peers,
+            message: vec![0x5a; number("flood-bytes", 1 << 20) as usize],
+            count: number("flood-count", 4) as usize,
+            interval_nanos: number("flood-interval-ms", 5) * 1_000_000,
+        }
+    }
+
+    fn send<H: Host>(&self, host: &mut H) {
+        let mut batch = Batch::default();
+        batch.push(&self.message);
+        for peer in &self.peers {
+            for _ in 0..self.count {
+                host.send(*peer, &batch);
+            }
+        }
+        host.set_timer(FLOOD_TIMER, self.interval_nanos);
+    }
 }
 
 /// The timer a `burn` replica keeps armed.
@@ -119,7 +172,12 @@ impl Protocol for Misbehave {
             name: "misbehave".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             consistency: Consistency::Linearizable,
-            capabilities: Capabilities::default(),
+            // Replicated so that `flood` can span nodes; the other modes
+            // are used with one replica.
+            capabilities: Capabilities {
+                replication: true,
+                ..Capabilities::default()
+            },
         }
     }
 
@@ -135,10 +193,15 @@ impl Protocol for Misbehave {
         if mode == "burn" {
             host.set_timer(BURN_TIMER, 1_000_000);
         }
+        let flood = (mode == "flood").then(|| Flood::from_config(&config));
+        if let Some(flood) = &flood {
+            host.set_timer(FLOOD_TIMER, flood.interval_nanos);
+        }
         let burn_ms = number("burn-ms", 200) as u64;
         Misbehave {
             burn_nanos: burn_ms.saturating_mul(1_000_000),
             params: config.params.clone(),
+            flood,
             entries,
             entry_bytes: number("entry-bytes", 65_536),
             next: 0,
@@ -235,6 +298,12 @@ impl Protocol for Misbehave {
         if self.mode == "burn" && timers.contains(&BURN_TIMER) {
             burn(host, self.burn_nanos);
             host.set_timer(BURN_TIMER, 1_000_000);
+            return;
+        }
+        if let Some(flood) = &self.flood
+            && timers.contains(&FLOOD_TIMER)
+        {
+            flood.send(host);
             return;
         }
         let mut sum = 0u64;
