@@ -235,6 +235,7 @@ impl TestNode {
             keys: vec![crate::state_machine::conflict_key(command.key())],
             command: command.encode(),
             reply,
+            timeout: std::time::Duration::from_secs(60),
         }]);
         answer
     }
