@@ -9,14 +9,14 @@
 //!   at `share` of one core and holds at most `burst`;
 //! - a region whose bucket is empty, or one of whose calls took more than
 //!   `heavy_call`, moves to the **background lane**: its calls run on a
-//!   short-lived thread at the lowest scheduling class (`SCHED_IDLE` on
+//!   thread of a node-wide pool at the lowest scheduling class (`SCHED_IDLE` on
 //!   Linux), while the tokio worker steps aside (`block_in_place`) so the
 //!   node's other tasks keep their workers;
 //! - it returns to the inline lane after `cooldown` with no heavy call and
 //!   no debt.
 //!
 //! The kernel then gives a hog only the CPU nobody else wants: a slow
-//! plugin slows its own region. Spawning a thread costs tens of
+//! plugin slows its own region. The hand-off to the pool costs a few
 //! microseconds, which only regions already known to be expensive pay.
 //! Under the simulator (no multi-threaded runtime) every call runs inline.
 
@@ -160,47 +160,44 @@ pub fn run_in_lane<R: Send>(lane: Lane, f: impl FnOnce() -> R + Send) -> (R, Dur
             Lane::Inline,
         );
     }
-    let mut job = Some(f);
-    let mut outcome = None;
-    let joined = tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let (job, outcome) = (&mut job, &mut outcome);
-            let worker = std::thread::Builder::new()
-                .name("synod-background-call".into())
-                .spawn_scoped(scope, move || {
-                    lower_this_thread_priority();
-                    if let Some(f) = job.take() {
-                        let started = thread_cpu_time();
-                        let result = f();
-                        *outcome = Some((result, thread_cpu_time().saturating_sub(started)));
-                    }
-                });
-            match worker {
-                Ok(worker) => worker.join().map(|()| true),
-                Err(error) => {
-                    tracing::warn!(%error, "could not start a background call thread; running inline");
-                    Ok(false)
-                }
-            }
-        })
+    let (result, used) = tokio::task::block_in_place(|| match background_pool() {
+        Some(pool) => pool.install(|| {
+            let started = thread_cpu_time();
+            let result = f();
+            (result, thread_cpu_time().saturating_sub(started))
+        }),
+        None => {
+            let started = thread_cpu_time();
+            let result = f();
+            (result, thread_cpu_time().saturating_sub(started))
+        }
     });
-    if let Err(panic) = joined {
-        std::panic::resume_unwind(panic);
-    }
-    if let Some((result, used)) = outcome {
-        return (result, used, Lane::Background);
-    }
-    // The thread could not be started: the job is still here; run it inline.
-    let started = thread_cpu_time();
-    let result = match job.take() {
-        Some(f) => f(),
-        None => unreachable!("a background job that ran always leaves its outcome"),
-    };
-    (
-        result,
-        thread_cpu_time().saturating_sub(started),
-        Lane::Inline,
-    )
+    (result, used, Lane::Background)
+}
+
+/// The node-wide pool of idle-priority threads that run background calls,
+/// one per CPU. Persistent threads, so a background call costs a hand-off,
+/// not a thread start (whose stack `mmap` would also contend with every
+/// other thread of the process). `None` if the pool cannot be built; calls
+/// then run inline.
+fn background_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("synod-background-{i}"))
+            .start_handler(|_| lower_this_thread_priority())
+            .build()
+        {
+            Ok(pool) => Some(pool),
+            Err(error) => {
+                tracing::warn!(%error, "no background call pool; expensive calls run inline");
+                None
+            }
+        }
+    })
+    .as_ref()
 }
 
 /// CPU time consumed by the calling thread.
@@ -228,8 +225,9 @@ pub fn thread_cpu_time() -> Duration {
 }
 
 /// Puts the calling thread in the idle scheduling class: it runs only when
-/// no normal thread wants the CPU. The thread is short-lived, so nothing
-/// ever needs to raise it again (which an unprivileged process could not).
+/// no normal thread wants the CPU. Only the background pool's threads do
+/// this, and they never run anything else, so nothing ever needs to raise
+/// them again (which an unprivileged process could not).
 fn lower_this_thread_priority() {
     #[cfg(target_os = "linux")]
     {
