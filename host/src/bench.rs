@@ -141,7 +141,25 @@ async fn cpu_fairness(hogs: usize, burn_ms: u64, duration: Duration, fair: bool)
             .await
             .context("creating a hog region")?;
     }
-    // Let every hog burn through its inline budget first.
+    // Measure the steady state: a hog's first call runs where every region
+    // runs (nothing can know in advance that it will be heavy), so wait
+    // until every hog has moved (with fairness on), then a little more.
+    let settle_started = Instant::now();
+    while fair && settle_started.elapsed() < Duration::from_secs(20) {
+        let mut moved = 0;
+        for index in 0..hogs {
+            if let Ok(hog) = node.region(&format!("hog{index}")).await
+                && let Ok(status) = hog.status().await
+                && status.cpu.lane == "background"
+            {
+                moved += 1;
+            }
+        }
+        if moved == hogs {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500 + 2 * burn_ms)).await;
     let beside = timed_writes(&healthy, WRITERS, duration).await?;
     beside.print(&format!("beside {hogs} hogs"));

@@ -8,17 +8,17 @@
 //! - every call's thread CPU time is charged to a token bucket that refills
 //!   at `share` of one core and holds at most `burst`;
 //! - a region whose bucket is empty, or one of whose calls took more than
-//!   `heavy_call`, moves to the **background lane**: its calls run on a
-//!   thread of a node-wide pool at the lowest scheduling class (`SCHED_IDLE` on
-//!   Linux), while the tokio worker steps aside (`block_in_place`) so the
-//!   node's other tasks keep their workers;
+//!   `heavy_call`, moves to the **background lane**: its driver task moves
+//!   to a node-wide tokio runtime whose worker threads run in the lowest
+//!   scheduling class (`SCHED_IDLE` on Linux), so its calls never hold the
+//!   workers that serve every other region;
 //! - it returns to the inline lane after `cooldown` with no heavy call and
 //!   no debt.
 //!
 //! The kernel then gives a hog only the CPU nobody else wants: a slow
-//! plugin slows its own region. The hand-off to the pool costs a few
-//! microseconds, which only regions already known to be expensive pay.
-//! Under the simulator (no multi-threaded runtime) every call runs inline.
+//! plugin slows its own region. A region changes runtime only when its lane
+//! changes, at most once per `cooldown`. Under the simulator (no driver
+//! task) every call runs where it is called.
 
 use std::time::{Duration, Instant};
 
@@ -49,12 +49,12 @@ impl Default for CpuPolicy {
     }
 }
 
-/// Where a replica's next plugin call runs.
+/// Which runtime a replica's driver should run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
-    /// On the caller's thread (a tokio worker).
+    /// The node's runtime, with every other region.
     Inline,
-    /// On a low-priority thread, the worker stepping aside meanwhile.
+    /// The idle-priority background runtime.
     Background,
 }
 
@@ -143,61 +143,44 @@ impl CpuAccount {
     }
 }
 
-/// Runs `f` in `lane` and returns its result with the CPU time it used.
-/// The background lane needs a multi-threaded tokio runtime; elsewhere
-/// (the simulator, plain threads) every call runs inline.
-pub fn run_in_lane<R: Send>(lane: Lane, f: impl FnOnce() -> R + Send) -> (R, Duration, Lane) {
-    let multi_thread = matches!(
-        tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread)
-    );
-    if lane == Lane::Inline || !multi_thread {
-        let started = thread_cpu_time();
-        let result = f();
-        return (
-            result,
-            thread_cpu_time().saturating_sub(started),
-            Lane::Inline,
-        );
-    }
-    let (result, used) = tokio::task::block_in_place(|| match background_pool() {
-        Some(pool) => pool.install(|| {
-            let started = thread_cpu_time();
-            let result = f();
-            (result, thread_cpu_time().saturating_sub(started))
-        }),
-        None => {
-            let started = thread_cpu_time();
-            let result = f();
-            (result, thread_cpu_time().saturating_sub(started))
-        }
-    });
-    (result, used, Lane::Background)
+/// Runs `f` and returns its result with the thread CPU time it used.
+pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Duration) {
+    let started = thread_cpu_time();
+    let result = f();
+    (result, thread_cpu_time().saturating_sub(started))
 }
 
-/// The node-wide pool of idle-priority threads that run background calls,
-/// one per CPU. Persistent threads, so a background call costs a hand-off,
-/// not a thread start (whose stack `mmap` would also contend with every
-/// other thread of the process). `None` if the pool cannot be built; calls
-/// then run inline.
-fn background_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        match rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("synod-background-{i}"))
-            .start_handler(|_| lower_this_thread_priority())
-            .build()
-        {
-            Ok(pool) => Some(pool),
-            Err(error) => {
-                tracing::warn!(%error, "no background call pool; expensive calls run inline");
-                None
+/// The node-wide tokio runtime whose worker threads (one per CPU) run in
+/// the idle scheduling class. A heavy region's driver task moves here, so
+/// its calls never hold the node's normal workers and no call needs a
+/// hand-off between threads. `None` if the runtime cannot be built; heavy
+/// regions then stay where they are.
+pub fn background_runtime() -> Option<tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            // One CPU fewer than the machine has: even idle-priority work
+            // slows a normal thread that shares a core with it (hardware
+            // threads, caches), so heavy regions never occupy every CPU.
+            let threads = std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1).max(1));
+            match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("synod-background")
+                .on_thread_start(lower_this_thread_priority)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => Some(runtime),
+                Err(error) => {
+                    tracing::warn!(%error, "no background runtime; heavy regions run with the others");
+                    None
+                }
             }
-        }
-    })
-    .as_ref()
+        })
+        .as_ref()
+        .map(|runtime| runtime.handle().clone())
 }
 
 /// CPU time consumed by the calling thread.
@@ -321,27 +304,27 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn background_calls_run_elsewhere_at_idle_priority() {
-        let caller = std::thread::current().id();
-        let ((thread, idle), used, lane) = run_in_lane(Lane::Background, || {
-            let mut x = 0u64;
-            for i in 0..2_000_000u64 {
-                x = std::hint::black_box(x.wrapping_add(i));
-            }
-            (std::thread::current().id(), this_thread_is_idle_class())
+    #[test]
+    fn the_background_runtime_runs_at_idle_priority() {
+        let handle = background_runtime().expect("background runtime");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        handle.spawn(async move {
+            let (idle, used) = measure(|| {
+                let mut x = 0u64;
+                for i in 0..2_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_add(i));
+                }
+                this_thread_is_idle_class()
+            });
+            let _ = sender.send((idle, used));
         });
-        assert_eq!(lane, Lane::Background);
-        assert_ne!(thread, caller);
+        let (idle, used) = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the task ran");
         if cfg!(target_os = "linux") {
-            assert!(idle, "background calls run in SCHED_IDLE");
+            assert!(idle, "background workers run in SCHED_IDLE");
         }
         assert!(used > Duration::ZERO);
-        let ((thread, idle), _, lane) = run_in_lane(Lane::Inline, || {
-            (std::thread::current().id(), this_thread_is_idle_class())
-        });
-        assert_eq!(lane, Lane::Inline);
-        assert_eq!(thread, caller);
-        assert!(!idle);
+        assert!(!this_thread_is_idle_class());
     }
 }

@@ -23,6 +23,7 @@ use crate::journal::JournalRecord;
 use crate::network::Network;
 use crate::plugin::{Call, CallResult, PluginFailure};
 use crate::region::core::{Effects, Output, PinnedImage, QuotaUsage, Reply, TimerChange};
+use crate::region::cpu::{Lane, background_runtime};
 use crate::region::pending::{PendingRequests, READ_ID_BIT};
 use crate::region::replica::{Delivery, RegionReplica};
 use crate::region::{RegionName, RegionSpec};
@@ -428,6 +429,8 @@ pub struct RegionDriver {
     inbox: mpsc::Receiver<RegionEvent>,
     durable: watch::Receiver<u64>,
     inbox_message_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// The runtime the driver was spawned on, where an inline region runs.
+    home: tokio::runtime::Handle,
 }
 
 impl RegionDriver {
@@ -448,6 +451,7 @@ impl RegionDriver {
             inbox,
             durable,
             inbox_message_bytes: inbox_message_bytes.clone(),
+            home: tokio::runtime::Handle::current(),
         };
         tokio::spawn(async move {
             driver.host.start(recovering);
@@ -460,7 +464,10 @@ impl RegionDriver {
         }
     }
 
-    async fn run(&mut self) {
+    /// The driver loop on its current runtime. When the replica's CPU
+    /// lane changes (see `region::cpu`), the driver hands itself to the
+    /// other runtime between two rounds and this task ends.
+    async fn run(mut self) {
         loop {
             let sleep = self.host.next_wakeup();
             tokio::select! {
@@ -501,6 +508,12 @@ impl RegionDriver {
                 }
             }
             self.host.end_round();
+            if let Some((lane, runtime)) = self.migration() {
+                self.host.replica.set_running_lane(lane);
+                tracing::info!(region = %self.host.name, lane = lane.name(), "region driver changes CPU lane");
+                runtime.spawn(self.run_boxed());
+                return;
+            }
         }
         // Release what the last rounds produced once it is durable.
         let ticket = self.host.last_ticket;
@@ -510,6 +523,24 @@ impl RegionDriver {
             self.host.release();
         }
         self.host.finish();
+    }
+}
+
+impl RegionDriver {
+    fn run_boxed(self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.run())
+    }
+
+    /// The runtime to move to, if the replica's lane has changed.
+    fn migration(&self) -> Option<(Lane, tokio::runtime::Handle)> {
+        let wanted = self.host.replica.cpu().lane();
+        if wanted == self.host.replica.running_lane() {
+            return None;
+        }
+        match wanted {
+            Lane::Inline => Some((Lane::Inline, self.home.clone())),
+            Lane::Background => background_runtime().map(|runtime| (Lane::Background, runtime)),
+        }
     }
 }
 
@@ -1203,7 +1234,7 @@ impl ReplicaHost {
             read_queries: core.pending_reads(),
             held_outputs: self.held.iter().map(|(_, o)| o.len()).sum(),
             cpu: CpuStatus {
-                lane: self.replica.cpu().lane().name(),
+                lane: self.replica.running_lane().name(),
                 used_ms: u64::try_from(self.replica.cpu().total().as_millis()).unwrap_or(u64::MAX),
                 background_calls: self.replica.cpu().background_calls(),
             },

@@ -16,7 +16,7 @@ use synod_guest_sdk::{InitConfig, PluginInfo};
 use crate::clock::Clock;
 use crate::plugin::{Call, CallResult, PluginFailure, PluginInstance, PluginSource};
 use crate::region::core::{Effects, RegionCore};
-use crate::region::cpu::{CpuAccount, CpuPolicy, run_in_lane};
+use crate::region::cpu::{CpuAccount, CpuPolicy, Lane, measure};
 
 /// When to rebuild a failed replica and when to give up.
 #[derive(Clone, Debug)]
@@ -98,6 +98,9 @@ pub struct RegionReplica {
     failures_total: u64,
     restarts: u64,
     cpu: CpuAccount,
+    /// Where the driver runs this replica now (it moves when `cpu.lane()`
+    /// says otherwise).
+    running_lane: Lane,
 }
 
 impl RegionReplica {
@@ -125,12 +128,22 @@ impl RegionReplica {
             failures_total: 0,
             restarts: 0,
             cpu: CpuAccount::new(CpuPolicy::default()),
+            running_lane: Lane::Inline,
         }
     }
 
     /// Replaces the CPU fairness policy (node configuration).
     pub fn set_cpu_policy(&mut self, policy: CpuPolicy) {
         self.cpu = CpuAccount::new(policy);
+    }
+
+    /// Records where the driver now runs this replica.
+    pub fn set_running_lane(&mut self, lane: Lane) {
+        self.running_lane = lane;
+    }
+
+    pub fn running_lane(&self) -> Lane {
+        self.running_lane
     }
 
     /// The replica's CPU account: its lane and the CPU its calls used.
@@ -198,8 +211,8 @@ impl RegionReplica {
         };
         let call_name = call.name();
         let core = &mut self.core;
-        let (result, used, lane) = run_in_lane(self.cpu.lane(), || instance.call(core, call));
-        self.cpu.charge(used, lane);
+        let (result, used) = measure(|| instance.call(core, call));
+        self.cpu.charge(used, self.running_lane);
         let result = result.and_then(|result| match self.core.take_violation() {
             Some(why) => Err(PluginFailure::Contract(why)),
             None => Ok(result),
