@@ -38,7 +38,8 @@ use synod_guest_sdk::{Membership, NodeId, ReadLevel, Rejection};
 
 use crate::plugin::{Call, CallResult};
 
-use crate::node::{Node, NodeError};
+use crate::control::ControlError;
+use crate::node::{Node, NodeError, Placement};
 use crate::region::MembershipTarget;
 use crate::region::driver::ClientError;
 use crate::state_machine::{KvCommand, KvOutcome, KvQuery};
@@ -47,7 +48,7 @@ use crate::state_machine::{KvCommand, KvOutcome, KvQuery};
 pub const COMPONENT_BYTES_MAX: usize = 64 << 20;
 
 /// Largest body of `POST /v1/regions`: room for the largest params
-/// ([`crate::catalog::REGION_PARAMS_BYTES_MAX`]) even when JSON escapes
+/// ([`crate::region::spec_limits::REGION_PARAMS_BYTES_MAX`]) even when JSON escapes
 /// them, and no more.
 pub const REGION_BODY_BYTES_MAX: usize = 1 << 20;
 
@@ -184,6 +185,7 @@ impl From<NodeError> for ApiError {
             NodeError::SpecTooLarge(ref too_large) => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, too_large.code(), message)
             }
+            NodeError::Control(ref control) => control_error(control, message),
             NodeError::Storage(_)
             | NodeError::Journal(_)
             | NodeError::Engine(_)
@@ -192,6 +194,30 @@ impl From<NodeError> for ApiError {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
         }
+    }
+}
+
+/// A control-plane failure as an API error, with the record's stable code.
+fn control_error(error: &ControlError, message: String) -> ApiError {
+    match error {
+        ControlError::Refused { code, .. } => {
+            let (status, code) = match code.as_str() {
+                "unknown_region" => (StatusCode::NOT_FOUND, "region_not_found"),
+                "region_exists" => (StatusCode::CONFLICT, "region_exists"),
+                "swap_in_progress" => (StatusCode::CONFLICT, "swap_in_progress"),
+                "conflict" => (StatusCode::CONFLICT, "conflict"),
+                "stale" => (StatusCode::CONFLICT, "stale"),
+                "unknown_node" => (StatusCode::BAD_REQUEST, "unknown_node"),
+                "unknown_component" => (StatusCode::BAD_REQUEST, "unknown_protocol"),
+                "invalid_membership" => (StatusCode::BAD_REQUEST, "invalid_membership"),
+                _ => (StatusCode::CONFLICT, "refused"),
+            };
+            ApiError::new(status, code, message)
+        }
+        ControlError::NoLeader(_) | ControlError::Stopped => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_control_leader", message)
+        }
+        ControlError::Storage(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
     }
 }
 
@@ -281,7 +307,9 @@ pub fn router(node: Arc<Node>) -> Router {
                 .post(create_region)
                 .layer(DefaultBodyLimit::max(REGION_BODY_BYTES_MAX)),
         )
-        .route("/v1/regions/{region}", get(region_status))
+        .route("/v1/regions/{region}", get(region_status).delete(delete_region))
+        .route("/v1/regions/{region}/record", get(region_record))
+        .route("/v1/regions/{region}/swap", post(swap_region))
         .route("/v1/regions/{region}/restart", post(restart_region))
         .route(
             "/v1/regions/{region}/kv/{*key}",
@@ -437,6 +465,10 @@ pub struct CreateRegion {
     /// Nodes holding a replica; default: every known node.
     #[serde(default)]
     pub replicas: Option<Vec<NodeId>>,
+    /// How many replicas, placed on the least loaded nodes (instead of
+    /// `replicas`).
+    #[serde(default)]
+    pub replica_count: Option<usize>,
 }
 
 async fn create_region(
@@ -444,7 +476,7 @@ async fn create_region(
     body: Result<Json<CreateRegion>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let request = json_body(body)?;
-    crate::catalog::check_params(
+    crate::region::spec_limits::check_params(
         request
             .params
             .iter()
@@ -458,11 +490,123 @@ async fn create_region(
         )
     })?;
     let params = request.params.into_iter().collect();
-    let handle = node
-        .create_region_on(&request.name, &request.protocol, params, request.replicas)
+    let placement = match (request.replicas, request.replica_count) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give either replicas or replica_count, not both",
+            ));
+        }
+        (Some(nodes), None) => Placement::Nodes(nodes),
+        (None, Some(count)) => Placement::Count(count),
+        (None, None) => Placement::Default,
+    };
+    let spec = node
+        .create_region_placed(&request.name, &request.protocol, params, placement)
         .await?;
-    let status = handle.status().await?;
-    Ok((StatusCode::CREATED, Json(status)).into_response())
+    if spec.hosted_on(node.config().node_id) {
+        let handle = node.wait_for_local_replica(&spec.name).await?;
+        let status = handle.status().await?;
+        return Ok((StatusCode::CREATED, Json(status)).into_response());
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "name": spec.name, "spec": spec }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    /// How long to wait for every host to delete its data (default 10 s).
+    pub wait_ms: Option<u64>,
+}
+
+async fn delete_region(
+    State(node): State<Arc<Node>>,
+    Path(region): Path<String>,
+    params: Result<Query<DeleteParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))?;
+    let wait = Duration::from_millis(params.wait_ms.unwrap_or(10_000).min(600_000));
+    let pending = node.delete_region(&region, wait).await?;
+    if pending.is_empty() {
+        Ok(Json(json!({ "region": region, "deleted": true })).into_response())
+    } else {
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "region": region,
+                "deleted": false,
+                "pending": pending,
+                "message": "deletion recorded; these hosts delete their data when they are up",
+            })),
+        )
+            .into_response())
+    }
+}
+
+/// The region as the control plane records it: epochs, swap, phase.
+async fn region_record(
+    State(node): State<Arc<Node>>,
+    Path(region): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = node.region_record(&region).await?;
+    let waiting = crate::swap::coordinator::waiting_for(&node, &record);
+    let audit: Vec<_> = node
+        .control()
+        .local()
+        .audit
+        .iter()
+        .filter(|a| a.action.starts_with(&format!("region {region}:")) || a.action.contains(&format!("region {region} ")))
+        .cloned()
+        .collect();
+    Ok(Json(json!({ "record": record, "swap_waiting_for": waiting, "audit": audit })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapBody {
+    /// Protocol to swap to: a component name (`raft`), `name@version`,
+    /// `sha256:<digest>` or `native:<name>`.
+    pub to: String,
+    /// The new protocol's parameters (default: the region's `quota.*` ones).
+    #[serde(default)]
+    pub params: Option<BTreeMap<String, String>>,
+    /// Members of the new epoch (default: the current ones, or one of them
+    /// for a single-copy protocol).
+    #[serde(default)]
+    pub replicas: Option<Vec<NodeId>>,
+    /// Proceed without every replica of an eventually consistent region.
+    #[serde(default)]
+    pub force: bool,
+    /// How long to wait for the outcome (default 60 s).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+async fn swap_region(
+    State(node): State<Arc<Node>>,
+    Path(region): Path<String>,
+    body: Result<Json<SwapBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    if let Some(params) = &body.params {
+        crate::region::spec_limits::check_params(
+            params.iter().map(|(name, value)| (name.as_str(), value.as_str())),
+        )
+        .map_err(|too_large| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                too_large.code(),
+                too_large.to_string(),
+            )
+        })?;
+    }
+    let wait = Duration::from_millis(body.wait_ms.unwrap_or(60_000).min(600_000));
+    let params = body.params.map(|p| p.into_iter().collect());
+    let outcome = node
+        .swap_region(&region, &body.to, params, body.replicas, body.force, wait)
+        .await?;
+    Ok(Json(outcome).into_response())
 }
 
 async fn list_regions(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
@@ -732,12 +876,12 @@ async fn change_membership(
             "voters must not be empty",
         ));
     }
-    let catalog = node.catalog();
+    let known = node.control().local().nodes.clone();
     if let Some(unknown) = body
         .voters
         .iter()
         .chain(body.learners.iter())
-        .find(|id| !catalog.nodes.contains_key(id))
+        .find(|id| !known.contains_key(id))
     {
         return Err(ApiError::bad_request(
             "invalid_membership",
@@ -748,19 +892,19 @@ async fn change_membership(
     }
     let handle = region_here(&node, &region, &uri).await?;
     leader_redirect(&node, &handle, &uri).await?;
-    // Every node named must host a replica before the protocol adds it.
-    if let Some(mut spec) = node.region_spec(&region) {
-        let mut hosts_added = false;
-        for id in body.voters.iter().chain(body.learners.iter()) {
-            if !spec.hosted_on(*id) {
-                spec.learners.push(*id);
-                hosts_added = true;
-            }
+    // Every node named must host a replica before the protocol adds it;
+    // the hosts shrink to the target once the protocol has moved there.
+    let record = node.region_record(&region).await?;
+    let mut hosts: Vec<NodeId> = record.spec.voters.clone();
+    let mut learners: Vec<NodeId> = record.spec.learners.clone();
+    for id in body.voters.iter().chain(body.learners.iter()) {
+        if !hosts.contains(id) && !learners.contains(id) {
+            learners.push(*id);
         }
-        if hosts_added {
-            spec.version += 1;
-            node.update_region_spec(spec).await?;
-        }
+    }
+    if learners != record.spec.learners {
+        node.set_region_members(&region, hosts.clone(), learners.clone(), record.spec.membership_target.clone())
+            .await?;
     }
     let target = Membership {
         voters: body.voters,
@@ -768,15 +912,18 @@ async fn change_membership(
     };
     match handle.control(Call::Membership(target.clone())).await? {
         CallResult::Membership(Ok(())) => {
-            // Remembered in the spec, so a later leader is asked again.
-            if let Some(mut spec) = node.region_spec(&region) {
-                spec.membership_target = Some(MembershipTarget {
+            // Remembered in the record, so a later leader is asked again.
+            hosts.retain(|id| !learners.contains(id));
+            node.set_region_members(
+                &region,
+                hosts,
+                learners,
+                Some(MembershipTarget {
                     voters: target.voters,
                     learners: target.learners,
-                });
-                spec.version += 1;
-                node.update_region_spec(spec).await?;
-            }
+                }),
+            )
+            .await?;
             Ok(Json(handle.status().await?).into_response())
         }
         CallResult::Membership(Err(why)) => Err(ApiError::new(
@@ -815,8 +962,8 @@ async fn transfer_leader(
     }
 }
 
-async fn cluster(State(node): State<Arc<Node>>) -> Response {
-    Json(node.catalog()).into_response()
+async fn cluster(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    Ok(Json(node.cluster().await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -841,7 +988,7 @@ async fn add_node(
         }
     }
     node.add_node(body.id, body.api, body.peer).await?;
-    Ok((StatusCode::CREATED, Json(node.catalog())).into_response())
+    Ok((StatusCode::CREATED, Json(node.cluster().await?)).into_response())
 }
 
 async fn list_components(State(node): State<Arc<Node>>) -> Response {
@@ -859,11 +1006,15 @@ async fn publish_component(
         ));
     }
     // Compiling is CPU-heavy: keep it off the async workers.
-    let summary = tokio::task::spawn_blocking(move || node.publish(&body))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    let stored = {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || node.store_component(&body))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??
+    };
+    let summary = node.publish_record(stored).await?;
     Ok((StatusCode::CREATED, Json(summary)).into_response())
 }
 

@@ -131,6 +131,7 @@ async fn cpu_fairness(hogs: usize, burn_ms: u64, duration: Duration, fair: bool)
     let alone = timed_writes(&healthy, WRITERS, duration).await?;
     alone.print("alone");
     node.publish(synod_plugin_artifacts::MISBEHAVE_WASM)
+        .await
         .context("publishing the hog component")?;
     let params = vec![
         ("mode".to_string(), "burn".to_string()),

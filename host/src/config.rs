@@ -39,6 +39,15 @@
 //! handshake_timeout_ms = 5000
 //! write_timeout_ms = 10000
 //!
+//! [control]                     # optional; the replicated control plane
+//! voters = [1, 2, 3]            # who votes (default: every [[nodes]] entry)
+//! heartbeat_ms = 100
+//! election_timeout_min_ms = 500
+//! election_timeout_max_ms = 1000
+//!
+//! [swap]                        # optional; live protocol swap
+//! hold_requests_max = 10000     # requests a sealing region queues
+//!
 //! [connections]                 # optional; API port (HTTP and wire)
 //! connections_max = 1024
 //! http_header_timeout_ms = 20000
@@ -54,7 +63,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use synod_guest_sdk::NodeId;
 
-use crate::catalog::NodeAddress;
+use crate::control::record::NodeRecord;
 use crate::node::NodeConfig;
 use crate::region::quota::RegionLimits;
 
@@ -84,6 +93,29 @@ pub struct ConfigFile {
     /// Caps and timeouts of the API port.
     #[serde(default)]
     pub connections: ConnectionsEntry,
+    /// Who votes in the control plane, and its timings.
+    #[serde(default)]
+    pub control: ControlEntry,
+    /// Live swap limits.
+    #[serde(default)]
+    pub swap: SwapEntry,
+}
+
+/// `[control]`: see [`crate::control::ControlOptions`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlEntry {
+    pub voters: Option<Vec<NodeId>>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+}
+
+/// `[swap]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapEntry {
+    pub hold_requests_max: Option<usize>,
 }
 
 /// `[transport]`: see [`crate::transport::TransportLimits`].
@@ -225,6 +257,29 @@ impl ConfigFile {
                 return Err(invalid(format!("nodes: id {} appears twice", node.id)));
             }
         }
+        if let Some(voters) = &self.control.voters {
+            if voters.is_empty() {
+                return Err(invalid("[control] voters must not be empty".into()));
+            }
+            if let Some(unknown) = voters.iter().find(|id| !seen.contains(*id)) {
+                return Err(invalid(format!(
+                    "[control] voters: node {unknown} is not among [[nodes]]"
+                )));
+            }
+        }
+        let (min, max) = (
+            self.control.election_timeout_min_ms.unwrap_or(500),
+            self.control.election_timeout_max_ms.unwrap_or(1000),
+        );
+        let heartbeat = self.control.heartbeat_ms.unwrap_or(100);
+        if heartbeat == 0 || min <= heartbeat || max <= min {
+            return Err(invalid(format!(
+                "[control] needs 0 < heartbeat_ms ({heartbeat}) < election_timeout_min_ms ({min}) < election_timeout_max_ms ({max})"
+            )));
+        }
+        if self.swap.hold_requests_max == Some(0) {
+            return Err(invalid("[swap] hold_requests_max must be at least 1".into()));
+        }
         let chunk = crate::transport::SNAPSHOT_CHUNK_BYTES;
         if let Some(bytes) = self.transport.region_queue_bytes_max
             && bytes < chunk + (64 << 10)
@@ -270,10 +325,9 @@ impl ConfigFile {
             .map(|node| {
                 (
                     node.id,
-                    NodeAddress {
+                    NodeRecord {
                         api: node.api.clone(),
                         peer: node.peer.clone(),
-                        version: 0,
                     },
                 )
             })
@@ -350,6 +404,22 @@ impl ConfigFile {
         }
         if let Some(bytes) = connections.wire_in_flight_bytes_max {
             limits.wire_in_flight_bytes_max = bytes;
+        }
+        let control = &self.control;
+        if let Some(voters) = &control.voters {
+            config.control.voters = voters.clone();
+        }
+        if let Some(ms) = control.heartbeat_ms {
+            config.control.heartbeat = Duration::from_millis(ms);
+        }
+        if let Some(ms) = control.election_timeout_min_ms {
+            config.control.election_min = Duration::from_millis(ms);
+        }
+        if let Some(ms) = control.election_timeout_max_ms {
+            config.control.election_max = Duration::from_millis(ms);
+        }
+        if let Some(count) = self.swap.hold_requests_max {
+            config.swap_hold_requests_max = count;
         }
         config
     }

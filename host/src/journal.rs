@@ -30,11 +30,6 @@ pub enum JournalRecord {
     RegionDropped {
         region: String,
     },
-    /// A node's address as the catalog knows it.
-    NodeAddress {
-        id: u64,
-        address: crate::catalog::NodeAddress,
-    },
     LogAppend {
         region: String,
         first: u64,
@@ -151,7 +146,6 @@ pub struct RecoveredRegion {
 #[derive(Debug, Default)]
 pub struct RecoveredNode {
     pub incarnation: u64,
-    pub nodes: std::collections::BTreeMap<u64, crate::catalog::NodeAddress>,
     pub regions: HashMap<String, RecoveredRegion>,
 }
 
@@ -202,9 +196,6 @@ impl RecoveredNode {
             }
             JournalRecord::RegionDropped { region } => {
                 self.regions.remove(&region);
-            }
-            JournalRecord::NodeAddress { id, address } => {
-                self.nodes.insert(id, address);
             }
             JournalRecord::LogAppend {
                 region,
@@ -261,7 +252,6 @@ impl RecoveredNode {
                 (region.log.byte_len() + region.log.len() * 8 + meta + 256) as u64
             })
             .sum::<u64>()
-            + 64 * self.nodes.len() as u64
     }
 
     /// The records that recreate this state: the input of a WAL checkpoint.
@@ -278,12 +268,6 @@ impl RecoveredNode {
         let mut records = vec![JournalRecord::NodeBoot {
             incarnation: self.incarnation,
         }];
-        for (id, address) in &self.nodes {
-            records.push(JournalRecord::NodeAddress {
-                id: *id,
-                address: address.clone(),
-            });
-        }
         let mut names: Vec<&String> = self.regions.keys().collect();
         names.sort();
         for name in names {

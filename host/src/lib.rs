@@ -11,20 +11,23 @@
 //! - [`storage`]: the disk abstraction, WAL, group commit and snapshots;
 //! - [`journal`]: what the WAL holds and how a node is rebuilt from it;
 //! - [`state_machine`]: the host-owned key-value state machine;
-//! - [`node`]: start-up, recovery and region creation;
+//! - [`control`]: the replicated control plane (openraft) holding nodes,
+//!   components and regions, and the reconciler that makes hosts match it;
+//! - [`swap`]: live protocol swap (coordinator and a host's steps);
+//! - [`node`]: start-up, recovery, components, replicas, admin commands;
 //! - [`api`] and [`client`]: HTTP/JSON API and its client; [`wire`]: the
 //!   binary client protocol on the same port; [`cli`]: the
 //!   `synod` binary; [`demo`] and [`bench`]: the main job and benchmarks.
 
 pub mod api;
 pub mod bench;
-pub mod catalog;
 pub mod checker;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod engine;
 pub mod journal;
@@ -36,6 +39,7 @@ pub mod sim;
 pub mod sim_cli;
 pub mod state_machine;
 pub mod storage;
+pub mod swap;
 pub mod transport;
 pub mod wire;
 pub mod workload;

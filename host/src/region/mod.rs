@@ -14,6 +14,7 @@ mod log;
 pub mod pending;
 pub mod quota;
 pub mod replica;
+pub mod spec_limits;
 #[cfg(test)]
 mod snapshot_tests;
 

@@ -10,7 +10,9 @@ use super::disk::Disk;
 /// Written once, after the first `NodeBoot` record is durable.
 pub const MARKER_PATH: &str = "synod-node";
 const MARKER_TITLE: &str = "synod data directory";
-const MARKER_FORMAT: u32 = 1;
+/// Format 2: the data directory holds the replicated control plane's WAL
+/// (`control/`). Format 1 directories used the anti-entropy catalog.
+const MARKER_FORMAT: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum DataDirError {
@@ -21,6 +23,14 @@ pub enum DataDirError {
          \"{MARKER_TITLE}\\nformat {MARKER_FORMAT}\\nnode <id>\""
     )]
     BadMarker(String),
+    #[error(
+        "this data directory was written by a Synod before the replicated control plane \
+         (marker format 1, anti-entropy catalog) and cannot be migrated: its regions and \
+         components are not in any control-plane record. Export what you need with the old \
+         binary, then move the directory away and start with an empty one \
+         (docs/OPERATIONS.md, \"Upgrading from the anti-entropy catalog\")"
+    )]
+    Obsolete,
     #[error(
         "this data directory belongs to node {found} ({MARKER_PATH}), but this node is \
          configured as node {configured}: point it at its own data directory"
@@ -78,6 +88,9 @@ pub fn check(disk: &dyn Disk, node_id: u64, wal_empty: bool) -> Result<DataDirSt
         Ok(bytes) => {
             let text =
                 String::from_utf8(bytes).map_err(|e| DataDirError::BadMarker(e.to_string()))?;
+            if text.lines().nth(1).map(str::trim) == Some("format 1") {
+                return Err(DataDirError::Obsolete);
+            }
             Some(parse_marker(&text).map_err(DataDirError::BadMarker)?)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -168,6 +181,11 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("snapshots/ holds 1 snapshot"), "{err}");
         assert_eq!(check(&disk, 1, false)?, DataDirState::Unmarked);
+        disk.write_atomic(MARKER_PATH, b"synod data directory\nformat 1\nnode 1\n")?;
+        assert!(
+            matches!(check(&disk, 1, false), Err(DataDirError::Obsolete)),
+            "a directory of the anti-entropy catalog is refused by name"
+        );
         disk.write_atomic(MARKER_PATH, b"garbage")?;
         assert!(matches!(
             check(&disk, 1, false),

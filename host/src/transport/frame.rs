@@ -12,7 +12,6 @@ use serde_bytes::ByteBuf;
 use sha2::Sha256;
 use synod_guest_sdk::NodeId;
 
-use crate::catalog::Catalog;
 
 /// Largest frame accepted; a larger one closes the connection.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -48,8 +47,13 @@ pub enum Frame {
     },
     /// Part of a state-machine snapshot shipped by a plugin.
     SnapshotChunk(super::chunks::Chunk),
-    /// The sender's view of cluster metadata (anti-entropy).
-    Catalog(Catalog),
+    /// A control-plane request (`reply: false`) or the reply to request
+    /// `id` (`reply: true`); the body is a `control::network` message.
+    Control {
+        id: u64,
+        reply: bool,
+        body: ByteBuf,
+    },
 }
 
 impl Frame {

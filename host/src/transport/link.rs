@@ -2,9 +2,10 @@
 //! scheduler.
 //!
 //! Frames wait in one of two places:
-//! - the control lane: the newest catalog frame only (a newer one replaces
-//!   it), always served first, so cluster metadata never waits behind bulk
-//!   data;
+//! - the control lane: control-plane frames in order, within
+//!   [`CONTROL_LANE_BYTES_MAX`], always served first, so the control plane
+//!   never waits behind bulk data (a frame that does not fit is dropped:
+//!   control RPCs time out and are retried);
 //! - one queue per region, served by deficit round robin: each turn a
 //!   region may send up to [`QUANTUM_BYTES`] more than it has already
 //!   sent, so a region with small messages (heartbeats) gets through while
@@ -25,6 +26,9 @@ use tokio_util::bytes::Bytes;
 
 use super::chunks::{Chunk, SNAPSHOT_CHUNK_BYTES};
 use super::frame::Frame;
+
+/// Bytes of control frames a link may hold.
+pub const CONTROL_LANE_BYTES_MAX: usize = 96 << 20;
 
 /// Bytes a region may send per round-robin turn.
 pub const QUANTUM_BYTES: usize = 256 * 1024;
@@ -135,7 +139,8 @@ struct RegionQueue {
 
 #[derive(Default)]
 struct Queues {
-    catalog: Option<Bytes>,
+    control: VecDeque<Bytes>,
+    control_bytes: usize,
     regions: HashMap<String, RegionQueue>,
     /// Regions with queued entries, in round-robin order.
     active: VecDeque<String>,
@@ -166,10 +171,19 @@ impl LinkQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues the newest catalog; an older one still queued is replaced.
-    pub fn push_catalog(&self, frame: Bytes) {
-        self.lock().catalog = Some(frame);
+    /// Queues a control frame; returns false (dropped) when the control
+    /// lane is full.
+    pub fn push_control(&self, frame: Bytes) -> bool {
+        {
+            let mut queues = self.lock();
+            if queues.control_bytes + frame.len() > CONTROL_LANE_BYTES_MAX {
+                return false;
+            }
+            queues.control_bytes += frame.len();
+            queues.control.push_back(frame);
+        }
         self.ready.notify_one();
+        true
     }
 
     /// Queues an encoded data frame of `region`; returns what was dropped
@@ -265,13 +279,14 @@ impl LinkQueue {
         Ok(())
     }
 
-    /// The next frame to write: the catalog first, then the regions in
+    /// The next frame to write: control frames first, then the regions in
     /// deficit round robin. `None` when nothing is queued.
     pub fn pop(&self) -> Option<Bytes> {
         let mut queues = self.lock();
         let queues = &mut *queues;
-        if let Some(catalog) = queues.catalog.take() {
-            return Some(catalog);
+        if let Some(control) = queues.control.pop_front() {
+            queues.control_bytes -= control.len();
+            return Some(control);
         }
         loop {
             let name = queues.active.front()?.clone();
@@ -340,7 +355,8 @@ impl LinkQueue {
     /// dropped, per region.
     pub fn clear(&self) -> Vec<Dropped> {
         let mut queues = self.lock();
-        queues.catalog = None;
+        queues.control.clear();
+        queues.control_bytes = 0;
         queues.active.clear();
         queues.turn_started = false;
         queues.bytes = 0;
@@ -388,7 +404,7 @@ mod tests {
         match Frame::decode(bytes).expect("decodes") {
             Frame::Messages { region, .. } => region,
             Frame::SnapshotChunk(chunk) => chunk.region,
-            Frame::Catalog(_) => "catalog".into(),
+            Frame::Control { .. } => "control".into(),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -463,24 +479,27 @@ mod tests {
     }
 
     #[test]
-    fn the_catalog_goes_first_and_only_the_newest() {
+    fn control_frames_go_first_in_order_within_their_budget() {
         let queue = LinkQueue::new(budget(8 << 20, 64 << 20));
         queue.push_frame("a", frame("a", 10)).expect("fits");
-        let catalog = |n: u64| {
-            let mut catalog = crate::catalog::Catalog::default();
-            catalog.nodes.insert(
-                n,
-                crate::catalog::NodeAddress {
-                    api: String::new(),
-                    peer: String::new(),
-                    version: n,
-                },
-            );
-            Bytes::from(Frame::Catalog(catalog).encode())
+        let control = |id: u64, bytes: usize| {
+            Bytes::from(
+                Frame::Control {
+                    id,
+                    reply: false,
+                    body: serde_bytes::ByteBuf::from(vec![0u8; bytes]),
+                }
+                .encode(),
+            )
         };
-        queue.push_catalog(catalog(1));
-        queue.push_catalog(catalog(2));
-        assert_eq!(queue.pop(), Some(catalog(2)));
+        assert!(queue.push_control(control(1, 10)));
+        assert!(queue.push_control(control(2, 10)));
+        assert!(
+            !queue.push_control(control(3, CONTROL_LANE_BYTES_MAX)),
+            "a frame over the lane's budget is dropped"
+        );
+        assert_eq!(queue.pop(), Some(control(1, 10)));
+        assert_eq!(queue.pop(), Some(control(2, 10)));
         assert_eq!(region_of(&queue.pop().expect("a")), "a");
         assert_eq!(queue.pop(), None);
     }

@@ -6,7 +6,7 @@
 //! writing run side by side, so a node busy writing still reads (two nodes
 //! writing to each other cannot deadlock on full socket buffers).
 //!
-//! Outgoing frames wait in the link's [`LinkQueue`]: the newest catalog
+//! Outgoing frames wait in the link's [`LinkQueue`]: control-plane frames
 //! first, then the regions' frames in deficit round robin, each region
 //! within a byte budget. A region that sends more than its share has its
 //! own frames dropped and counted; the others are not held up. While a peer
@@ -140,7 +140,7 @@ pub struct RegionTraffic {
 pub struct TransportStats {
     pub frames_sent: u64,
     pub frames_received: u64,
-    /// Every frame dropped, all regions (and catalogs to unknown peers).
+    /// Every frame dropped, all regions (and control frames to unknown peers).
     pub frames_dropped: u64,
     pub connections: u64,
     /// Connections whose handshake failed.
@@ -348,23 +348,23 @@ impl Transport {
         let region = match &frame {
             Frame::Messages { region, .. } => region.clone(),
             Frame::SnapshotChunk(chunk) => chunk.region.clone(),
-            Frame::Catalog(_) => {
+            Frame::Control { .. } => {
                 let bytes = frame.encode();
                 if bytes.len() > FRAME_BYTES_MAX {
                     // The peer would close the link on it; keep the link.
                     tracing::error!(
                         bytes = bytes.len(),
                         limit = FRAME_BYTES_MAX,
-                        "the catalog is larger than one frame; not sent"
+                        "a control frame is larger than one frame; not sent"
                     );
                     self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                match self.queue_of(to) {
-                    Some(queue) => queue.push_catalog(Bytes::from(bytes)),
-                    None => {
-                        self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
+                let queued = self
+                    .queue_of(to)
+                    .is_some_and(|queue| queue.push_control(Bytes::from(bytes)));
+                if !queued {
+                    self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 return;
             }

@@ -1,0 +1,185 @@
+//! What a host does to make its replicas match the control record: start
+//! the replicas it should host, delete the ones of deleted regions or that
+//! it no longer hosts (and confirm), follow a region into a new epoch, and
+//! take its part in a swap (`crate::swap`).
+//!
+//! It runs whenever this node applies a committed command, and every
+//! second, so a node that restarts or missed a change catches up. Every
+//! action is idempotent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use synod_guest_sdk::Membership;
+
+use super::record::{ControlCommand, RegionPhase, RegionRecord};
+use crate::node::Node;
+use crate::plugin::{Call, CallResult};
+use crate::region::MembershipTarget;
+
+/// The reconciler's heartbeat when nothing is committed.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the reconciler until the node is gone.
+pub async fn run(node: Weak<Node>) {
+    let mut applied = match node.upgrade() {
+        Some(node) => node.control().watch(),
+        None => return,
+    };
+    loop {
+        {
+            let Some(node) = node.upgrade() else { return };
+            reconcile_once(&node).await;
+            crate::swap::coordinator::drive(&node).await;
+        }
+        let _ = tokio::time::timeout(RECONCILE_INTERVAL, applied.changed()).await;
+    }
+}
+
+/// One pass over the record.
+pub async fn reconcile_once(node: &Node) {
+    let _serial = node.reconciling_lock().await;
+    let state = node.control().local();
+    let me = node.config().node_id;
+    for (name, record) in &state.regions {
+        let must_delete = match &record.phase {
+            RegionPhase::Deleting { pending } => pending.contains(&me),
+            RegionPhase::Active => record.retired.contains(&me),
+        };
+        if must_delete {
+            delete_and_confirm(node, name).await;
+            continue;
+        }
+        if record.phase != RegionPhase::Active {
+            continue;
+        }
+        let hosted = record.spec.hosted_on(me);
+        let running = node.read_regions().get(name).cloned();
+        match running {
+            None if hosted => start_replica(node, record).await,
+            None => {}
+            Some(handle) => {
+                if handle.spec().epoch < record.spec.epoch {
+                    crate::swap::host::enter_epoch(node, record).await;
+                } else if handle.spec().epoch == record.spec.epoch
+                    && node.spec_version(name).is_some_and(|v| v < record.spec.version)
+                {
+                    node.record_spec_locally(&record.spec).await;
+                }
+            }
+        }
+        crate::swap::host::take_part(node, record).await;
+    }
+    // Replicas of regions the record does not know at all: gone for good
+    // (deleted while this node was away), confirmed by a linearizable read
+    // before anything is deleted.
+    let orphans: Vec<String> = node
+        .read_regions()
+        .keys()
+        .filter(|name| !state.regions.contains_key(*name))
+        .cloned()
+        .collect();
+    if orphans.is_empty() {
+        return;
+    }
+    let Ok(current) = node.control().read().await else {
+        return;
+    };
+    for name in orphans {
+        if !current.regions.contains_key(&name) {
+            tracing::info!(region = %name, "the record has no such region; deleting the local replica");
+            if let Err(error) = node.delete_local_replica(&name).await {
+                tracing::error!(region = %name, %error, "could not delete an orphaned replica");
+            }
+        }
+    }
+}
+
+async fn delete_and_confirm(node: &Node, region: &str) {
+    if let Err(error) = node.delete_local_replica(region).await {
+        tracing::error!(%region, %error, "could not delete the local replica; will retry");
+        return;
+    }
+    let confirm = ControlCommand::ReplicaDeleted {
+        region: region.to_string(),
+        node: node.config().node_id,
+    };
+    if let Err(error) = node.control().propose(confirm).await {
+        tracing::debug!(%region, %error, "could not confirm the deletion yet; will retry");
+    }
+}
+
+async fn start_replica(node: &Node, record: &RegionRecord) {
+    let spec = &record.spec;
+    if let Err(error) = node.ensure_component(&spec.protocol).await {
+        tracing::warn!(region = %spec.name, %error, "cannot start the replica yet");
+        return;
+    }
+    let source = match node.plugin_source(spec) {
+        Ok(source) => source,
+        Err(error) => {
+            tracing::error!(region = %spec.name, %error, "cannot start the replica");
+            return;
+        }
+    };
+    match node.start_new_replica(spec.clone(), source).await {
+        Ok(_) => tracing::info!(region = %spec.name, epoch = spec.epoch, "started a replica the record assigns here"),
+        Err(error) => tracing::error!(region = %spec.name, %error, "could not start the replica"),
+    }
+}
+
+/// How often a node checks that the regions it leads are moving to the
+/// membership their spec asks for.
+const MEMBERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Asks each local replica that leads a region for the spec's membership
+/// target, once per term it leads in: the leader that accepted the target
+/// may have failed before finishing it. Plugins treat a repeated target as
+/// a no-op.
+pub async fn renew_membership_targets(node: Weak<Node>) {
+    let mut asked: HashMap<String, (u64, MembershipTarget)> = HashMap::new();
+    loop {
+        tokio::time::sleep(MEMBERSHIP_CHECK_INTERVAL).await;
+        let Some(node) = node.upgrade() else { return };
+        renew_once(&node, &mut asked).await;
+    }
+}
+
+async fn renew_once(node: &Arc<Node>, asked: &mut HashMap<String, (u64, MembershipTarget)>) {
+    for handle in node.regions().await {
+        let name = handle.name().to_string();
+        let Some(target) = node
+            .region_spec(&name)
+            .and_then(|spec| spec.membership_target)
+        else {
+            continue;
+        };
+        let Ok(status) = handle.status().await else {
+            continue;
+        };
+        let Some(plugin) = status.plugin else {
+            continue;
+        };
+        if plugin.role != "leader" {
+            continue;
+        }
+        if asked.get(&name) == Some(&(plugin.term, target.clone())) {
+            continue;
+        }
+        let call = Call::Membership(Membership {
+            voters: target.voters.clone(),
+            learners: target.learners.clone(),
+        });
+        match handle.control(call).await {
+            Ok(CallResult::Membership(Ok(()))) => {
+                tracing::debug!(region = %name, term = plugin.term, "membership target renewed");
+                asked.insert(name, (plugin.term, target));
+            }
+            Ok(CallResult::Membership(Err(why))) => {
+                tracing::debug!(region = %name, %why, "membership target not taken yet");
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+}

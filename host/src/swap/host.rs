@@ -1,0 +1,118 @@
+//! One host's part in a swap: prepare the target component, hold writes
+//! and seal the running protocol, and enter the new epoch. Each step is
+//! started at most once at a time per (region, epoch) and reports its
+//! result into the record; a failed step is retried on the next pass.
+
+use std::time::Duration;
+
+use crate::control::record::{ControlCommand, RegionRecord, SealReportRecord, SwapStep};
+use crate::node::Node;
+
+/// How long one seal attempt may take before it is retried.
+const SEAL_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Takes this node's part in the region's swap, if one is under way, and
+/// gives held writes back if a swap was abandoned.
+pub async fn take_part(node: &Node, record: &RegionRecord) {
+    let me = node.config().node_id;
+    let name = record.spec.name.clone();
+    let Some(swap) = &record.swap else {
+        if node.is_holding(&name) {
+            if let Some(handle) = node.read_regions().get(&name).cloned() {
+                match handle.release_held().await {
+                    Ok(()) => tracing::info!(region = %name, "swap abandoned: held writes go to the running protocol"),
+                    Err(error) => tracing::warn!(region = %name, %error, "could not release held writes"),
+                }
+            }
+            node.set_holding(&name, false);
+        }
+        return;
+    };
+    let epoch = swap.from_epoch;
+    match swap.step {
+        SwapStep::Preparing => {
+            if !swap.voters.contains(&me) || swap.prepared.contains(&me) || swap.refused.contains_key(&me) {
+                return;
+            }
+            let to = swap.to.clone();
+            node.spawn_swap_step(&name, epoch, "prepare", move |node, name| async move {
+                let result = match node.ensure_component(&to).await {
+                    Ok(()) => node.source_of(&name, &to).map(|_| ()).map_err(|e| e.to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                if let Err(why) = &result {
+                    tracing::warn!(region = %name, %why, "cannot prepare the swap's target");
+                }
+                let report = ControlCommand::SwapPrepared { region: name.clone(), from_epoch: epoch, node: node.config().node_id, result };
+                if let Err(error) = node.control().propose(report).await {
+                    tracing::debug!(region = %name, %error, "prepare report not recorded; will retry");
+                }
+            });
+        }
+        SwapStep::Sealing => {
+            if swap.sealed.contains_key(&me) {
+                return;
+            }
+            let Some(handle) = node.read_regions().get(&name).cloned() else { return };
+            if handle.spec().epoch != epoch {
+                return;
+            }
+            let capacity = node.config().swap_hold_requests_max;
+            node.spawn_swap_step(&name, epoch, "seal", move |node, name| async move {
+                if let Err(error) = handle.hold(capacity).await {
+                    tracing::warn!(region = %name, %error, "could not hold writes for the swap");
+                    return;
+                }
+                node.set_holding(&name, true);
+                let report = match handle.seal(SEAL_ATTEMPT_TIMEOUT).await {
+                    Ok(report) => report,
+                    Err(error) => {
+                        tracing::warn!(region = %name, %error, "seal did not finish; will retry");
+                        return;
+                    }
+                };
+                tracing::info!(region = %name, position = report.position, "sealed for the swap");
+                let command = ControlCommand::SwapSealed {
+                    region: name.clone(),
+                    from_epoch: epoch,
+                    node: node.config().node_id,
+                    report: SealReportRecord { position: report.position, digest: hex::encode(&report.digest) },
+                };
+                if let Err(error) = node.control().propose(command).await {
+                    tracing::debug!(region = %name, %error, "seal report not recorded; will retry");
+                }
+            });
+        }
+    }
+}
+
+/// Moves the local replica into the record's (newer) epoch.
+pub async fn enter_epoch(node: &Node, record: &RegionRecord) {
+    let me = node.config().node_id;
+    let spec = record.spec.clone();
+    if !spec.hosted_on(me) {
+        // Not a member of the new epoch: the record retires this replica
+        // and the reconciler deletes it.
+        return;
+    }
+    let Some(handle) = node.read_regions().get(&spec.name).cloned() else { return };
+    if let Err(error) = node.ensure_component(&spec.protocol).await {
+        tracing::warn!(region = %spec.name, %error, "cannot enter the new epoch yet");
+        return;
+    }
+    let source = match node.plugin_source(&spec) {
+        Ok(source) => source,
+        Err(error) => {
+            tracing::error!(region = %spec.name, %error, "cannot run the new epoch's protocol");
+            return;
+        }
+    };
+    match handle.switch_epoch(spec.clone(), source).await {
+        Ok(report) => {
+            node.set_holding(&spec.name, false);
+            node.note_spec_version(&spec.name, spec.version);
+            tracing::info!(region = %spec.name, epoch = report.epoch, start = report.start_position, "entered the new epoch");
+        }
+        Err(error) => tracing::error!(region = %spec.name, %error, "could not enter the new epoch; will retry"),
+    }
+}
