@@ -1031,7 +1031,7 @@ impl InboundHandler for NodeInbound {
                     tracing::debug!(%region, from, "messages for a region not hosted here");
                     return;
                 };
-                if handle.spec.epoch != epoch {
+                if handle.spec().epoch != epoch {
                     tracing::debug!(%region, from, epoch, "messages from another epoch dropped");
                     return;
                 }
@@ -1044,7 +1044,7 @@ impl InboundHandler for NodeInbound {
                     return;
                 }
                 let bytes = payloads.data.len() as u64;
-                if let Err(error) = handle.deliver_messages(from, payloads) {
+                if let Err(error) = handle.deliver_messages(from, epoch, payloads) {
                     tracing::debug!(%region, from, %error, "inbound messages dropped");
                     if let Some(transport) = node.transport() {
                         transport.count_inbound_dropped(&region, bytes);
@@ -1068,8 +1068,13 @@ impl InboundHandler for NodeInbound {
                 let Some(handle) = node.read_regions().get(&snapshot.region).cloned() else {
                     return;
                 };
-                if handle.spec.epoch == snapshot.epoch {
-                    let _ = handle.offer_snapshot(from, snapshot.metadata, snapshot.image);
+                if handle.spec().epoch == snapshot.epoch {
+                    let _ = handle.offer_snapshot(
+                        from,
+                        snapshot.epoch,
+                        snapshot.metadata,
+                        snapshot.image,
+                    );
                 }
             }
             Frame::Catalog(catalog) => {

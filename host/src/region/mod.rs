@@ -6,10 +6,13 @@
 //! - [`cpu`]: CPU fairness: expensive regions run their calls at idle priority.
 //! - [`driver`]: the tokio task feeding events to a replica in batches and
 //!   releasing its outputs after they are durable (output commit).
+//! - [`epoch`]: a replica's side of a live protocol swap (hold, seal,
+//!   switch epoch).
 
 pub mod core;
 pub mod cpu;
 pub mod driver;
+pub mod epoch;
 mod log;
 pub mod pending;
 pub mod quota;
