@@ -13,6 +13,8 @@ pub mod core;
 pub mod cpu;
 pub mod driver;
 pub mod epoch;
+#[cfg(test)]
+mod epoch_tests;
 mod log;
 pub mod pending;
 pub mod quota;
