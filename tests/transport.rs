@@ -71,7 +71,12 @@ async fn bad_input_closes_the_connection_and_the_node_keeps_serving() {
         "oversized length header"
     );
     // A data frame before the handshake is refused.
-    let early = Frame::Catalog(Default::default()).encode();
+    let early = Frame::Control {
+        id: 1,
+        reply: false,
+        body: Default::default(),
+    }
+    .encode();
     assert!(
         closed_after(port, &framed(&early)).await,
         "frame before the handshake"

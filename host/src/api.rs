@@ -214,10 +214,14 @@ fn control_error(error: &ControlError, message: String) -> ApiError {
             };
             ApiError::new(status, code, message)
         }
-        ControlError::NoLeader(_) | ControlError::Stopped => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_control_leader", message)
+        ControlError::NoLeader(_) | ControlError::Stopped => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_control_leader",
+            message,
+        ),
+        ControlError::Storage(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
         }
-        ControlError::Storage(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
     }
 }
 
@@ -307,7 +311,10 @@ pub fn router(node: Arc<Node>) -> Router {
                 .post(create_region)
                 .layer(DefaultBodyLimit::max(REGION_BODY_BYTES_MAX)),
         )
-        .route("/v1/regions/{region}", get(region_status).delete(delete_region))
+        .route(
+            "/v1/regions/{region}",
+            get(region_status).delete(delete_region),
+        )
         .route("/v1/regions/{region}/record", get(region_record))
         .route("/v1/regions/{region}/swap", post(swap_region))
         .route("/v1/regions/{region}/restart", post(restart_region))
@@ -509,7 +516,11 @@ async fn create_region(
         let status = handle.status().await?;
         return Ok((StatusCode::CREATED, Json(status)).into_response());
     }
-    Ok((StatusCode::CREATED, Json(json!({ "name": spec.name, "spec": spec }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": spec.name, "spec": spec })),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -556,10 +567,16 @@ async fn region_record(
         .local()
         .audit
         .iter()
-        .filter(|a| a.action.starts_with(&format!("region {region}:")) || a.action.contains(&format!("region {region} ")))
+        .filter(|a| {
+            a.action.starts_with(&format!("region {region}:"))
+                || a.action.contains(&format!("region {region} "))
+        })
         .cloned()
         .collect();
-    Ok(Json(json!({ "record": record, "swap_waiting_for": waiting, "audit": audit })).into_response())
+    Ok(
+        Json(json!({ "record": record, "swap_waiting_for": waiting, "audit": audit }))
+            .into_response(),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -591,7 +608,9 @@ async fn swap_region(
     let body = json_body(body)?;
     if let Some(params) = &body.params {
         crate::region::spec_limits::check_params(
-            params.iter().map(|(name, value)| (name.as_str(), value.as_str())),
+            params
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
         )
         .map_err(|too_large| {
             ApiError::new(
@@ -903,8 +922,13 @@ async fn change_membership(
         }
     }
     if learners != record.spec.learners {
-        node.set_region_members(&region, hosts.clone(), learners.clone(), record.spec.membership_target.clone())
-            .await?;
+        node.set_region_members(
+            &region,
+            hosts.clone(),
+            learners.clone(),
+            record.spec.membership_target.clone(),
+        )
+        .await?;
     }
     let target = Membership {
         voters: body.voters,

@@ -159,6 +159,8 @@ impl LocalCluster {
             wal_checkpoint_min_bytes: None,
             transport: Default::default(),
             connections: Default::default(),
+            control: Default::default(),
+            swap: Default::default(),
         };
         std::fs::write(&node.config_path, config.to_toml())
             .with_context(|| format!("writing {}", node.config_path.display()))?;

@@ -278,7 +278,9 @@ impl ConfigFile {
             )));
         }
         if self.swap.hold_requests_max == Some(0) {
-            return Err(invalid("[swap] hold_requests_max must be at least 1".into()));
+            return Err(invalid(
+                "[swap] hold_requests_max must be at least 1".into(),
+            ));
         }
         let chunk = crate::transport::SNAPSHOT_CHUNK_BYTES;
         if let Some(bytes) = self.transport.region_queue_bytes_max

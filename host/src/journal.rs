@@ -53,6 +53,14 @@ pub enum JournalRecord {
         region: String,
         key: ByteBuf,
     },
+    /// Live swap: the region moved to `spec` (a new epoch and protocol).
+    /// Its log and kv area are dropped, so the new protocol never sees the
+    /// old one's storage; its state starts from the region's snapshot file,
+    /// saved (at `start_position`) before this record was written.
+    RegionEpochStarted {
+        spec: RegionSpec,
+        start_position: u64,
+    },
 }
 
 impl JournalRecord {
@@ -196,6 +204,13 @@ impl RecoveredNode {
             }
             JournalRecord::RegionDropped { region } => {
                 self.regions.remove(&region);
+            }
+            JournalRecord::RegionEpochStarted { spec, .. } => {
+                let region = self.regions.entry(spec.name.clone()).or_default();
+                *region = RecoveredRegion {
+                    spec: Some(spec),
+                    ..RecoveredRegion::default()
+                };
             }
             JournalRecord::LogAppend {
                 region,

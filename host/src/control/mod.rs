@@ -68,7 +68,8 @@ pub const CONTROL_WAL_DIR: &str = "control";
 #[derive(Clone, Debug)]
 pub struct ControlOptions {
     /// The nodes that vote (IoTDB's partition-table group); every other
-    /// node is a learner. Default: every bootstrap node.
+    /// node is a learner. Default: every bootstrap node. The lowest id
+    /// among them initializes the group at its first start.
     pub voters: Vec<NodeId>,
     pub heartbeat: Duration,
     pub election_min: Duration,
@@ -188,7 +189,10 @@ impl ControlPlane {
             commit,
             options,
         });
-        if fresh && plane.options.voters.contains(&node_id) {
+        // The lowest-id voter initializes the group at its first start; a
+        // node that joins later (any other fresh node) waits to be added.
+        let initializer = plane.options.voters.iter().min() == Some(&node_id);
+        if fresh && initializer {
             let members: BTreeMap<NodeId, ControlNode> = plane
                 .options
                 .voters
@@ -204,8 +208,6 @@ impl ControlPlane {
                     )
                 })
                 .collect();
-            // Every voter initializes with the same members: openraft
-            // accepts that, and no voter waits for another to do it.
             if let Err(error) = plane.raft.initialize(members).await {
                 tracing::debug!(%error, "control plane already initialized");
             }
@@ -435,7 +437,12 @@ async fn leader_duties(plane: std::sync::Weak<ControlPlane>) {
         }
         let members: BTreeSet<NodeId> = {
             let metrics = plane.raft.metrics().borrow().clone();
-            metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+            metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect()
         };
         let state = plane.local();
         for (id, record) in &state.nodes {

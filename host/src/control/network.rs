@@ -38,7 +38,9 @@ pub enum ControlRpc {
     /// read point for a follower).
     ReadIndex,
     /// The bytes of a published component.
-    FetchComponent { digest: String },
+    FetchComponent {
+        digest: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -211,7 +213,10 @@ impl ControlPeer {
         }
     }
 
-    fn unexpected<E: std::error::Error>(&self, reply: ControlReply) -> RPCError<NodeId, ControlNode, E> {
+    fn unexpected<E: std::error::Error>(
+        &self,
+        reply: ControlReply,
+    ) -> RPCError<NodeId, ControlNode, E> {
         network_error(
             self.target,
             RpcError::Garbled {

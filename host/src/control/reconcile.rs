@@ -42,6 +42,13 @@ pub async fn reconcile_once(node: &Node) {
     let _serial = node.reconciling_lock().await;
     let state = node.control().local();
     let me = node.config().node_id;
+    if let Some(transport) = node.transport() {
+        for (id, address) in &state.nodes {
+            if *id != me && !address.peer.is_empty() {
+                transport.set_peer(*id, &address.peer);
+            }
+        }
+    }
     for (name, record) in &state.regions {
         let must_delete = match &record.phase {
             RegionPhase::Deleting { pending } => pending.contains(&me),
@@ -63,7 +70,9 @@ pub async fn reconcile_once(node: &Node) {
                 if handle.spec().epoch < record.spec.epoch {
                     crate::swap::host::enter_epoch(node, record).await;
                 } else if handle.spec().epoch == record.spec.epoch
-                    && node.spec_version(name).is_some_and(|v| v < record.spec.version)
+                    && node
+                        .spec_version(name)
+                        .is_some_and(|v| v < record.spec.version)
                 {
                     node.record_spec_locally(&record.spec).await;
                 }
@@ -124,7 +133,9 @@ async fn start_replica(node: &Node, record: &RegionRecord) {
         }
     };
     match node.start_new_replica(spec.clone(), source).await {
-        Ok(_) => tracing::info!(region = %spec.name, epoch = spec.epoch, "started a replica the record assigns here"),
+        Ok(_) => {
+            tracing::info!(region = %spec.name, epoch = spec.epoch, "started a replica the record assigns here")
+        }
         Err(error) => tracing::error!(region = %spec.name, %error, "could not start the replica"),
     }
 }

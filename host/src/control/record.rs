@@ -50,7 +50,9 @@ pub enum RegionPhase {
     Active,
     /// Deletion recorded; these hosts have not yet confirmed their data is
     /// gone. The record disappears when the set is empty.
-    Deleting { pending: BTreeSet<NodeId> },
+    Deleting {
+        pending: BTreeSet<NodeId>,
+    },
 }
 
 /// One epoch of a region: a protocol run from a start position.
@@ -746,7 +748,10 @@ mod tests {
             spec: spec("s", vec![1, 9]),
             requested: "native:raft".into(),
         });
-        assert!(matches!(state.apply(12, &unknown), ControlResponse::Refused { .. }));
+        assert!(matches!(
+            state.apply(12, &unknown),
+            ControlResponse::Refused { .. }
+        ));
     }
 
     #[test]
@@ -761,7 +766,11 @@ mod tests {
         );
         let delete = request(ControlCommand::DeleteRegion { region: "r".into() });
         assert_eq!(state.apply(11, &delete), ControlResponse::Done);
-        assert_eq!(state.apply(12, &delete), ControlResponse::Done, "idempotent");
+        assert_eq!(
+            state.apply(12, &delete),
+            ControlResponse::Done,
+            "idempotent"
+        );
         state.apply(
             13,
             &request(ControlCommand::ReplicaDeleted {
@@ -801,7 +810,9 @@ mod tests {
             force: false,
         });
         assert_eq!(state.apply(11, &begin), ControlResponse::Done);
-        assert!(matches!(state.apply(12, &begin), ControlResponse::Refused { code, .. } if code == "swap_in_progress"));
+        assert!(
+            matches!(state.apply(12, &begin), ControlResponse::Refused { code, .. } if code == "swap_in_progress")
+        );
         let sealed = request(ControlCommand::SwapSealed {
             region: "r".into(),
             from_epoch: 1,
@@ -839,7 +850,10 @@ mod tests {
             rollback: None,
         });
         assert_eq!(state.apply(17, &commit), ControlResponse::Done);
-        assert!(matches!(state.apply(18, &commit), ControlResponse::Refused { .. }), "once");
+        assert!(
+            matches!(state.apply(18, &commit), ControlResponse::Refused { .. }),
+            "once"
+        );
         let record = &state.regions["r"];
         assert_eq!(record.spec.epoch, 2);
         assert_eq!(record.spec.voters, vec![2]);

@@ -194,7 +194,9 @@ impl Shared {
             .wait_for(|d| *d >= ticket)
             .await
             .map(|_| ())
-            .map_err(|_| StorageIOError::write_logs(AnyError::error("the control WAL stopped")).into())
+            .map_err(|_| {
+                StorageIOError::write_logs(AnyError::error("the control WAL stopped")).into()
+            })
     }
 
     async fn persist(&self, record: StoreRecord) -> Result<(), StorageError<NodeId>> {
@@ -236,7 +238,9 @@ pub fn open(
         last_applied = meta.last_log_id;
         membership = meta.last_membership.clone();
     }
-    *state.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(machine_state);
+    *state
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(machine_state);
     applied.send_replace(last_applied.map_or(0, |l| l.index));
     let shared = Arc::new(Shared {
         image: Mutex::new(image),
@@ -351,7 +355,9 @@ impl ControlStateMachine {
             .send_replace(self.last_applied.map_or(0, |l| l.index));
     }
 
-    fn snapshot_of(&self) -> Result<(SnapshotMeta<NodeId, ControlNode>, Vec<u8>), StorageError<NodeId>> {
+    fn snapshot_of(
+        &self,
+    ) -> Result<(SnapshotMeta<NodeId, ControlNode>, Vec<u8>), StorageError<NodeId>> {
         let state = self
             .state
             .read()
@@ -359,9 +365,10 @@ impl ControlStateMachine {
             .clone();
         let data = postcard::to_allocvec(&*state)
             .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?;
-        let id = self
-            .last_applied
-            .map_or_else(|| "0-0".to_string(), |l| format!("{}-{}", l.leader_id.term, l.index));
+        let id = self.last_applied.map_or_else(
+            || "0-0".to_string(),
+            |l| format!("{}-{}", l.leader_id.term, l.index),
+        );
         Ok((
             SnapshotMeta {
                 last_log_id: self.last_applied,
@@ -476,9 +483,14 @@ impl RaftStateMachine<C> for ControlStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C>>, StorageError<NodeId>> {
-        Ok(self.shared.lock().snapshot.clone().map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(self
+            .shared
+            .lock()
+            .snapshot
+            .clone()
+            .map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
     }
 }

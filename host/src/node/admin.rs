@@ -89,6 +89,7 @@ impl Node {
             .region_limits
             .with_overrides(&params)
             .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        self.announce_once(&self.bootstrap_book()).await?;
         let state = self.control.read().await?;
         if state.regions.contains_key(name.as_str()) {
             return Err(NodeError::RegionExists(name.to_string()));
@@ -288,9 +289,12 @@ impl Node {
         wait: Duration,
     ) -> Result<SwapOutcome, NodeError> {
         let started = Instant::now();
+        self.announce_once(&self.bootstrap_book()).await?;
         let record = self.region_record(name).await?;
         if record.phase != RegionPhase::Active {
-            return Err(NodeError::Invalid(format!("region {name} is being deleted")));
+            return Err(NodeError::Invalid(format!(
+                "region {name} is being deleted"
+            )));
         }
         let target = self.resolve_protocol(to)?;
         let replicates = self.protocol_replicates(&target);
@@ -301,7 +305,12 @@ impl Node {
                 let keep = if record.spec.voters.contains(&self.config.node_id) {
                     self.config.node_id
                 } else {
-                    record.spec.voters.first().copied().unwrap_or(self.config.node_id)
+                    record
+                        .spec
+                        .voters
+                        .first()
+                        .copied()
+                        .unwrap_or(self.config.node_id)
                 };
                 vec![keep]
             }
@@ -324,7 +333,9 @@ impl Node {
                 .cloned()
                 .collect()
         });
-        crate::region::spec_limits::check_params(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        crate::region::spec_limits::check_params(
+            params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         self.config
             .region_limits
             .with_overrides(&params)
@@ -366,7 +377,10 @@ impl Node {
                         .audit
                         .iter()
                         .rev()
-                        .find(|a| a.action.starts_with(&format!("region {name}: swap abandoned")))
+                        .find(|a| {
+                            a.action
+                                .starts_with(&format!("region {name}: swap abandoned"))
+                        })
                         .map(|a| a.action.clone())
                         .unwrap_or_else(|| "the swap was abandoned".into());
                     return Err(NodeError::Invalid(why));
@@ -408,13 +422,45 @@ fn least_loaded(
 pub(crate) async fn announce(node: Weak<Node>, bootstrap: BTreeMap<NodeId, NodeRecord>) {
     loop {
         let Some(node) = node.upgrade() else { return };
-        let state = node.control.local();
+        match node.announce_once(&bootstrap).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::debug!(%error, "announcing to the control plane; will retry");
+            }
+        }
+        drop(node);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Node {
+    /// The bootstrap address book (with this node's own addresses).
+    pub(crate) fn bootstrap_book(&self) -> BTreeMap<NodeId, NodeRecord> {
+        let mut book: BTreeMap<NodeId, NodeRecord> =
+            self.config.bootstrap.iter().cloned().collect();
+        book.insert(
+            self.config.node_id,
+            NodeRecord {
+                api: self.config.api_address.clone(),
+                peer: self.config.peer_address.clone(),
+            },
+        );
+        book
+    }
+
+    /// Records whatever of this node's address, the bootstrap addresses
+    /// and the built-in components the record lacks.
+    pub(crate) async fn announce_once(
+        &self,
+        bootstrap: &BTreeMap<NodeId, NodeRecord>,
+    ) -> Result<(), ControlError> {
+        let state = self.control.local();
         let mut commands = Vec::new();
-        for (id, address) in &bootstrap {
+        for (id, address) in bootstrap {
             let known = state.nodes.get(id);
             // Only this node decides its own address; others are filled in
             // when missing.
-            let stale = if *id == node.config.node_id {
+            let stale = if *id == self.config.node_id {
                 known != Some(address)
             } else {
                 known.is_none()
@@ -427,36 +473,18 @@ pub(crate) async fn announce(node: Weak<Node>, bootstrap: BTreeMap<NodeId, NodeR
                 });
             }
         }
-        if !state.nodes.contains_key(&node.config.node_id) && bootstrap.is_empty() {
-            commands.push(ControlCommand::SetNode {
-                id: node.config.node_id,
-                api: node.config.api_address.clone(),
-                peer: node.config.peer_address.clone(),
-            });
-        }
         for (_, bytes) in super::builtin_components() {
             let digest = crate::engine::PluginEngine::digest(bytes);
             if !state.components.contains_key(&digest) {
-                match node.store_component(bytes) {
+                match self.store_component(bytes) {
                     Ok(record) => commands.push(ControlCommand::Publish(record)),
                     Err(error) => tracing::error!(%error, "a built-in component does not load"),
                 }
             }
         }
-        if commands.is_empty() {
-            return;
-        }
-        let mut failed = false;
         for command in commands {
-            if let Err(error) = node.control.propose(command).await {
-                tracing::debug!(%error, "announcing to the control plane; will retry");
-                failed = true;
-                break;
-            }
+            self.control.propose(command).await?;
         }
-        drop(node);
-        if failed {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        Ok(())
     }
 }

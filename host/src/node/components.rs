@@ -309,7 +309,12 @@ impl Node {
             return Ok(());
         }
         let state = self.control.local();
-        let mut peers: Vec<NodeId> = state.components.get(digest).map(|c| c.published_by).into_iter().collect();
+        let mut peers: Vec<NodeId> = state
+            .components
+            .get(digest)
+            .map(|c| c.published_by)
+            .into_iter()
+            .collect();
         peers.extend(state.nodes.keys().copied());
         peers.retain(|id| *id != self.config.node_id);
         peers.dedup();
@@ -427,7 +432,11 @@ mod tests {
             record("other", "9.0.0", 4),
         ];
         let best = resolve_name(all.iter(), "raft").map(|c| c.digest.as_str());
-        assert_eq!(best, Some("raft-0.1.10-1"), "numeric order, first published on a tie");
+        assert_eq!(
+            best,
+            Some("raft-0.1.10-1"),
+            "numeric order, first published on a tie"
+        );
         let exact = resolve_name(all.iter(), "raft@0.1.9").map(|c| c.digest.as_str());
         assert_eq!(exact, Some("raft-0.1.9-2"));
         assert!(resolve_name(all.iter(), "raft@2.0").is_none());

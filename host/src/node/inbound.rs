@@ -32,7 +32,7 @@ impl InboundHandler for NodeInbound {
                     tracing::debug!(%region, from, "messages for a region not hosted here");
                     return;
                 };
-                if handle.spec.epoch != epoch {
+                if handle.spec().epoch != epoch {
                     tracing::debug!(%region, from, epoch, "messages from another epoch dropped");
                     return;
                 }
@@ -45,7 +45,7 @@ impl InboundHandler for NodeInbound {
                     return;
                 }
                 let bytes = payloads.data.len() as u64;
-                if let Err(error) = handle.deliver_messages(from, payloads) {
+                if let Err(error) = handle.deliver_messages(from, epoch, payloads) {
                     tracing::debug!(%region, from, %error, "inbound messages dropped");
                     if let Some(transport) = node.transport() {
                         transport.count_inbound_dropped(&region, bytes);
@@ -69,8 +69,13 @@ impl InboundHandler for NodeInbound {
                 let Some(handle) = node.read_regions().get(&snapshot.region).cloned() else {
                     return;
                 };
-                if handle.spec.epoch == snapshot.epoch {
-                    let _ = handle.offer_snapshot(from, snapshot.metadata, snapshot.image);
+                if handle.spec().epoch == snapshot.epoch {
+                    let _ = handle.offer_snapshot(
+                        from,
+                        snapshot.epoch,
+                        snapshot.metadata,
+                        snapshot.image,
+                    );
                 } else {
                     tracing::debug!(region = %snapshot.region, from, epoch = snapshot.epoch, "snapshot from another epoch dropped");
                 }
@@ -89,13 +94,15 @@ impl InboundHandler for NodeInbound {
                 };
                 tokio::spawn(async move {
                     let answer = match rpc {
-                        ControlRpc::FetchComponent { digest } => match node.component_bytes(&digest) {
-                            Some(bytes) => ControlReply::Component(ByteBuf::from(bytes)),
-                            None => ControlReply::Failed(format!(
-                                "component sha256:{digest} is not stored on node {}",
-                                node.config().node_id
-                            )),
-                        },
+                        ControlRpc::FetchComponent { digest } => {
+                            match node.component_bytes(&digest) {
+                                Some(bytes) => ControlReply::Component(ByteBuf::from(bytes)),
+                                None => ControlReply::Failed(format!(
+                                    "component sha256:{digest} is not stored on node {}",
+                                    node.config().node_id
+                                )),
+                            }
+                        }
                         other => node.control().handle(other).await,
                     };
                     node.control().rpc().reply(from, id, &answer);

@@ -307,16 +307,15 @@ impl Node {
             .map_err(|e| NodeError::Storage(e.to_string()))?;
 
         // The bootstrap address book, with this node's own addresses.
-        let mut bootstrap: BTreeMap<NodeId, NodeRecord> = config.bootstrap.iter().cloned().collect();
-        if config.peer_listen.is_some() || !config.api_address.is_empty() {
-            bootstrap.insert(
-                config.node_id,
-                NodeRecord {
-                    api: config.api_address.clone(),
-                    peer: config.peer_address.clone(),
-                },
-            );
-        }
+        let mut bootstrap: BTreeMap<NodeId, NodeRecord> =
+            config.bootstrap.iter().cloned().collect();
+        bootstrap.insert(
+            config.node_id,
+            NodeRecord {
+                api: config.api_address.clone(),
+                peer: config.peer_address.clone(),
+            },
+        );
         if transport.is_none() {
             // Without peers, this node is the whole control plane.
             config.control.voters = vec![config.node_id];
@@ -590,4 +589,3 @@ fn seed_for(node_id: NodeId, region: &str, incarnation: u64) -> u64 {
     bytes.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(bytes)
 }
-

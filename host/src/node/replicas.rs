@@ -43,7 +43,9 @@ impl Node {
             .await
         {
             Ok(()) => self.note_spec_version(&spec.name, spec.version),
-            Err(error) => tracing::error!(region = %spec.name, %error, "could not journal the region's spec"),
+            Err(error) => {
+                tracing::error!(region = %spec.name, %error, "could not journal the region's spec")
+            }
         }
     }
 
@@ -68,8 +70,13 @@ impl Node {
 
     /// Runs one swap step for (region, epoch) in the background unless it
     /// is already running.
-    pub(crate) fn spawn_swap_step<F, Fut>(&self, region: &str, epoch: u64, step: &'static str, work: F)
-    where
+    pub(crate) fn spawn_swap_step<F, Fut>(
+        &self,
+        region: &str,
+        epoch: u64,
+        step: &'static str,
+        work: F,
+    ) where
         F: FnOnce(std::sync::Arc<Node>, String) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {

@@ -491,6 +491,27 @@ impl RegionCore {
         }
     }
 
+    /// Starts a new epoch's storage (live swap): the next protocol gets an
+    /// empty log and kv area and never sees the previous protocol's, while
+    /// the state machine, limits and random generator carry over. Called
+    /// outside any callback.
+    pub fn reset_storage(&mut self) {
+        self.log = RegionLog::default();
+        self.meta.clear();
+        self.meta_bytes = 0;
+        self.reads.clear();
+        self.staged = Effects::default();
+        self.staged_timer_slots.clear();
+        self.completed_reads.clear();
+        self.rng_at_start = None;
+        self.undo.clear();
+        self.violation = None;
+        self.armed_timers.clear();
+        self.staged_bytes = 0;
+        self.callback_staged_bytes = 0;
+        self.callback_output_bytes = 0;
+    }
+
     /// Replaces the state machine outside any callback (a shipped snapshot
     /// the plugin accepted and the host saved).
     pub fn replace_state(&mut self, state: KvStateMachine) {

@@ -24,6 +24,7 @@ use crate::network::Network;
 use crate::plugin::{Call, CallResult, PluginFailure};
 use crate::region::core::{Effects, Output, PinnedImage, QuotaUsage, Reply, TimerChange};
 use crate::region::cpu::{Lane, background_runtime};
+use crate::region::epoch::{EpochEvent, EpochState, HeldRequest, SharedSpec};
 use crate::region::pending::{PendingRequests, READ_ID_BIT};
 use crate::region::replica::{Delivery, RegionReplica};
 use crate::region::{RegionName, RegionSpec};
@@ -48,7 +49,7 @@ pub const INBOX_MESSAGE_BYTES_MAX: usize = 32 << 20;
 /// Runs `f`, which blocks on the disk, telling a multi-threaded tokio
 /// runtime first so it moves this worker's other tasks elsewhere. Under the
 /// simulator (no runtime) it simply runs.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -91,16 +92,23 @@ pub enum RegionEvent {
         reply: oneshot::Sender<ClientReply>,
         timeout: Duration,
     },
+    /// `epoch`: the epoch the sender was in; messages of another epoch
+    /// than the region's when they are handled never reach the plugin.
     Messages {
         from: NodeId,
+        epoch: u64,
         payloads: Batch,
     },
-    /// A peer shipped a snapshot of its state machine.
+    /// A peer shipped a snapshot of its state machine (fenced by epoch
+    /// like messages).
     Snapshot {
         from: NodeId,
+        epoch: u64,
         metadata: Vec<u8>,
         image: Vec<u8>,
     },
+    /// A step of a live protocol swap (see `region::epoch`).
+    Epoch(EpochEvent),
     /// An operator call into the protocol (membership, leader transfer,
     /// seal); answered with the plugin's result.
     Control {
@@ -116,9 +124,7 @@ pub enum RegionEvent {
     },
     /// Stop after flushing: answers `done` once every output that can be
     /// released has been.
-    Shutdown {
-        done: oneshot::Sender<()>,
-    },
+    Shutdown { done: oneshot::Sender<()> },
 }
 
 impl RegionEvent {
@@ -227,16 +233,24 @@ pub struct StateMachineStatus {
 /// A cheap, cloneable way to talk to a region driver.
 #[derive(Clone)]
 pub struct RegionHandle {
-    /// Shared: a handle is cloned for every request.
-    pub spec: Arc<RegionSpec>,
-    sender: mpsc::Sender<RegionEvent>,
+    /// The current spec, replaced by the driver when the region switches
+    /// epoch (shared: a handle is cloned for every request).
+    spec: SharedSpec,
+    /// The region's name (never changes).
+    name: Arc<str>,
+    pub(super) sender: mpsc::Sender<RegionEvent>,
     /// Bytes of peer messages in the inbox (see [`INBOX_MESSAGE_BYTES_MAX`]).
     inbox_message_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RegionHandle {
     pub fn name(&self) -> &str {
-        &self.spec.name
+        &self.name
+    }
+
+    /// The current spec (it changes when the region switches epoch).
+    pub fn spec(&self) -> Arc<RegionSpec> {
+        self.spec.get()
     }
 
     fn enqueue(&self, event: RegionEvent) -> Result<(), ClientError> {
@@ -313,18 +327,35 @@ impl RegionHandle {
             .map_err(ClientError::Unavailable)
     }
 
-    /// Offers a peer's snapshot to the plugin (used by the transport).
+    /// Offers a peer's snapshot, shipped in `epoch`, to the plugin (used by
+    /// the transport). One from another epoch is refused here and, if the
+    /// region switches while it waits in the inbox, by the driver.
     pub fn offer_snapshot(
         &self,
         from: NodeId,
+        epoch: u64,
         metadata: Vec<u8>,
         image: Vec<u8>,
     ) -> Result<(), ClientError> {
+        self.check_epoch(epoch)?;
         self.enqueue(RegionEvent::Snapshot {
             from,
+            epoch,
             metadata,
             image,
         })
+    }
+
+    fn check_epoch(&self, epoch: u64) -> Result<(), ClientError> {
+        let current = self.spec.get().epoch;
+        if epoch == current {
+            Ok(())
+        } else {
+            Err(ClientError::Unavailable(format!(
+                "region {} is in epoch {current}, not {epoch}",
+                self.name
+            )))
+        }
     }
 
     /// Calls the protocol's operator entry points (membership, transfer,
@@ -341,19 +372,31 @@ impl RegionHandle {
             .map_err(ClientError::Unavailable)
     }
 
-    /// Delivers messages from a peer (used by the transport).
-    pub fn deliver_messages(&self, from: NodeId, payloads: Batch) -> Result<(), ClientError> {
+    /// Delivers messages a peer sent in `epoch` (used by the transport).
+    /// Messages of another epoch are refused here and, if the region
+    /// switches while they wait in the inbox, by the driver.
+    pub fn deliver_messages(
+        &self,
+        from: NodeId,
+        epoch: u64,
+        payloads: Batch,
+    ) -> Result<(), ClientError> {
         use std::sync::atomic::Ordering;
+        self.check_epoch(epoch)?;
         let bytes = message_bytes(&payloads);
         let queued = self.inbox_message_bytes.fetch_add(bytes, Ordering::AcqRel);
         if queued + bytes > INBOX_MESSAGE_BYTES_MAX {
             self.inbox_message_bytes.fetch_sub(bytes, Ordering::AcqRel);
             return Err(ClientError::Overloaded(format!(
                 "region {} holds {queued} bytes of peer messages; the limit is {INBOX_MESSAGE_BYTES_MAX}",
-                self.spec.name
+                self.name
             )));
         }
-        let enqueued = self.enqueue(RegionEvent::Messages { from, payloads });
+        let enqueued = self.enqueue(RegionEvent::Messages {
+            from,
+            epoch,
+            payloads,
+        });
         if enqueued.is_err() {
             self.inbox_message_bytes.fetch_sub(bytes, Ordering::AcqRel);
         }
@@ -371,6 +414,23 @@ impl RegionHandle {
         {
             let _ = finished.await;
         }
+    }
+}
+
+/// The batches one round hands the plugin.
+#[derive(Default)]
+pub(super) struct RoundBatches {
+    pub(super) commands: Commands,
+    pub(super) reads: Reads,
+    pub(super) messages: Messages,
+}
+
+impl RoundBatches {
+    pub(super) fn push_write(&mut self, id: RequestId, command: &[u8], keys: &[u64]) {
+        self.commands.ids.push(id);
+        self.commands.payloads.push(command);
+        self.commands.keys.extend_from_slice(keys);
+        self.commands.key_ends.push(self.commands.keys.len() as u32);
     }
 }
 
@@ -396,24 +456,28 @@ pub struct DriverContext {
 /// durable. The tokio [`RegionDriver`] and the deterministic simulator both
 /// drive it, so they exercise the same code.
 pub struct ReplicaHost {
-    spec: RegionSpec,
-    name: RegionName,
-    replica: RegionReplica,
-    context: DriverContext,
-    pending: PendingRequests,
+    pub(super) spec: Arc<RegionSpec>,
+    /// The handles' view of `spec`, updated at an epoch switch.
+    pub(super) shared_spec: SharedSpec,
+    pub(super) name: RegionName,
+    pub(super) replica: RegionReplica,
+    pub(super) context: DriverContext,
+    pub(super) pending: PendingRequests,
+    /// Live swap: held requests, the seal in progress (see `region::epoch`).
+    pub(super) epoch: EpochState,
     /// Outputs waiting for the WAL to be durable through their ticket.
     held: VecDeque<(u64, Vec<Output>)>,
     /// Records of the current round not yet submitted.
     round_records: Vec<JournalRecord>,
     round_outputs: Vec<Output>,
     /// The newest ticket holding this region's records.
-    last_ticket: u64,
+    pub(super) last_ticket: u64,
     /// The newest ticket holding a write to the plugin's kv (its hard
     /// state): the simulator crashes nodes right after such writes.
     metadata_ticket: u64,
-    timers: HashMap<TimerId, u64>,
+    pub(super) timers: HashMap<TimerId, u64>,
     next_request: u64,
-    storage_failure: Option<String>,
+    pub(super) storage_failure: Option<String>,
     /// Shipped snapshots installed (the simulator crashes nodes right after).
     snapshots_installed: u64,
     /// Who to tell once a requested shutdown has flushed.
@@ -444,7 +508,9 @@ impl RegionDriver {
         recovering: bool,
     ) -> RegionHandle {
         let (sender, inbox) = mpsc::channel(INBOX_CAPACITY);
-        let host = ReplicaHost::new(spec.clone(), replica, context);
+        let host = ReplicaHost::new(spec, replica, context);
+        let shared_spec = host.shared_spec.clone();
+        let name: Arc<str> = Arc::from(host.name.as_str());
         let inbox_message_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut driver = RegionDriver {
             host,
@@ -458,7 +524,8 @@ impl RegionDriver {
             driver.run().await;
         });
         RegionHandle {
-            spec: Arc::new(spec),
+            spec: shared_spec,
+            name,
             sender,
             inbox_message_bytes,
         }
@@ -550,8 +617,12 @@ impl ReplicaHost {
         let last_ticket = context.commit.current_ticket();
         let request_prefix =
             ((context.node_id & 0xFFFF) << 48) | ((context.incarnation & 0xFFFF) << 32);
+        let start_position = replica.core().state().applied_position();
+        let spec = Arc::new(spec);
         ReplicaHost {
+            shared_spec: SharedSpec::new(spec.clone()),
             spec,
+            epoch: EpochState::new(start_position),
             name,
             replica,
             context,
@@ -629,6 +700,7 @@ impl ReplicaHost {
     /// Answers every pending request as stopped and signals a waiting
     /// shutdown.
     pub fn finish(&mut self) {
+        self.epoch.stop();
         self.fail_all_pending(ClientError::Stopped);
         if let Some(done) = self.stopped.take() {
             let _ = done.send(());
@@ -643,7 +715,8 @@ impl ReplicaHost {
             .replica
             .next_restart()
             .map(|at| u64::try_from(at.as_nanos()).unwrap_or(u64::MAX));
-        [timer, restart, self.pending.next_deadline()]
+        let seal = self.epoch.next_seal_poll(self.now_nanos());
+        [timer, restart, self.pending.next_deadline(), seal]
             .into_iter()
             .flatten()
             .min()
@@ -663,7 +736,7 @@ impl ReplicaHost {
         Duration::from_nanos(next.saturating_sub(self.now_nanos())).min(Duration::from_secs(1))
     }
 
-    fn now_nanos(&self) -> u64 {
+    pub(super) fn now_nanos(&self) -> u64 {
         u64::try_from(self.context.clock.now().as_nanos()).unwrap_or(u64::MAX)
     }
 
@@ -680,9 +753,7 @@ impl ReplicaHost {
     /// Handles one round of events; returns false when the driver should
     /// stop.
     pub fn handle_events(&mut self, events: Vec<RegionEvent>) -> bool {
-        let mut commands = Commands::default();
-        let mut reads = Reads::default();
-        let mut messages = Messages::default();
+        let mut batches = RoundBatches::default();
         let mut stopping = None;
         for event in events {
             match event {
@@ -694,10 +765,11 @@ impl ReplicaHost {
                 } => {
                     let id = self.allocate_request(false);
                     self.pending.insert(id, reply, self.now_nanos(), timeout);
-                    commands.ids.push(id);
-                    commands.payloads.push(&command);
-                    commands.keys.extend_from_slice(&keys);
-                    commands.key_ends.push(commands.keys.len() as u32);
+                    if self.epoch.is_holding() {
+                        self.hold_request(HeldRequest::Write { id, command, keys });
+                    } else {
+                        batches.push_write(id, &command, &keys);
+                    }
                 }
                 RegionEvent::Read {
                     query,
@@ -707,21 +779,40 @@ impl ReplicaHost {
                 } => {
                     let id = self.allocate_request(true);
                     self.pending.insert(id, reply, self.now_nanos(), timeout);
-                    self.replica.core_mut().register_read(id, query);
-                    reads.ids.push(id);
-                    reads.levels.push(level);
+                    if self.epoch.is_holding() && level != ReadLevel::Local {
+                        self.hold_request(HeldRequest::Read { id, query, level });
+                    } else {
+                        self.replica.core_mut().register_read(id, query);
+                        batches.reads.ids.push(id);
+                        batches.reads.levels.push(level);
+                    }
                 }
-                RegionEvent::Messages { from, payloads } => {
+                RegionEvent::Messages {
+                    from,
+                    epoch,
+                    payloads,
+                } => {
+                    if epoch != self.spec.epoch {
+                        tracing::debug!(region = %self.name, from, epoch, current = self.spec.epoch, "messages of another epoch dropped");
+                        continue;
+                    }
                     for payload in payloads.iter() {
-                        messages.senders.push(from);
-                        messages.payloads.push(payload);
+                        batches.messages.senders.push(from);
+                        batches.messages.payloads.push(payload);
                     }
                 }
                 RegionEvent::Snapshot {
                     from,
+                    epoch,
                     metadata,
                     image,
-                } => self.offer_snapshot(from, metadata, image),
+                } => {
+                    if epoch != self.spec.epoch {
+                        tracing::debug!(region = %self.name, from, epoch, current = self.spec.epoch, "snapshot of another epoch dropped");
+                        continue;
+                    }
+                    self.offer_snapshot(from, metadata, image)
+                }
                 RegionEvent::Control { call, reply } => {
                     let _ = reply.send(self.control(call));
                 }
@@ -739,9 +830,33 @@ impl ReplicaHost {
                         Err(why) => Err(why),
                     });
                 }
+                RegionEvent::Epoch(event) => {
+                    // What arrived before the swap step goes to the plugin
+                    // it was meant for (and in the epoch it was sent in).
+                    self.deliver_batches(std::mem::take(&mut batches));
+                    self.handle_epoch_event(event);
+                }
                 RegionEvent::Shutdown { done } => stopping = Some(done),
             }
         }
+        self.deliver_batches(batches);
+        self.expire_pending();
+        match stopping {
+            Some(done) => {
+                self.stopped = Some(done);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Hands the plugin a round's messages, then writes, then reads.
+    pub(super) fn deliver_batches(&mut self, batches: RoundBatches) {
+        let RoundBatches {
+            commands,
+            reads,
+            messages,
+        } = batches;
         if !messages.senders.is_empty() {
             self.deliver(Call::Messages(messages), &[]);
         }
@@ -757,19 +872,11 @@ impl ReplicaHost {
                 }
             }
         }
-        self.expire_pending();
-        match stopping {
-            Some(done) => {
-                self.stopped = Some(done);
-                false
-            }
-            None => true,
-        }
     }
 
     /// Delivers one call; if it does not run, the requests it carried are
     /// answered with the reason. Returns whether the call ran.
-    fn deliver(&mut self, call: Call, requests: &[RequestId]) -> bool {
+    pub(super) fn deliver(&mut self, call: Call, requests: &[RequestId]) -> bool {
         if let Some(why) = &self.storage_failure {
             let error = ClientError::Unavailable(format!("storage failed: {why}"));
             self.fail_requests(requests, &error);
@@ -894,7 +1001,7 @@ impl ReplicaHost {
     /// if saving fails they are never submitted and the region stops
     /// acknowledging, so no durable record runs ahead of the snapshot file.
     /// `send-snapshot` outputs are pinned to their image here.
-    fn stage(&mut self, effects: Effects) {
+    pub(super) fn stage(&mut self, effects: Effects) {
         let Effects {
             mut records,
             mut outputs,
@@ -1001,14 +1108,14 @@ impl ReplicaHost {
         });
     }
 
-    fn wait_durable(&self, ticket: u64) -> Result<(), String> {
+    pub(super) fn wait_durable(&self, ticket: u64) -> Result<(), String> {
         self.context
             .commit
             .wait_durable(ticket)
             .map_err(|e| e.to_string())
     }
 
-    fn submit_round_records(&mut self) {
+    pub(super) fn submit_round_records(&mut self) {
         if self.round_records.is_empty() {
             return;
         }
@@ -1042,6 +1149,7 @@ impl ReplicaHost {
 
     /// Submits the round's records and holds its outputs behind them.
     pub fn end_round(&mut self) {
+        self.poll_seal();
         self.submit_round_records();
         let outputs = std::mem::take(&mut self.round_outputs);
         if !outputs.is_empty() {
@@ -1078,6 +1186,7 @@ impl ReplicaHost {
                 self.emit(output);
             }
         }
+        self.answer_seal_waiters(durable);
     }
 
     fn emit(&mut self, output: Output) {

@@ -6,17 +6,22 @@
 //! - [`cpu`]: CPU fairness: expensive regions run their calls at idle priority.
 //! - [`driver`]: the tokio task feeding events to a replica in batches and
 //!   releasing its outputs after they are durable (output commit).
+//! - [`epoch`]: a replica's side of a live protocol swap (hold, seal,
+//!   switch epoch).
 
 pub mod core;
 pub mod cpu;
 pub mod driver;
+pub mod epoch;
+#[cfg(test)]
+mod epoch_tests;
 mod log;
 pub mod pending;
 pub mod quota;
 pub mod replica;
-pub mod spec_limits;
 #[cfg(test)]
 mod snapshot_tests;
+pub mod spec_limits;
 
 use std::fmt;
 use std::sync::Arc;

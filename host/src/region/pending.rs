@@ -68,6 +68,11 @@ impl PendingRequests {
         }
     }
 
+    /// Whether `id` still waits for an answer (it has not expired).
+    pub fn contains(&self, id: RequestId) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
     /// Removes a request to answer it.
     pub fn take(&mut self, id: RequestId) -> Option<oneshot::Sender<ClientReply>> {
         let pending = self.by_id.remove(&id)?;

@@ -204,6 +204,24 @@ impl RegionReplica {
         }
     }
 
+    /// Live swap: replaces the protocol by `source`, gives it empty storage
+    /// (the state machine stays) and starts it with `init(recovering =
+    /// false, applied-position = the state machine's position)`. The
+    /// failure window starts over: the new protocol's failures are its own.
+    pub fn switch_protocol(
+        &mut self,
+        source: PluginSource,
+        init_template: InitConfig,
+    ) -> Result<Effects, PluginFailure> {
+        self.instance = None;
+        self.info = source.info();
+        self.source = source;
+        self.init_template = init_template;
+        self.core.reset_storage();
+        self.recent_failures.clear();
+        self.start(false)
+    }
+
     /// Calls the plugin with one event.
     pub fn deliver(&mut self, call: Call) -> Delivery {
         let Some(instance) = self.instance.as_mut() else {

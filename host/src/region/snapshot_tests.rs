@@ -267,6 +267,7 @@ fn raft_offer(leader: NodeId, position: u64, voters: &[NodeId]) -> RegionEvent {
     };
     RegionEvent::Snapshot {
         from: leader,
+        epoch: 1,
         metadata: postcard::to_allocvec(&shipped).expect("encodes"),
         image: image_at(position),
     }
@@ -280,6 +281,7 @@ fn heartbeat(leader: NodeId, commit: u64) -> RegionEvent {
     };
     RegionEvent::Messages {
         from: leader,
+        epoch: 1,
         payloads: Batch::from_items([message.encode()]),
     }
 }
@@ -298,6 +300,7 @@ fn append(prev_index: u64, prev_term: u64, count: usize) -> RegionEvent {
     };
     RegionEvent::Messages {
         from: 1,
+        epoch: 1,
         payloads: Batch::from_items([message.encode()]),
     }
 }
@@ -472,6 +475,7 @@ fn probe() -> TestNode {
 fn poke(node: &mut TestNode) {
     node.round(vec![RegionEvent::Messages {
         from: 2,
+        epoch: 1,
         payloads: Batch::from_items([b"hi"]),
     }]);
 }

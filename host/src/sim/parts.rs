@@ -155,6 +155,8 @@ pub enum Payload {
 pub struct Envelope {
     pub from: NodeId,
     pub to: NodeId,
+    /// The sender's epoch (fencing across a protocol swap).
+    pub epoch: u64,
     pub payload: Payload,
 }
 
@@ -178,10 +180,11 @@ impl SimNetwork {
 }
 
 impl Network for SimNetwork {
-    fn send(&self, _region: &RegionName, _epoch: u64, from: NodeId, to: NodeId, messages: Batch) {
+    fn send(&self, _region: &RegionName, epoch: u64, from: NodeId, to: NodeId, messages: Batch) {
         self.push(Envelope {
             from,
             to,
+            epoch,
             payload: Payload::Messages(messages),
         });
     }
@@ -189,7 +192,7 @@ impl Network for SimNetwork {
     fn send_snapshot(
         &self,
         _region: &RegionName,
-        _epoch: u64,
+        epoch: u64,
         from: NodeId,
         to: NodeId,
         metadata: Vec<u8>,
@@ -198,6 +201,7 @@ impl Network for SimNetwork {
         self.push(Envelope {
             from,
             to,
+            epoch,
             payload: Payload::Snapshot { metadata, image },
         });
     }

@@ -544,11 +544,16 @@ impl World {
         if self.blocked.contains(&(envelope.from, to)) {
             return;
         }
-        let from = envelope.from;
+        let (from, epoch) = (envelope.from, envelope.epoch);
         let event = match envelope.payload {
-            Payload::Messages(payloads) => RegionEvent::Messages { from, payloads },
+            Payload::Messages(payloads) => RegionEvent::Messages {
+                from,
+                epoch,
+                payloads,
+            },
             Payload::Snapshot { metadata, image } => RegionEvent::Snapshot {
                 from,
+                epoch,
                 metadata,
                 image,
             },
@@ -874,6 +879,7 @@ impl World {
             let copy = Envelope {
                 from,
                 to,
+                epoch: envelope.epoch,
                 payload: match &envelope.payload {
                     Payload::Messages(batch) => Payload::Messages(batch.clone()),
                     Payload::Snapshot { metadata, image } => Payload::Snapshot {

@@ -114,13 +114,14 @@ fn summarize(diagnosis: &Diagnosis) -> Loss {
                         region_of(regions, &name).kv_deletes += 1
                     }
                     JournalRecord::RegionCreated { spec }
-                    | JournalRecord::RegionUpdated { spec } => {
+                    | JournalRecord::RegionUpdated { spec }
+                    | JournalRecord::RegionEpochStarted { spec, .. } => {
                         region_of(regions, &spec.name).spec_changes += 1
                     }
                     JournalRecord::RegionDropped { region: name } => {
                         region_of(regions, &name).spec_changes += 1
                     }
-                    JournalRecord::NodeBoot { .. } | JournalRecord::NodeAddress { .. } => {
+                    JournalRecord::NodeBoot { .. } => {
                         loss.node_records += 1;
                     }
                 }

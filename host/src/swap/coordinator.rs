@@ -34,7 +34,10 @@ pub fn decide(record: &RegionRecord, swap: &SwapRecord, eventual: bool, now_ms: 
     match swap.step {
         SwapStep::Preparing => {
             if let Some((node, why)) = swap.refused.iter().next() {
-                return Decision::Abort(format!("node {node} cannot run {}: {why}", swap.requested));
+                return Decision::Abort(format!(
+                    "node {node} cannot run {}: {why}",
+                    swap.requested
+                ));
             }
             let missing: Vec<NodeId> = swap
                 .voters
@@ -51,7 +54,10 @@ pub fn decide(record: &RegionRecord, swap: &SwapRecord, eventual: bool, now_ms: 
                     swap.requested
                 ));
             }
-            Decision::Wait(format!("waiting for nodes {missing:?} to fetch and compile {}", swap.requested))
+            Decision::Wait(format!(
+                "waiting for nodes {missing:?} to fetch and compile {}",
+                swap.requested
+            ))
         }
         SwapStep::Sealing => {
             let old: BTreeSet<NodeId> = record.spec.voters.iter().copied().collect();
@@ -62,9 +68,17 @@ pub fn decide(record: &RegionRecord, swap: &SwapRecord, eventual: bool, now_ms: 
                 .copied()
                 .collect();
             let need_all = eventual && !swap.force;
-            let quorum = if need_all { old.len() } else { old.len() / 2 + 1 };
+            let quorum = if need_all {
+                old.len()
+            } else {
+                old.len() / 2 + 1
+            };
             let new_majority = swap.voters.len() / 2 + 1;
-            let new_reporting = swap.voters.iter().filter(|id| reporters.contains(id)).count();
+            let new_reporting = swap
+                .voters
+                .iter()
+                .filter(|id| reporters.contains(id))
+                .count();
             if reporters.len() < quorum || new_reporting < new_majority {
                 let missing: Vec<NodeId> = old.difference(&reporters).copied().collect();
                 let why = if need_all {
@@ -94,7 +108,9 @@ pub fn decide(record: &RegionRecord, swap: &SwapRecord, eventual: bool, now_ms: 
             } else {
                 let seen: Vec<String> = reports
                     .iter()
-                    .map(|(id, r)| format!("node {id} at {} digest {}", r.position, short(&r.digest)))
+                    .map(|(id, r)| {
+                        format!("node {id} at {} digest {}", r.position, short(&r.digest))
+                    })
                     .collect();
                 let start = reports.iter().map(|(_, r)| r.position).max().unwrap_or(0);
                 Decision::Commit {
@@ -183,7 +199,9 @@ mod tests {
         RegionRecord {
             spec: RegionSpec {
                 name: "r".into(),
-                protocol: ProtocolRef::Native { name: "raft".into() },
+                protocol: ProtocolRef::Native {
+                    name: "raft".into(),
+                },
                 params: vec![],
                 voters,
                 learners: vec![],
@@ -202,7 +220,9 @@ mod tests {
     fn swap(voters: Vec<NodeId>, sealed: &[(NodeId, u64, &str)]) -> SwapRecord {
         SwapRecord {
             from_epoch: 1,
-            to: ProtocolRef::Native { name: "raft".into() },
+            to: ProtocolRef::Native {
+                name: "raft".into(),
+            },
             requested: "native:raft".into(),
             params: vec![],
             voters,
@@ -231,13 +251,35 @@ mod tests {
     #[test]
     fn commits_on_an_agreeing_quorum_only() {
         let r = record(vec![1, 2, 3]);
-        assert!(matches!(decide(&r, &swap(vec![1, 2, 3], &[(1, 9, "a")]), false, 0), Decision::Wait(_)));
+        assert!(matches!(
+            decide(&r, &swap(vec![1, 2, 3], &[(1, 9, "a")]), false, 0),
+            Decision::Wait(_)
+        ));
         assert_eq!(
-            decide(&r, &swap(vec![1, 2, 3], &[(1, 9, "a"), (3, 9, "a")]), false, 0),
-            Decision::Commit { start_position: 9, rollback: None }
+            decide(
+                &r,
+                &swap(vec![1, 2, 3], &[(1, 9, "a"), (3, 9, "a")]),
+                false,
+                0
+            ),
+            Decision::Commit {
+                start_position: 9,
+                rollback: None
+            }
         );
-        let disagree = decide(&r, &swap(vec![1, 2, 3], &[(1, 9, "a"), (2, 9, "b")]), false, 0);
-        assert!(matches!(disagree, Decision::Commit { rollback: Some(_), .. }));
+        let disagree = decide(
+            &r,
+            &swap(vec![1, 2, 3], &[(1, 9, "a"), (2, 9, "b")]),
+            false,
+            0,
+        );
+        assert!(matches!(
+            disagree,
+            Decision::Commit {
+                rollback: Some(_),
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -245,12 +287,24 @@ mod tests {
         // Single copy to three replicas: the two new ones start empty and
         // could out-vote the only replica that holds the data.
         let r = record(vec![1]);
-        assert!(matches!(decide(&r, &swap(vec![1, 2, 3], &[(1, 9, "a")]), false, 0), Decision::Wait(_)));
-        assert!(matches!(decide(&r, &swap(vec![1], &[(1, 9, "a")]), false, 0), Decision::Commit { .. }));
+        assert!(matches!(
+            decide(&r, &swap(vec![1, 2, 3], &[(1, 9, "a")]), false, 0),
+            Decision::Wait(_)
+        ));
+        assert!(matches!(
+            decide(&r, &swap(vec![1], &[(1, 9, "a")]), false, 0),
+            Decision::Commit { .. }
+        ));
         // Three to one: the one kept must be among the reporters.
         let r = record(vec![1, 2, 3]);
-        assert!(matches!(decide(&r, &swap(vec![3], &[(1, 9, "a"), (2, 9, "a")]), false, 0), Decision::Wait(_)));
-        assert!(matches!(decide(&r, &swap(vec![2], &[(1, 9, "a"), (2, 9, "a")]), false, 0), Decision::Commit { .. }));
+        assert!(matches!(
+            decide(&r, &swap(vec![3], &[(1, 9, "a"), (2, 9, "a")]), false, 0),
+            Decision::Wait(_)
+        ));
+        assert!(matches!(
+            decide(&r, &swap(vec![2], &[(1, 9, "a"), (2, 9, "a")]), false, 0),
+            Decision::Commit { .. }
+        ));
     }
 
     #[test]
@@ -271,7 +325,10 @@ mod tests {
         s.prepared = BTreeSet::from([1, 2]);
         assert_eq!(decide(&r, &s, false, 0), Decision::Seal);
         s.prepared = BTreeSet::from([1]);
-        assert!(matches!(decide(&r, &s, false, PREPARE_TIMEOUT.as_millis() as u64 + 1), Decision::Abort(_)));
+        assert!(matches!(
+            decide(&r, &s, false, PREPARE_TIMEOUT.as_millis() as u64 + 1),
+            Decision::Abort(_)
+        ));
         s.refused.insert(2, "no such component".into());
         assert!(matches!(decide(&r, &s, false, 0), Decision::Abort(_)));
     }

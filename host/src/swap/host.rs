@@ -18,10 +18,15 @@ pub async fn take_part(node: &Node, record: &RegionRecord) {
     let name = record.spec.name.clone();
     let Some(swap) = &record.swap else {
         if node.is_holding(&name) {
-            if let Some(handle) = node.read_regions().get(&name).cloned() {
+            let handle = node.read_regions().get(&name).cloned();
+            if let Some(handle) = handle {
                 match handle.release_held().await {
-                    Ok(()) => tracing::info!(region = %name, "swap abandoned: held writes go to the running protocol"),
-                    Err(error) => tracing::warn!(region = %name, %error, "could not release held writes"),
+                    Ok(()) => {
+                        tracing::info!(region = %name, "swap abandoned: held writes go to the running protocol")
+                    }
+                    Err(error) => {
+                        tracing::warn!(region = %name, %error, "could not release held writes")
+                    }
                 }
             }
             node.set_holding(&name, false);
@@ -31,7 +36,10 @@ pub async fn take_part(node: &Node, record: &RegionRecord) {
     let epoch = swap.from_epoch;
     match swap.step {
         SwapStep::Preparing => {
-            if !swap.voters.contains(&me) || swap.prepared.contains(&me) || swap.refused.contains_key(&me) {
+            if !swap.voters.contains(&me)
+                || swap.prepared.contains(&me)
+                || swap.refused.contains_key(&me)
+            {
                 return;
             }
             let to = swap.to.clone();
@@ -53,7 +61,9 @@ pub async fn take_part(node: &Node, record: &RegionRecord) {
             if swap.sealed.contains_key(&me) {
                 return;
             }
-            let Some(handle) = node.read_regions().get(&name).cloned() else { return };
+            let Some(handle) = node.read_regions().get(&name).cloned() else {
+                return;
+            };
             if handle.spec().epoch != epoch {
                 return;
             }
@@ -76,7 +86,10 @@ pub async fn take_part(node: &Node, record: &RegionRecord) {
                     region: name.clone(),
                     from_epoch: epoch,
                     node: node.config().node_id,
-                    report: SealReportRecord { position: report.position, digest: hex::encode(&report.digest) },
+                    report: SealReportRecord {
+                        position: report.position,
+                        digest: hex::encode(&report.digest),
+                    },
                 };
                 if let Err(error) = node.control().propose(command).await {
                     tracing::debug!(region = %name, %error, "seal report not recorded; will retry");
@@ -95,7 +108,9 @@ pub async fn enter_epoch(node: &Node, record: &RegionRecord) {
         // and the reconciler deletes it.
         return;
     }
-    let Some(handle) = node.read_regions().get(&spec.name).cloned() else { return };
+    let Some(handle) = node.read_regions().get(&spec.name).cloned() else {
+        return;
+    };
     if let Err(error) = node.ensure_component(&spec.protocol).await {
         tracing::warn!(region = %spec.name, %error, "cannot enter the new epoch yet");
         return;
@@ -113,6 +128,8 @@ pub async fn enter_epoch(node: &Node, record: &RegionRecord) {
             node.note_spec_version(&spec.name, spec.version);
             tracing::info!(region = %spec.name, epoch = report.epoch, start = report.start_position, "entered the new epoch");
         }
-        Err(error) => tracing::error!(region = %spec.name, %error, "could not enter the new epoch; will retry"),
+        Err(error) => {
+            tracing::error!(region = %spec.name, %error, "could not enter the new epoch; will retry")
+        }
     }
 }

@@ -12,7 +12,6 @@ use serde_bytes::ByteBuf;
 use sha2::Sha256;
 use synod_guest_sdk::NodeId;
 
-
 /// Largest frame accepted; a larger one closes the connection.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// Largest frame accepted before the handshake completes: a Hello, Welcome
@@ -49,11 +48,7 @@ pub enum Frame {
     SnapshotChunk(super::chunks::Chunk),
     /// A control-plane request (`reply: false`) or the reply to request
     /// `id` (`reply: true`); the body is a `control::network` message.
-    Control {
-        id: u64,
-        reply: bool,
-        body: ByteBuf,
-    },
+    Control { id: u64, reply: bool, body: ByteBuf },
 }
 
 impl Frame {

@@ -389,6 +389,17 @@ impl Raft {
                 .unwrap_or_else(|error| panic!("raft seal marker does not decode: {error}"));
             raft.sealed_index = Some(sealed);
         }
+        // An applied seal was committed, and so was everything before it:
+        // a restarted sealed replica re-applies through the seal on its
+        // own. During a protocol swap it may never hear from a leader again
+        // (the others moved to the next epoch), yet it must report, and
+        // switch from, the sealed state.
+        if let Some(seal) = raft.sealed_index
+            && seal > raft.commit
+            && seal <= raft.log.last_index()
+        {
+            raft.commit = seal;
+        }
         if let Some(bytes) = host.kv_get(INSTALLING_KEY) {
             let (meta, sender): (SnapshotMeta, NodeId) = postcard::from_bytes(&bytes)
                 .unwrap_or_else(|error| panic!("raft install marker does not decode: {error}"));
@@ -1603,7 +1614,7 @@ impl Raft {
                 match entry::decode_own(raw).1 {
                     Entry::Command { id, command } => {
                         assert!(
-                            self.sealed_index.is_none(),
+                            self.sealed_index.is_none_or(|seal| index < seal),
                             "command at {index} after the seal at {:?}",
                             self.sealed_index
                         );

@@ -50,7 +50,16 @@ impl Standalone {
 
     /// Re-applies log entries after the state machine's applied position.
     fn replay<H: Host>(&mut self, host: &mut H, applied_position: u64) {
-        let bounds = host.log_bounds();
+        let mut bounds = host.log_bounds();
+        if bounds.last < applied_position && bounds.first <= applied_position {
+            // The state machine is ahead of an empty log (a protocol swap
+            // started this one over a state that already applied commands):
+            // the log continues after it, so appends leave no gap.
+            if let Err(error) = host.log_compact_prefix(applied_position) {
+                panic!("cannot start the log after position {applied_position}: {error}");
+            }
+            bounds = host.log_bounds();
+        }
         assert!(
             applied_position + 1 >= bounds.first,
             "log compacted past the applied position ({applied_position} < {} - 1)",
@@ -282,6 +291,23 @@ mod tests {
         protocol.on_commands(&mut host, commands(&[(2, b"b")]));
         assert_eq!(host.rejected, vec![(2, Rejection::Sealed)]);
         assert_eq!(host.applied_ids(), vec![1]);
+    }
+
+    /// Goal: started over a state machine that already applied commands
+    /// (a protocol swap: empty storage, `applied-position` 5), the log
+    /// continues after it and writes apply at the next positions.
+    #[test]
+    fn starts_after_an_existing_state_machine_position() {
+        let mut host = MemoryHost::new(1);
+        host.applied_position = 5;
+        let mut start = config(&[]);
+        start.applied_position = 5;
+        let mut protocol = Standalone::init(&mut host, start);
+        protocol.on_commands(&mut host, commands(&[(1, b"a"), (2, b"b")]));
+        assert!(host.rejected.is_empty(), "{:?}", host.rejected);
+        assert_eq!(host.applied_ids(), vec![1, 2]);
+        assert_eq!(host.applied_position, 7);
+        assert_eq!(host.log.keys().copied().collect::<Vec<_>>(), vec![6, 7]);
     }
 
     #[test]

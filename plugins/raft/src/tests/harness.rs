@@ -690,6 +690,23 @@ impl Cluster {
         self.after_callback(id);
     }
 
+    /// A protocol swap on node `id`: a fresh Raft over empty storage whose
+    /// state machine (and snapshot, the swap's boundary image) is `image`,
+    /// started with `init(recovering = false, applied-position = image.0)`.
+    pub fn swap_start(&mut self, id: NodeId, image: StateImage) {
+        let config = self.init_config(id, false, image.0);
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let mut host = SimHost::new(id);
+        host.mem.applied_position = image.0;
+        host.mem.applied = image.1.clone();
+        host.synced_applied = image.1.len();
+        host.snapshot_image = Some(image);
+        node.raft = Some(Raft::new(&mut host, config));
+        node.host = host;
+        node.checked_commit = 0;
+        self.after_callback(id);
+    }
+
     /// The up node that leads the highest term, if any.
     pub fn leader(&self) -> Option<NodeId> {
         self.nodes

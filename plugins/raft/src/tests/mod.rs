@@ -1152,3 +1152,67 @@ fn a_snapshot_install_survives_a_crash_before_it_is_finished() {
     wait_applied(&mut cluster, &[1, 2, 3], after, 1000);
     cluster.check_applied_prefixes();
 }
+
+/// Goal: a sealed replica that restarts from an older snapshot (here: none)
+/// re-applies through the seal on its own, without a leader: during a swap
+/// the other replicas may already be in the next epoch, and it must report
+/// (and switch from) the sealed state, not a stale one.
+#[test]
+fn a_restarted_sealed_replica_reapplies_through_the_seal_alone() {
+    let mut cluster = Cluster::new(3, 3, fast_params(&[]), 31);
+    let leader = cluster.wait_for_leader(2000);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let write = cluster.propose(leader, b"before the seal");
+    wait_applied(&mut cluster, &[1, 2, 3], write, 1000);
+    cluster.call(leader, |raft, host| raft.seal(host));
+    cluster.tick(100);
+    let SealProgress::Sealed(index) = cluster.call(follower, |raft, host| raft.seal(host)) else {
+        panic!("follower did not seal");
+    };
+    let sealed_state = cluster.host(follower).applied.clone();
+    // Restart from storage; the state machine comes back empty (no
+    // snapshot), and nobody can reach the node.
+    cluster.crash(follower, false);
+    assert!(cluster.host(follower).applied.is_empty());
+    let others: Vec<NodeId> = (1..=3).filter(|&n| n != follower).collect();
+    cluster.isolate(&others);
+    cluster.restart(follower);
+    cluster.tick(50);
+    assert_eq!(cluster.host(follower).applied, sealed_state);
+    assert_eq!(
+        cluster.call(follower, |raft, host| raft.seal(host)),
+        SealProgress::Sealed(index)
+    );
+}
+
+/// Goal: after a protocol swap every replica starts Raft over empty storage
+/// at its state machine's position. One that starts lower (it was down
+/// during the seal) never wins an election over a replica at the boundary,
+/// and is caught up by the leader's snapshot.
+#[test]
+fn a_replica_starting_below_the_swap_boundary_is_caught_up_by_snapshot() {
+    let mut cluster = Cluster::new(3, 3, fast_params(&[]), 32);
+    cluster.drop_queued();
+    let state: Vec<(RequestId, Vec<u8>)> = (1..=40u64)
+        .map(|id| (id, format!("old {id}").into_bytes()))
+        .collect();
+    cluster.swap_start(1, (40, state.clone()));
+    cluster.swap_start(2, (40, state.clone()));
+    cluster.swap_start(3, (10, state[..10].to_vec()));
+    // Node 1 is cut off: only 2 (at the boundary) and 3 (below it) can
+    // form a majority, and only 2 may lead it.
+    cluster.isolate(&[1]);
+    let leader = cluster.wait_for_leader(3000);
+    assert_eq!(leader, 2, "the replica below the boundary must not lead");
+    cluster.tick(500);
+    assert_eq!(cluster.leader(), Some(2));
+    cluster.heal();
+    let write = cluster.propose(2, b"new epoch");
+    wait_applied(&mut cluster, &[1, 2, 3], write, 2000);
+    assert!(cluster.raft(3).counters.snapshots_installed >= 1);
+    assert_eq!(cluster.host(3).applied, cluster.host(2).applied);
+    assert_eq!(cluster.host(1).applied, cluster.host(2).applied);
+    assert_eq!(cluster.host(3).applied[..40], state[..]);
+    cluster.check_applied_prefixes();
+    cluster.check_log_matching();
+}
