@@ -225,6 +225,79 @@ impl ApiClient {
             .await
     }
 
+    /// Creates a region with `count` replicas on the least loaded nodes.
+    pub async fn create_region_counted(
+        &self,
+        name: &str,
+        protocol: &str,
+        params: &[(String, String)],
+        count: usize,
+    ) -> Result<Value, ApiClientError> {
+        let params: serde_json::Map<String, Value> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        self.post_json(
+            "/v1/regions",
+            &json!({ "name": name, "protocol": protocol, "params": params, "replica_count": count }),
+        )
+        .await
+    }
+
+    /// Deletes a region; waits up to `wait` for every host to delete its
+    /// data (`deleted: false` and `pending` hosts when they have not).
+    pub async fn delete_region(&self, region: &str, wait: Duration) -> Result<Value, ApiClientError> {
+        let url = self.url(&format!(
+            "/v1/regions/{}?wait_ms={}",
+            encode(region),
+            wait.as_millis()
+        ));
+        let request = self
+            .http
+            .delete(&url)
+            .timeout(wait + Duration::from_secs(30));
+        self.send(request, url).await
+    }
+
+    /// The region as the control plane records it: epochs, any swap in
+    /// progress (and what it waits for), its audit lines.
+    pub async fn region_record(&self, region: &str) -> Result<Value, ApiClientError> {
+        self.get_json(&format!("/v1/regions/{}/record", encode(region)))
+            .await
+    }
+
+    /// Swaps a live region to `to` and waits up to `wait` for the outcome.
+    pub async fn swap_region(
+        &self,
+        region: &str,
+        to: &str,
+        params: Option<&[(String, String)]>,
+        replicas: Option<&[u64]>,
+        force: bool,
+        wait: Duration,
+    ) -> Result<Value, ApiClientError> {
+        let params: Option<serde_json::Map<String, Value>> = params.map(|params| {
+            params
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect()
+        });
+        let url = self.url(&format!("/v1/regions/{}/swap", encode(region)));
+        let body = json!({
+            "to": to,
+            "params": params,
+            "replicas": replicas,
+            "force": force,
+            "wait_ms": wait.as_millis() as u64,
+        });
+        let request = self
+            .http
+            .post(&url)
+            .json(&body)
+            .timeout(wait + Duration::from_secs(30));
+        self.send(request, url).await
+    }
+
     pub async fn restart_region(&self, region: &str) -> Result<Value, ApiClientError> {
         self.post_json(
             &format!("/v1/regions/{}/restart", encode(region)),
