@@ -22,6 +22,7 @@ fn config(plugin: &str, nodes: u64, faults: &str, params: &[(&str, &str)]) -> Si
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         record_trace: false,
+        swap_to: None,
     }
 }
 
@@ -433,4 +434,30 @@ fn requests_a_deposed_leader_never_answers_do_not_leak() {
         leader_changes += report.leader_changes;
     }
     assert!(leader_changes > 6, "the seeds depose leaders");
+}
+
+/// Goal: a live swap from Raft to a second Raft (native) in the middle of
+/// the chaos profile: the modelled coordinator holds and seals every
+/// reachable replica, a majority agrees on (position, digest), every node
+/// switches to epoch 2 (those down or cut off when they are next
+/// reachable), and the client history stays linearizable across the swap
+/// with converged replicas. The swap shows in the trace.
+#[test]
+fn raft_to_raft_swap_under_chaos() {
+    let params = [
+        ("election-timeout-ms", "300"),
+        ("heartbeat-ms", "50"),
+        ("snapshot-interval", "50"),
+    ];
+    let mut config = config("native:raft", 3, "chaos", &params);
+    config.swap_to = Some(plugin_source("native:raft").expect("plugin"));
+    assert_seeds_pass("native:raft", &config, 300, 10);
+    for report in run_seeds(&config, 300, 10, 2, &|_| {}) {
+        assert_eq!(report.nodes_switched, 3, "seed {}", report.seed);
+    }
+    config.record_trace = true;
+    let traced = run_seed(&config, 300);
+    let text = traced.trace.expect("trace").to_text();
+    assert!(text.contains("swap: a majority sealed; epoch 2 recorded"), "{text}");
+    assert!(text.contains("swap: switched to epoch 2"));
 }
