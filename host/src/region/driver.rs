@@ -156,6 +156,10 @@ pub struct RegionStatus {
     /// Read queries stored in the core for reads the plugin holds.
     pub read_queries: usize,
     pub held_outputs: usize,
+    /// Client requests held for a protocol swap (see `region::epoch`).
+    pub held_requests: usize,
+    /// The swap's seal: `none`, `sealing` or `sealed`.
+    pub seal: &'static str,
     pub cpu: CpuStatus,
 }
 
@@ -1344,6 +1348,8 @@ impl ReplicaHost {
             pending_reads: self.pending.reads(),
             read_queries: core.pending_reads(),
             held_outputs: self.held.iter().map(|(_, o)| o.len()).sum(),
+            held_requests: self.held_requests(),
+            seal: self.epoch.seal_name(),
             cpu: CpuStatus {
                 lane: self.replica.running_lane().name(),
                 used_ms: u64::try_from(self.replica.cpu().total().as_millis()).unwrap_or(u64::MAX),

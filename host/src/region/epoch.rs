@@ -175,6 +175,15 @@ impl EpochState {
         self.hold.is_some()
     }
 
+    /// The seal's state for the status: `none`, `sealing` or `sealed`.
+    pub fn seal_name(&self) -> &'static str {
+        match self.seal {
+            Seal::Idle => "none",
+            Seal::Sealing => "sealing",
+            Seal::Sealed { .. } => "sealed",
+        }
+    }
+
     /// When a sealing driver should wake to call `seal` again.
     pub fn next_seal_poll(&self, now_nanos: u64) -> Option<u64> {
         (self.seal == Seal::Sealing)

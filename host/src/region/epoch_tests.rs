@@ -435,7 +435,9 @@ fn standalone_to_raft_under_continuous_writes() {
     for (_, answer) in &mut held {
         assert!(answer.try_recv().is_err(), "a held write was answered");
     }
+    assert_eq!(node.host().status().held_requests, 11);
     let report = node.seal();
+    assert_eq!(node.host().status().seal, "sealed");
     assert_eq!(report.epoch, 1);
     assert_eq!(report.position, 20);
     assert_eq!(report.digest, node.state().digest().to_vec());
@@ -451,6 +453,8 @@ fn standalone_to_raft_under_continuous_writes() {
     // Raft started after the boundary, with none of standalone's log.
     let status = node.host().status();
     assert_eq!(status.epoch, 2);
+    assert_eq!(status.seal, "none");
+    assert_eq!(status.held_requests, 0);
     assert_eq!(status.protocol.name, "raft");
     assert_eq!(status.log.first, 21);
     assert_eq!(node.host().spec().epoch, 2);
