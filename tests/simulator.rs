@@ -458,6 +458,9 @@ fn raft_to_raft_swap_under_chaos() {
     config.record_trace = true;
     let traced = run_seed(&config, 300);
     let text = traced.trace.expect("trace").to_text();
-    assert!(text.contains("swap: a majority sealed; epoch 2 recorded"), "{text}");
+    assert!(
+        text.contains("swap: a majority sealed; epoch 2 recorded"),
+        "{text}"
+    );
     assert!(text.contains("swap: switched to epoch 2"));
 }

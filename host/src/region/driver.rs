@@ -124,9 +124,7 @@ pub enum RegionEvent {
     },
     /// Stop after flushing: answers `done` once every output that can be
     /// released has been.
-    Shutdown {
-        done: oneshot::Sender<()>,
-    },
+    Shutdown { done: oneshot::Sender<()> },
 }
 
 impl RegionEvent {

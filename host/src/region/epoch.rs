@@ -148,7 +148,10 @@ enum Seal {
     Sealing,
     /// The plugin answered `sealed(position)`; everything up to `ticket`
     /// must be durable before the answer is reported.
-    Sealed { position: u64, ticket: u64 },
+    Sealed {
+        position: u64,
+        ticket: u64,
+    },
 }
 
 /// The swap state of one replica.

@@ -139,8 +139,9 @@ impl TestNode {
             Some(spec) => spec,
             None => {
                 let spec = self.spec(1);
-                let record =
-                    JournalRecord::encode_all(&[JournalRecord::RegionCreated { spec: spec.clone() }]);
+                let record = JournalRecord::encode_all(&[JournalRecord::RegionCreated {
+                    spec: spec.clone(),
+                }]);
                 let ticket = commit.submit(record).expect("submit");
                 commit.wait_durable(ticket).expect("durable");
                 spec
@@ -430,7 +431,10 @@ fn standalone_to_raft_under_continuous_writes() {
     let mut linear = node.read("k25", ReadLevel::Linearizable);
     node.sync();
     assert!(matches!(local.try_recv(), Ok(Ok(KvOutcome::Value(Some(v)))) if v == b"v0"));
-    assert!(linear.try_recv().is_err(), "a linearizable read passed the hold");
+    assert!(
+        linear.try_recv().is_err(),
+        "a linearizable read passed the hold"
+    );
     assert_eq!(node.host().held_requests(), 11);
     for (_, answer) in &mut held {
         assert!(answer.try_recv().is_err(), "a held write was answered");
@@ -442,7 +446,10 @@ fn standalone_to_raft_under_continuous_writes() {
     assert_eq!(report.position, 20);
     assert_eq!(report.digest, node.state().digest().to_vec());
     let spec = node.spec(2);
-    let switched = node.host().switch_epoch(spec.clone(), raft()).expect("switch");
+    let switched = node
+        .host()
+        .switch_epoch(spec.clone(), raft())
+        .expect("switch");
     assert_eq!(switched.epoch, 2);
     assert_eq!(switched.start_position, 20);
     // Idempotent: the coordinator may retry.
@@ -530,10 +537,16 @@ fn held_requests_expire_at_their_timeout() {
     }
     node.round(vec![event]);
     node.run_for(100);
-    assert!(matches!(answer.try_recv(), Ok(Err(ClientError::Timeout(_)))));
+    assert!(matches!(
+        answer.try_recv(),
+        Ok(Err(ClientError::Timeout(_)))
+    ));
     let mut next = node.write("b", "1");
     node.sync();
-    assert!(next.try_recv().is_err(), "the expired request kept its place");
+    assert!(
+        next.try_recv().is_err(),
+        "the expired request kept its place"
+    );
     node.host().release_held();
     node.host().end_round();
     node.sync();
@@ -545,11 +558,7 @@ fn held_requests_expire_at_their_timeout() {
 /// error that says so.
 #[test]
 fn sealing_a_protocol_without_seal_is_refused() {
-    let mut node = TestNode::new(
-        1,
-        vec![PluginSource::native::<NoSeal>()],
-        &[1],
-    );
+    let mut node = TestNode::new(1, vec![PluginSource::native::<NoSeal>()], &[1]);
     let (reply, mut answer) = oneshot::channel();
     node.host().begin_seal(Some(reply));
     match answer.try_recv() {
@@ -625,7 +634,10 @@ fn a_crash_between_the_boundary_snapshot_and_the_epoch_record_stays_in_the_old_e
     node.run_for(50);
     assert!(matches!(after.try_recv(), Ok(Ok(KvOutcome::Written))));
     for i in 0..5 {
-        assert_eq!(node.state().get(format!("k{i}").as_bytes()), Some(&b"v"[..]));
+        assert_eq!(
+            node.state().get(format!("k{i}").as_bytes()),
+            Some(&b"v"[..])
+        );
     }
 }
 
@@ -758,8 +770,13 @@ fn handle_methods_drive_a_swap() {
             recovering: false,
             applied_position: 0,
         };
-        let replica =
-            RegionReplica::new(standalone(), core, init, FailurePolicy::default(), clock.clone());
+        let replica = RegionReplica::new(
+            standalone(),
+            core,
+            init,
+            FailurePolicy::default(),
+            clock.clone(),
+        );
         let context = DriverContext {
             node_id: 1,
             incarnation: 1,
@@ -808,10 +825,7 @@ fn handle_methods_drive_a_swap() {
             .expect("switch");
         assert_eq!(switched.start_position, 1);
         assert_eq!(handle.spec().epoch, 2);
-        assert!(matches!(
-            held.await.expect("task"),
-            Ok(KvOutcome::Written)
-        ));
+        assert!(matches!(held.await.expect("task"), Ok(KvOutcome::Written)));
         let status = handle.status().await.expect("status");
         assert_eq!(status.epoch, 2);
         assert_eq!(status.state_machine.applied_position, 2);

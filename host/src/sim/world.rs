@@ -83,14 +83,31 @@ pub struct SimReport {
 
 #[derive(Debug)]
 enum Event {
-    Deliver { to: NodeId, envelope: Envelope },
-    Wake { node: NodeId },
-    Fsync { node: NodeId },
-    ClientIssue { client: usize },
-    Crash { node: NodeId },
-    Restart { node: NodeId },
-    Pause { node: NodeId },
-    Resume { node: NodeId },
+    Deliver {
+        to: NodeId,
+        envelope: Envelope,
+    },
+    Wake {
+        node: NodeId,
+    },
+    Fsync {
+        node: NodeId,
+    },
+    ClientIssue {
+        client: usize,
+    },
+    Crash {
+        node: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Pause {
+        node: NodeId,
+    },
+    Resume {
+        node: NodeId,
+    },
     Partition,
     Heal,
     Observe,
@@ -474,13 +491,8 @@ impl World {
             recovering,
             applied_position: 0,
         };
-        let replica = RegionReplica::new(
-            source,
-            core,
-            init,
-            FailurePolicy::default(),
-            clock.clone(),
-        );
+        let replica =
+            RegionReplica::new(source, core, init, FailurePolicy::default(), clock.clone());
         let context = DriverContext {
             node_id: id,
             incarnation: node.incarnation,
@@ -1013,21 +1025,21 @@ impl World {
                         traced.push((*id, "hold and seal".to_string()));
                     }
                     match runtime.host.seal_report() {
-                        Some(Ok(report)) => {
-                            if reports.get(id) != Some(&report) {
-                                traced.push((
-                                    *id,
-                                    format!(
-                                        "sealed at {} (state digest {})",
-                                        report.position,
-                                        &hex::encode(&report.digest)[..12]
-                                    ),
-                                ));
-                                reports.insert(*id, report);
-                            }
+                        Some(Ok(report)) if reports.get(id) != Some(&report) => {
+                            traced.push((
+                                *id,
+                                format!(
+                                    "sealed at {} (state digest {})",
+                                    report.position,
+                                    &hex::encode(&report.digest)[..12]
+                                ),
+                            ));
+                            reports.insert(*id, report);
                         }
-                        Some(Err(error)) => problems.push(format!("node {id}: seal failed: {error}")),
-                        None => {}
+                        Some(Err(error)) => {
+                            problems.push(format!("node {id}: seal failed: {error}"))
+                        }
+                        Some(Ok(_)) | None => {}
                     }
                 }
                 for (id, what) in traced {
@@ -1046,7 +1058,9 @@ impl World {
                 if distinct.len() > 1 {
                     let listing = reports
                         .iter()
-                        .map(|(id, r)| format!("n{id}@{}={}", r.position, &hex::encode(&r.digest)[..12]))
+                        .map(|(id, r)| {
+                            format!("n{id}@{}={}", r.position, &hex::encode(&r.digest)[..12])
+                        })
                         .collect::<Vec<_>>()
                         .join(" ");
                     self.violation(format!("sealed replicas disagree: {listing}"));
