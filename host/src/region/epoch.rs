@@ -337,6 +337,8 @@ impl ReplicaHost {
             self.epoch.seal = Seal::Sealing;
         }
         if let Some(reply) = reply {
+            // Callers that timed out and retry leave closed waiters behind.
+            self.epoch.seal_waiters.retain(|waiter| !waiter.is_closed());
             self.epoch.seal_waiters.push(reply);
         }
         self.poll_seal();
