@@ -1107,14 +1107,24 @@ impl World {
                 }
                 for (id, result) in switched {
                     match result {
-                        Ok(report) => self.trace.record(
-                            now,
-                            id,
-                            format!(
-                                "swap: switched to epoch {} at position {}",
-                                report.epoch, report.start_position
-                            ),
-                        ),
+                        Ok(report) => {
+                            self.trace.record(
+                                now,
+                                id,
+                                format!(
+                                    "swap: switched to epoch {} at position {}",
+                                    report.epoch, report.start_position
+                                ),
+                            );
+                            let probability = self.config.faults.crash_after_switch;
+                            if self.faults_on && self.chance(probability) {
+                                let down_for = self.random_between(
+                                    Duration::ZERO,
+                                    self.config.faults.quick_down_max,
+                                );
+                                self.take_down(id, down_for, "right after switching epoch");
+                            }
+                        }
                         Err(error) => self.violation(format!("node {id}: switch failed: {error}")),
                     }
                 }
