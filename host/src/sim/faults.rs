@@ -40,6 +40,10 @@ pub struct FaultProfile {
     /// swap's new epoch (epoch record durable, new protocol started),
     /// before anything later is synced; back within `quick_down_max`.
     pub crash_after_switch: f64,
+    /// Probability that a node crashes in the middle of switching epoch:
+    /// after its boundary snapshot is saved, before the epoch record is
+    /// written; back within `quick_down_max`.
+    pub crash_mid_switch: f64,
     pub quick_down_max: Duration,
     /// Mean time between pauses (a frozen process), and their length.
     pub pause_every: Duration,
@@ -68,6 +72,7 @@ impl FaultProfile {
             crash_after_metadata: 0.0,
             crash_after_install: 0.0,
             crash_after_switch: 0.0,
+            crash_mid_switch: 0.0,
             quick_down_max: Duration::ZERO,
             pause_every: Duration::ZERO,
             pause_length: Duration::ZERO,
@@ -103,6 +108,7 @@ impl FaultProfile {
                 profile.crash_after_metadata = 0.25;
                 profile.crash_after_install = 0.5;
                 profile.crash_after_switch = 0.5;
+                profile.crash_mid_switch = 0.3;
                 profile.quick_down_max = Duration::from_millis(4);
                 profile.pause_every = Duration::from_secs(4);
                 profile.pause_length = Duration::from_millis(700);
@@ -120,6 +126,7 @@ impl FaultProfile {
                 profile.crash_after_metadata = 0.1;
                 profile.crash_after_install = 0.3;
                 profile.crash_after_switch = 0.3;
+                profile.crash_mid_switch = 0.2;
                 profile.quick_down_max = Duration::from_millis(4);
                 profile.pause_every = Duration::from_secs(5);
                 profile.pause_length = Duration::from_millis(500);

@@ -1093,6 +1093,19 @@ impl World {
                     if !self.coordinator_reaches(*id) {
                         continue;
                     }
+                    let behind = self
+                        .nodes
+                        .get(id)
+                        .and_then(|n| n.runtime.as_ref())
+                        .is_some_and(|r| r.host.spec().epoch < 2);
+                    if !behind {
+                        continue;
+                    }
+                    // A crash between the boundary snapshot (1) and the
+                    // epoch record (2): the fsync in progress completes,
+                    // then the record's write fails and the node dies.
+                    let probability = self.config.faults.crash_mid_switch;
+                    let mid_switch = self.faults_on && self.chance(probability);
                     let Swap::Switched { spec } = &self.swap else {
                         return;
                     };
@@ -1100,12 +1113,34 @@ impl World {
                     else {
                         continue;
                     };
-                    if runtime.host.spec().epoch >= spec.epoch {
+                    if mid_switch {
+                        runtime.host.end_round();
+                        if runtime.commit.sync().is_err() {
+                            continue;
+                        }
+                        runtime.commit.inject_failure(
+                            "injected: the node dies before the epoch record is written".into(),
+                        );
+                    }
+                    let result = runtime.host.switch_epoch(spec.clone(), source.clone());
+                    switched.push((*id, mid_switch, result));
+                }
+                for (id, mid_switch, result) in switched {
+                    if mid_switch {
+                        if result.is_ok() {
+                            self.violation(format!(
+                                "node {id}: a switch whose epoch record failed reported success"
+                            ));
+                        }
+                        let down_for =
+                            self.random_between(Duration::ZERO, self.config.faults.quick_down_max);
+                        self.take_down(
+                            id,
+                            down_for,
+                            "between the boundary snapshot and the epoch record",
+                        );
                         continue;
                     }
-                    switched.push((*id, runtime.host.switch_epoch(spec.clone(), source.clone())));
-                }
-                for (id, result) in switched {
                     match result {
                         Ok(report) => {
                             self.trace.record(
