@@ -246,9 +246,11 @@ impl ReplicaHost {
         let Some(hold) = self.epoch.hold.as_mut() else {
             return;
         };
-        // Requests that expired meanwhile do not count against the bound.
-        let pending = &self.pending;
-        hold.queue.retain(|held| pending.contains(held.id()));
+        if hold.queue.len() >= hold.capacity {
+            // Requests that expired meanwhile do not count against the bound.
+            let pending = &self.pending;
+            hold.queue.retain(|held| pending.contains(held.id()));
+        }
         if hold.queue.len() < hold.capacity {
             hold.queue.push_back(request);
             return;
@@ -352,10 +354,13 @@ impl ReplicaHost {
             return;
         }
         if let Some(why) = &self.storage_failure {
+            // A region whose storage failed writes nothing more, so it can
+            // never report a durable seal.
             let error = ClientError::Unavailable(format!("storage failed: {why}"));
             for waiter in self.epoch.seal_waiters.drain(..) {
                 let _ = waiter.send(Err(error.clone()));
             }
+            self.epoch.seal = Seal::Idle;
             return;
         }
         match self.replica.deliver(Call::Seal) {

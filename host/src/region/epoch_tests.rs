@@ -833,3 +833,24 @@ fn handle_methods_drive_a_swap() {
         handle.shutdown().await;
     });
 }
+
+/// Goal: a region whose storage failed cannot report a durable seal: the
+/// seal is refused with the reason and is not driven any more.
+#[test]
+fn a_seal_after_a_storage_failure_is_refused() {
+    let mut node = TestNode::new(1, vec![standalone()], &[1]);
+    node.disk.fail_appends.store(true, Ordering::Relaxed);
+    let mut write = node.write("a", "1");
+    assert!(matches!(
+        write.try_recv(),
+        Ok(Err(ClientError::Unavailable(_)))
+    ));
+    let (reply, mut answer) = oneshot::channel();
+    node.host().begin_seal(Some(reply));
+    match answer.try_recv() {
+        Ok(Err(ClientError::Unavailable(why))) => assert!(why.contains("storage failed"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(node.host().status().seal, "none");
+    assert_eq!(node.host().next_deadline_nanos(), None);
+}
