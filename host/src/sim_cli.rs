@@ -165,6 +165,13 @@ pub fn run(args: SimArgs) -> Result<()> {
         args.seconds,
         args.quiet_seconds
     );
+    if let Some(target) = &config.swap_to {
+        let target = target.info();
+        println!(
+            "  live swap mid-run to {} {} (epoch 1 → 2)",
+            target.name, target.version
+        );
+    }
     let bar = indicatif::ProgressBar::new(args.seeds);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -106,11 +106,6 @@ impl SimCommit {
         Ok(())
     }
 
-    /// From now on every submission fails (a dying disk or process).
-    pub fn inject_failure(&self, why: String) {
-        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-    }
-
     fn fail(&self, why: String) -> CommitError {
         *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
         CommitError::Failed(why)

@@ -209,6 +209,33 @@ pub struct World {
     swap: Swap,
 }
 
+/// The length of every WAL file (`None` if the directory cannot be read).
+fn wal_lengths(disk: &MemDisk) -> Option<Vec<(String, u64)>> {
+    let names = disk.list("wal").ok()?;
+    names
+        .into_iter()
+        .map(|name| {
+            let path = format!("wal/{name}");
+            disk.read(&path)
+                .ok()
+                .map(|bytes| (path, bytes.len() as u64))
+        })
+        .collect()
+}
+
+/// Puts the WAL back to `lengths` (files created since are removed): the
+/// writes since then never happened.
+fn cut_wal_back(disk: &MemDisk, lengths: &[(String, u64)]) -> std::io::Result<()> {
+    for name in disk.list("wal")? {
+        let path = format!("wal/{name}");
+        match lengths.iter().find(|(p, _)| *p == path) {
+            Some((_, len)) => disk.truncate(&path, *len)?,
+            None => disk.remove(&path)?,
+        }
+    }
+    Ok(())
+}
+
 fn protocol_ref(source: &PluginSource) -> ProtocolRef {
     match source {
         PluginSource::Wasm { component, .. } => ProtocolRef::Component {
@@ -1102,36 +1129,32 @@ impl World {
                         continue;
                     }
                     // A crash between the boundary snapshot (1) and the
-                    // epoch record (2): the fsync in progress completes,
-                    // then the record's write fails and the node dies.
+                    // epoch record (2): the switch runs over a synced WAL,
+                    // then the node dies and the WAL is cut back to where it
+                    // was, so the snapshot file is the only trace of it.
                     let probability = self.config.faults.crash_mid_switch;
                     let mid_switch = self.faults_on && self.chance(probability);
                     let Swap::Switched { spec } = &self.swap else {
                         return;
                     };
-                    let Some(runtime) = self.nodes.get_mut(id).and_then(|n| n.runtime.as_mut())
-                    else {
+                    let Some(node) = self.nodes.get_mut(id) else {
                         continue;
                     };
+                    let Some(runtime) = node.runtime.as_mut() else {
+                        continue;
+                    };
+                    let mut wal_before = None;
                     if mid_switch {
                         runtime.host.end_round();
-                        if runtime.commit.sync().is_err() {
-                            continue;
+                        if runtime.commit.sync().is_ok() {
+                            wal_before = wal_lengths(&node.disk);
                         }
-                        runtime.commit.inject_failure(
-                            "injected: the node dies before the epoch record is written".into(),
-                        );
                     }
                     let result = runtime.host.switch_epoch(spec.clone(), source.clone());
-                    switched.push((*id, mid_switch, result));
+                    switched.push((*id, wal_before, result));
                 }
-                for (id, mid_switch, result) in switched {
-                    if mid_switch {
-                        if result.is_ok() {
-                            self.violation(format!(
-                                "node {id}: a switch whose epoch record failed reported success"
-                            ));
-                        }
+                for (id, wal_before, result) in switched {
+                    if let (Some(lengths), Ok(_)) = (wal_before, &result) {
                         let down_for =
                             self.random_between(Duration::ZERO, self.config.faults.quick_down_max);
                         self.take_down(
@@ -1139,6 +1162,11 @@ impl World {
                             down_for,
                             "between the boundary snapshot and the epoch record",
                         );
+                        if let Some(node) = self.nodes.get(&id)
+                            && let Err(error) = cut_wal_back(&node.disk, &lengths)
+                        {
+                            self.violation(format!("node {id}: cannot cut the WAL back: {error}"));
+                        }
                         continue;
                     }
                     match result {
