@@ -1154,6 +1154,7 @@ impl ReplicaHost {
     /// Submits the round's records and holds its outputs behind them.
     pub fn end_round(&mut self) {
         self.poll_seal();
+        self.release_when_ready();
         self.submit_round_records();
         let outputs = std::mem::take(&mut self.round_outputs);
         if !outputs.is_empty() {

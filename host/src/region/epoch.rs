@@ -18,7 +18,8 @@
 //!   `RegionEpochStarted` (its fold drops the old log and kv area), start
 //!   the new protocol with empty storage and `init(recovering = false,
 //!   applied-position = the state machine's position)`, and release the
-//!   held requests into it.
+//!   held requests into it once it can serve them (it names a leader, or is
+//!   leaderless).
 //!
 //! Requests the old plugin took but never answered stay pending and expire
 //! at their client's timeout (their outcome is unknown: another replica's
@@ -29,7 +30,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use synod_guest_sdk::{InitConfig, Membership, ReadLevel, Rejection, RequestId, SealProgress};
+use synod_guest_sdk::{
+    InitConfig, Membership, ReadLevel, Rejection, RequestId, Role, SealProgress,
+};
 use tokio::sync::oneshot;
 
 use crate::journal::JournalRecord;
@@ -139,6 +142,10 @@ impl HeldRequest {
 struct Hold {
     capacity: usize,
     queue: VecDeque<HeldRequest>,
+    /// After a switch: the queue goes to the new protocol once it can
+    /// serve (it knows a leader, or has none by design), so held writes are
+    /// served instead of refused by a replica that is still electing.
+    until_ready: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,9 +194,11 @@ impl EpochState {
         }
     }
 
-    /// When a sealing driver should wake to call `seal` again.
+    /// When a driver that is sealing, or waiting for the new protocol to
+    /// serve, should wake to look again.
     pub fn next_seal_poll(&self, now_nanos: u64) -> Option<u64> {
-        (self.seal == Seal::Sealing)
+        let waiting = self.hold.as_ref().is_some_and(|hold| hold.until_ready);
+        (self.seal == Seal::Sealing || waiting)
             .then(|| now_nanos.saturating_add(u64::try_from(SEAL_POLL.as_nanos()).unwrap_or(0)))
     }
 
@@ -235,6 +244,7 @@ impl ReplicaHost {
                 self.epoch.hold = Some(Hold {
                     capacity,
                     queue: VecDeque::new(),
+                    until_ready: false,
                 });
             }
         }
@@ -348,6 +358,40 @@ impl ReplicaHost {
         self.answer_seal_waiters(durable);
     }
 
+    /// After a switch, hands the held requests to the new protocol once it
+    /// can serve them: its status names a leader, or its role is `leader`
+    /// or `replica` (leaderless). Until then they stay held (and expire at
+    /// their client's timeout). Called at every round end.
+    pub(super) fn release_when_ready(&mut self) {
+        if !self
+            .epoch
+            .hold
+            .as_ref()
+            .is_some_and(|hold| hold.until_ready)
+        {
+            return;
+        }
+        let ready = match self.replica.deliver(Call::Status) {
+            Delivery::Done(CallResult::Status(status), effects) => {
+                self.stage(effects);
+                status.leader.is_some() || matches!(status.role, Role::Leader | Role::Replica)
+            }
+            Delivery::Done(_, effects) => {
+                self.stage(effects);
+                true
+            }
+            Delivery::Refused(_) => false,
+            Delivery::Failed(_) => {
+                self.timers.clear();
+                false
+            }
+        };
+        if ready && let Some(hold) = self.epoch.hold.take() {
+            tracing::info!(region = %self.name, epoch = self.spec.epoch, released = hold.queue.len(), "the new protocol serves; held requests released");
+            self.admit(hold.queue);
+        }
+    }
+
     /// Calls `seal` once if a seal is in progress (every round end).
     pub(super) fn poll_seal(&mut self) {
         if self.epoch.seal != Seal::Sealing {
@@ -424,7 +468,9 @@ impl ReplicaHost {
     /// image); (2) `RegionEpochStarted` is journaled and made durable (its
     /// fold drops the old log and kv area); (3) the new protocol starts
     /// with empty storage and `init(recovering = false, applied-position =
-    /// the state machine's position)`; (4) the held requests go to it.
+    /// the state machine's position)`; (4) the held requests go to it once
+    /// it can serve them (see [`ReplicaHost::release_when_ready`]); a
+    /// `hold` and `release_held` still apply meanwhile.
     /// A crash before (2) restarts in the old epoch; after it, in the new
     /// epoch from the boundary snapshot. The same epoch again is a no-op
     /// (the coordinator may retry). Works whether or not the old plugin
@@ -538,9 +584,10 @@ impl ReplicaHost {
                 tracing::warn!(region = %self.name, %failure, "the new protocol failed to start")
             }
         }
-        // (4) Release what was held into the new epoch.
-        if let Some(hold) = self.epoch.hold.take() {
-            self.admit(hold.queue);
+        // (4) Release what was held into the new epoch, once the new
+        // protocol can serve it (at once for one that can already).
+        if let Some(hold) = self.epoch.hold.as_mut() {
+            hold.until_ready = true;
         }
         self.end_round();
         Ok(SwitchReport {
