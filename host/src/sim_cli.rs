@@ -49,6 +49,10 @@ pub struct SimArgs {
     /// with --seeds 1) into this directory.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Live protocol swap: at a seeded time in the fault phase, move the
+    /// region to epoch 2 running this protocol (same forms as --plugin).
+    #[arg(long)]
+    pub swap_to: Option<String>,
     /// Worker threads (seeds run in parallel; each seed is single-threaded).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -108,6 +112,7 @@ pub fn config(args: &SimArgs) -> Result<SimConfig> {
         source: plugin_source(&args.plugin)?,
         params: args.params.clone(),
         record_trace: false,
+        swap_to: args.swap_to.as_deref().map(plugin_source).transpose()?,
     })
 }
 
@@ -160,6 +165,13 @@ pub fn run(args: SimArgs) -> Result<()> {
         args.seconds,
         args.quiet_seconds
     );
+    if let Some(target) = &config.swap_to {
+        let target = target.info();
+        println!(
+            "  live swap mid-run to {} {} (epoch 1 → 2)",
+            target.name, target.version
+        );
+    }
     let bar = indicatif::ProgressBar::new(args.seeds);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -154,6 +154,10 @@ pub struct RegionStatus {
     /// Read queries stored in the core for reads the plugin holds.
     pub read_queries: usize,
     pub held_outputs: usize,
+    /// Client requests held for a protocol swap (see `region::epoch`).
+    pub held_requests: usize,
+    /// The swap's seal: `none`, `sealing` or `sealed`.
+    pub seal: &'static str,
     pub cpu: CpuStatus,
 }
 
@@ -1150,6 +1154,7 @@ impl ReplicaHost {
     /// Submits the round's records and holds its outputs behind them.
     pub fn end_round(&mut self) {
         self.poll_seal();
+        self.release_when_ready();
         self.submit_round_records();
         let outputs = std::mem::take(&mut self.round_outputs);
         if !outputs.is_empty() {
@@ -1342,6 +1347,8 @@ impl ReplicaHost {
             pending_reads: self.pending.reads(),
             read_queries: core.pending_reads(),
             held_outputs: self.held.iter().map(|(_, o)| o.len()).sum(),
+            held_requests: self.held_requests(),
+            seal: self.epoch.seal_name(),
             cpu: CpuStatus {
                 lane: self.replica.running_lane().name(),
                 used_ms: u64::try_from(self.replica.cpu().total().as_millis()).unwrap_or(u64::MAX),

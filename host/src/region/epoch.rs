@@ -18,7 +18,8 @@
 //!   `RegionEpochStarted` (its fold drops the old log and kv area), start
 //!   the new protocol with empty storage and `init(recovering = false,
 //!   applied-position = the state machine's position)`, and release the
-//!   held requests into it.
+//!   held requests into it once it can serve them (it names a leader, or is
+//!   leaderless).
 //!
 //! Requests the old plugin took but never answered stay pending and expire
 //! at their client's timeout (their outcome is unknown: another replica's
@@ -29,7 +30,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use synod_guest_sdk::{InitConfig, Membership, ReadLevel, Rejection, RequestId, SealProgress};
+use synod_guest_sdk::{
+    InitConfig, Membership, ReadLevel, Rejection, RequestId, Role, SealProgress,
+};
 use tokio::sync::oneshot;
 
 use crate::journal::JournalRecord;
@@ -139,6 +142,10 @@ impl HeldRequest {
 struct Hold {
     capacity: usize,
     queue: VecDeque<HeldRequest>,
+    /// After a switch: the queue goes to the new protocol once it can
+    /// serve (it knows a leader, or has none by design), so held writes are
+    /// served instead of refused by a replica that is still electing.
+    until_ready: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,9 +185,20 @@ impl EpochState {
         self.hold.is_some()
     }
 
-    /// When a sealing driver should wake to call `seal` again.
+    /// The seal's state for the status: `none`, `sealing` or `sealed`.
+    pub fn seal_name(&self) -> &'static str {
+        match self.seal {
+            Seal::Idle => "none",
+            Seal::Sealing => "sealing",
+            Seal::Sealed { .. } => "sealed",
+        }
+    }
+
+    /// When a driver that is sealing, or waiting for the new protocol to
+    /// serve, should wake to look again.
     pub fn next_seal_poll(&self, now_nanos: u64) -> Option<u64> {
-        (self.seal == Seal::Sealing)
+        let waiting = self.hold.as_ref().is_some_and(|hold| hold.until_ready);
+        (self.seal == Seal::Sealing || waiting)
             .then(|| now_nanos.saturating_add(u64::try_from(SEAL_POLL.as_nanos()).unwrap_or(0)))
     }
 
@@ -226,6 +244,7 @@ impl ReplicaHost {
                 self.epoch.hold = Some(Hold {
                     capacity,
                     queue: VecDeque::new(),
+                    until_ready: false,
                 });
             }
         }
@@ -237,9 +256,11 @@ impl ReplicaHost {
         let Some(hold) = self.epoch.hold.as_mut() else {
             return;
         };
-        // Requests that expired meanwhile do not count against the bound.
-        let pending = &self.pending;
-        hold.queue.retain(|held| pending.contains(held.id()));
+        if hold.queue.len() >= hold.capacity {
+            // Requests that expired meanwhile do not count against the bound.
+            let pending = &self.pending;
+            hold.queue.retain(|held| pending.contains(held.id()));
+        }
         if hold.queue.len() < hold.capacity {
             hold.queue.push_back(request);
             return;
@@ -328,11 +349,47 @@ impl ReplicaHost {
             self.epoch.seal = Seal::Sealing;
         }
         if let Some(reply) = reply {
+            // Callers that timed out and retry leave closed waiters behind.
+            self.epoch.seal_waiters.retain(|waiter| !waiter.is_closed());
             self.epoch.seal_waiters.push(reply);
         }
         self.poll_seal();
         let durable = self.context.commit.durable_ticket();
         self.answer_seal_waiters(durable);
+    }
+
+    /// After a switch, hands the held requests to the new protocol once it
+    /// can serve them: its status names a leader, or its role is `leader`
+    /// or `replica` (leaderless). Until then they stay held (and expire at
+    /// their client's timeout). Called at every round end.
+    pub(super) fn release_when_ready(&mut self) {
+        if !self
+            .epoch
+            .hold
+            .as_ref()
+            .is_some_and(|hold| hold.until_ready)
+        {
+            return;
+        }
+        let ready = match self.replica.deliver(Call::Status) {
+            Delivery::Done(CallResult::Status(status), effects) => {
+                self.stage(effects);
+                status.leader.is_some() || matches!(status.role, Role::Leader | Role::Replica)
+            }
+            Delivery::Done(_, effects) => {
+                self.stage(effects);
+                true
+            }
+            Delivery::Refused(_) => false,
+            Delivery::Failed(_) => {
+                self.timers.clear();
+                false
+            }
+        };
+        if ready && let Some(hold) = self.epoch.hold.take() {
+            tracing::info!(region = %self.name, epoch = self.spec.epoch, released = hold.queue.len(), "the new protocol serves; held requests released");
+            self.admit(hold.queue);
+        }
     }
 
     /// Calls `seal` once if a seal is in progress (every round end).
@@ -341,10 +398,13 @@ impl ReplicaHost {
             return;
         }
         if let Some(why) = &self.storage_failure {
+            // A region whose storage failed writes nothing more, so it can
+            // never report a durable seal.
             let error = ClientError::Unavailable(format!("storage failed: {why}"));
             for waiter in self.epoch.seal_waiters.drain(..) {
                 let _ = waiter.send(Err(error.clone()));
             }
+            self.epoch.seal = Seal::Idle;
             return;
         }
         match self.replica.deliver(Call::Seal) {
@@ -408,7 +468,9 @@ impl ReplicaHost {
     /// image); (2) `RegionEpochStarted` is journaled and made durable (its
     /// fold drops the old log and kv area); (3) the new protocol starts
     /// with empty storage and `init(recovering = false, applied-position =
-    /// the state machine's position)`; (4) the held requests go to it.
+    /// the state machine's position)`; (4) the held requests go to it once
+    /// it can serve them (see [`ReplicaHost::release_when_ready`]); a
+    /// `hold` and `release_held` still apply meanwhile.
     /// A crash before (2) restarts in the old epoch; after it, in the new
     /// epoch from the boundary snapshot. The same epoch again is a no-op
     /// (the coordinator may retry). Works whether or not the old plugin
@@ -522,9 +584,10 @@ impl ReplicaHost {
                 tracing::warn!(region = %self.name, %failure, "the new protocol failed to start")
             }
         }
-        // (4) Release what was held into the new epoch.
-        if let Some(hold) = self.epoch.hold.take() {
-            self.admit(hold.queue);
+        // (4) Release what was held into the new epoch, once the new
+        // protocol can serve it (at once for one that can already).
+        if let Some(hold) = self.epoch.hold.as_mut() {
+            hold.until_ready = true;
         }
         self.end_round();
         Ok(SwitchReport {

@@ -439,7 +439,9 @@ fn standalone_to_raft_under_continuous_writes() {
     for (_, answer) in &mut held {
         assert!(answer.try_recv().is_err(), "a held write was answered");
     }
+    assert_eq!(node.host().status().held_requests, 11);
     let report = node.seal();
+    assert_eq!(node.host().status().seal, "sealed");
     assert_eq!(report.epoch, 1);
     assert_eq!(report.position, 20);
     assert_eq!(report.digest, node.state().digest().to_vec());
@@ -458,22 +460,24 @@ fn standalone_to_raft_under_continuous_writes() {
     // Raft started after the boundary, with none of standalone's log.
     let status = node.host().status();
     assert_eq!(status.epoch, 2);
+    assert_eq!(status.seal, "none");
     assert_eq!(status.protocol.name, "raft");
     assert_eq!(status.log.first, 21);
     assert_eq!(node.host().spec().epoch, 2);
     assert_eq!(node.host().shared_spec().get().epoch, 2);
-    // Clients that got `not-leader` from the leaderless new Raft retry, as
-    // the API's redirect makes them; the rest are answered once it leads.
-    let mut retry = Vec::new();
+    // The held writes wait until the new Raft leads (it elects itself
+    // after its election timeout), then are served, not refused.
+    assert_eq!(node.host().held_requests(), 11);
     node.run_for(500);
+    assert_eq!(node.host().held_requests(), 0);
     for (i, mut answer) in held {
         match answer.try_recv() {
-            Ok(Ok(KvOutcome::Written)) => answers.push((i, answer)),
-            Ok(Err(ClientError::Rejected(_))) => retry.push(i),
+            Ok(Ok(KvOutcome::Written)) => {}
             other => panic!("held write {i} got {other:?}"),
         }
     }
-    for i in retry.into_iter().chain(30..40) {
+    assert!(matches!(linear.try_recv(), Ok(Ok(KvOutcome::Value(Some(v)))) if v == b"v25"));
+    for i in 30..40 {
         answers.push((i, node.write(&format!("k{i}"), &format!("v{i}"))));
     }
     node.run_for(200);
@@ -828,4 +832,25 @@ fn handle_methods_drive_a_swap() {
         handle.release_held().await.expect("release");
         handle.shutdown().await;
     });
+}
+
+/// Goal: a region whose storage failed cannot report a durable seal: the
+/// seal is refused with the reason and is not driven any more.
+#[test]
+fn a_seal_after_a_storage_failure_is_refused() {
+    let mut node = TestNode::new(1, vec![standalone()], &[1]);
+    node.disk.fail_appends.store(true, Ordering::Relaxed);
+    let mut write = node.write("a", "1");
+    assert!(matches!(
+        write.try_recv(),
+        Ok(Err(ClientError::Unavailable(_)))
+    ));
+    let (reply, mut answer) = oneshot::channel();
+    node.host().begin_seal(Some(reply));
+    match answer.try_recv() {
+        Ok(Err(ClientError::Unavailable(why))) => assert!(why.contains("storage failed"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(node.host().status().seal, "none");
+    assert_eq!(node.host().next_deadline_nanos(), None);
 }

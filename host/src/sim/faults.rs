@@ -36,6 +36,14 @@ pub struct FaultProfile {
     /// later is synced; it comes back within `quick_down_max`. Installs are
     /// rare, and the order of their writes only shows in a crash there.
     pub crash_after_install: f64,
+    /// Probability that a node crashes the moment it has switched to a
+    /// swap's new epoch (epoch record durable, new protocol started),
+    /// before anything later is synced; back within `quick_down_max`.
+    pub crash_after_switch: f64,
+    /// Probability that a node crashes in the middle of switching epoch:
+    /// after its boundary snapshot is saved, before the epoch record is
+    /// written; back within `quick_down_max`.
+    pub crash_mid_switch: f64,
     pub quick_down_max: Duration,
     /// Mean time between pauses (a frozen process), and their length.
     pub pause_every: Duration,
@@ -63,6 +71,8 @@ impl FaultProfile {
             torn_writes: false,
             crash_after_metadata: 0.0,
             crash_after_install: 0.0,
+            crash_after_switch: 0.0,
+            crash_mid_switch: 0.0,
             quick_down_max: Duration::ZERO,
             pause_every: Duration::ZERO,
             pause_length: Duration::ZERO,
@@ -97,6 +107,8 @@ impl FaultProfile {
                 profile.torn_writes = true;
                 profile.crash_after_metadata = 0.25;
                 profile.crash_after_install = 0.5;
+                profile.crash_after_switch = 0.5;
+                profile.crash_mid_switch = 0.3;
                 profile.quick_down_max = Duration::from_millis(4);
                 profile.pause_every = Duration::from_secs(4);
                 profile.pause_length = Duration::from_millis(700);
@@ -113,6 +125,8 @@ impl FaultProfile {
                 profile.torn_writes = true;
                 profile.crash_after_metadata = 0.1;
                 profile.crash_after_install = 0.3;
+                profile.crash_after_switch = 0.3;
+                profile.crash_mid_switch = 0.2;
                 profile.quick_down_max = Duration::from_millis(4);
                 profile.pause_every = Duration::from_secs(5);
                 profile.pause_length = Duration::from_millis(500);

@@ -28,8 +28,15 @@ pub fn replay_command(plugin: &str, config: &SimConfig, seed: u64) -> String {
         .iter()
         .map(|(k, v)| format!(" --param {k}={v}"))
         .collect();
+    let swap = match &config.swap_to {
+        Some(crate::plugin::PluginSource::Native { info, .. }) => {
+            format!(" --swap-to native:{}", info.name)
+        }
+        Some(target) => format!(" --swap-to {}", target.info().name),
+        None => String::new(),
+    };
     format!(
-        "synod sim --plugin {plugin} --nodes {} --faults {} --seed {seed} --seeds 1 --seconds {} --quiet-seconds {} --clients {} --keys {}{params} --trace sim-trace",
+        "synod sim --plugin {plugin} --nodes {} --faults {} --seed {seed} --seeds 1 --seconds {} --quiet-seconds {} --clients {} --keys {}{params}{swap} --trace sim-trace",
         config.nodes,
         config.faults.name,
         config.fault_phase.as_secs_f64(),

@@ -30,6 +30,7 @@ use crate::journal::{JournalRecord, RecoveredNode, RecoveredRegion};
 use crate::plugin::PluginSource;
 use crate::region::core::{RegionCore, Reply};
 use crate::region::driver::{ClientError, ClientReply, DriverContext, RegionEvent, ReplicaHost};
+use crate::region::epoch::SealReport;
 use crate::region::replica::{FailurePolicy, RegionReplica};
 use crate::region::{ProtocolRef, RegionName, RegionSpec};
 use crate::state_machine::{KvCommand, KvOutcome, KvQuery, KvStateMachine, conflict_key};
@@ -58,6 +59,9 @@ pub struct SimConfig {
     pub source: PluginSource,
     pub params: Vec<(String, String)>,
     pub record_trace: bool,
+    /// Live protocol swap: at a seeded time in the fault phase a modelled
+    /// coordinator moves the region to epoch 2 running this protocol.
+    pub swap_to: Option<PluginSource>,
 }
 
 /// What a run found.
@@ -72,24 +76,62 @@ pub struct SimReport {
     pub steps: u64,
     /// Hash of every traced event: equal hashes mean identical runs.
     pub trace_hash: u64,
+    /// Nodes that switched to the swap's epoch (0 without a swap).
+    pub nodes_switched: u64,
     pub trace: Option<Trace>,
 }
 
 #[derive(Debug)]
 enum Event {
-    Deliver { to: NodeId, envelope: Envelope },
-    Wake { node: NodeId },
-    Fsync { node: NodeId },
-    ClientIssue { client: usize },
-    Crash { node: NodeId },
-    Restart { node: NodeId },
-    Pause { node: NodeId },
-    Resume { node: NodeId },
+    Deliver {
+        to: NodeId,
+        envelope: Envelope,
+    },
+    Wake {
+        node: NodeId,
+    },
+    Fsync {
+        node: NodeId,
+    },
+    ClientIssue {
+        client: usize,
+    },
+    Crash {
+        node: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Pause {
+        node: NodeId,
+    },
+    Resume {
+        node: NodeId,
+    },
     Partition,
     Heal,
     Observe,
     QuietPhase,
+    /// The coordinator starts a protocol swap.
+    Swap,
 }
+
+/// The modelled swap coordinator's progress.
+enum Swap {
+    /// No swap configured, or not started yet.
+    Idle,
+    /// Every reachable replica holds and seals; reports are collected.
+    Sealing {
+        reports: BTreeMap<NodeId, SealReport>,
+        /// (node, incarnation) already asked to hold and seal.
+        asked: BTreeSet<(NodeId, u64)>,
+    },
+    /// The new epoch is recorded; every replica switches once reachable.
+    Switched { spec: RegionSpec },
+}
+
+/// Requests a replica holds while it seals.
+const SWAP_HOLD_CAPACITY: usize = 1024;
 
 struct Runtime {
     host: ReplicaHost,
@@ -159,11 +201,50 @@ pub struct World {
     violations: Vec<String>,
     results: HashMap<RequestId, Reply>,
     digests_at: HashMap<u64, [u8; 32]>,
-    leaders: BTreeMap<NodeId, (u64, bool)>,
+    leaders: BTreeMap<NodeId, ((u64, u64), bool)>,
     leader_changes: u64,
-    last_leader: Option<(u64, NodeId)>,
+    last_leader: Option<((u64, u64), NodeId)>,
     trace: Trace,
     steps: u64,
+    swap: Swap,
+}
+
+/// The length of every WAL file (`None` if the directory cannot be read).
+fn wal_lengths(disk: &MemDisk) -> Option<Vec<(String, u64)>> {
+    let names = disk.list("wal").ok()?;
+    names
+        .into_iter()
+        .map(|name| {
+            let path = format!("wal/{name}");
+            disk.read(&path)
+                .ok()
+                .map(|bytes| (path, bytes.len() as u64))
+        })
+        .collect()
+}
+
+/// Puts the WAL back to `lengths` (files created since are removed): the
+/// writes since then never happened.
+fn cut_wal_back(disk: &MemDisk, lengths: &[(String, u64)]) -> std::io::Result<()> {
+    for name in disk.list("wal")? {
+        let path = format!("wal/{name}");
+        match lengths.iter().find(|(p, _)| *p == path) {
+            Some((_, len)) => disk.truncate(&path, *len)?,
+            None => disk.remove(&path)?,
+        }
+    }
+    Ok(())
+}
+
+fn protocol_ref(source: &PluginSource) -> ProtocolRef {
+    match source {
+        PluginSource::Wasm { component, .. } => ProtocolRef::Component {
+            digest: component.digest.clone(),
+        },
+        PluginSource::Native { info, .. } => ProtocolRef::Native {
+            name: info.name.clone(),
+        },
+    }
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -241,6 +322,7 @@ impl World {
             leader_changes: 0,
             last_leader: None,
             steps: 0,
+            swap: Swap::Idle,
             config,
         }
     }
@@ -270,14 +352,7 @@ impl World {
     }
 
     fn spec(&self) -> RegionSpec {
-        let protocol = match &self.config.source {
-            PluginSource::Wasm { component, .. } => ProtocolRef::Component {
-                digest: component.digest.clone(),
-            },
-            PluginSource::Native { info, .. } => ProtocolRef::Native {
-                name: info.name.clone(),
-            },
-        };
+        let protocol = protocol_ref(&self.config.source);
         RegionSpec {
             name: REGION.into(),
             protocol,
@@ -303,6 +378,11 @@ impl World {
         self.schedule(nanos(OBSERVE_EVERY), Event::Observe);
         self.schedule(self.quiet_from, Event::QuietPhase);
         self.schedule_faults();
+        if self.config.swap_to.is_some() {
+            // Somewhere in the middle of the fault phase.
+            let at = self.quiet_from / 5 + self.rng.next_u64() % (self.quiet_from * 2 / 5 + 1);
+            self.schedule(at, Event::Swap);
+        }
         while let Some(((at, _), event)) = self.queue.pop_first() {
             if at > self.end {
                 break;
@@ -310,6 +390,7 @@ impl World {
             self.time.set(at);
             self.steps += 1;
             self.handle(event);
+            self.drive_swap();
             self.settle_all();
             self.poll_clients();
         }
@@ -335,9 +416,18 @@ impl World {
         }
     }
 
+    /// The protocol of an epoch: the configured one, or after the swap
+    /// (epoch 2) the swap's target.
+    fn source_of(&self, epoch: u64) -> PluginSource {
+        match (&self.config.swap_to, epoch) {
+            (Some(target), 2..) => target.clone(),
+            _ => self.config.source.clone(),
+        }
+    }
+
     /// Starts a node's runtime from its (simulated) disk.
     fn boot(&mut self, id: NodeId) {
-        let spec = self.spec();
+        let mut spec = self.spec();
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -381,6 +471,14 @@ impl World {
             region = Some(RecoveredRegion::default());
         }
         let region = region.unwrap_or_default();
+        // The spec the journal recovered picks the protocol (a swap moves it).
+        if let Some(recovered) = &region.spec {
+            spec = recovered.clone();
+        }
+        let source = self.source_of(spec.epoch);
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
         let snapshots = Arc::new(SnapshotStore::new(disk, "snapshots"));
         let state = match snapshots.load(REGION) {
             Ok(Some(image)) => match KvStateMachine::restore(&image) {
@@ -420,13 +518,8 @@ impl World {
             recovering,
             applied_position: 0,
         };
-        let replica = RegionReplica::new(
-            self.config.source.clone(),
-            core,
-            init,
-            FailurePolicy::default(),
-            clock.clone(),
-        );
+        let replica =
+            RegionReplica::new(source, core, init, FailurePolicy::default(), clock.clone());
         let context = DriverContext {
             node_id: id,
             incarnation: node.incarnation,
@@ -435,6 +528,7 @@ impl World {
             network: network.clone(),
             clock,
         };
+        let spec_epoch = spec.epoch;
         let mut host = ReplicaHost::new(spec, replica, context);
         host.enable_tap();
         host.start(recovering);
@@ -454,7 +548,10 @@ impl World {
         self.trace.record(
             self.time.now(),
             id,
-            format!("boot (recovering={recovering}, torn tail {torn} bytes)"),
+            format!(
+                "boot (recovering={recovering}, epoch {}, torn tail {torn} bytes)",
+                spec_epoch
+            ),
         );
     }
 
@@ -520,6 +617,18 @@ impl World {
                 self.observe();
                 let next = self.now() + nanos(OBSERVE_EVERY);
                 self.schedule(next, Event::Observe);
+            }
+            Event::Swap => {
+                self.trace.record(
+                    self.now(),
+                    0,
+                    "swap: coordinator holds and seals every reachable replica (epoch 1 → 2)"
+                        .into(),
+                );
+                self.swap = Swap::Sealing {
+                    reports: BTreeMap::new(),
+                    asked: BTreeSet::new(),
+                };
             }
             Event::QuietPhase => {
                 self.faults_on = false;
@@ -899,6 +1008,202 @@ impl World {
         self.schedule(at, Event::Deliver { to, envelope });
     }
 
+    /// Whether the swap coordinator reaches node `id` now: it is up, not
+    /// frozen, and not cut off by a partition.
+    fn coordinator_reaches(&self, id: NodeId) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| n.runtime.is_some() && !n.paused)
+            && !self.blocked.iter().any(|(a, b)| *a == id || *b == id)
+    }
+
+    /// The modelled coordinator's steps, after every scheduler step, with
+    /// the real `ReplicaHost` swap code on each node: hold and seal every
+    /// reachable replica; once a majority of voters reports sealed, all
+    /// with equal (position, digest) — anything else is a violation —
+    /// record epoch 2 and switch every replica as soon as it is reachable.
+    fn drive_swap(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let now = self.now();
+        match &mut self.swap {
+            Swap::Idle => {}
+            Swap::Sealing { .. } => {
+                let mut traced = Vec::new();
+                let mut problems = Vec::new();
+                for id in &ids {
+                    if !self.coordinator_reaches(*id) {
+                        continue;
+                    }
+                    let Swap::Sealing { reports, asked } = &mut self.swap else {
+                        return;
+                    };
+                    let Some(node) = self.nodes.get_mut(id) else {
+                        continue;
+                    };
+                    let Some(runtime) = node.runtime.as_mut() else {
+                        continue;
+                    };
+                    if runtime.host.spec().epoch != 1 {
+                        continue;
+                    }
+                    if asked.insert((*id, node.incarnation)) {
+                        runtime.host.hold(SWAP_HOLD_CAPACITY);
+                        runtime.host.begin_seal(None);
+                        traced.push((*id, "hold and seal".to_string()));
+                    }
+                    match runtime.host.seal_report() {
+                        Some(Ok(report)) if reports.get(id) != Some(&report) => {
+                            traced.push((
+                                *id,
+                                format!(
+                                    "sealed at {} (state digest {})",
+                                    report.position,
+                                    &hex::encode(&report.digest)[..12]
+                                ),
+                            ));
+                            reports.insert(*id, report);
+                        }
+                        Some(Err(error)) => {
+                            problems.push(format!("node {id}: seal failed: {error}"))
+                        }
+                        Some(Ok(_)) | None => {}
+                    }
+                }
+                for (id, what) in traced {
+                    self.trace.record(now, id, format!("swap: {what}"));
+                }
+                for problem in problems {
+                    self.violation(problem);
+                }
+                let Swap::Sealing { reports, .. } = &self.swap else {
+                    return;
+                };
+                let distinct: BTreeSet<(u64, &[u8])> = reports
+                    .values()
+                    .map(|r| (r.position, r.digest.as_slice()))
+                    .collect();
+                if distinct.len() > 1 {
+                    let listing = reports
+                        .iter()
+                        .map(|(id, r)| {
+                            format!("n{id}@{}={}", r.position, &hex::encode(&r.digest)[..12])
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    self.violation(format!("sealed replicas disagree: {listing}"));
+                    self.swap = Swap::Idle;
+                    return;
+                }
+                if (reports.len() as u64) * 2 > self.config.nodes {
+                    let mut spec = self.spec();
+                    spec.epoch = 2;
+                    spec.version = 2;
+                    if let Some(target) = &self.config.swap_to {
+                        spec.protocol = protocol_ref(target);
+                    }
+                    self.trace.record(
+                        now,
+                        0,
+                        format!(
+                            "swap: a majority sealed; epoch 2 recorded ({})",
+                            self.source_of(2).id()
+                        ),
+                    );
+                    self.swap = Swap::Switched { spec };
+                    self.drive_swap();
+                }
+            }
+            Swap::Switched { .. } => {
+                let source = self.source_of(2);
+                let mut switched = Vec::new();
+                for id in &ids {
+                    if !self.coordinator_reaches(*id) {
+                        continue;
+                    }
+                    let behind = self
+                        .nodes
+                        .get(id)
+                        .and_then(|n| n.runtime.as_ref())
+                        .is_some_and(|r| r.host.spec().epoch < 2);
+                    if !behind {
+                        continue;
+                    }
+                    // A crash between the boundary snapshot (1) and the
+                    // epoch record (2): the switch runs over a synced WAL,
+                    // then the node dies and the WAL is cut back to where it
+                    // was, so the snapshot file is the only trace of it.
+                    let probability = self.config.faults.crash_mid_switch;
+                    let mid_switch = self.faults_on && self.chance(probability);
+                    let Swap::Switched { spec } = &self.swap else {
+                        return;
+                    };
+                    let Some(node) = self.nodes.get_mut(id) else {
+                        continue;
+                    };
+                    let Some(runtime) = node.runtime.as_mut() else {
+                        continue;
+                    };
+                    let mut wal_before = None;
+                    if mid_switch {
+                        runtime.host.end_round();
+                        if runtime.commit.sync().is_ok() {
+                            wal_before = wal_lengths(&node.disk);
+                        }
+                    }
+                    let result = runtime.host.switch_epoch(spec.clone(), source.clone());
+                    switched.push((*id, wal_before, result));
+                }
+                for (id, wal_before, result) in switched {
+                    if let (Some(lengths), Ok(_)) = (wal_before, &result) {
+                        let down_for =
+                            self.random_between(Duration::ZERO, self.config.faults.quick_down_max);
+                        self.take_down(
+                            id,
+                            down_for,
+                            "between the boundary snapshot and the epoch record",
+                        );
+                        if let Some(node) = self.nodes.get(&id)
+                            && let Err(error) = cut_wal_back(&node.disk, &lengths)
+                        {
+                            self.violation(format!("node {id}: cannot cut the WAL back: {error}"));
+                        }
+                        continue;
+                    }
+                    match result {
+                        Ok(report) => {
+                            self.trace.record(
+                                now,
+                                id,
+                                format!(
+                                    "swap: switched to epoch {} at position {}",
+                                    report.epoch, report.start_position
+                                ),
+                            );
+                            let probability = self.config.faults.crash_after_switch;
+                            if self.faults_on && self.chance(probability) {
+                                let down_for = self.random_between(
+                                    Duration::ZERO,
+                                    self.config.faults.quick_down_max,
+                                );
+                                self.take_down(id, down_for, "right after switching epoch");
+                            }
+                        }
+                        Err(error) => self.violation(format!("node {id}: switch failed: {error}")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Nodes running the swap's epoch.
+    fn nodes_switched(&self) -> u64 {
+        self.nodes
+            .values()
+            .filter_map(|n| n.runtime.as_ref())
+            .filter(|r| r.host.spec().epoch >= 2)
+            .count() as u64
+    }
+
     fn violation(&mut self, what: String) {
         self.trace
             .record(self.now(), 0, format!("VIOLATION: {what}"));
@@ -925,26 +1230,33 @@ impl World {
                 continue;
             };
             let is_leader = plugin.role == "leader";
-            let previous = self.leaders.insert(id, (plugin.term, is_leader));
-            if is_leader && previous != Some((plugin.term, true)) {
-                if let Some((term, leader)) = self.last_leader
+            // Terms start over in every epoch (a swap starts a new protocol).
+            let term = (status.epoch, plugin.term);
+            let previous = self.leaders.insert(id, (term, is_leader));
+            if is_leader && previous != Some((term, true)) {
+                if let Some((last_term, leader)) = self.last_leader
                     && self.strong
-                    && term == plugin.term
+                    && last_term == term
                     && leader != id
                     && self.config.nodes > 1
                 {
                     self.violation(format!(
-                        "two leaders in term {term}: nodes {leader} and {id}"
+                        "two leaders in term {} of epoch {}: nodes {leader} and {id}",
+                        term.1, term.0
                     ));
                 }
                 if self
                     .last_leader
-                    .is_none_or(|(term, leader)| term != plugin.term || leader != id)
+                    .is_none_or(|(last_term, leader)| last_term != term || leader != id)
                 {
                     self.leader_changes += 1;
-                    self.last_leader = Some((plugin.term, id));
-                    self.trace
-                        .record(self.now(), id, format!("leader (term {})", plugin.term));
+                    self.last_leader = Some((term, id));
+                    let what = if term.0 == 1 {
+                        format!("leader (term {})", term.1)
+                    } else {
+                        format!("leader (term {}, epoch {})", term.1, term.0)
+                    };
+                    self.trace.record(self.now(), id, what);
                 }
             }
         }
@@ -1209,6 +1521,13 @@ impl World {
 
     fn finish(mut self) -> SimReport {
         self.check_pending_requests_drained();
+        let nodes_switched = self.nodes_switched();
+        if self.config.swap_to.is_some() && nodes_switched < self.config.nodes {
+            self.violation(format!(
+                "the protocol swap did not complete: {nodes_switched} of {} nodes switched",
+                self.config.nodes
+            ));
+        }
         // Liveness: once healed, a strong protocol must serve clients.
         if self.config.clients > 0 && self.ok_in_quiet == 0 {
             self.violation("no client operation completed after the faults stopped".into());
@@ -1271,6 +1590,7 @@ impl World {
             leader_changes: self.leader_changes,
             steps: self.steps,
             trace_hash: self.trace.hash(),
+            nodes_switched,
             trace: self.trace.into_recorded(),
         }
     }
