@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use synod::checker::{CheckOptions, Outcome, check_linearizable};
-use synod::cluster::LocalCluster;
+use synod::tools::cluster::LocalCluster;
+use synod::tools::workload::{Recorder, Workload, WorkloadReport};
 use synod::wire::WireClient;
-use synod::workload::{Recorder, Workload, WorkloadReport};
 use synod_tests::node_binary;
 
 async fn cluster(size: u64) -> (LocalCluster, tempfile::TempDir) {
@@ -47,7 +47,7 @@ fn start_workload(
 ) -> tokio::task::JoinHandle<WorkloadReport> {
     let mut workload = Workload::new(region, clients);
     workload.keys = 16;
-    tokio::spawn(synod::workload::run(
+    tokio::spawn(synod::tools::workload::run(
         cluster.clients(),
         workload,
         Duration::from_secs_f64(seconds),
@@ -74,7 +74,7 @@ async fn start_wire_workload(
     let mut workload = Workload::new(region, clients);
     workload.keys = 16;
     workload.client_id_base = 1000;
-    tokio::spawn(synod::workload::run(
+    tokio::spawn(synod::tools::workload::run(
         endpoints,
         workload,
         Duration::from_secs_f64(seconds),

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use synod::cluster::LocalCluster;
+use synod::tools::cluster::LocalCluster;
 use synod_tests::node_binary;
 
 /// Resident memory of a process, in bytes (Linux).

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use synod::sim::{FaultProfile, SimConfig, run_seed};
-use synod::sim_cli::{plugin_source, run_seeds};
+use synod::tools::sim_cli::{plugin_source, run_seeds};
 
 fn config(plugin: &str, nodes: u64, faults: &str, params: &[(&str, &str)]) -> SimConfig {
     SimConfig {

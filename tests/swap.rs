@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use synod::checker::{CheckOptions, Outcome, check_linearizable};
-use synod::cluster::LocalCluster;
-use synod::workload::{Recorder, Workload, WorkloadReport};
+use synod::tools::cluster::LocalCluster;
+use synod::tools::workload::{Recorder, Workload, WorkloadReport};
 use synod_tests::node_binary;
 
 async fn cluster(size: u64) -> (LocalCluster, tempfile::TempDir) {
@@ -28,7 +28,7 @@ fn start_workload(
 ) -> tokio::task::JoinHandle<WorkloadReport> {
     let mut workload = Workload::new(region, clients);
     workload.keys = 16;
-    tokio::spawn(synod::workload::run(
+    tokio::spawn(synod::tools::workload::run(
         cluster.clients(),
         workload,
         Duration::from_secs_f64(seconds),
@@ -38,7 +38,11 @@ fn start_workload(
 
 fn assert_linearizable(recorder: &Recorder) {
     let operations = recorder.operations();
-    assert!(operations.len() > 50, "the workload ran ({} ops)", operations.len());
+    assert!(
+        operations.len() > 50,
+        "the workload ran ({} ops)",
+        operations.len()
+    );
     match check_linearizable(&operations, &CheckOptions::default()) {
         Outcome::Linearizable => {}
         Outcome::Violation(violation) => panic!(
@@ -82,7 +86,14 @@ async fn raft_to_native_raft_and_back_under_load() {
     let load = start_workload(&cluster, "r", 6, 8.0, &recorder);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outcome = client
-        .swap_region("r", "native:raft", None, None, false, Duration::from_secs(30))
+        .swap_region(
+            "r",
+            "native:raft",
+            None,
+            None,
+            false,
+            Duration::from_secs(30),
+        )
         .await
         .expect("swap to native raft");
     eprintln!("first swap: {outcome}");
@@ -95,7 +106,11 @@ async fn raft_to_native_raft_and_back_under_load() {
     eprintln!("second swap: {outcome}");
     assert_eq!(outcome["epoch"], 3);
     let report = load.await.expect("workload");
-    eprintln!("workload: {} ok, {} errors", report.completed(), report.errors);
+    eprintln!(
+        "workload: {} ok, {} errors",
+        report.completed(),
+        report.errors
+    );
     assert!(report.completed() > 200);
     assert_converged(&cluster, "r", &[1, 2, 3]).await;
     assert_linearizable(&recorder);

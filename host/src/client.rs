@@ -246,7 +246,11 @@ impl ApiClient {
 
     /// Deletes a region; waits up to `wait` for every host to delete its
     /// data (`deleted: false` and `pending` hosts when they have not).
-    pub async fn delete_region(&self, region: &str, wait: Duration) -> Result<Value, ApiClientError> {
+    pub async fn delete_region(
+        &self,
+        region: &str,
+        wait: Duration,
+    ) -> Result<Value, ApiClientError> {
         let url = self.url(&format!(
             "/v1/regions/{}?wait_ms={}",
             encode(region),

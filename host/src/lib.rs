@@ -16,19 +16,16 @@
 //! - [`swap`]: live protocol swap (coordinator and a host's steps);
 //! - [`node`]: start-up, recovery, components, replicas, admin commands;
 //! - [`api`] and [`client`]: HTTP/JSON API and its client; [`wire`]: the
-//!   binary client protocol on the same port; [`cli`]: the
-//!   `synod` binary; [`demo`] and [`bench`]: the main job and benchmarks.
+//!   binary client protocol on the same port;
+//! - [`tools`]: built on the runtime, not part of it: the `synod` command
+//!   line, the demo, benchmarks, the local cluster launcher, workloads.
 
 pub mod api;
-pub mod bench;
 pub mod checker;
-pub mod cli;
 pub mod client;
 pub mod clock;
-pub mod cluster;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod engine;
 pub mod journal;
 pub mod network;
@@ -36,10 +33,9 @@ pub mod node;
 pub mod plugin;
 pub mod region;
 pub mod sim;
-pub mod sim_cli;
 pub mod state_machine;
 pub mod storage;
 pub mod swap;
+pub mod tools;
 pub mod transport;
 pub mod wire;
-pub mod workload;

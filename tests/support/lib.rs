@@ -62,7 +62,7 @@ impl TestNode {
     }
 }
 
-pub use synod::cluster::free_port;
+pub use synod::tools::cluster::free_port;
 
 /// Path of the node binary; only integration tests know it at compile time.
 #[macro_export]

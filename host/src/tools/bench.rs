@@ -518,9 +518,9 @@ async fn loopback_rtt() -> Result<Duration> {
 const ETCD_REFERENCE: [(usize, f64); 2] = [(1, 945.0), (1000, 10_400.0)];
 
 async fn cluster_bench(args: &BenchArgs) -> Result<()> {
-    use crate::cluster::LocalCluster;
+    use crate::tools::cluster::LocalCluster;
+    use crate::tools::workload::{Endpoint, Workload};
     use crate::wire::WireClient;
-    use crate::workload::{Endpoint, Workload};
 
     let dir = tempfile::tempdir()?;
     let fsync = fsync_cost(dir.path())?;
@@ -580,14 +580,14 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
             ]
         };
         // Warm up connections and the leader's pipeline.
-        crate::workload::run(
+        crate::tools::workload::run(
             endpoints.clone(),
             workload.clone(),
             Duration::from_millis(500),
             None,
         )
         .await;
-        let report = crate::workload::run(
+        let report = crate::tools::workload::run(
             endpoints,
             workload,
             Duration::from_secs_f64(args.seconds),

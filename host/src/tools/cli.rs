@@ -42,12 +42,12 @@ enum Command {
     Serve(ServeArgs),
     /// Start a local node, run a workload, restart it and verify every
     /// acknowledged write survived.
-    Demo(crate::demo::DemoArgs),
+    Demo(crate::tools::demo::DemoArgs),
     /// Measure Wasm call costs and group commit; prints figures and ratios.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::tools::bench::BenchArgs),
     /// Run a plugin in the deterministic simulator over many seeds with
     /// faults, checking linearizability or convergence.
-    Sim(crate::sim_cli::SimArgs),
+    Sim(crate::tools::sim_cli::SimArgs),
     /// Create, list, inspect and restart regions.
     Region {
         #[command(subcommand)]
@@ -263,10 +263,10 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Demo(args) => crate::demo::run(args).await,
-        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Demo(args) => crate::tools::demo::run(args).await,
+        Command::Bench(args) => crate::tools::bench::run(args).await,
         Command::Sim(args) => {
-            tokio::task::spawn_blocking(move || crate::sim_cli::run(args)).await?
+            tokio::task::spawn_blocking(move || crate::tools::sim_cli::run(args)).await?
         }
         Command::Region { command, target } => region(command, &ApiClient::new(&target.node)).await,
         Command::Component { command, target } => {

@@ -61,7 +61,7 @@ impl RunningNode {
             let _ = stopped.await;
         }));
         let client = ApiClient::new(&format!("http://{address}"));
-        client.wait_ready(crate::cli::READY_TIMEOUT).await?;
+        client.wait_ready(crate::tools::cli::READY_TIMEOUT).await?;
         Ok(Self {
             node,
             client,
@@ -268,8 +268,8 @@ pub fn percentile(sorted: &[Duration], q: f64) -> f64 {
 
 async fn cluster_demo(args: DemoArgs) -> Result<()> {
     use crate::checker::{CheckOptions, Outcome, check_linearizable};
-    use crate::cluster::LocalCluster;
-    use crate::workload::{Recorder, Workload};
+    use crate::tools::cluster::LocalCluster;
+    use crate::tools::workload::{Recorder, Workload};
 
     if args.nodes < 3 || args.regions == 0 {
         bail!("the cluster demo needs --nodes >= 3 and --regions >= 1");
@@ -335,7 +335,7 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
         // key, which keeps the linearizability search small.
         workload.keys = 64;
         workload.client_id_base = (index as u64) << 32;
-        runs.push(tokio::spawn(crate::workload::run(
+        runs.push(tokio::spawn(crate::tools::workload::run(
             cluster.clients(),
             workload,
             duration,
@@ -389,7 +389,7 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut report = crate::workload::WorkloadReport::default();
+    let mut report = crate::tools::workload::WorkloadReport::default();
     for run in runs {
         let part = run.await?;
         report.latencies.extend(part.latencies);
