@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod failpoint;
 pub mod journal;
 pub mod network;
 pub mod node;

@@ -151,6 +151,7 @@ impl Node {
                 }
                 other => other.into(),
             })?;
+        crate::failpoint::hit("create-after-record");
         crate::control::reconcile::reconcile_once(self).await;
         tracing::info!(region = %name, "region created");
         Ok(spec)
@@ -192,6 +193,7 @@ impl Node {
                 }
                 other => other.into(),
             })?;
+        crate::failpoint::hit("delete-after-record");
         let deadline = Instant::now() + wait;
         loop {
             crate::control::reconcile::reconcile_once(self).await;
@@ -352,6 +354,7 @@ impl Node {
             })
             .await?;
         tracing::info!(region = %name, to, from_epoch, "swap started");
+        crate::failpoint::hit("swap-after-begin");
         let deadline = Instant::now() + wait;
         loop {
             let state = self.control.local();

@@ -171,8 +171,16 @@ pub async fn drive(node: &Node) {
                 }
             }
         };
-        if let Err(error) = node.control().propose(command).await {
-            tracing::debug!(region = %name, %error, "swap step not recorded; will retry");
+        let point = match &command {
+            ControlCommand::SwapSeal { .. } => "swap-after-seal-step",
+            ControlCommand::SwapCommit { .. } => "swap-after-commit",
+            _ => "",
+        };
+        match node.control().propose(command).await {
+            Ok(()) => crate::failpoint::hit(point),
+            Err(error) => {
+                tracing::debug!(region = %name, %error, "swap step not recorded; will retry")
+            }
         }
     }
 }

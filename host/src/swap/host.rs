@@ -82,6 +82,7 @@ pub async fn take_part(node: &Node, record: &RegionRecord) {
                     }
                 };
                 tracing::info!(region = %name, position = report.position, "sealed for the swap");
+                crate::failpoint::hit("swap-after-sealed");
                 let command = ControlCommand::SwapSealed {
                     region: name.clone(),
                     from_epoch: epoch,
@@ -122,6 +123,7 @@ pub async fn enter_epoch(node: &Node, record: &RegionRecord) {
             return;
         }
     };
+    crate::failpoint::hit("swap-before-enter");
     match handle.switch_epoch(spec.clone(), source).await {
         Ok(report) => {
             node.set_holding(&spec.name, false);
