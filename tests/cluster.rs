@@ -296,9 +296,77 @@ async fn add_a_fourth_node_and_remove_one_under_load() {
     }
     let report = load.await.expect("workload");
     assert!(report.completed() > 100);
-    // The removed node keeps an idle replica; the three voters converge.
     assert_converged(&cluster, "r", &voters).await;
     assert_linearizable(&recorder);
+    // No idle replica is left behind: the removed node deletes its replica.
+    assert_replica_deleted(&cluster, "r", removed).await;
+}
+
+/// Waits until node `id` no longer runs a replica of `region`.
+async fn assert_replica_deleted(cluster: &LocalCluster, region: &str, id: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = cluster
+            .client(id)
+            .expect("client")
+            .regions()
+            .await
+            .expect("regions");
+        let hosted = listed["regions"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|r| r["name"] == region));
+        if !hosted {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} still runs a replica of {region}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn move_a_replica_under_load() {
+    let (mut cluster, _dir) = cluster(3).await;
+    raft_region(
+        &cluster,
+        "r",
+        &[("election-timeout-ms", "300"), ("heartbeat-ms", "50")],
+    )
+    .await;
+    cluster
+        .add_node(4, 1)
+        .await
+        .expect("node 4 joins the cluster");
+    let recorder = Arc::new(Recorder::default());
+    let load = start_workload(&cluster, "r", 4, 6.0, &recorder);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leader = cluster.leader_of("r").await.expect("leader");
+    let from = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster
+        .client(1)
+        .expect("client")
+        .move_replica("r", from, 4)
+        .await
+        .expect("move accepted");
+    let report = load.await.expect("workload");
+    assert!(report.completed() > 100);
+    let members: Vec<u64> = (1..=4).filter(|id| *id != from).collect();
+    assert_converged(&cluster, "r", &members).await;
+    assert_linearizable(&recorder);
+    assert_replica_deleted(&cluster, "r", from).await;
+    let record = cluster
+        .client(1)
+        .expect("client")
+        .region_record("r")
+        .await
+        .expect("record");
+    let voters: Vec<u64> = record["record"]["spec"]["voters"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(voters, members, "the record's hosts shrank to the target");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -324,6 +324,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/regions/{region}/cas", post(cas))
         .route("/v1/regions/{region}/membership", post(change_membership))
+        .route("/v1/regions/{region}/move", post(move_replica))
         .route(
             "/v1/regions/{region}/transfer-leader",
             post(transfer_leader),
@@ -889,17 +890,73 @@ async fn change_membership(
     body: Result<Json<MembershipBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let body = json_body(body)?;
-    if body.voters.is_empty() {
+    request_membership(&node, &region, &uri, body.voters, body.learners).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveBody {
+    /// The node whose replica moves away.
+    pub from: NodeId,
+    /// The node that gets it.
+    pub to: NodeId,
+}
+
+/// Moves a replica: `to` joins (as a learner, catches up, becomes a voter),
+/// then `from` leaves; once the protocol has committed that, `from` is
+/// retired and deletes its data.
+async fn move_replica(
+    State(node): State<Arc<Node>>,
+    Path(region): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    body: Result<Json<MoveBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let record = node.region_record(&region).await?;
+    let current = record.spec.membership_target.clone().map_or_else(
+        || (record.spec.voters.clone(), Vec::new()),
+        |t| (t.voters, t.learners),
+    );
+    let (mut voters, learners) = current;
+    if !voters.contains(&body.from) {
+        return Err(ApiError::bad_request(
+            "invalid_membership",
+            format!("node {} is not a voter of {region}", body.from),
+        ));
+    }
+    if voters.contains(&body.to) {
+        return Err(ApiError::bad_request(
+            "invalid_membership",
+            format!("node {} already holds a replica of {region}", body.to),
+        ));
+    }
+    voters.retain(|id| *id != body.from);
+    voters.push(body.to);
+    voters.sort_unstable();
+    request_membership(&node, &region, &uri, voters, learners).await
+}
+
+/// Asks the region's protocol (on its leader) for a new membership: named
+/// nodes that host no replica get one first (as learners in the record);
+/// the target is recorded so a later leader is asked again, and the hosts
+/// shrink to it once the protocol has committed it.
+async fn request_membership(
+    node: &Arc<Node>,
+    region: &str,
+    uri: &axum::http::Uri,
+    voters: Vec<NodeId>,
+    learners: Vec<NodeId>,
+) -> Result<Response, ApiError> {
+    if voters.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_membership",
             "voters must not be empty",
         ));
     }
     let known = node.control().local().nodes.clone();
-    if let Some(unknown) = body
-        .voters
+    if let Some(unknown) = voters
         .iter()
-        .chain(body.learners.iter())
+        .chain(learners.iter())
         .find(|id| !known.contains_key(id))
     {
         return Err(ApiError::bad_request(
@@ -909,39 +966,34 @@ async fn change_membership(
             ),
         ));
     }
-    let handle = region_here(&node, &region, &uri).await?;
-    leader_redirect(&node, &handle, &uri).await?;
-    // Every node named must host a replica before the protocol adds it;
-    // the hosts shrink to the target once the protocol has moved there.
-    let record = node.region_record(&region).await?;
-    let mut hosts: Vec<NodeId> = record.spec.voters.clone();
-    let mut learners: Vec<NodeId> = record.spec.learners.clone();
-    for id in body.voters.iter().chain(body.learners.iter()) {
-        if !hosts.contains(id) && !learners.contains(id) {
-            learners.push(*id);
+    let handle = region_here(node, region, uri).await?;
+    leader_redirect(node, &handle, uri).await?;
+    // Every node named must host a replica before the protocol adds it.
+    let record = node.region_record(region).await?;
+    let hosts: Vec<NodeId> = record.spec.voters.clone();
+    let mut host_learners: Vec<NodeId> = record.spec.learners.clone();
+    for id in voters.iter().chain(learners.iter()) {
+        if !hosts.contains(id) && !host_learners.contains(id) {
+            host_learners.push(*id);
         }
     }
-    if learners != record.spec.learners {
+    if host_learners != record.spec.learners {
         node.set_region_members(
-            &region,
+            region,
             hosts.clone(),
-            learners.clone(),
+            host_learners.clone(),
             record.spec.membership_target.clone(),
         )
         .await?;
     }
-    let target = Membership {
-        voters: body.voters,
-        learners: body.learners,
-    };
+    let target = Membership { voters, learners };
     match handle.control(Call::Membership(target.clone())).await? {
         CallResult::Membership(Ok(())) => {
             // Remembered in the record, so a later leader is asked again.
-            hosts.retain(|id| !learners.contains(id));
             node.set_region_members(
-                &region,
+                region,
                 hosts,
-                learners,
+                host_learners,
                 Some(MembershipTarget {
                     voters: target.voters,
                     learners: target.learners,

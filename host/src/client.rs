@@ -192,6 +192,21 @@ impl ApiClient {
         .await
     }
 
+    /// Moves a replica of `region` from node `from` to node `to` (add,
+    /// catch up, remove; `from` then deletes its data).
+    pub async fn move_replica(
+        &self,
+        region: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Value, ApiClientError> {
+        self.post_json(
+            &format!("/v1/regions/{}/move", encode(region)),
+            &json!({ "from": from, "to": to }),
+        )
+        .await
+    }
+
     pub async fn transfer_leader(
         &self,
         region: &str,

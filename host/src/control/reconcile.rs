@@ -140,6 +140,67 @@ async fn start_replica(node: &Node, record: &RegionRecord) {
     }
 }
 
+/// Once the protocol's leader has committed the target membership (it
+/// reports no membership change pending and exactly the target's members
+/// as peers), the record's hosts shrink to the target: nodes dropped from
+/// it are retired and delete their replicas (no idle replica is left).
+async fn shrink_to_target(
+    node: &Node,
+    region: &str,
+    target: &MembershipTarget,
+    plugin: &crate::region::driver::PluginStatus,
+) {
+    let Some(spec) = node.region_spec(region) else {
+        return;
+    };
+    let pending = plugin
+        .counters
+        .iter()
+        .find(|(name, _)| name == "membership-change-pending")
+        .map(|(_, value)| *value);
+    if pending != Some(0) {
+        return;
+    }
+    let mut members: Vec<u64> = plugin.peers.iter().map(|(peer, _)| *peer).collect();
+    members.push(node.config().node_id);
+    members.sort_unstable();
+    let mut wanted: Vec<u64> = target
+        .voters
+        .iter()
+        .chain(target.learners.iter())
+        .copied()
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    if members != wanted {
+        return;
+    }
+    let mut hosts: Vec<u64> = spec
+        .voters
+        .iter()
+        .chain(spec.learners.iter())
+        .copied()
+        .collect();
+    hosts.sort_unstable();
+    if hosts == wanted {
+        return;
+    }
+    let outcome = node
+        .set_region_members(
+            region,
+            target.voters.clone(),
+            target.learners.clone(),
+            Some(target.clone()),
+        )
+        .await;
+    match outcome {
+        Ok(()) => {
+            tracing::info!(%region, hosts = ?wanted, "the protocol reached its target membership; hosts shrink to it")
+        }
+        Err(error) => tracing::debug!(%region, %error, "could not shrink the hosts yet"),
+    }
+}
+
 /// How often a node checks that the regions it leads are moving to the
 /// membership their spec asks for.
 const MEMBERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -175,6 +236,7 @@ async fn renew_once(node: &Arc<Node>, asked: &mut HashMap<String, (u64, Membersh
         if plugin.role != "leader" {
             continue;
         }
+        shrink_to_target(node, &name, &target, &plugin).await;
         if asked.get(&name) == Some(&(plugin.term, target.clone())) {
             continue;
         }
