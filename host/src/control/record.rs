@@ -18,6 +18,8 @@ use crate::region::{MembershipTarget, ProtocolRef, RegionSpec};
 pub const AUDIT_ENTRIES_MAX: usize = 1000;
 /// Past epochs kept per region.
 pub const EPOCHS_KEPT_MAX: usize = 256;
+/// Answers to recent requests kept for retries (see [`ControlRequest::nonce`]).
+pub const ANSWERS_KEPT_MAX: usize = 4096;
 
 /// Where to reach a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +168,10 @@ pub struct ControlState {
     pub components: BTreeMap<String, ComponentRecord>,
     pub regions: BTreeMap<String, RegionRecord>,
     pub audit: VecDeque<AuditEntry>,
+    /// Answers to the most recent requests, by (actor, nonce), oldest
+    /// first: a proposal retried after a lost reply gets its first answer
+    /// instead of being applied twice.
+    pub answers: VecDeque<((NodeId, u64), ControlResponse)>,
 }
 
 /// A command with who sent it and when (the proposer's wall clock, for
@@ -173,6 +179,8 @@ pub struct ControlState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlRequest {
     pub actor: NodeId,
+    /// Random per request; a retry of the same request keeps it.
+    pub nonce: u64,
     pub at_ms: u64,
     pub command: ControlCommand,
 }
@@ -268,7 +276,15 @@ impl ControlResponse {
 impl ControlState {
     /// Folds one committed command.
     pub fn apply(&mut self, index: u64, request: &ControlRequest) -> ControlResponse {
+        let key = (request.actor, request.nonce);
+        if let Some((_, answer)) = self.answers.iter().rev().find(|(k, _)| *k == key) {
+            return answer.clone();
+        }
         let response = self.apply_command(request);
+        self.answers.push_back((key, response.clone()));
+        while self.answers.len() > ANSWERS_KEPT_MAX {
+            self.answers.pop_front();
+        }
         if response == ControlResponse::Done
             && let Some(action) = audit_line(&request.command)
         {
@@ -695,11 +711,34 @@ mod tests {
     use super::*;
 
     fn request(command: ControlCommand) -> ControlRequest {
+        static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         ControlRequest {
             actor: 1,
+            nonce: NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             at_ms: 7,
             command,
         }
+    }
+
+    #[test]
+    fn a_retried_request_gets_its_first_answer() {
+        let mut state = with_nodes();
+        let create = request(ControlCommand::CreateRegion {
+            spec: spec("r", vec![1]),
+            requested: "native:raft".into(),
+        });
+        assert_eq!(state.apply(10, &create), ControlResponse::Done);
+        assert_eq!(
+            state.apply(11, &create),
+            ControlResponse::Done,
+            "the same request again (a retry) is answered, not applied twice"
+        );
+        let mut other = create.clone();
+        other.nonce += 1_000_000;
+        assert!(matches!(
+            state.apply(12, &other),
+            ControlResponse::Refused { .. }
+        ));
     }
 
     fn spec(name: &str, voters: Vec<NodeId>) -> RegionSpec {
@@ -740,8 +779,9 @@ mod tests {
             requested: "native:raft".into(),
         });
         assert_eq!(state.apply(10, &create), ControlResponse::Done);
+        let again = request(create.command.clone());
         assert!(matches!(
-            state.apply(11, &create),
+            state.apply(11, &again),
             ControlResponse::Refused { code, .. } if code == "region_exists"
         ));
         let unknown = request(ControlCommand::CreateRegion {
@@ -810,8 +850,9 @@ mod tests {
             force: false,
         });
         assert_eq!(state.apply(11, &begin), ControlResponse::Done);
+        let again = request(begin.command.clone());
         assert!(
-            matches!(state.apply(12, &begin), ControlResponse::Refused { code, .. } if code == "swap_in_progress")
+            matches!(state.apply(12, &again), ControlResponse::Refused { code, .. } if code == "swap_in_progress")
         );
         let sealed = request(ControlCommand::SwapSealed {
             region: "r".into(),
@@ -851,7 +892,7 @@ mod tests {
         });
         assert_eq!(state.apply(17, &commit), ControlResponse::Done);
         assert!(
-            matches!(state.apply(18, &commit), ControlResponse::Refused { .. }),
+            matches!(state.apply(18, &request(commit.command.clone())), ControlResponse::Refused { .. }),
             "once"
         );
         let record = &state.regions["r"];
