@@ -874,7 +874,10 @@ mod tests {
                 from_epoch: 1,
             }),
         );
-        assert_eq!(state.apply(15, &sealed), ControlResponse::Done);
+        assert_eq!(
+            state.apply(15, &request(sealed.command.clone())),
+            ControlResponse::Done
+        );
         let abort = request(ControlCommand::SwapAbort {
             region: "r".into(),
             from_epoch: 1,
@@ -892,7 +895,10 @@ mod tests {
         });
         assert_eq!(state.apply(17, &commit), ControlResponse::Done);
         assert!(
-            matches!(state.apply(18, &request(commit.command.clone())), ControlResponse::Refused { .. }),
+            matches!(
+                state.apply(18, &request(commit.command.clone())),
+                ControlResponse::Refused { .. }
+            ),
             "once"
         );
         let record = &state.regions["r"];
