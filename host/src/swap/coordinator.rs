@@ -15,6 +15,10 @@ use crate::node::Node;
 
 /// How long members may take to fetch and compile the target component.
 pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After this, a majority of the new voters prepared is enough to seal: a
+/// member that is down prepares when it is back, and enters the new epoch
+/// by the new protocol's catch-up.
+pub const PREPARE_GRACE: Duration = Duration::from_secs(3);
 
 /// What the coordinator does next for one swap.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,7 +52,12 @@ pub fn decide(record: &RegionRecord, swap: &SwapRecord, eventual: bool, now_ms: 
             if missing.is_empty() {
                 return Decision::Seal;
             }
-            if now_ms.saturating_sub(swap.step_at_ms) > PREPARE_TIMEOUT.as_millis() as u64 {
+            let elapsed = now_ms.saturating_sub(swap.step_at_ms);
+            let majority = swap.voters.len() / 2 + 1;
+            if swap.prepared.len() >= majority && elapsed > PREPARE_GRACE.as_millis() as u64 {
+                return Decision::Seal;
+            }
+            if elapsed > PREPARE_TIMEOUT.as_millis() as u64 {
                 return Decision::Abort(format!(
                     "nodes {missing:?} did not prepare {} within {PREPARE_TIMEOUT:?}",
                     swap.requested

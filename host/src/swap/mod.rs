@@ -7,7 +7,9 @@
 //!
 //! 1. **Preparing** (`SwapBegin`): every member of the new epoch fetches
 //!    and compiles the target component and reports `SwapPrepared`. Writes
-//!    still flow. A refusal, or no report within [`coordinator::PREPARE_TIMEOUT`],
+//!    still flow. Every member prepared (or, after [`coordinator::PREPARE_GRACE`],
+//!    a majority: one that is down prepares when it is back) moves on; a
+//!    refusal, or no majority within [`coordinator::PREPARE_TIMEOUT`],
 //!    abandons the swap (`SwapAbort`): nothing was sealed, nothing changes.
 //! 2. **Sealing** (`SwapSeal`): every host of the current epoch holds new
 //!    writes in a bounded queue (past it: `overloaded`), calls the plugin's
