@@ -143,8 +143,31 @@ pub fn repair(data_dir: &Path, cut: bool) -> Result<RepairReport, RepairError> {
 
 /// [`repair`] over any [`Disk`].
 pub fn repair_on(disk: &dyn Disk, cut: bool) -> Result<RepairReport, RepairError> {
-    let diagnosis = wal::diagnose(disk, "wal")?;
-    let loss = summarize(&diagnosis);
+    repair_dir(disk, "wal", cut)
+}
+
+/// The same for the control plane's WAL (`control/`). Its entries are
+/// openraft records, reported by count only; after a cut this member
+/// rejoins with a shorter log and the leader sends it what it lacks (a
+/// voter whose acknowledged entries are cut must be treated as having lost
+/// its disk: see docs/OPERATIONS.md).
+pub fn repair_control(data_dir: &Path, cut: bool) -> Result<RepairReport, RepairError> {
+    if !data_dir.is_dir() {
+        return Err(RepairError::NoDataDir(data_dir.display().to_string()));
+    }
+    let disk = FsDisk::new(data_dir.to_path_buf());
+    repair_dir(&disk, crate::control::CONTROL_WAL_DIR, cut)
+}
+
+fn repair_dir(disk: &dyn Disk, dir: &str, cut: bool) -> Result<RepairReport, RepairError> {
+    let diagnosis = wal::diagnose(disk, dir)?;
+    let mut loss = summarize(&diagnosis);
+    if dir != "wal" {
+        // Not journal records: only the counts mean anything.
+        loss.regions.clear();
+        loss.node_records = 0;
+        loss.undecodable = 0;
+    }
     let mut done = false;
     if cut && let Some(problem) = &diagnosis.problem {
         wal::cut(disk, problem)?;

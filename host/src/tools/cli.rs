@@ -330,8 +330,12 @@ fn repair(args: RepairArgs) -> Result<()> {
     if args.cut && !args.yes {
         println!("--cut needs --yes to confirm.");
     }
-    if report.blocks_start() {
-        bail!("the WAL is damaged and the node will not start; nothing was changed");
+    let control = crate::storage::repair::repair_control(&args.data_dir, args.cut && args.yes)
+        .with_context(|| format!("inspecting {}/control", args.data_dir.display()))?;
+    println!("Control-plane WAL (control/):");
+    print!("{control}");
+    if report.blocks_start() || control.blocks_start() {
+        bail!("a WAL is damaged and the node will not start; nothing was changed");
     }
     Ok(())
 }
