@@ -336,7 +336,14 @@ impl Node {
             config.control.clone(),
             &bootstrap,
         )
-        .await?;
+        .await
+        .map_err(|error| match error {
+            ControlError::Storage(why) => NodeError::Storage(format!(
+                "control plane WAL ({data_dir}/control): {}",
+                why.replace("<data dir>", &data_dir)
+            )),
+            other => other.into(),
+        })?;
         if data_dir_state == datadir::DataDirState::Unmarked {
             datadir::write_marker(&*disk, config.node_id)
                 .map_err(|e| NodeError::Storage(format!("{data_dir}: {e}")))?;
