@@ -378,3 +378,33 @@ async fn a_damaged_component_file_is_refused_by_name_and_never_runs() {
         .count();
     assert_eq!(count, 3, "standalone, raft and misbehave only");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_control_wal_refuses_to_start_and_names_the_repair() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acknowledged = node_with_writes(dir.path(), 5).await;
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path().join("control"))
+        .expect("control dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    let segment = segments.pop().expect("a control WAL segment");
+    let mut data = std::fs::read(&segment).expect("read segment");
+    let frames = wal::frame_layout(&data);
+    assert!(frames.len() > 3, "{} control frames", frames.len());
+    let (victim, _) = frames[1];
+    data[victim as usize] ^= 0xff;
+    std::fs::write(&segment, &data).expect("write segment");
+    let error = open_error(NodeConfig::new(1, dir.path().to_path_buf())).await;
+    assert!(
+        error.contains("control") && error.contains("synod repair"),
+        "{error}"
+    );
+    let report = repair::repair_control(dir.path(), false).expect("repair reports");
+    assert!(report.blocks_start(), "{report}");
+    // A cut loses the control record's tail, never the regions' data.
+    let report = repair::repair_control(dir.path(), true).expect("repair cuts");
+    assert!(report.cut);
+    assert_all_readable(dir.path(), &acknowledged).await;
+}

@@ -80,29 +80,18 @@ pub async fn reconcile_once(node: &Node) {
         }
         crate::swap::host::take_part(node, record).await;
     }
-    // Replicas of regions the record does not know at all: gone for good
-    // (deleted while this node was away), confirmed by a linearizable read
-    // before anything is deleted.
+    // A local replica of a region the record does not know at all is kept
+    // and reported, never deleted: a deletion always leaves this node
+    // pending in the record until it confirms, so absence means the record
+    // lost entries (a repaired control WAL) or a bug, and data is only ever
+    // deleted on the record's positive word.
     let orphans: Vec<String> = node
         .read_regions()
         .keys()
         .filter(|name| !state.regions.contains_key(*name))
         .cloned()
         .collect();
-    if orphans.is_empty() {
-        return;
-    }
-    let Ok(current) = node.control().read().await else {
-        return;
-    };
-    for name in orphans {
-        if !current.regions.contains_key(&name) {
-            tracing::info!(region = %name, "the record has no such region; deleting the local replica");
-            if let Err(error) = node.delete_local_replica(&name).await {
-                tracing::error!(region = %name, %error, "could not delete an orphaned replica");
-            }
-        }
-    }
+    node.note_orphans(orphans);
 }
 
 async fn delete_and_confirm(node: &Node, region: &str) {

@@ -176,6 +176,8 @@ pub struct NodeStatus {
     pub api: crate::api::ApiStats,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub control: ControlStatus,
+    /// Local replicas of regions the control plane does not record (kept).
+    pub orphaned_regions: Vec<String>,
 }
 
 /// The cluster as the control plane records it (`GET /v1/cluster`).
@@ -204,6 +206,8 @@ pub struct Node {
     swap_work: std::sync::Mutex<BTreeSet<(String, u64, &'static str)>>,
     /// Regions this node holds writes for (a swap is sealing them).
     held: std::sync::Mutex<BTreeSet<String>>,
+    /// Local replicas of regions the record does not know.
+    orphans: std::sync::Mutex<BTreeSet<String>>,
     /// The spec version each local replica last journaled.
     spec_versions: std::sync::Mutex<BTreeMap<String, u64>>,
     /// This node, for tasks it spawns.
@@ -380,6 +384,7 @@ impl Node {
             swap_work: std::sync::Mutex::new(BTreeSet::new()),
             held: std::sync::Mutex::new(BTreeSet::new()),
             spec_versions: std::sync::Mutex::new(BTreeMap::new()),
+            orphans: std::sync::Mutex::new(BTreeSet::new()),
             this: std::sync::OnceLock::new(),
             transport,
             components: std::sync::Mutex::new(BTreeMap::new()),
@@ -550,6 +555,13 @@ impl Node {
             api: self.api_counters.stats(),
             nodes: self.control.local().nodes.clone(),
             control: self.control.status(),
+            orphaned_regions: self
+                .orphans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 

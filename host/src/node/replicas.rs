@@ -49,6 +49,21 @@ impl Node {
         }
     }
 
+    /// Remembers the local replicas the record does not know, warning once
+    /// for each (shown in `GET /v1/status` as `orphaned_regions`).
+    pub(crate) fn note_orphans(&self, orphans: Vec<String>) {
+        let mut known = self
+            .orphans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for name in &orphans {
+            if !known.contains(name) {
+                tracing::warn!(region = %name, "this node runs a replica of a region the control plane does not record; it is kept (see docs/OPERATIONS.md, \"Orphaned regions\")");
+            }
+        }
+        *known = orphans.into_iter().collect();
+    }
+
     pub(crate) fn is_holding(&self, region: &str) -> bool {
         self.held
             .lock()
