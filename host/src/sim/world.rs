@@ -1078,23 +1078,54 @@ impl World {
                 let Swap::Sealing { reports, .. } = &self.swap else {
                     return;
                 };
-                let distinct: BTreeSet<(u64, &[u8])> = reports
-                    .values()
-                    .map(|r| (r.position, r.digest.as_slice()))
-                    .collect();
-                if distinct.len() > 1 {
-                    let listing = reports
+                // The real coordinator's rule decides (the record around it
+                // is modelled: every node a voter of both epochs).
+                let spec = self.spec();
+                let record = crate::control::record::RegionRecord {
+                    spec: spec.clone(),
+                    phase: crate::control::record::RegionPhase::Active,
+                    epochs: Vec::new(),
+                    swap: None,
+                    retired: BTreeSet::new(),
+                    created_at_ms: 0,
+                };
+                let swap = crate::control::record::SwapRecord {
+                    from_epoch: 1,
+                    to: spec.protocol.clone(),
+                    requested: String::new(),
+                    params: Vec::new(),
+                    voters: spec.voters.clone(),
+                    force: false,
+                    step: crate::control::record::SwapStep::Sealing,
+                    prepared: BTreeSet::new(),
+                    refused: BTreeMap::new(),
+                    sealed: reports
                         .iter()
                         .map(|(id, r)| {
-                            format!("n{id}@{}={}", r.position, &hex::encode(&r.digest)[..12])
+                            (
+                                *id,
+                                crate::control::record::SealReportRecord {
+                                    position: r.position,
+                                    digest: hex::encode(&r.digest),
+                                },
+                            )
                         })
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    self.violation(format!("sealed replicas disagree: {listing}"));
+                        .collect(),
+                    began_at_ms: 0,
+                    step_at_ms: 0,
+                    actor: 0,
+                };
+                let decision = crate::swap::coordinator::decide(&record, &swap, false, 0);
+                if let crate::swap::coordinator::Decision::Commit {
+                    rollback: Some(why),
+                    ..
+                } = &decision
+                {
+                    self.violation(why.clone());
                     self.swap = Swap::Idle;
                     return;
                 }
-                if (reports.len() as u64) * 2 > self.config.nodes {
+                if matches!(decision, crate::swap::coordinator::Decision::Commit { .. }) {
                     let mut spec = self.spec();
                     spec.epoch = 2;
                     spec.version = 2;
