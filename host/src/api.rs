@@ -210,6 +210,10 @@ fn control_error(error: &ControlError, message: String) -> ApiError {
                 "unknown_node" => (StatusCode::BAD_REQUEST, "unknown_node"),
                 "unknown_component" => (StatusCode::BAD_REQUEST, "unknown_protocol"),
                 "invalid_membership" => (StatusCode::BAD_REQUEST, "invalid_membership"),
+                "invalid_region_name" => (StatusCode::BAD_REQUEST, "invalid_region_name"),
+                "too_many_params" => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_params"),
+                "params_too_large" => (StatusCode::PAYLOAD_TOO_LARGE, "params_too_large"),
+                "too_many_replicas" => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_replicas"),
                 _ => (StatusCode::CONFLICT, "refused"),
             };
             ApiError::new(status, code, message)

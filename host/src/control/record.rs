@@ -322,6 +322,10 @@ impl ControlState {
                 ControlResponse::Done
             }
             ControlCommand::CreateRegion { spec, requested } => {
+                // Checked here too: every node trusts what the record holds.
+                if let Err(too_large) = spec.check_size() {
+                    return ControlResponse::refused(too_large.code(), too_large.to_string());
+                }
                 if self.regions.contains_key(&spec.name) {
                     return ControlResponse::refused(
                         "region_exists",
@@ -393,6 +397,13 @@ impl ControlState {
                 }
                 if voters.is_empty() {
                     return ControlResponse::refused("invalid_membership", "no voters");
+                }
+                let mut changed = record.spec.clone();
+                changed.voters = voters.clone();
+                changed.learners = learners.clone();
+                changed.membership_target = target.clone();
+                if let Err(too_large) = changed.check_size() {
+                    return ControlResponse::refused(too_large.code(), too_large.to_string());
                 }
                 let before = record.all_hosts();
                 record.spec.voters = voters.clone();
@@ -469,6 +480,11 @@ impl ControlState {
                 }
                 if voters.is_empty() {
                     return ControlResponse::refused("invalid_membership", "no voters");
+                }
+                if let Err(too_large) = crate::region::spec_limits::check_params(
+                    params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                ) {
+                    return ControlResponse::refused(too_large.code(), too_large.to_string());
                 }
                 if let Some(unknown) = voters.iter().find(|id| !known.contains_key(id)) {
                     return ControlResponse::refused(
