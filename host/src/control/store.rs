@@ -176,14 +176,11 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies `record` to the image and submits it; returns its ticket.
-    fn submit(&self, record: StoreRecord) -> Result<u64, StorageError<NodeId>> {
-        let bytes = postcard::to_allocvec(&record)
-            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
-        let ticket = self
-            .commit
-            .submit(bytes)
-            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+    /// Applies `record` to the image and submits it; returns its ticket
+    /// (or why the WAL refused it).
+    fn submit(&self, record: StoreRecord) -> Result<u64, String> {
+        let bytes = postcard::to_allocvec(&record).map_err(|e| e.to_string())?;
+        let ticket = self.commit.submit(bytes).map_err(|e| e.to_string())?;
         self.lock().fold(record);
         Ok(ticket)
     }
@@ -200,10 +197,19 @@ impl Shared {
     }
 
     async fn persist(&self, record: StoreRecord) -> Result<(), StorageError<NodeId>> {
-        let ticket = self.submit(record)?;
+        let ticket = self.submit(record).map_err(write_error)?;
         self.durable(ticket).await
     }
 }
+
+fn write_error(why: String) -> StorageError<NodeId> {
+    StorageIOError::write_logs(AnyError::error(why)).into()
+}
+
+/// A snapshot's metadata and its encoded state.
+type SnapshotParts = (SnapshotMeta<NodeId, ControlNode>, Vec<u8>);
+
+impl Shared {}
 
 /// The Raft log and vote.
 #[derive(Clone)]
@@ -304,7 +310,9 @@ impl RaftLogStorage<C> for ControlLogStore {
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
         // Need not be durable at once: a lost one only delays re-applying.
-        self.shared.submit(StoreRecord::Committed(committed))?;
+        self.shared
+            .submit(StoreRecord::Committed(committed))
+            .map_err(write_error)?;
         Ok(())
     }
 
@@ -322,7 +330,10 @@ impl RaftLogStorage<C> for ControlLogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry<C>> = entries.into_iter().collect();
-        let ticket = self.shared.submit(StoreRecord::Entries(entries))?;
+        let ticket = self
+            .shared
+            .submit(StoreRecord::Entries(entries))
+            .map_err(write_error)?;
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let result = shared
@@ -355,16 +366,13 @@ impl ControlStateMachine {
             .send_replace(self.last_applied.map_or(0, |l| l.index));
     }
 
-    fn snapshot_of(
-        &self,
-    ) -> Result<(SnapshotMeta<NodeId, ControlNode>, Vec<u8>), StorageError<NodeId>> {
+    fn snapshot_of(&self) -> Result<SnapshotParts, String> {
         let state = self
             .state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let data = postcard::to_allocvec(&*state)
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?;
+        let data = postcard::to_allocvec(&*state).map_err(|e| e.to_string())?;
         let id = self.last_applied.map_or_else(
             || "0-0".to_string(),
             |l| format!("{}-{}", l.leader_id.term, l.index),
