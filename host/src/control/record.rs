@@ -492,6 +492,22 @@ impl ControlState {
                         format!("replica {unknown} is not a node of the cluster"),
                     );
                 }
+                // The replicas that seal must be a majority of the new
+                // voters (see swap/mod.rs), so at least that many of them
+                // must be voters now.
+                let kept = voters
+                    .iter()
+                    .filter(|id| record.spec.voters.contains(id))
+                    .count();
+                if kept < voters.len() / 2 + 1 {
+                    return ControlResponse::refused(
+                        "invalid_membership",
+                        format!(
+                            "a swap's new voters must be mostly current voters ({kept} of {:?} are voters of {:?} now): swap onto the current replicas, then add replicas with a membership change or a move",
+                            voters, record.spec.voters
+                        ),
+                    );
+                }
                 record.swap = Some(SwapRecord {
                     from_epoch: record.spec.epoch,
                     to: to.clone(),
@@ -808,6 +824,39 @@ mod tests {
             state.apply(12, &unknown),
             ControlResponse::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn a_swap_onto_mostly_new_voters_is_refused_up_front() {
+        let mut state = with_nodes();
+        state.apply(
+            10,
+            &request(ControlCommand::CreateRegion {
+                spec: spec("r", vec![1]),
+                requested: "native:standalone".into(),
+            }),
+        );
+        let onto = |voters: Vec<NodeId>| {
+            request(ControlCommand::SwapBegin {
+                region: "r".into(),
+                to: ProtocolRef::Native {
+                    name: "raft".into(),
+                },
+                requested: "native:raft".into(),
+                params: vec![],
+                voters,
+                force: false,
+            })
+        };
+        assert!(matches!(
+            state.apply(11, &onto(vec![1, 2, 3])),
+            ControlResponse::Refused { code, .. } if code == "invalid_membership"
+        ));
+        assert!(matches!(
+            state.apply(12, &onto(vec![2])),
+            ControlResponse::Refused { .. }
+        ));
+        assert_eq!(state.apply(13, &onto(vec![1])), ControlResponse::Done);
     }
 
     #[test]
