@@ -55,6 +55,17 @@ pub async fn reconcile_once(node: &Node) {
             RegionPhase::Active => record.retired.contains(&me),
         };
         if must_delete {
+            // Clients held by a swap are sent to a replica of the new epoch.
+            let handle = node.read_regions().get(name).cloned();
+            if let Some(handle) = handle
+                && node.is_holding(name)
+            {
+                let to = record.spec.voters.first().copied();
+                if let Err(error) = handle.redirect_held(to).await {
+                    tracing::debug!(region = %name, %error, "could not redirect held requests");
+                }
+                node.set_holding(name, false);
+            }
             delete_and_confirm(node, name).await;
             continue;
         }

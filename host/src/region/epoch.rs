@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use synod_guest_sdk::{
-    InitConfig, Membership, ReadLevel, Rejection, RequestId, Role, SealProgress,
+    InitConfig, Membership, NodeId, ReadLevel, Rejection, RequestId, Role, SealProgress,
 };
 use tokio::sync::oneshot;
 
@@ -105,6 +105,10 @@ pub enum EpochEvent {
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
     ReleaseHeld {
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    RedirectHeld {
+        to: Option<NodeId>,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
     Seal {
@@ -290,6 +294,20 @@ impl ReplicaHost {
         if let Some(hold) = self.epoch.hold.take() {
             tracing::info!(region = %self.name, released = hold.queue.len(), "released held requests to the current protocol");
             self.admit(hold.queue);
+        }
+    }
+
+    /// Answers every held request `not-leader(to)`: this replica leaves the
+    /// region (a swap's new epoch does not include it), so its clients are
+    /// sent to a node that has it instead of being refused.
+    pub fn redirect_held(&mut self, to: Option<NodeId>) {
+        if let Some(hold) = self.epoch.hold.take() {
+            tracing::info!(region = %self.name, redirected = hold.queue.len(), ?to, "held requests redirected: this replica leaves the region");
+            for request in hold.queue {
+                if let Some(reply) = self.pending.take(request.id()) {
+                    let _ = reply.send(Err(ClientError::Rejected(Rejection::NotLeader(to))));
+                }
+            }
         }
     }
 
@@ -607,6 +625,10 @@ impl ReplicaHost {
                 self.release_held();
                 let _ = reply.send(Ok(()));
             }
+            EpochEvent::RedirectHeld { to, reply } => {
+                self.redirect_held(to);
+                let _ = reply.send(Ok(()));
+            }
             EpochEvent::Seal { reply } => self.begin_seal(Some(reply)),
             EpochEvent::Switch {
                 spec,
@@ -647,6 +669,15 @@ impl RegionHandle {
     pub async fn release_held(&self) -> Result<(), ClientError> {
         let answer = self
             .epoch_step(|reply| EpochEvent::ReleaseHeld { reply })
+            .await?;
+        answer.await.map_err(|_| ClientError::Stopped)?
+    }
+
+    /// Answers the held requests `not-leader(to)` (this replica leaves the
+    /// region in the new epoch).
+    pub async fn redirect_held(&self, to: Option<NodeId>) -> Result<(), ClientError> {
+        let answer = self
+            .epoch_step(|reply| EpochEvent::RedirectHeld { to, reply })
             .await?;
         answer.await.map_err(|_| ClientError::Stopped)?
     }
