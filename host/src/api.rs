@@ -630,7 +630,12 @@ async fn swap_region(
     let outcome = node
         .swap_region(&region, &body.to, params, body.replicas, body.force, wait)
         .await?;
-    Ok(Json(outcome).into_response())
+    let status = if outcome.done {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(outcome)).into_response())
 }
 
 async fn list_regions(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {

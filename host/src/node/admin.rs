@@ -30,9 +30,15 @@ pub enum Placement {
     Count(usize),
 }
 
-/// What a swap ended as.
+/// What a swap ended as (or, `done: false`, where it is when the wait
+/// ran out: it goes on, and `GET /v1/regions/{r}/record` follows it).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SwapOutcome {
+    pub done: bool,
+    /// The swap's step while not done.
+    pub step: Option<String>,
+    /// What the swap waits for while not done.
+    pub waiting_for: Option<String>,
     pub region: String,
     pub epoch: u64,
     pub start_position: u64,
@@ -366,6 +372,9 @@ impl Node {
                     let epoch = record.epochs.last().cloned();
                     let note = epoch.as_ref().map(|e| e.note.clone()).unwrap_or_default();
                     return Ok(SwapOutcome {
+                        done: true,
+                        step: None,
+                        waiting_for: None,
                         region: name.to_string(),
                         epoch: record.spec.epoch,
                         start_position: epoch.as_ref().map_or(0, |e| e.start_position),
@@ -391,9 +400,25 @@ impl Node {
                 Some(_) => {}
             }
             if Instant::now() >= deadline {
-                return Err(NodeError::Invalid(format!(
-                    "the swap of {name} is still in progress after {wait:?}; `synod region status {name}` shows its step"
-                )));
+                let record = state.regions.get(name);
+                let step = record
+                    .and_then(|r| r.swap.as_ref())
+                    .map(|s| s.step.name().to_string());
+                return Ok(SwapOutcome {
+                    done: false,
+                    step,
+                    waiting_for: record
+                        .and_then(|r| crate::swap::coordinator::waiting_for(self, r)),
+                    region: name.to_string(),
+                    epoch: from_epoch,
+                    start_position: 0,
+                    requested: to.to_string(),
+                    note: format!(
+                        "still in progress after {wait:?}; `synod region status {name}` follows it"
+                    ),
+                    rolled_back: false,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
             }
             let mut watch = self.control.watch();
             let _ = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
