@@ -101,6 +101,35 @@ fn traces_render_as_text_and_html() {
     assert!(html.contains("<svg") && html.contains("</html>"));
 }
 
+#[test]
+fn plugin_log_lines_reach_the_trace_with_virtual_time_and_node() {
+    let mut config = config("raft", 3, "crashes", &[]);
+    config.record_trace = true;
+    let trace = run_seed(&config, 7).trace.expect("trace");
+    let logged: Vec<_> = trace
+        .events()
+        .iter()
+        .filter(|e| e.what.starts_with("plugin info: raft:"))
+        .collect();
+    for node in 1..=3 {
+        assert!(
+            logged
+                .iter()
+                .any(|e| e.node == node && e.what.contains(&format!("node {node} starts"))),
+            "node {node}'s start line is in the trace: {logged:?}"
+        );
+    }
+    assert!(
+        logged
+            .iter()
+            .any(|e| e.nanos > 0 && e.what.contains("is leader for term")),
+        "a leader's line, stamped with virtual time"
+    );
+    let text = trace.to_text();
+    assert!(text.contains("plugin info: raft: node 1 starts"));
+    assert!(trace.to_html("raft seed 7").contains("plugin info: raft:"));
+}
+
 mod overeager {
     //! A deliberately broken Raft that commits without a quorum: every
     //! AppendEntries it sends is answered at once by a forged success from

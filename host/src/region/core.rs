@@ -147,6 +147,11 @@ pub struct QuotaUsage {
 }
 
 /// One region replica's storage view, state machine and staged effects.
+/// Plugin log lines the simulator's tap keeps between two drains.
+const LOG_TAP_LINES_MAX: usize = 1024;
+/// Characters kept of one tapped log line.
+const LOG_TAP_LINE_CHARS_MAX: usize = 512;
+
 pub struct RegionCore {
     name: RegionName,
     self_id: NodeId,
@@ -172,6 +177,8 @@ pub struct RegionCore {
     violation: Option<String>,
     /// The last panic message the plugin logged (why it trapped).
     last_panic: Option<String>,
+    /// Plugin log lines kept for the simulator's trace (off elsewhere).
+    log_tap: Option<Vec<(Level, String)>>,
     limits: RegionLimits,
     /// The node's free-disk reserve (absent under the simulator).
     reserve: Option<Arc<DiskReserve>>,
@@ -234,6 +241,7 @@ impl RegionCore {
             undo: Vec::new(),
             violation: None,
             last_panic: None,
+            log_tap: None,
             limits: RegionLimits::default(),
             reserve: None,
             meta_bytes,
@@ -423,6 +431,20 @@ impl RegionCore {
 
     pub fn take_violation(&mut self) -> Option<String> {
         self.violation.take()
+    }
+
+    /// Keeps the plugin's log lines (with their level) until drained: the
+    /// simulator stamps them with virtual time and the node id.
+    pub fn enable_log_tap(&mut self) {
+        self.log_tap.get_or_insert_with(Vec::new);
+    }
+
+    /// The plugin log lines kept since the last call.
+    pub fn drain_logs(&mut self) -> Vec<(Level, String)> {
+        self.log_tap
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn take_last_panic(&mut self) -> Option<String> {
@@ -914,6 +936,13 @@ impl Host for RegionCore {
     }
 
     fn log(&mut self, level: Level, message: &str) {
+        if let Some(tap) = self.log_tap.as_mut() {
+            // Bounded: a plugin logging in a loop costs the trace, not memory.
+            if tap.len() < LOG_TAP_LINES_MAX {
+                let line: String = message.chars().take(LOG_TAP_LINE_CHARS_MAX).collect();
+                tap.push((level, line));
+            }
+        }
         let region = self.name.as_str();
         match level {
             Level::Trace => tracing::trace!(region, plugin = true, "{message}"),

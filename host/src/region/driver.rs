@@ -650,6 +650,30 @@ impl ReplicaHost {
         self.tap = Some(Vec::new());
     }
 
+    /// Keeps the plugin's log lines for [`ReplicaHost::drain_plugin_logs`].
+    pub fn enable_plugin_log_tap(&mut self) {
+        self.replica.core_mut().enable_log_tap();
+    }
+
+    /// The plugin's log lines since the last call, as `level: line`.
+    pub fn drain_plugin_logs(&mut self) -> Vec<String> {
+        self.replica
+            .core_mut()
+            .drain_logs()
+            .into_iter()
+            .map(|(level, line)| {
+                let level = match level {
+                    synod_guest_sdk::Level::Trace => "trace",
+                    synod_guest_sdk::Level::Debug => "debug",
+                    synod_guest_sdk::Level::Info => "info",
+                    synod_guest_sdk::Level::Warn => "warn",
+                    synod_guest_sdk::Level::Error => "error",
+                };
+                format!("{level}: {line}")
+            })
+            .collect()
+    }
+
     /// Replies released since the last call, in release order.
     pub fn drain_tap(&mut self) -> Vec<(RequestId, Reply)> {
         self.tap.as_mut().map(std::mem::take).unwrap_or_default()

@@ -531,6 +531,7 @@ impl World {
         let spec_epoch = spec.epoch;
         let mut host = ReplicaHost::new(spec, replica, context);
         host.enable_tap();
+        host.enable_plugin_log_tap();
         host.start(recovering);
         node.runtime = Some(Runtime {
             host,
@@ -877,6 +878,7 @@ impl World {
         });
         let sent = runtime.network.drain();
         let taps = runtime.host.drain_tap();
+        let plugin_logs = runtime.host.drain_plugin_logs();
         let state = runtime.host.replica().core().state();
         let position = state.applied_position();
         if position != node.last_checked_position {
@@ -907,6 +909,9 @@ impl World {
             self.schedule(at, event);
         }
         let now = self.now();
+        for line in plugin_logs {
+            self.trace.record(now, id, format!("plugin {line}"));
+        }
         for (request, reply) in &taps {
             let what = match reply {
                 Reply::Outcome(KvOutcome::Value(_)) => "read",
