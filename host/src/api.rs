@@ -737,7 +737,16 @@ async fn get_key(
     let outcome = handle
         .read(&query, level, node.config().request_timeout)
         .await
-        .map_err(|e| client_failure(&node, e, &uri))?;
+        .map_err(|error| match error {
+            ClientError::Timeout(after) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "no answer within {after:?}; a read changes nothing, so it is safe to retry"
+                ),
+            ),
+            other => client_failure(&node, other, &uri),
+        })?;
     match outcome {
         KvOutcome::Value(value) => Ok(Json(ValueResponse {
             key,

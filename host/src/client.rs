@@ -8,11 +8,13 @@ use serde_json::{Value, json};
 /// An API call that did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiClientError {
-    #[error("{url}: {source}")]
+    /// No answer: `url` is the node actually tried (after any redirect),
+    /// `what` says how it failed, `detail` is the innermost cause.
+    #[error("{what} {url}: {detail}")]
     Transport {
         url: String,
-        #[source]
-        source: reqwest::Error,
+        what: &'static str,
+        detail: String,
     },
     /// The node answered with an error document.
     #[error("{status} {code}: {message}")]
@@ -23,6 +25,32 @@ pub enum ApiClientError {
     },
     #[error("unexpected response from {url}: {why}")]
     Decode { url: String, why: String },
+}
+
+/// Names the node that failed (a redirect's target, not the node first
+/// asked) and the innermost cause once, not reqwest's nested repetition.
+fn transport_error(url: &str, error: &reqwest::Error) -> ApiClientError {
+    let url = error
+        .url()
+        .map_or_else(|| url.to_string(), |target| target.to_string());
+    let what = if error.is_connect() {
+        "cannot connect to"
+    } else if error.is_timeout() {
+        "no answer in time from"
+    } else if error.is_redirect() {
+        "too many redirects at"
+    } else {
+        "request failed at"
+    };
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    ApiClientError::Transport {
+        url,
+        what,
+        detail: cause.to_string(),
+    }
 }
 
 impl ApiClientError {
@@ -90,18 +118,12 @@ impl ApiClient {
         let response = request
             .send()
             .await
-            .map_err(|source| ApiClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| transport_error(&url, &source))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|source| ApiClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| transport_error(&url, &source))?;
         if !status.is_success() {
             let document: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let error = &document["error"];

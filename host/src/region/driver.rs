@@ -68,7 +68,11 @@ pub enum ClientError {
     Unavailable(String),
     #[error("region is overloaded: {0}")]
     Overloaded(String),
-    #[error("no answer within {0:?}; the write may or may not have been applied")]
+    /// No outcome in time. For a write the outcome is unknown: it may or
+    /// may not have been applied; a read changed nothing.
+    #[error(
+        "no answer within {0:?} (a write may or may not have been applied; a read changed nothing)"
+    )]
     Timeout(Duration),
     #[error("region is shutting down")]
     Stopped,
