@@ -120,7 +120,7 @@ async fn delete_and_confirm(node: &Node, region: &str) {
 }
 
 async fn start_replica(node: &Node, record: &RegionRecord) {
-    let spec = &record.spec;
+    let spec = &record.spec_to_start();
     if let Err(error) = node.ensure_component(&spec.protocol).await {
         tracing::warn!(region = %spec.name, %error, "cannot start the replica yet");
         return;

@@ -73,6 +73,10 @@ pub struct EpochRecord {
     pub ended_at_ms: Option<u64>,
     /// How the epoch came to be (created, swapped, rolled back: why).
     pub note: String,
+    /// The replica hosts suggest should lead first (one that sealed at the
+    /// start position), so the new protocol need not wait for an election
+    /// timeout.
+    pub first_leader: Option<NodeId>,
 }
 
 /// The step a live swap is at. The steps and their transitions are
@@ -138,6 +142,26 @@ pub struct RegionRecord {
 }
 
 impl RegionRecord {
+    /// The replica suggested to lead the current epoch first.
+    pub fn first_leader(&self) -> Option<NodeId> {
+        self.epochs.last().and_then(|epoch| epoch.first_leader)
+    }
+
+    /// The current spec as a fresh replica starts it: with the host
+    /// parameter naming the replica that should lead first.
+    pub fn spec_to_start(&self) -> RegionSpec {
+        let mut spec = self.spec.clone();
+        if let Some(first) = self.first_leader() {
+            spec.params
+                .retain(|(name, _)| name != crate::node::FIRST_LEADER_PARAM);
+            spec.params.push((
+                crate::node::FIRST_LEADER_PARAM.to_string(),
+                first.to_string(),
+            ));
+        }
+        spec
+    }
+
     /// Every node that holds or must delete a replica.
     pub fn all_hosts(&self) -> BTreeSet<NodeId> {
         let mut hosts: BTreeSet<NodeId> = self
@@ -356,6 +380,7 @@ impl ControlState {
                     began_at_ms: at,
                     ended_at_ms: None,
                     note: "created".into(),
+                    first_leader: spec.voters.iter().min().copied(),
                 };
                 self.regions.insert(
                     spec.name.clone(),
@@ -604,6 +629,11 @@ impl ControlState {
                         )
                     }
                 };
+                let first_leader = voters
+                    .iter()
+                    .filter(|id| swap.sealed.contains_key(id))
+                    .min()
+                    .copied();
                 let before = record.all_hosts();
                 record.spec.epoch = epoch;
                 record.spec.protocol = protocol.clone();
@@ -629,6 +659,7 @@ impl ControlState {
                     began_at_ms: at,
                     ended_at_ms: None,
                     note,
+                    first_leader,
                 });
                 if record.epochs.len() > EPOCHS_KEPT_MAX {
                     record.epochs.remove(0);

@@ -2,7 +2,9 @@
 //! and snapshots to their drivers (fenced by epoch), control-plane RPCs to
 //! the control plane.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 use synod_guest_sdk::NodeId;
@@ -10,6 +12,86 @@ use synod_guest_sdk::NodeId;
 use super::Node;
 use crate::control::network::{ControlReply, ControlRpc};
 use crate::transport::{Frame, InboundHandler, SnapshotAssembler};
+
+/// Batches kept per region for an epoch (or a replica) this node has not
+/// reached yet, and the bytes they may take.
+const EARLY_BATCHES_MAX: usize = 256;
+const EARLY_BYTES_MAX: usize = 8 << 20;
+/// Regions that may have early messages kept at once.
+const EARLY_REGIONS_MAX: usize = 64;
+/// Early messages older than this are stale by the time they could be used.
+const EARLY_TTL: Duration = Duration::from_secs(5);
+
+/// Messages that arrived for a region's next epoch, or for a region whose
+/// replica this node has not started yet: the first messages of a new
+/// epoch (a vote request of the replica that campaigns first) would
+/// otherwise be dropped by a node a few milliseconds behind, and the new
+/// protocol would wait an election timeout. Bounded; delivered when the
+/// replica enters that epoch, dropped otherwise.
+#[derive(Default)]
+pub(crate) struct EarlyMessages {
+    regions: Mutex<HashMap<String, EarlyQueue>>,
+}
+
+#[derive(Default)]
+struct EarlyQueue {
+    batches: VecDeque<(Instant, NodeId, u64, synod_guest_sdk::Batch)>,
+    bytes: usize,
+}
+
+impl EarlyMessages {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, EarlyQueue>> {
+        self.regions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps a batch; false when over a bound (the batch is dropped).
+    pub(crate) fn keep(
+        &self,
+        region: &str,
+        from: NodeId,
+        epoch: u64,
+        batch: synod_guest_sdk::Batch,
+    ) -> bool {
+        let mut regions = self.lock();
+        if !regions.contains_key(region) && regions.len() >= EARLY_REGIONS_MAX {
+            regions.retain(|_, queue| {
+                queue
+                    .batches
+                    .back()
+                    .is_some_and(|(at, ..)| at.elapsed() < EARLY_TTL)
+            });
+            if regions.len() >= EARLY_REGIONS_MAX {
+                return false;
+            }
+        }
+        let queue = regions.entry(region.to_string()).or_default();
+        let bytes = batch.data.len() + 4 * batch.ends.len();
+        if queue.batches.len() >= EARLY_BATCHES_MAX || queue.bytes + bytes > EARLY_BYTES_MAX {
+            return false;
+        }
+        queue.bytes += bytes;
+        queue
+            .batches
+            .push_back((Instant::now(), from, epoch, batch));
+        true
+    }
+
+    /// The fresh batches kept for `region` at `epoch`; everything kept for
+    /// the region is forgotten.
+    pub(crate) fn take(&self, region: &str, epoch: u64) -> Vec<(NodeId, synod_guest_sdk::Batch)> {
+        let Some(queue) = self.lock().remove(region) else {
+            return Vec::new();
+        };
+        queue
+            .batches
+            .into_iter()
+            .filter(|(at, _, e, _)| *e == epoch && at.elapsed() < EARLY_TTL)
+            .map(|(_, from, _, batch)| (from, batch))
+            .collect()
+    }
+}
 
 pub(crate) struct NodeInbound {
     pub(crate) node: Weak<Node>,
@@ -28,20 +110,26 @@ impl InboundHandler for NodeInbound {
                 data,
                 ends,
             } => {
-                let Some(handle) = node.read_regions().get(&region).cloned() else {
-                    tracing::debug!(%region, from, "messages for a region not hosted here");
-                    return;
-                };
-                if handle.spec().epoch != epoch {
-                    tracing::debug!(%region, from, epoch, "messages from another epoch dropped");
-                    return;
-                }
                 let payloads = synod_guest_sdk::Batch {
                     data: data.into_vec(),
                     ends,
                 };
                 if !payloads.is_well_formed() {
                     tracing::warn!(%region, from, "malformed message batch dropped");
+                    return;
+                }
+                let handle = node.read_regions().get(&region).cloned();
+                let current = handle.as_ref().map(|h| h.spec().epoch);
+                if current.is_none_or(|current| epoch > current) {
+                    // Ahead of this node: kept for when it gets there.
+                    if !node.early_messages().keep(&region, from, epoch, payloads) {
+                        tracing::debug!(%region, from, epoch, "early messages dropped: over the bound");
+                    }
+                    return;
+                }
+                let Some(handle) = handle else { return };
+                if current != Some(epoch) {
+                    tracing::debug!(%region, from, epoch, "messages from another epoch dropped");
                     return;
                 }
                 let bytes = payloads.data.len() as u64;

@@ -22,6 +22,7 @@ use synod_guest_sdk::NodeId;
 
 pub use self::admin::{Placement, SwapOutcome};
 pub use self::components::{ComponentSummary, builtin_components, native_protocol};
+pub use self::replicas::FIRST_LEADER_PARAM;
 use crate::clock::{Clock, SystemClock};
 use crate::control::record::NodeRecord;
 use crate::control::{ControlError, ControlOptions, ControlPlane, ControlStatus};
@@ -210,6 +211,8 @@ pub struct Node {
     orphans: std::sync::Mutex<BTreeSet<String>>,
     /// The spec version each local replica last journaled.
     spec_versions: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Peer messages for an epoch or replica this node has not reached yet.
+    early: inbound::EarlyMessages,
     /// This node, for tasks it spawns.
     this: std::sync::OnceLock<std::sync::Weak<Node>>,
     transport: Option<Arc<Transport>>,
@@ -385,6 +388,7 @@ impl Node {
             held: std::sync::Mutex::new(BTreeSet::new()),
             spec_versions: std::sync::Mutex::new(BTreeMap::new()),
             orphans: std::sync::Mutex::new(BTreeSet::new()),
+            early: inbound::EarlyMessages::default(),
             this: std::sync::OnceLock::new(),
             transport,
             components: std::sync::Mutex::new(BTreeMap::new()),

@@ -14,6 +14,11 @@ use crate::region::quota::{QUOTA_PARAM_PREFIX, RegionLimits};
 use crate::region::replica::RegionReplica;
 use crate::state_machine::KvStateMachine;
 
+/// Host parameter naming the fresh replica the host expects to hold the
+/// newest state; a leader protocol may let it campaign at once (see
+/// docs/PLUGIN-GUIDE.md, "Host parameters").
+pub const FIRST_LEADER_PARAM: &str = "synod.first-leader";
+
 impl Node {
     pub(crate) async fn reconciling_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.reconciling.lock().await
@@ -62,6 +67,23 @@ impl Node {
             }
         }
         *known = orphans.into_iter().collect();
+    }
+
+    pub(crate) fn early_messages(&self) -> &super::inbound::EarlyMessages {
+        &self.early
+    }
+
+    /// Hands the replica of `region` the messages that arrived before it
+    /// reached `epoch`.
+    pub(crate) fn deliver_early_messages(&self, region: &str, epoch: u64) {
+        let Some(handle) = self.read_regions().get(region).cloned() else {
+            return;
+        };
+        for (from, batch) in self.early.take(region, epoch) {
+            if let Err(error) = handle.deliver_messages(from, epoch, batch) {
+                tracing::debug!(%region, from, %error, "early messages dropped");
+            }
+        }
     }
 
     pub(crate) fn is_holding(&self, region: &str) -> bool {
@@ -156,6 +178,7 @@ impl Node {
         self.journal(&[JournalRecord::RegionCreated { spec: spec.clone() }])
             .await?;
         let name = spec.name.clone();
+        let epoch = spec.epoch;
         self.note_spec_version(&name, spec.version);
         let handle = self.spawn_driver(
             spec,
@@ -164,7 +187,8 @@ impl Node {
             KvStateMachine::default(),
             false,
         );
-        self.write_regions().insert(name, handle.clone());
+        self.write_regions().insert(name.clone(), handle.clone());
+        self.deliver_early_messages(&name, epoch);
         Ok(handle)
     }
 
@@ -208,13 +232,22 @@ impl Node {
             seed,
         );
         core.set_limits(self.region_limits(&spec), Some(self.disk_reserve.clone()));
+        let mut params = spec.params.clone();
+        let named = params.iter().any(|(name, _)| name == FIRST_LEADER_PARAM);
+        if !recovering
+            && !named
+            && let Some(first) = spec.voters.iter().min()
+        {
+            // All fresh replicas are equal: the lowest voter may lead first.
+            params.push((FIRST_LEADER_PARAM.to_string(), first.to_string()));
+        }
         let init = InitConfig {
             self_id: self.config.node_id,
             membership: Membership {
                 voters: spec.voters.clone(),
                 learners: spec.learners.clone(),
             },
-            params: spec.params.clone(),
+            params,
             recovering,
             applied_position: 0,
         };

@@ -103,7 +103,7 @@ pub async fn take_part(node: &Node, record: &RegionRecord) {
 /// Moves the local replica into the record's (newer) epoch.
 pub async fn enter_epoch(node: &Node, record: &RegionRecord) {
     let me = node.config().node_id;
-    let spec = record.spec.clone();
+    let spec = record.spec_to_start();
     if !spec.hosted_on(me) {
         // Not a member of the new epoch: the record retires this replica
         // and the reconciler deletes it.
@@ -128,6 +128,7 @@ pub async fn enter_epoch(node: &Node, record: &RegionRecord) {
         Ok(report) => {
             node.set_holding(&spec.name, false);
             node.note_spec_version(&spec.name, spec.version);
+            node.deliver_early_messages(&spec.name, report.epoch);
             tracing::info!(region = %spec.name, epoch = report.epoch, start = report.start_position, "entered the new epoch");
         }
         Err(error) => {

@@ -45,6 +45,9 @@ use crate::progress::{Progress, ProgressState};
 pub const HARD_STATE_KEY: &[u8] = b"raft/hard-state";
 /// Kv key of the latest [`SnapshotMeta`].
 pub const SNAPSHOT_KEY: &[u8] = b"raft/snapshot";
+/// Host parameter naming the fresh replica that should campaign first.
+pub const FIRST_LEADER_PARAM: &str = "synod.first-leader";
+
 /// Kv key of the applied seal index (`u64`, postcard).
 pub const SEALED_KEY: &[u8] = b"raft/sealed";
 /// Kv key of a snapshot accepted but not yet finished: `(SnapshotMeta,
@@ -429,9 +432,27 @@ impl Raft {
         };
         // A restarted node may have acknowledged a leader just before it
         // stopped: it must not vote for another candidate within that
-        // leader's lease, so the fence starts full.
-        raft.vote_fence_until = now + raft.params.election_timeout_nanos;
+        // leader's lease, so the fence starts full. A fresh instance (a new
+        // region, or a new epoch after a swap) never acknowledged anyone.
+        raft.vote_fence_until = if init.recovering {
+            now + raft.params.election_timeout_nanos
+        } else {
+            now
+        };
         raft.reset_election_deadline(host);
+        // The host names the fresh replica it expects to hold the newest
+        // state (`synod.first-leader`): it campaigns at once rather than
+        // after an election timeout, so a swapped region is not leaderless
+        // for a second. Anyone else still may, after its timeout.
+        let first_leader = init
+            .params
+            .iter()
+            .find(|(name, _)| name == FIRST_LEADER_PARAM)
+            .and_then(|(_, value)| value.trim().parse::<NodeId>().ok());
+        if !init.recovering && first_leader == Some(raft.id) && raft.config.is_voter(raft.id) {
+            raft.election_deadline = now;
+            raft.arm_election_timer(host);
+        }
         host.log(
             Level::Info,
             &format!(
