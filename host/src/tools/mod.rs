@@ -7,5 +7,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod demo;
+pub mod region_admin;
 pub mod sim_cli;
+pub mod stall;
 pub mod workload;
