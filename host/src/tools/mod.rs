@@ -10,4 +10,5 @@ pub mod demo;
 pub mod region_admin;
 pub mod sim_cli;
 pub mod stall;
+pub mod swap_bench;
 pub mod workload;
