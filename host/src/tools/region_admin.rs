@@ -313,7 +313,9 @@ pub fn render_status(document: &Value, replicas: &[(u64, Result<Value, String>)]
                     "  {:<6} {:<10} {:>6} {:>10} {:>10} {:>8} {:>6} {:>5}  {}{}",
                     id,
                     plugin["role"].as_str().unwrap_or("stopped"),
-                    plugin["term"].as_u64().map_or("-".into(), |t| t.to_string()),
+                    plugin["term"]
+                        .as_u64()
+                        .map_or("-".into(), |t| t.to_string()),
                     applied(status).map_or("-".into(), |a| a.to_string()),
                     plugin["commit_position"]
                         .as_u64()
@@ -510,7 +512,10 @@ mod tests {
             &replicas,
         );
         assert!(text.contains("epoch     2"), "{text}");
-        assert!(text.contains("protocol  raft@0.1.1 (sha256:ab12)"), "{text}");
+        assert!(
+            text.contains("protocol  raft@0.1.1 (sha256:ab12)"),
+            "{text}"
+        );
         assert!(text.contains("phase     deleting (pending [3])"), "{text}");
         assert!(text.contains("swap      none in progress"), "{text}");
         let follower = text
@@ -522,7 +527,10 @@ mod tests {
             columns[..8],
             ["1", "follower", "5", "90", "100", "10", "2", "4"]
         );
-        assert!(text.contains("3      unreachable: connection refused"), "{text}");
+        assert!(
+            text.contains("3      unreachable: connection refused"),
+            "{text}"
+        );
     }
 
     #[test]

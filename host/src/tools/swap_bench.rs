@@ -131,7 +131,10 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             }
             Err(error) => {
                 failed += 1;
-                println!("  swap {:>2} to {to}: FAILED after {took_ms:.1} ms: {error}", index + 1);
+                println!(
+                    "  swap {:>2} to {to}: FAILED after {took_ms:.1} ms: {error}",
+                    index + 1
+                );
             }
         }
     }
