@@ -102,6 +102,20 @@ impl ApiClient {
         }
     }
 
+    /// A client that reports a redirect (as an `Api` error with status
+    /// 307) instead of following it: to ask one node about its own replica.
+    pub fn without_redirects(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     clients: Vec<usize>,
     /// Value size in bytes for --cluster.
     #[arg(long, default_value_t = 256)]
-    value_bytes: usize,
+    pub(crate) value_bytes: usize,
     /// Client protocol for --cluster: `wire` (the binary protocol, clients
     /// multiplexed over --connections) or `http` (one connection each).
     #[arg(long, default_value = "wire", value_parser = ["wire", "http"])]
@@ -37,11 +37,11 @@ pub struct BenchArgs {
     /// Protocol of the --cluster bench region (`standalone` measures the
     /// host alone: one copy, no replication).
     #[arg(long, default_value = "raft")]
-    protocol: String,
+    pub(crate) protocol: String,
     /// Parameter of the --cluster bench region, repeatable:
     /// `--param snapshot-interval=100000`.
     #[arg(long = "param", value_name = "NAME=VALUE")]
-    params: Vec<String>,
+    pub(crate) params: Vec<String>,
     /// Connections the --cluster wire clients share.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -54,6 +54,23 @@ pub struct BenchArgs {
     /// Concurrent writers per region in the multi-region run.
     #[arg(long, default_value_t = 32)]
     writers: usize,
+    /// Benchmark live protocol swaps on a 3-process cluster: --swap-clients
+    /// writers run while the region is swapped --swaps times between
+    /// --protocol and --swap-to; prints each swap's write stall.
+    #[arg(long, conflicts_with = "cluster")]
+    swap: bool,
+    /// Swaps in the --swap run (alternating there and back).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) swaps: usize,
+    /// The protocol --swap alternates with --protocol.
+    #[arg(long, default_value = "native:raft")]
+    pub(crate) swap_to: String,
+    /// Closed-loop writers in the --swap run (HTTP, to any node).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) swap_clients: usize,
+    /// Seconds between swaps in the --swap run.
+    #[arg(long, default_value_t = 1.5)]
+    pub(crate) swap_interval: f64,
     /// Run only the CPU fairness scenario of the single-node bench.
     #[arg(long)]
     fairness_only: bool,
@@ -76,6 +93,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.cluster {
         return cluster_bench(&args).await;
+    }
+    if args.swap {
+        return crate::tools::swap_bench::run(&args).await;
     }
     let seconds = Duration::from_secs_f64(args.seconds);
     if args.fairness_only {

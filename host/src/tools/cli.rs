@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::client::ApiClient;
 use crate::node::{Node, NodeConfig};
+use crate::tools::region_admin;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,7 +49,7 @@ enum Command {
     /// Run a plugin in the deterministic simulator over many seeds with
     /// faults, checking linearizability or convergence.
     Sim(crate::tools::sim_cli::SimArgs),
-    /// Create, list, inspect and restart regions.
+    /// Create, delete, swap, list, inspect and restart regions.
     Region {
         #[command(subcommand)]
         command: RegionCommand,
@@ -154,8 +155,46 @@ enum RegionCommand {
         #[arg(long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
         /// Nodes holding replicas, comma-separated (default: every node).
+        #[arg(long, value_delimiter = ',', conflicts_with = "replica_count")]
+        replicas: Option<Vec<u64>>,
+        /// How many replicas, placed by the control plane on the least
+        /// loaded nodes (instead of --replicas).
+        #[arg(long)]
+        replica_count: Option<usize>,
+    },
+    /// Delete a region on every host; waits up to --wait-secs for the hosts
+    /// to confirm and names the ones that have not (they delete their data
+    /// when they come back).
+    Delete {
+        name: String,
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
+    },
+    /// Swap a live region to another protocol (state and client sessions
+    /// carry over); prints each step while it waits, then the outcome.
+    Swap {
+        name: String,
+        /// Target: a published component's name, NAME@VERSION,
+        /// sha256:<digest> or native:<name>.
+        #[arg(long)]
+        to: String,
+        /// The new protocol's parameter, repeatable (default: the region's
+        /// quota.* parameters carry over).
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// Members of the new epoch, comma-separated (default: the current ones).
         #[arg(long, value_delimiter = ',')]
         replicas: Option<Vec<u64>>,
+        /// Proceed without every replica of an eventually consistent region.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for the outcome.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
+    /// Epochs and audit lines of a region.
+    History {
+        name: String,
     },
     /// Move the region to a new membership (one change at a time inside
     /// the protocol): --voters 1,2,4 [--learners 5]
@@ -173,8 +212,13 @@ enum RegionCommand {
         to: Option<u64>,
     },
     List,
+    /// The region's epoch, protocol, phase and any swap in progress, and
+    /// each replica's role, term, positions, lag and held requests.
     Status {
         name: String,
+        /// Print this node's raw status document instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Rebuild a fenced or quarantined replica now.
     Restart {
@@ -389,11 +433,35 @@ async fn region(command: RegionCommand, client: &ApiClient) -> Result<()> {
             protocol,
             params,
             replicas,
-        } => print_json(
-            &client
-                .create_region_on(&name, &protocol, &params, replicas.as_deref())
-                .await?,
-        ),
+            replica_count,
+        } => match replica_count {
+            Some(count) => print_json(
+                &client
+                    .create_region_counted(&name, &protocol, &params, count)
+                    .await?,
+            ),
+            None => print_json(
+                &client
+                    .create_region_on(&name, &protocol, &params, replicas.as_deref())
+                    .await?,
+            ),
+        },
+        RegionCommand::Delete { name, wait_secs } => {
+            region_admin::delete(client, &name, Duration::from_secs(wait_secs)).await
+        }
+        RegionCommand::Swap {
+            name,
+            to,
+            params,
+            replicas,
+            force,
+            wait_secs,
+        } => {
+            let params = (!params.is_empty()).then_some(params);
+            let wait = Duration::from_secs(wait_secs);
+            region_admin::swap(client, &name, &to, params, replicas, force, wait).await
+        }
+        RegionCommand::History { name } => region_admin::history(client, &name).await,
         RegionCommand::Membership {
             name,
             voters,
@@ -421,7 +489,10 @@ async fn region(command: RegionCommand, client: &ApiClient) -> Result<()> {
             }
             Ok(())
         }
-        RegionCommand::Status { name } => print_json(&client.region_status(&name).await?),
+        RegionCommand::Status { name, json: true } => {
+            print_json(&client.region_status(&name).await?)
+        }
+        RegionCommand::Status { name, json: false } => region_admin::status(client, &name).await,
         RegionCommand::Restart { name } => print_json(&client.restart_region(&name).await?),
     }
 }

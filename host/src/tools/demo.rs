@@ -1,10 +1,11 @@
 //! `synod demo`: the main job.
 //!
 //! By default: starts a 3-process cluster on loopback, creates Raft
-//! regions, runs a recorded read/write/CAS workload, kills -9 the leader of
-//! one region mid-run and restarts it, then prints throughput, latency
-//! percentiles and leader changes, and checks that replicas converged and
-//! the client history is linearizable.
+//! regions, runs a recorded read/write/CAS workload, swaps one region live
+//! from the Wasm raft to the native raft and back (printing the write stall
+//! each swap caused), kills -9 the leader of one region and restarts it,
+//! then prints throughput, latency percentiles and leader changes, and
+//! checks that replicas converged and the client history is linearizable.
 //!
 //! With `--single`: one in-process node with a standalone region, stopped
 //! and reopened from disk to show nothing acknowledged is lost.
@@ -320,13 +321,17 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
     let recorder = Arc::new(Recorder::default());
     let duration = Duration::from_secs_f64(args.seconds);
     let clients_per_region = args.clients.div_ceil(args.regions).max(1);
+    let swapped = names[names.len() - 1].clone();
     println!(
         "  workload: {} clients per region for {:.0}s (put 60%, linearizable get 30%, cas 10%); \
+         {swapped} is swapped live to native:raft after {:.1}s and back to raft after {:.1}s; \
          the leader of {} is killed -9 after {:.1}s and restarted",
         clients_per_region,
         args.seconds,
+        args.seconds * SWAP_OUT_AT,
+        args.seconds * SWAP_BACK_AT,
         names[0],
-        args.seconds * 0.35
+        args.seconds * KILL_AT
     );
     let mut runs = Vec::new();
     for (index, name) in names.iter().enumerate() {
@@ -345,6 +350,13 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
 
     // Watch leaders while the workload runs.
     let started = Instant::now();
+    let swaps = tokio::spawn(swap_out_and_back(
+        entry.clone(),
+        swapped.clone(),
+        recorder.clone(),
+        started,
+        duration,
+    ));
     // The last leader seen per region (elections in between show no leader).
     let mut leaders: HashMap<String, u64> = HashMap::new();
     let mut leader_changes = 0u64;
@@ -366,7 +378,7 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
                 );
             }
         }
-        if killed.is_none() && started.elapsed() > duration.mul_f64(0.35) {
+        if killed.is_none() && started.elapsed() > duration.mul_f64(KILL_AT) {
             let victim = cluster.leader_of(&names[0]).await.unwrap_or(1);
             cluster.kill(victim)?;
             println!(
@@ -389,6 +401,7 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let swaps = swaps.await?;
     let mut report = crate::tools::workload::WorkloadReport::default();
     for run in runs {
         let part = run.await?;
@@ -417,6 +430,8 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
         report.percentile_ms(0.999)
     );
 
+    print_swap_stalls(&swapped, &swaps, &recorder.operations());
+
     // Consistency: replicas converge, and the history is linearizable.
     let mut converged = true;
     for name in &names {
@@ -441,6 +456,7 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
         }
     }
     let operations = recorder.operations();
+    let swap_failed = swaps.iter().any(|swap| swap.outcome.is_err());
     let outcome = check_linearizable(&operations, &CheckOptions::default());
     let verdict = match &outcome {
         Outcome::Linearizable => "linearizable".to_string(),
@@ -455,7 +471,10 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
         operations.len()
     );
     cluster.stop_all();
-    if !converged || matches!(outcome, Outcome::Violation(_)) {
+    if swap_failed {
+        println!("  a live swap failed (see above)");
+    }
+    if !converged || swap_failed || matches!(outcome, Outcome::Violation(_)) {
         // Keep the evidence: the temporary directory outlives the demo.
         let kept = temporary.map(|t| t.keep());
         let logs = kept.as_deref().unwrap_or(&dir);
@@ -464,10 +483,99 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
             logs.display()
         );
     }
-    println!("Synod demo finished: the cluster survived kill -9 of a leader with nothing lost.");
+    println!(
+        "Synod demo finished: the cluster swapped protocols live and survived kill -9 of a leader with nothing lost."
+    );
     if let Some(temporary) = temporary {
         // Keep the logs when asked with --data-dir; otherwise clean up.
         drop(temporary);
     }
     Ok(())
+}
+
+/// Fractions of the run at which the demo swaps, swaps back and kills.
+const SWAP_OUT_AT: f64 = 0.15;
+const SWAP_BACK_AT: f64 = 0.30;
+const KILL_AT: f64 = 0.45;
+
+/// One live swap the demo made, on the recorder's clock.
+struct DemoSwap {
+    to: &'static str,
+    window: crate::tools::stall::SwapWindow,
+    outcome: Result<serde_json::Value, String>,
+}
+
+/// Swaps `region` to the native raft and back to the Wasm raft at
+/// [`SWAP_OUT_AT`] and [`SWAP_BACK_AT`] of the run, timing each request.
+async fn swap_out_and_back(
+    client: ApiClient,
+    region: String,
+    recorder: Arc<crate::tools::workload::Recorder>,
+    started: Instant,
+    duration: Duration,
+) -> Vec<DemoSwap> {
+    let mut swaps = Vec::new();
+    for (to, at) in [("native:raft", SWAP_OUT_AT), ("raft", SWAP_BACK_AT)] {
+        let due = started + duration.mul_f64(at);
+        tokio::time::sleep_until(due.into()).await;
+        let start_ns = recorder.elapsed_ns();
+        let outcome = client
+            .swap_region(&region, to, None, None, false, Duration::from_secs(30))
+            .await
+            .map_err(|error| error.to_string());
+        let end_ns = recorder.elapsed_ns();
+        let failed = outcome.is_err();
+        swaps.push(DemoSwap {
+            to,
+            window: crate::tools::stall::SwapWindow { start_ns, end_ns },
+            outcome,
+        });
+        if failed {
+            // Swapping back from a failed swap means nothing.
+            break;
+        }
+    }
+    swaps
+}
+
+/// Prints what each swap cost the writes of `region`.
+fn print_swap_stalls(region: &str, swaps: &[DemoSwap], operations: &[crate::checker::Operation]) {
+    use crate::tools::stall::{Windows, acknowledged_writes, analyze};
+
+    let writes = acknowledged_writes(operations, region);
+    let windows = Windows {
+        margin: Duration::from_millis(200),
+        baseline: Duration::from_millis(500),
+    };
+    for swap in swaps {
+        match &swap.outcome {
+            Ok(outcome) => {
+                let stall = analyze(&writes, swap.window, windows);
+                println!(
+                    "  live swap of {region} to {}: epoch {} from position {} in {:.1} ms{}",
+                    swap.to,
+                    outcome["epoch"],
+                    outcome["start_position"],
+                    (swap.window.end_ns.saturating_sub(swap.window.start_ns)) as f64 / 1e6,
+                    if outcome["rolled_back"].as_bool() == Some(true) {
+                        format!(" ROLLED BACK: {}", outcome["note"].as_str().unwrap_or(""))
+                    } else {
+                        String::new()
+                    }
+                );
+                println!(
+                    "      write stall: longest gap between acknowledged writes {:.1} ms, slowest write in flight {:.1} ms; \
+                     p99 write latency {:.1} ms around it vs {:.1} ms before; writes/s {:.0} before, {:.0} after ({:.2}x)",
+                    stall.gap_ms,
+                    stall.max_in_flight_ms,
+                    stall.p99_around_ms,
+                    stall.p99_before_ms,
+                    stall.writes_per_second_before,
+                    stall.writes_per_second_after,
+                    stall.throughput_ratio()
+                );
+            }
+            Err(error) => println!("  live swap of {region} to {} FAILED: {error}", swap.to),
+        }
+    }
 }

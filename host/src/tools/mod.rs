@@ -7,5 +7,8 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod demo;
+pub mod region_admin;
 pub mod sim_cli;
+pub mod stall;
+pub mod swap_bench;
 pub mod workload;

@@ -204,6 +204,12 @@ impl Recorder {
         self.history.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Nanoseconds since the recorder was made: the clock of the history's
+    /// call and return times, for marking events (a swap) on it.
+    pub fn elapsed_ns(&self) -> u64 {
+        self.now()
+    }
+
     pub fn operations(&self) -> Vec<crate::checker::Operation> {
         self.lock().operations().to_vec()
     }
