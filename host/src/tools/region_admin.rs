@@ -206,6 +206,20 @@ pub fn swap_progress(document: &Value) -> Option<String> {
 
 /// The outcome of `POST /v1/regions/{r}/swap`.
 pub fn render_outcome(outcome: &Value) -> String {
+    if outcome["done"].as_bool() == Some(false) {
+        return format!(
+            "region {}: the swap to {} is still running after {:.3}s (step {}{}); `synod region status {}` follows it",
+            outcome["region"].as_str().unwrap_or("?"),
+            outcome["requested"].as_str().unwrap_or("?"),
+            outcome["seconds"].as_f64().unwrap_or(0.0),
+            outcome["step"].as_str().unwrap_or("?"),
+            outcome["waiting_for"]
+                .as_str()
+                .map(|why| format!(", {why}"))
+                .unwrap_or_default(),
+            outcome["region"].as_str().unwrap_or("?"),
+        );
+    }
     let rolled_back = outcome["rolled_back"].as_bool().unwrap_or(false);
     format!(
         "{} region {}: epoch {} runs {} from position {} after {:.3}s{}",
@@ -406,6 +420,7 @@ mod tests {
             began_at_ms: 1_764_590_817_123,
             ended_at_ms: ended,
             note: format!("note {epoch}"),
+            first_leader: Some(1),
         }
     }
 
@@ -556,6 +571,12 @@ mod tests {
         );
         let mut rolled = outcome.clone();
         rolled["rolled_back"] = json!(true);
+        let mut running = rolled.clone();
+        running["done"] = json!(false);
+        running["step"] = json!("sealing");
+        running["waiting_for"] = json!("waiting for seal reports");
+        assert!(render_outcome(&running).contains("still running"));
+        assert!(render_outcome(&running).contains("sealing"));
         assert!(render_outcome(&rolled).starts_with("ROLLED BACK"));
         assert_eq!(
             render_delete(&json!({ "region": "r", "deleted": true })),
