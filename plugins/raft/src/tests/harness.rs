@@ -379,6 +379,11 @@ impl Cluster {
         cluster
     }
 
+    /// Adds a parameter every later start gets (e.g. a host parameter).
+    pub fn add_param(&mut self, name: &str, value: &str) {
+        self.params.push((name.to_string(), value.to_string()));
+    }
+
     fn init_config(&self, id: NodeId, recovering: bool, applied_position: u64) -> InitConfig {
         InitConfig {
             self_id: id,

@@ -1216,3 +1216,37 @@ fn a_replica_starting_below_the_swap_boundary_is_caught_up_by_snapshot() {
     cluster.check_applied_prefixes();
     cluster.check_log_matching();
 }
+
+/// At a swap boundary the replica the host names (`synod.first-leader`)
+/// campaigns at once: the new epoch has a leader within a few round trips,
+/// well before any election timeout (100 ms here) could fire. Without the
+/// hint the first election waits at least one timeout.
+#[test]
+fn the_named_first_leader_of_a_new_epoch_campaigns_at_once() {
+    for (hint, bound_ms) in [(Some("3"), 30), (None, 100)] {
+        let mut cluster = Cluster::new(3, 3, fast_params(&[]), 77);
+        cluster.drop_queued();
+        if let Some(hint) = hint {
+            cluster.add_param(crate::raft::FIRST_LEADER_PARAM, hint);
+        }
+        let state: Vec<(RequestId, Vec<u8>)> = (1..=20u64)
+            .map(|id| (id, format!("old {id}").into_bytes()))
+            .collect();
+        for id in 1..=3 {
+            cluster.swap_start(id, (20, state.clone()));
+        }
+        let started = cluster.now_ms;
+        let leader = cluster.wait_for_leader(3000);
+        let took = cluster.now_ms - started;
+        match hint {
+            Some(_) => {
+                assert_eq!(leader, 3, "the named replica leads");
+                assert!(took < bound_ms, "elected after {took} ms");
+            }
+            None => assert!(took >= bound_ms, "elected after {took} ms without a hint"),
+        }
+        let write = cluster.propose(leader, b"new epoch");
+        wait_applied(&mut cluster, &[1, 2, 3], write, 2000);
+        cluster.check_applied_prefixes();
+    }
+}
