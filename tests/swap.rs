@@ -260,34 +260,61 @@ async fn standalone_to_raft_on_three_voters_is_not_committed() {
     );
 }
 
-/// Kills the control-plane leader at `point` of a swap under load (the
-/// point armed on it alone), restarts it clean, and checks the swap
-/// finished or was abandoned with nothing lost.
-async fn crash_at(point: &str) {
-    let (mut cluster, _dir) = cluster(3).await;
-    let leader = cluster
-        .wait_for_control_leader(Duration::from_secs(20))
-        .await
-        .expect("control leader");
-    cluster
-        .restart_with_failpoints(leader, &[point])
-        .await
-        .expect("restart armed");
-    let coordinator = cluster
-        .wait_for_control_leader(Duration::from_secs(20))
-        .await
-        .expect("control leader");
-    if coordinator != leader {
-        // Leadership moved during the restart: arm the new leader too.
-        cluster
-            .restart_with_failpoints(coordinator, &[point])
+/// A control-plane leader that every running node names, twice over a
+/// pause (a restart can trigger an election right after it is answered).
+async fn stable_control_leader(cluster: &LocalCluster) -> u64 {
+    let mut previous = None;
+    for _ in 0..20 {
+        let leader = cluster
+            .wait_for_control_leader(Duration::from_secs(20))
             .await
-            .expect("restart armed");
+            .expect("control leader");
+        if previous == Some(leader) {
+            return leader;
+        }
+        previous = Some(leader);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
     }
-    let coordinator = cluster
-        .wait_for_control_leader(Duration::from_secs(20))
+    panic!("the control-plane leader kept changing");
+}
+
+/// Points reached by every host of the swap, not only the coordinator.
+const HOST_POINTS: [&str; 2] = ["swap-after-sealed", "swap-before-enter"];
+
+/// Kills the control-plane leader at `point` of a swap under load,
+/// restarts it clean, and checks the swap finished or was abandoned with
+/// nothing lost. Coordinator points are armed on every node (whichever
+/// leads, it is the one to reach them); host points on the leader only.
+async fn crash_at(point: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = std::path::PathBuf::from(node_binary!());
+    let env = [("SYNOD_FAILPOINTS", point)];
+    let mut cluster = LocalCluster::start_with_env(&binary, dir.path(), 3, &env)
         .await
-        .expect("control leader");
+        .expect("cluster starts");
+    let mut armed: Vec<u64> = vec![1, 2, 3];
+    let mut coordinator = stable_control_leader(&cluster).await;
+    if HOST_POINTS.contains(&point) {
+        for _ in 0..3 {
+            for id in armed.clone() {
+                if id != coordinator {
+                    cluster.restart(id).await.expect("restart clean");
+                    armed.retain(|a| *a != id);
+                }
+            }
+            coordinator = stable_control_leader(&cluster).await;
+            if armed.contains(&coordinator) {
+                break;
+            }
+            cluster
+                .restart_with_failpoints(coordinator, &[point])
+                .await
+                .expect("restart armed");
+            armed.push(coordinator);
+            coordinator = stable_control_leader(&cluster).await;
+        }
+        assert!(armed.contains(&coordinator), "could not arm the leader");
+    }
     create(&cluster, "r", "raft", &[1, 2, 3]).await;
     let recorder = Arc::new(Recorder::default());
     let load = start_workload(&cluster, "r", 6, 8.0, &recorder);
@@ -305,15 +332,31 @@ async fn crash_at(point: &str) {
             )
             .await
     });
-    let status = cluster
-        .wait_exit(coordinator, Duration::from_secs(20))
-        .await
-        .expect("the armed coordinator reaches the point");
-    assert!(!status.success(), "aborted at {point}: {status}");
-    eprintln!("node {coordinator} aborted at {point} ({status})");
+    // Whichever armed node coordinates (or hosts) the step aborts there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut aborted = Vec::new();
+    while aborted.is_empty() {
+        for id in &armed {
+            if let Some(status) = cluster.reap(*id).expect("reap") {
+                assert!(!status.success(), "node {id} exited cleanly");
+                aborted.push(*id);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no armed node {armed:?} reached {point}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("nodes {aborted:?} aborted at {point} (coordinator {coordinator})");
     let _ = swap.await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cluster.restart(coordinator).await.expect("restart clean");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in [1, 2, 3] {
+        let _ = cluster.reap(id);
+        if !cluster.node(id).expect("node").is_running() {
+            cluster.restart(id).await.expect("restart clean");
+        }
+    }
     let record = settled(&cluster, "r", Duration::from_secs(40)).await;
     let epoch = record["record"]["spec"]["epoch"].as_u64();
     eprintln!("after {point}: epoch {epoch:?}, {}", record["record"]["epochs"]);

@@ -101,6 +101,17 @@ fn signal(pid: u32, signal: libc::c_int) -> Result<()> {
 impl LocalCluster {
     /// Starts `size` nodes (ids 1..=size) running `binary serve --config`.
     pub async fn start(binary: &Path, dir: &Path, size: u64) -> Result<Self> {
+        Self::start_with_env(binary, dir, size, &[]).await
+    }
+
+    /// Like [`LocalCluster::start`], every node with these extra
+    /// environment variables (until it is restarted).
+    pub async fn start_with_env(
+        binary: &Path,
+        dir: &Path,
+        size: u64,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut cluster = LocalCluster {
             dir: dir.to_path_buf(),
             binary: binary.to_path_buf(),
@@ -109,6 +120,10 @@ impl LocalCluster {
         };
         for id in 1..=size {
             cluster.allocate(id)?;
+            cluster.node_mut(id)?.env = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         }
         for id in 1..=size {
             cluster.write_config(id)?;
@@ -312,6 +327,20 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether node `id`'s process has exited by itself (then it is
+    /// marked down, to be restarted).
+    pub fn reap(&mut self, id: NodeId) -> Result<Option<std::process::ExitStatus>> {
+        let node = self.node_mut(id)?;
+        let Some(child) = node.child.as_mut() else {
+            return Ok(None);
+        };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            node.child = None;
+        }
+        Ok(status)
     }
 
     /// The node log's path (what `SYNOD_NODE_LOG` lets through).
