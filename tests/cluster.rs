@@ -10,7 +10,9 @@ use synod::checker::{CheckOptions, Outcome, check_linearizable};
 use synod::tools::cluster::LocalCluster;
 use synod::tools::workload::{Recorder, Workload, WorkloadReport};
 use synod::wire::WireClient;
-use synod_tests::cluster::{self as support, assert_converged, assert_linearizable, start_workload};
+use synod_tests::cluster::{
+    self as support, assert_converged, assert_linearizable, start_workload,
+};
 use synod_tests::node_binary;
 
 async fn cluster(size: u64) -> (LocalCluster, tempfile::TempDir) {

@@ -68,7 +68,10 @@ async fn wait_exit(cluster: &mut LocalCluster, id: u64, point: &str) {
 async fn kill_9_right_after_the_create_and_delete_records() {
     let dir = tempfile::tempdir().expect("tempdir");
     let binary = std::path::PathBuf::from(node_binary!());
-    let env = [("SYNOD_FAILPOINTS", "create-after-record,delete-after-record")];
+    let env = [(
+        "SYNOD_FAILPOINTS",
+        "create-after-record,delete-after-record",
+    )];
     let mut cluster = LocalCluster::start_with_env(&binary, dir.path(), 3, &env)
         .await
         .expect("cluster starts");
@@ -132,11 +135,16 @@ async fn a_member_down_during_create_and_delete_catches_up() {
         .expect("delete with a member down");
     assert_eq!(answer["deleted"], false, "{answer}");
     assert_eq!(answer["pending"], serde_json::json!([victim]), "{answer}");
-    wait_hosted(&cluster, &[1, 2, 3]
-        .into_iter()
-        .filter(|id| *id != victim)
-        .collect::<Vec<_>>(), "r", false)
-        .await;
+    wait_hosted(
+        &cluster,
+        &[1, 2, 3]
+            .into_iter()
+            .filter(|id| *id != victim)
+            .collect::<Vec<_>>(),
+        "r",
+        false,
+    )
+    .await;
     cluster.restart(victim).await.expect("restart");
     wait_hosted(&cluster, &[victim], "r", false).await;
     wait_record_gone(&cluster, "r").await;
@@ -201,7 +209,10 @@ async fn hosts_fetch_a_component_by_digest_and_refuse_damaged_bytes() {
         .expect("the region is recorded");
     tokio::time::sleep(Duration::from_secs(3)).await;
     for id in [2, 3] {
-        assert!(!hosts(&cluster, id, "d").await, "node {id} runs damaged bytes");
+        assert!(
+            !hosts(&cluster, id, "d").await,
+            "node {id} runs damaged bytes"
+        );
         assert!(
             !stored(id, &other_digest).exists(),
             "node {id} stored bytes that do not match their digest"

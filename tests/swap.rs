@@ -255,7 +255,10 @@ async fn standalone_to_raft_on_three_voters_is_not_committed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        client.get("r", "before", "linearizable").await.expect("get"),
+        client
+            .get("r", "before", "linearizable")
+            .await
+            .expect("get"),
         Some("1".into())
     );
 }
@@ -359,7 +362,10 @@ async fn crash_at(point: &str) {
     }
     let record = settled(&cluster, "r", Duration::from_secs(40)).await;
     let epoch = record["record"]["spec"]["epoch"].as_u64();
-    eprintln!("after {point}: epoch {epoch:?}, {}", record["record"]["epochs"]);
+    eprintln!(
+        "after {point}: epoch {epoch:?}, {}",
+        record["record"]["epochs"]
+    );
     assert!(matches!(epoch, Some(1 | 2)), "{record}");
     let members = assert_one_epoch(&cluster, "r", &record).await;
     let report = load.await.expect("workload");

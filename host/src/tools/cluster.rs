@@ -373,7 +373,8 @@ impl LocalCluster {
                     None => all = false,
                 }
             }
-            if all && seen.len() == 1
+            if all
+                && seen.len() == 1
                 && let Some(leader) = seen.first().copied()
                 && self.node(leader).is_ok_and(LocalNode::is_running)
             {
