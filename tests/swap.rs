@@ -43,17 +43,29 @@ async fn record(cluster: &LocalCluster, region: &str) -> Value {
     panic!("no running node answers the record of {region}");
 }
 
-/// Waits until no swap of `region` is in progress; returns the record.
+/// Waits until no running node's record shows a swap of `region` in
+/// progress and all agree on its epoch; returns the record.
 async fn settled(cluster: &LocalCluster, region: &str, timeout: Duration) -> Value {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let answer = record(cluster, region).await;
-        if answer["record"]["swap"].is_null() {
-            return answer;
+        let mut answers = Vec::new();
+        for client in cluster.clients() {
+            if let Ok(answer) = client.region_record(region).await {
+                answers.push(answer);
+            }
+        }
+        let done = !answers.is_empty()
+            && answers.len() == cluster.clients().len()
+            && answers.iter().all(|a| a["record"]["swap"].is_null())
+            && answers
+                .iter()
+                .all(|a| a["record"]["spec"]["epoch"] == answers[0]["record"]["spec"]["epoch"]);
+        if done {
+            return answers.swap_remove(0);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the swap of {region} did not settle within {timeout:?}: {answer}"
+            "the swap of {region} did not settle within {timeout:?}: {answers:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -458,4 +470,50 @@ async fn raft_to_native_raft_and_back_under_load() {
     assert_linearizable(&recorder);
     let record = client.region_record("r").await.expect("record");
     assert_eq!(record["record"]["epochs"].as_array().map(Vec::len), Some(3));
+}
+
+/// A swap whose begin was committed (the API node logged it) must be in
+/// the record that node reads right after it is restarted: it leads again
+/// at once, in the same term, and its own commit index may lag the entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_committed_swap_begin_is_read_back_after_the_leader_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = std::path::PathBuf::from(node_binary!());
+    let env = [("SYNOD_FAILPOINTS", "swap-after-begin")];
+    let mut cluster = LocalCluster::start_with_env(&binary, dir.path(), 3, &env)
+        .await
+        .expect("cluster starts");
+    let leader = stable_control_leader(&cluster).await;
+    create(&cluster, "r", "raft", &[1, 2, 3]).await;
+    let swapper = cluster.client(leader).expect("client");
+    let answer = swapper
+        .swap_region(
+            "r",
+            "native:raft",
+            None,
+            None,
+            false,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        answer.is_err(),
+        "the leader died after the begin: {answer:?}"
+    );
+    let status = cluster
+        .wait_exit(leader, Duration::from_secs(10))
+        .await
+        .expect("aborted after the begin");
+    assert!(!status.success());
+    cluster.restart(leader).await.expect("restart clean");
+    // The window is short: read it back many times from the start.
+    for _ in 0..40 {
+        let answer = swapper.region_record("r").await.expect("record");
+        let record = &answer["record"];
+        assert!(
+            !record["swap"].is_null() || record["spec"]["epoch"] != 1,
+            "node {leader} reads a record without the committed swap: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
