@@ -83,6 +83,7 @@ async fn assert_one_epoch(cluster: &LocalCluster, region: &str, record: &Value) 
         .filter_map(Value::as_u64)
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut protocols = std::collections::BTreeSet::new();
     for id in &voters {
         loop {
             let status = cluster
@@ -91,7 +92,10 @@ async fn assert_one_epoch(cluster: &LocalCluster, region: &str, record: &Value) 
                 .region_status(region)
                 .await;
             match status {
-                Ok(status) if status["epoch"].as_u64() == Some(epoch) => break,
+                Ok(status) if status["epoch"].as_u64() == Some(epoch) => {
+                    protocols.insert(status["protocol"]["id"].to_string());
+                    break;
+                }
                 other => assert!(
                     tokio::time::Instant::now() < deadline,
                     "node {id} is not in epoch {epoch} of {region}: {other:?}"
@@ -100,6 +104,11 @@ async fn assert_one_epoch(cluster: &LocalCluster, region: &str, record: &Value) 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    assert_eq!(
+        protocols.len(),
+        1,
+        "members of epoch {epoch} run {protocols:?}"
+    );
     voters
 }
 
