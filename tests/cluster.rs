@@ -10,15 +10,13 @@ use synod::checker::{CheckOptions, Outcome, check_linearizable};
 use synod::tools::cluster::LocalCluster;
 use synod::tools::workload::{Recorder, Workload, WorkloadReport};
 use synod::wire::WireClient;
+use synod_tests::cluster::{
+    self as support, assert_converged, assert_linearizable, start_workload,
+};
 use synod_tests::node_binary;
 
 async fn cluster(size: u64) -> (LocalCluster, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let binary = std::path::PathBuf::from(node_binary!());
-    let cluster = LocalCluster::start(&binary, dir.path(), size)
-        .await
-        .expect("cluster starts");
-    (cluster, dir)
+    support::start(node_binary!(), size).await
 }
 
 async fn raft_region(cluster: &LocalCluster, name: &str, params: &[(&str, &str)]) {
@@ -36,23 +34,6 @@ async fn raft_region(cluster: &LocalCluster, name: &str, params: &[(&str, &str)]
         .wait_for_leader(name, Duration::from_secs(20))
         .await
         .expect("a leader is elected");
-}
-
-fn start_workload(
-    cluster: &LocalCluster,
-    region: &str,
-    clients: usize,
-    seconds: f64,
-    recorder: &Arc<Recorder>,
-) -> tokio::task::JoinHandle<WorkloadReport> {
-    let mut workload = Workload::new(region, clients);
-    workload.keys = 16;
-    tokio::spawn(synod::tools::workload::run(
-        cluster.clients(),
-        workload,
-        Duration::from_secs_f64(seconds),
-        Some(recorder.clone()),
-    ))
 }
 
 /// Like [`start_workload`] over the binary wire protocol, one connection
@@ -80,41 +61,6 @@ async fn start_wire_workload(
         Duration::from_secs_f64(seconds),
         Some(recorder.clone()),
     ))
-}
-
-fn assert_linearizable(recorder: &Recorder) {
-    let operations = recorder.operations();
-    assert!(
-        operations.len() > 50,
-        "the workload ran ({} ops)",
-        operations.len()
-    );
-    match check_linearizable(&operations, &CheckOptions::default()) {
-        Outcome::Linearizable => {}
-        Outcome::Violation(violation) => panic!(
-            "history is not linearizable on key {}: {}",
-            violation.key, violation.explanation
-        ),
-        Outcome::Unknown { key, reason } => panic!("checker undecided on {key}: {reason}"),
-    }
-}
-
-/// Waits until every node of `members` holds `region` with one digest.
-async fn assert_converged(cluster: &LocalCluster, region: &str, members: &[u64]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let digests = cluster.digests(region).await;
-        let distinct: std::collections::BTreeSet<_> =
-            members.iter().filter_map(|id| digests.get(id)).collect();
-        if distinct.len() == 1 && members.iter().all(|id| digests.contains_key(id)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replicas {members:?} of {region} did not converge: {digests:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,75 +1,438 @@
 //! Live protocol swap on a real cluster of node processes, under
 //! continuous client load: no acknowledged write is lost, replicas
 //! converge, and the history stays linearizable across strong protocols.
+//! Then the coordinating node is killed (a failpoint aborts it) at each
+//! step of a swap, and the swap must finish or be abandoned cleanly.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use synod::checker::{CheckOptions, Outcome, check_linearizable};
+use serde_json::Value;
 use synod::tools::cluster::LocalCluster;
-use synod::tools::workload::{Recorder, Workload, WorkloadReport};
-use synod_tests::node_binary;
+use synod::tools::workload::Recorder;
+use synod_tests::cluster::{assert_converged, assert_linearizable, start, start_workload};
+use synod_tests::{node_binary, sha256_hex, with_custom_section};
 
 async fn cluster(size: u64) -> (LocalCluster, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let binary = std::path::PathBuf::from(node_binary!());
-    let cluster = LocalCluster::start(&binary, dir.path(), size)
+    start(node_binary!(), size).await
+}
+
+/// Creates `region` through node 1 and, for raft, waits for a leader.
+async fn create(cluster: &LocalCluster, region: &str, protocol: &str, replicas: &[u64]) {
+    cluster
+        .client(1)
+        .expect("client")
+        .create_region_on(region, protocol, &[], Some(replicas))
         .await
-        .expect("cluster starts");
-    (cluster, dir)
-}
-
-fn start_workload(
-    cluster: &LocalCluster,
-    region: &str,
-    clients: usize,
-    seconds: f64,
-    recorder: &Arc<Recorder>,
-) -> tokio::task::JoinHandle<WorkloadReport> {
-    let mut workload = Workload::new(region, clients);
-    workload.keys = 16;
-    tokio::spawn(synod::tools::workload::run(
-        cluster.clients(),
-        workload,
-        Duration::from_secs_f64(seconds),
-        Some(recorder.clone()),
-    ))
-}
-
-fn assert_linearizable(recorder: &Recorder) {
-    let operations = recorder.operations();
-    assert!(
-        operations.len() > 50,
-        "the workload ran ({} ops)",
-        operations.len()
-    );
-    match check_linearizable(&operations, &CheckOptions::default()) {
-        Outcome::Linearizable => {}
-        Outcome::Violation(violation) => panic!(
-            "history is not linearizable on key {}: {}",
-            violation.key, violation.explanation
-        ),
-        Outcome::Unknown { key, reason } => panic!("checker undecided on {key}: {reason}"),
+        .expect("create region");
+    if protocol != "standalone" {
+        cluster
+            .wait_for_leader(region, Duration::from_secs(20))
+            .await
+            .expect("leader");
     }
 }
 
-async fn assert_converged(cluster: &LocalCluster, region: &str, members: &[u64]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+/// The region's record, as any running node answers it.
+async fn record(cluster: &LocalCluster, region: &str) -> Value {
+    for client in cluster.clients() {
+        if let Ok(answer) = client.region_record(region).await {
+            return answer;
+        }
+    }
+    panic!("no running node answers the record of {region}");
+}
+
+/// Waits until no running node's record shows a swap of `region` in
+/// progress and all agree on its epoch; returns the record.
+async fn settled(cluster: &LocalCluster, region: &str, timeout: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let digests = cluster.digests(region).await;
-        let distinct: std::collections::BTreeSet<_> =
-            members.iter().filter_map(|id| digests.get(id)).collect();
-        if distinct.len() == 1 && members.iter().all(|id| digests.contains_key(id)) {
-            return;
+        let mut answers = Vec::new();
+        for client in cluster.clients() {
+            if let Ok(answer) = client.region_record(region).await {
+                answers.push(answer);
+            }
+        }
+        let done = !answers.is_empty()
+            && answers.len() == cluster.clients().len()
+            && answers.iter().all(|a| a["record"]["swap"].is_null())
+            && answers
+                .iter()
+                .all(|a| a["record"]["spec"]["epoch"] == answers[0]["record"]["spec"]["epoch"]);
+        if done {
+            return answers.swap_remove(0);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "replicas {members:?} of {region} did not converge: {digests:?}"
+            "the swap of {region} did not settle within {timeout:?}: {answers:?}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+/// Every member of the record's epoch runs `region` in that epoch, on the
+/// recorded protocol (hosts enter lazily, hence the wait).
+async fn assert_one_epoch(cluster: &LocalCluster, region: &str, record: &Value) -> Vec<u64> {
+    let spec = &record["record"]["spec"];
+    let epoch = spec["epoch"].as_u64().expect("epoch");
+    let voters: Vec<u64> = spec["voters"]
+        .as_array()
+        .expect("voters")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut protocols = std::collections::BTreeSet::new();
+    for id in &voters {
+        loop {
+            let status = cluster
+                .client(*id)
+                .expect("client")
+                .region_status(region)
+                .await;
+            match status {
+                Ok(status) if status["epoch"].as_u64() == Some(epoch) => {
+                    protocols.insert(status["protocol"]["id"].to_string());
+                    break;
+                }
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {id} is not in epoch {epoch} of {region}: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        protocols.len(),
+        1,
+        "members of epoch {epoch} run {protocols:?}"
+    );
+    voters
+}
+
+/// Swaps `region` (running `from` on `before`) to `to` on `after` under
+/// load; checks the epoch moved, the members agree, nothing was lost.
+async fn swap_under_load(
+    cluster: &LocalCluster,
+    from: &str,
+    before: &[u64],
+    to: &str,
+    after: &[u64],
+) -> Value {
+    create(cluster, "r", from, before).await;
+    let recorder = Arc::new(Recorder::default());
+    let load = start_workload(cluster, "r", 6, 6.0, &recorder);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let outcome = cluster
+        .client(1)
+        .expect("client")
+        .swap_region("r", to, None, Some(after), false, Duration::from_secs(30))
+        .await
+        .expect("swap");
+    assert_eq!(outcome["epoch"], 2, "{outcome}");
+    assert_eq!(outcome["rolled_back"], false, "{outcome}");
+    let report = load.await.expect("workload");
+    eprintln!(
+        "{from} -> {to}: {} ok, {} errors",
+        report.completed(),
+        report.errors
+    );
+    assert!(report.completed() > 100, "the workload ran");
+    let record = settled(cluster, "r", Duration::from_secs(5)).await;
+    let members = assert_one_epoch(cluster, "r", &record).await;
+    assert_eq!(members, after);
+    assert_converged(cluster, "r", after).await;
+    assert_linearizable(&recorder);
+    let epochs = record["record"]["epochs"].as_array().expect("epochs");
+    assert_eq!(epochs.len(), 2, "{record}");
+    assert_eq!(epochs[1]["requested"], to);
+    record
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standalone_to_raft_on_its_node_under_load() {
+    let (cluster, _dir) = cluster(3).await;
+    swap_under_load(&cluster, "standalone", &[1], "raft", &[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_to_standalone_under_load_drops_the_other_replicas() {
+    let (cluster, _dir) = cluster(3).await;
+    let record = swap_under_load(&cluster, "raft", &[1, 2, 3], "standalone", &[1]).await;
+    let epochs = record["record"]["epochs"].as_array().expect("epochs");
+    assert_eq!(epochs[0]["voters"], serde_json::json!([1, 2, 3]));
+    assert_eq!(epochs[1]["voters"], serde_json::json!([1]));
+    // The dropped replicas delete their data and confirm it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for id in [2, 3] {
+        loop {
+            let local = cluster
+                .client(id)
+                .expect("client")
+                .regions()
+                .await
+                .expect("regions");
+            let hosted = local["regions"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|r| r["name"] == "r"));
+            if !hosted {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} still hosts the dropped replica: {local}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let record = settled(&cluster, "r", Duration::from_secs(20)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut record = record;
+    while record["record"]["retired"] != serde_json::json!([]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped replicas never confirmed: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        record = settled(&cluster, "r", Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_to_a_rebuilt_raft_under_load() {
+    let (cluster, _dir) = cluster(3).await;
+    let rebuilt = with_custom_section(synod_plugin_artifacts::RAFT_WASM, "synod-test", b"v2");
+    let digest = sha256_hex(&rebuilt);
+    assert_ne!(digest, sha256_hex(synod_plugin_artifacts::RAFT_WASM));
+    let published = cluster
+        .client(1)
+        .expect("client")
+        .publish_component(rebuilt)
+        .await
+        .expect("publish v2");
+    assert_eq!(published["digest"], digest.as_str(), "{published}");
+    let to = format!("sha256:{digest}");
+    swap_under_load(&cluster, "raft", &[1, 2, 3], &to, &[1, 2, 3]).await;
+    let status = cluster
+        .client(2)
+        .expect("client")
+        .region_status("r")
+        .await
+        .expect("status");
+    assert!(
+        status["protocol"]["id"]
+            .as_str()
+            .is_some_and(|id| id.contains(&digest)),
+        "node 2 runs the rebuilt component: {}",
+        status["protocol"]
+    );
+}
+
+/// Standalone keeps one copy; raft on three new voters would let the two
+/// empty replicas out-vote the only one holding the data. The swap must
+/// not commit, must say why, and must not leave the region refusing
+/// writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn standalone_to_raft_on_three_voters_is_not_committed() {
+    let (cluster, _dir) = cluster(3).await;
+    create(&cluster, "r", "standalone", &[1]).await;
+    let client = cluster.client(1).expect("client");
+    client.put("r", "before", "1").await.expect("put");
+    let answer = client
+        .swap_region(
+            "r",
+            "raft",
+            None,
+            Some(&[1, 2, 3]),
+            false,
+            Duration::from_secs(3),
+        )
+        .await;
+    eprintln!("swap answer: {answer:?}");
+    let record = record(&cluster, "r").await;
+    eprintln!("record: {record}");
+    assert_eq!(record["record"]["spec"]["epoch"], 1, "not committed");
+    let why = record["swap_waiting_for"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| answer.err().map(|e| e.to_string()))
+        .unwrap_or_default();
+    assert!(
+        why.contains("majority") || why.contains("new voters"),
+        "the refusal says why: {why}"
+    );
+    // Writes still flow on the single copy.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.put("r", "after", "2").await {
+            Ok(()) => break,
+            Err(error) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the region refuses writes while the swap cannot commit: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        client
+            .get("r", "before", "linearizable")
+            .await
+            .expect("get"),
+        Some("1".into())
+    );
+}
+
+/// A control-plane leader that every running node names, twice over a
+/// pause (a restart can trigger an election right after it is answered).
+async fn stable_control_leader(cluster: &LocalCluster) -> u64 {
+    let mut previous = None;
+    for _ in 0..20 {
+        let leader = cluster
+            .wait_for_control_leader(Duration::from_secs(20))
+            .await
+            .expect("control leader");
+        if previous == Some(leader) {
+            return leader;
+        }
+        previous = Some(leader);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    panic!("the control-plane leader kept changing");
+}
+
+/// Points reached by every host of the swap, not only the coordinator.
+const HOST_POINTS: [&str; 2] = ["swap-after-sealed", "swap-before-enter"];
+
+/// Kills the control-plane leader at `point` of a swap under load,
+/// restarts it clean, and checks the swap finished or was abandoned with
+/// nothing lost. Coordinator points are armed on every node (whichever
+/// leads, it is the one to reach them); host points on the leader only.
+async fn crash_at(point: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = std::path::PathBuf::from(node_binary!());
+    let env = [("SYNOD_FAILPOINTS", point)];
+    let mut cluster = LocalCluster::start_with_env(&binary, dir.path(), 3, &env)
+        .await
+        .expect("cluster starts");
+    let mut armed: Vec<u64> = vec![1, 2, 3];
+    let mut coordinator = stable_control_leader(&cluster).await;
+    if HOST_POINTS.contains(&point) {
+        for _ in 0..3 {
+            for id in armed.clone() {
+                if id != coordinator {
+                    cluster.restart(id).await.expect("restart clean");
+                    armed.retain(|a| *a != id);
+                }
+            }
+            coordinator = stable_control_leader(&cluster).await;
+            if armed.contains(&coordinator) {
+                break;
+            }
+            cluster
+                .restart_with_failpoints(coordinator, &[point])
+                .await
+                .expect("restart armed");
+            armed.push(coordinator);
+            coordinator = stable_control_leader(&cluster).await;
+        }
+        assert!(armed.contains(&coordinator), "could not arm the leader");
+    }
+    create(&cluster, "r", "raft", &[1, 2, 3]).await;
+    let recorder = Arc::new(Recorder::default());
+    let load = start_workload(&cluster, "r", 6, 8.0, &recorder);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let swapper = cluster.client(coordinator).expect("client");
+    let swap = tokio::spawn(async move {
+        swapper
+            .swap_region(
+                "r",
+                "native:raft",
+                None,
+                None,
+                false,
+                Duration::from_secs(20),
+            )
+            .await
+    });
+    // Whichever armed node coordinates (or hosts) the step aborts there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut aborted = Vec::new();
+    while aborted.is_empty() {
+        for id in &armed {
+            if let Some(status) = cluster.reap(*id).expect("reap") {
+                assert!(!status.success(), "node {id} exited cleanly");
+                aborted.push(*id);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no armed node {armed:?} reached {point}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("nodes {aborted:?} aborted at {point} (coordinator {coordinator})");
+    let _ = swap.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in [1, 2, 3] {
+        let _ = cluster.reap(id);
+        if !cluster.node(id).expect("node").is_running() {
+            cluster.restart(id).await.expect("restart clean");
+        }
+    }
+    let record = settled(&cluster, "r", Duration::from_secs(40)).await;
+    let epoch = record["record"]["spec"]["epoch"].as_u64();
+    eprintln!(
+        "after {point}: epoch {epoch:?}, {}",
+        record["record"]["epochs"]
+    );
+    assert!(matches!(epoch, Some(1 | 2)), "{record}");
+    let members = assert_one_epoch(&cluster, "r", &record).await;
+    let report = load.await.expect("workload");
+    eprintln!(
+        "{point}: {} ok, {} errors",
+        report.completed(),
+        report.errors
+    );
+    // Writes flow again, whichever way the swap ended.
+    let client = cluster.client(coordinator).expect("client");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Err(error) = client.put("r", "after-crash", "1").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write succeeds after the crash at {point}: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_converged(&cluster, "r", &members).await;
+    assert_linearizable(&recorder);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_the_coordinator_after_the_swap_begins() {
+    crash_at("swap-after-begin").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_the_coordinator_after_it_records_the_seal_step() {
+    crash_at("swap-after-seal-step").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_the_coordinator_after_it_sealed_its_replica() {
+    crash_at("swap-after-sealed").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_the_coordinator_after_it_records_the_commit() {
+    crash_at("swap-after-commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_the_coordinator_before_it_enters_the_new_epoch() {
+    crash_at("swap-before-enter").await;
+}
 #[tokio::test(flavor = "multi_thread")]
 async fn raft_to_native_raft_and_back_under_load() {
     let (cluster, _dir) = cluster(3).await;
@@ -116,4 +479,50 @@ async fn raft_to_native_raft_and_back_under_load() {
     assert_linearizable(&recorder);
     let record = client.region_record("r").await.expect("record");
     assert_eq!(record["record"]["epochs"].as_array().map(Vec::len), Some(3));
+}
+
+/// A swap whose begin was committed (the API node logged it) must be in
+/// the record that node reads right after it is restarted: it leads again
+/// at once, in the same term, and its own commit index may lag the entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_committed_swap_begin_is_read_back_after_the_leader_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = std::path::PathBuf::from(node_binary!());
+    let env = [("SYNOD_FAILPOINTS", "swap-after-begin")];
+    let mut cluster = LocalCluster::start_with_env(&binary, dir.path(), 3, &env)
+        .await
+        .expect("cluster starts");
+    let leader = stable_control_leader(&cluster).await;
+    create(&cluster, "r", "raft", &[1, 2, 3]).await;
+    let swapper = cluster.client(leader).expect("client");
+    let answer = swapper
+        .swap_region(
+            "r",
+            "native:raft",
+            None,
+            None,
+            false,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        answer.is_err(),
+        "the leader died after the begin: {answer:?}"
+    );
+    let status = cluster
+        .wait_exit(leader, Duration::from_secs(10))
+        .await
+        .expect("aborted after the begin");
+    assert!(!status.success());
+    cluster.restart(leader).await.expect("restart clean");
+    // The window is short: read it back many times from the start.
+    for _ in 0..40 {
+        let answer = swapper.region_record("r").await.expect("record");
+        let record = &answer["record"];
+        assert!(
+            !record["swap"].is_null() || record["spec"]["epoch"] != 1,
+            "node {leader} reads a record without the committed swap: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

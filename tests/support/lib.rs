@@ -133,3 +133,110 @@ impl Drop for NodeProcess {
         self.kill();
     }
 }
+
+/// Helpers for tests on a [`LocalCluster`] of node processes: start one,
+/// run a recorded workload, check the history and the replicas.
+pub mod cluster {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use synod::checker::{CheckOptions, Outcome, check_linearizable};
+    use synod::tools::cluster::LocalCluster;
+    use synod::tools::workload::{Recorder, Workload, WorkloadReport};
+
+    /// Starts `size` node processes of `binary` (give it [`node_binary!`]).
+    pub async fn start(binary: &str, size: u64) -> (LocalCluster, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster = LocalCluster::start(std::path::Path::new(binary), dir.path(), size)
+            .await
+            .expect("cluster starts");
+        (cluster, dir)
+    }
+
+    /// Runs a recorded HTTP workload over every running node on 16 keys.
+    pub fn start_workload(
+        cluster: &LocalCluster,
+        region: &str,
+        clients: usize,
+        seconds: f64,
+        recorder: &Arc<Recorder>,
+    ) -> tokio::task::JoinHandle<WorkloadReport> {
+        let mut workload = Workload::new(region, clients);
+        workload.keys = 16;
+        tokio::spawn(synod::tools::workload::run(
+            cluster.clients(),
+            workload,
+            Duration::from_secs_f64(seconds),
+            Some(recorder.clone()),
+        ))
+    }
+
+    /// The recorded history is linearizable (which also proves no
+    /// acknowledged write was lost: a lost write makes a later read
+    /// impossible to order).
+    pub fn assert_linearizable(recorder: &Recorder) {
+        let operations = recorder.operations();
+        assert!(
+            operations.len() > 50,
+            "the workload ran ({} ops)",
+            operations.len()
+        );
+        match check_linearizable(&operations, &CheckOptions::default()) {
+            Outcome::Linearizable => {}
+            Outcome::Violation(violation) => panic!(
+                "history is not linearizable on key {}: {}",
+                violation.key, violation.explanation
+            ),
+            Outcome::Unknown { key, reason } => panic!("checker undecided on {key}: {reason}"),
+        }
+    }
+
+    /// Waits until `members` all report the same state digest of `region`.
+    pub async fn assert_converged(cluster: &LocalCluster, region: &str, members: &[u64]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let digests = cluster.digests(region).await;
+            let distinct: BTreeSet<_> = members.iter().filter_map(|id| digests.get(id)).collect();
+            if distinct.len() == 1 && members.iter().all(|id| digests.contains_key(id)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replicas {members:?} of {region} did not converge: {digests:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// `component` with a wasm custom section (id 0) appended: a rebuilt
+/// component, with a new digest and the same code.
+pub fn with_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb128(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    let mut bytes = component.to_vec();
+    bytes.push(0);
+    leb128(body.len(), &mut bytes);
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// sha256 hex of `bytes`, computed here rather than by the host.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -374,9 +374,15 @@ impl ControlPlane {
         }
     }
 
+    /// The index a linearizable read must wait for: at least the end of
+    /// this leader's log. openraft's read index is its commit index, which
+    /// lags after a restart (the leader is restored in the same term, and
+    /// an entry a majority committed before the crash is not yet known
+    /// committed here); every committed entry is in the leader's log.
     async fn read_index_here(&self) -> Result<Option<u64>, String> {
+        let floor = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         match self.raft.ensure_linearizable().await {
-            Ok(read) => Ok(Some(read.map_or(0, |l| l.index))),
+            Ok(read) => Ok(Some(read.map_or(0, |l| l.index).max(floor))),
             Err(RaftError::APIError(_)) => Ok(None),
             Err(error) => Err(error.to_string()),
         }

@@ -37,6 +37,22 @@ pub enum Decision {
 pub fn decide(record: &RegionRecord, swap: &SwapRecord, eventual: bool, now_ms: u64) -> Decision {
     match swap.step {
         SwapStep::Preparing => {
+            // Only current voters can report a seal, and the reporters must
+            // be a majority of the new voters: with too few of them among
+            // the new voters the swap could never commit, and sealing would
+            // hold the region's writes for good. Abandon it before sealing.
+            let new_majority = swap.voters.len() / 2 + 1;
+            let kept = swap
+                .voters
+                .iter()
+                .filter(|id| record.spec.voters.contains(id))
+                .count();
+            if kept < new_majority {
+                return Decision::Abort(format!(
+                    "the new voters {:?} keep {kept} of the current voters {:?}; a swap commits only when replicas holding the data are a majority ({new_majority}) of the new voters: swap to a membership keeping enough current voters, then change membership",
+                    swap.voters, record.spec.voters
+                ));
+            }
             if let Some((node, why)) = swap.refused.iter().next() {
                 return Decision::Abort(format!(
                     "node {node} cannot run {}: {why}",
@@ -322,6 +338,28 @@ mod tests {
             decide(&r, &swap(vec![2], &[(1, 9, "a"), (2, 9, "a")]), false, 0),
             Decision::Commit { .. }
         ));
+    }
+
+    #[test]
+    fn a_swap_that_could_never_commit_is_abandoned_before_sealing() {
+        let r = record(vec![1]);
+        let mut s = swap(vec![1, 2, 3], &[]);
+        s.step = SwapStep::Preparing;
+        s.prepared = BTreeSet::from([1, 2, 3]);
+        assert!(
+            matches!(decide(&r, &s, false, 0), Decision::Abort(why) if why.contains("majority"))
+        );
+        s.voters = vec![1];
+        s.prepared = BTreeSet::from([1]);
+        assert_eq!(decide(&r, &s, false, 0), Decision::Seal);
+        // Three to three others: no current voter is kept.
+        let r = record(vec![1, 2, 3]);
+        let mut s = swap(vec![4, 5, 6], &[]);
+        s.step = SwapStep::Preparing;
+        assert!(matches!(decide(&r, &s, false, 0), Decision::Abort(_)));
+        // Three to two of them plus one new: two of three kept.
+        s.voters = vec![2, 3, 4];
+        assert!(matches!(decide(&r, &s, false, 0), Decision::Wait(_)));
     }
 
     #[test]

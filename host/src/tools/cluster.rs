@@ -26,6 +26,8 @@ pub struct LocalNode {
     config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    /// Extra environment of the next start (e.g. `SYNOD_FAILPOINTS`).
+    env: BTreeMap<String, String>,
 }
 
 impl LocalNode {
@@ -99,6 +101,17 @@ fn signal(pid: u32, signal: libc::c_int) -> Result<()> {
 impl LocalCluster {
     /// Starts `size` nodes (ids 1..=size) running `binary serve --config`.
     pub async fn start(binary: &Path, dir: &Path, size: u64) -> Result<Self> {
+        Self::start_with_env(binary, dir, size, &[]).await
+    }
+
+    /// Like [`LocalCluster::start`], every node with these extra
+    /// environment variables (until it is restarted).
+    pub async fn start_with_env(
+        binary: &Path,
+        dir: &Path,
+        size: u64,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut cluster = LocalCluster {
             dir: dir.to_path_buf(),
             binary: binary.to_path_buf(),
@@ -107,6 +120,10 @@ impl LocalCluster {
         };
         for id in 1..=size {
             cluster.allocate(id)?;
+            cluster.node_mut(id)?.env = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         }
         for id in 1..=size {
             cluster.write_config(id)?;
@@ -131,6 +148,7 @@ impl LocalCluster {
                 config_path: self.dir.join(format!("node{id}.toml")),
                 log_path: self.dir.join(format!("node{id}.log")),
                 child: None,
+                env: BTreeMap::new(),
             },
         );
         Ok(())
@@ -182,6 +200,7 @@ impl LocalCluster {
                 "RUST_LOG",
                 std::env::var("SYNOD_NODE_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(&node.env)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -257,10 +276,115 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Restarts node `id` (SIGKILL first if it runs) with no extra
+    /// environment: armed failpoints are cleared.
     pub async fn restart(&mut self, id: NodeId) -> Result<()> {
+        self.restart_with_env(id, &[]).await
+    }
+
+    /// Restarts node `id` with exactly these extra environment variables.
+    pub async fn restart_with_env(&mut self, id: NodeId, env: &[(&str, &str)]) -> Result<()> {
         self.kill(id)?;
+        self.node_mut(id)?.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.spawn(id)?;
         self.wait_ready(id).await
+    }
+
+    /// Restarts node `id` with these crash points armed (`SYNOD_FAILPOINTS`).
+    pub async fn restart_with_failpoints(&mut self, id: NodeId, points: &[&str]) -> Result<()> {
+        let points = points.join(",");
+        self.restart_with_env(id, &[("SYNOD_FAILPOINTS", &points)])
+            .await
+    }
+
+    /// Waits until node `id`'s process exits by itself (a failpoint
+    /// aborted it) and returns how it ended; the node is then down.
+    pub async fn wait_exit(
+        &mut self,
+        id: NodeId,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let node = self.node_mut(id)?;
+            let child = node
+                .child
+                .as_mut()
+                .with_context(|| format!("node {id} is not running"))?;
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "node {id} still runs after {timeout:?}; end of {}:\n{}",
+                    node.log_path.display(),
+                    log_tail(&node.log_path, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether node `id`'s process has exited by itself (then it is
+    /// marked down, to be restarted).
+    pub fn reap(&mut self, id: NodeId) -> Result<Option<std::process::ExitStatus>> {
+        let node = self.node_mut(id)?;
+        let Some(child) = node.child.as_mut() else {
+            return Ok(None);
+        };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            node.child = None;
+        }
+        Ok(status)
+    }
+
+    /// The node log's path (what `SYNOD_NODE_LOG` lets through).
+    pub fn log_path(&self, id: NodeId) -> Result<&Path> {
+        Ok(&self.node(id)?.log_path)
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.join(format!("data{id}"))
+    }
+
+    /// The control-plane leader as running node `via` sees it.
+    pub async fn control_leader(&self, via: NodeId) -> Option<NodeId> {
+        let status = self.node(via).ok()?.client.status().await.ok()?;
+        status["control"]["leader"].as_u64()
+    }
+
+    /// Waits until every running node names the same control-plane leader.
+    pub async fn wait_for_control_leader(&self, timeout: Duration) -> Result<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut seen = BTreeSet::new();
+            let mut all = true;
+            for node in self.nodes.values().filter(|n| n.is_running()) {
+                match self.control_leader(node.id).await {
+                    Some(leader) => {
+                        seen.insert(leader);
+                    }
+                    None => all = false,
+                }
+            }
+            if all
+                && seen.len() == 1
+                && let Some(leader) = seen.first().copied()
+                && self.node(leader).is_ok_and(LocalNode::is_running)
+            {
+                return Ok(leader);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no agreed control-plane leader within {timeout:?} (seen {seen:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGSTOP: the process freezes with its sockets open.
