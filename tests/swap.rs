@@ -526,3 +526,87 @@ async fn a_committed_swap_begin_is_read_back_after_the_leader_restarts() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A replica that is down during a swap enters the new epoch when it is
+/// back and is caught up by the new protocol; a second swap while one runs
+/// is refused; the region then deletes from every host.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_down_during_a_swap_catches_up_into_the_new_epoch() {
+    let (mut cluster, _dir) = cluster(3).await;
+    create(&cluster, "r", "raft", &[1, 2, 3]).await;
+    let down = 3;
+    cluster.kill(down).expect("kill");
+    let recorder = Arc::new(Recorder::default());
+    let clients: Vec<_> = (1..=2)
+        .map(|id| cluster.client(id).expect("client"))
+        .collect();
+    let mut workload = synod::tools::workload::Workload::new("r", 4);
+    workload.keys = 16;
+    let load = tokio::spawn(synod::tools::workload::run(
+        clients,
+        workload,
+        Duration::from_secs(5),
+        Some(recorder.clone()),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = cluster.client(1).expect("client");
+    let outcome = client
+        .swap_region(
+            "r",
+            "native:raft",
+            None,
+            None,
+            false,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("swap with a replica down");
+    assert_eq!(outcome["done"], true, "{outcome}");
+    assert_eq!(outcome["epoch"], 2, "{outcome}");
+    // A swap that does not finish within its wait answers 202 with its
+    // step; another swap meanwhile is refused.
+    let running = client
+        .swap_region("r", "raft", None, None, false, Duration::from_millis(1))
+        .await
+        .expect("a running swap is not an error");
+    assert_eq!(running["done"], false, "{running}");
+    let refused = client
+        .swap_region("r", "raft", None, None, false, Duration::from_millis(1))
+        .await
+        .expect_err("one swap at a time");
+    assert_eq!(refused.code(), Some("swap_in_progress"), "{refused}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.restart(down).await.expect("restart");
+    let report = load.await.expect("workload");
+    assert!(report.completed() > 100, "progress: {}", report.completed());
+    assert_converged(&cluster, "r", &[1, 2, 3]).await;
+    assert_linearizable(&recorder);
+    let status = cluster
+        .client(down)
+        .expect("client")
+        .region_status("r")
+        .await
+        .expect("status");
+    assert_eq!(
+        status["epoch"], 3,
+        "the restarted replica entered the latest epoch: {status}"
+    );
+    let deleted = client
+        .delete_region("r", Duration::from_secs(10))
+        .await
+        .expect("delete");
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    for id in 1..=3 {
+        let listed = cluster
+            .client(id)
+            .expect("client")
+            .regions()
+            .await
+            .expect("regions");
+        assert_eq!(
+            listed["regions"].as_array().map(Vec::len),
+            Some(0),
+            "node {id}: {listed}"
+        );
+    }
+}
