@@ -205,6 +205,15 @@ enum RegionCommand {
         #[arg(long, value_delimiter = ',')]
         learners: Vec<u64>,
     },
+    /// Move one replica from node --from to node --to: --to joins, catches
+    /// up and becomes a voter, then --from leaves and deletes its data.
+    Move {
+        name: String,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
     /// Hand the region's leadership to --to (or the best peer).
     TransferLeader {
         name: String,
@@ -467,6 +476,9 @@ async fn region(command: RegionCommand, client: &ApiClient) -> Result<()> {
             voters,
             learners,
         } => print_json(&client.change_membership(&name, &voters, &learners).await?),
+        RegionCommand::Move { name, from, to } => {
+            print_json(&client.move_replica(&name, from, to).await?)
+        }
         RegionCommand::TransferLeader { name, to } => {
             print_json(&client.transfer_leader(&name, to).await?)
         }
