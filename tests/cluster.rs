@@ -11,7 +11,7 @@ use synod::tools::cluster::LocalCluster;
 use synod::tools::workload::{Recorder, Workload, WorkloadReport};
 use synod::wire::WireClient;
 use synod_tests::cluster::{
-    self as support, assert_converged, assert_linearizable, start_workload,
+    self as support, assert_converged, assert_linearizable, assert_replica_deleted, start_workload,
 };
 use synod_tests::node_binary;
 
@@ -260,30 +260,6 @@ async fn add_a_fourth_node_and_remove_one_under_load() {
     assert_linearizable(&recorder);
     // No idle replica is left behind: the removed node deletes its replica.
     assert_replica_deleted(&cluster, "r", removed).await;
-}
-
-/// Waits until node `id` no longer runs a replica of `region`.
-async fn assert_replica_deleted(cluster: &LocalCluster, region: &str, id: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let listed = cluster
-            .client(id)
-            .expect("client")
-            .regions()
-            .await
-            .expect("regions");
-        let hosted = listed["regions"]
-            .as_array()
-            .is_some_and(|all| all.iter().any(|r| r["name"] == region));
-        if !hosted {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node {id} still runs a replica of {region}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 use synod::tools::cluster::LocalCluster;
 use synod::tools::workload::Recorder;
-use synod_tests::cluster::{assert_converged, assert_linearizable, start, start_workload};
+use synod_tests::cluster::{
+    assert_converged, assert_linearizable, assert_replica_deleted, start, start_workload,
+};
 use synod_tests::{node_binary, sha256_hex, with_custom_section};
 
 async fn cluster(size: u64) -> (LocalCluster, tempfile::TempDir) {
@@ -165,27 +167,8 @@ async fn raft_to_standalone_under_load_drops_the_other_replicas() {
     assert_eq!(epochs[0]["voters"], serde_json::json!([1, 2, 3]));
     assert_eq!(epochs[1]["voters"], serde_json::json!([1]));
     // The dropped replicas delete their data and confirm it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for id in [2, 3] {
-        loop {
-            let local = cluster
-                .client(id)
-                .expect("client")
-                .regions()
-                .await
-                .expect("regions");
-            let hosted = local["regions"]
-                .as_array()
-                .is_some_and(|list| list.iter().any(|r| r["name"] == "r"));
-            if !hosted {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node {id} still hosts the dropped replica: {local}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert_replica_deleted(&cluster, "r", id).await;
     }
     let record = settled(&cluster, "r", Duration::from_secs(20)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

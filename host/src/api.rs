@@ -483,14 +483,10 @@ pub struct CreateRegion {
     pub replica_count: Option<usize>,
 }
 
-async fn create_region(
-    State(node): State<Arc<Node>>,
-    body: Result<Json<CreateRegion>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let request = json_body(body)?;
+/// Refuses parameters over the spec's size limits (413).
+fn check_params(params: &BTreeMap<String, String>) -> Result<(), ApiError> {
     crate::region::spec_limits::check_params(
-        request
-            .params
+        params
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str())),
     )
@@ -500,7 +496,15 @@ async fn create_region(
             too_large.code(),
             too_large.to_string(),
         )
-    })?;
+    })
+}
+
+async fn create_region(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<CreateRegion>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let request = json_body(body)?;
+    check_params(&request.params)?;
     let params = request.params.into_iter().collect();
     let placement = match (request.replicas, request.replica_count) {
         (Some(_), Some(_)) => {
@@ -612,18 +616,7 @@ async fn swap_region(
 ) -> Result<Response, ApiError> {
     let body = json_body(body)?;
     if let Some(params) = &body.params {
-        crate::region::spec_limits::check_params(
-            params
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str())),
-        )
-        .map_err(|too_large| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                too_large.code(),
-                too_large.to_string(),
-            )
-        })?;
+        check_params(params)?;
     }
     let wait = Duration::from_millis(body.wait_ms.unwrap_or(60_000).min(600_000));
     let params = body.params.map(|p| p.into_iter().collect());

@@ -27,6 +27,14 @@ pub enum ApiClientError {
     Decode { url: String, why: String },
 }
 
+/// Parameters as the JSON object the API takes.
+fn params_object(params: &[(String, String)]) -> serde_json::Map<String, Value> {
+    params
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect()
+}
+
 /// Names the node that failed (a redirect's target, not the node first
 /// asked) and the innermost cause once, not reqwest's nested repetition.
 fn transport_error(url: &str, error: &reqwest::Error) -> ApiClientError {
@@ -184,10 +192,7 @@ impl ApiClient {
         protocol: &str,
         params: &[(String, String)],
     ) -> Result<Value, ApiClientError> {
-        let params: serde_json::Map<String, Value> = params
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
+        let params = params_object(params);
         self.post_json(
             "/v1/regions",
             &json!({ "name": name, "protocol": protocol, "params": params }),
@@ -203,10 +208,7 @@ impl ApiClient {
         params: &[(String, String)],
         replicas: Option<&[u64]>,
     ) -> Result<Value, ApiClientError> {
-        let params: serde_json::Map<String, Value> = params
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
+        let params = params_object(params);
         self.post_json(
             "/v1/regions",
             &json!({ "name": name, "protocol": protocol, "params": params, "replicas": replicas }),
@@ -284,10 +286,7 @@ impl ApiClient {
         params: &[(String, String)],
         count: usize,
     ) -> Result<Value, ApiClientError> {
-        let params: serde_json::Map<String, Value> = params
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
+        let params = params_object(params);
         self.post_json(
             "/v1/regions",
             &json!({ "name": name, "protocol": protocol, "params": params, "replica_count": count }),
@@ -331,12 +330,7 @@ impl ApiClient {
         force: bool,
         wait: Duration,
     ) -> Result<Value, ApiClientError> {
-        let params: Option<serde_json::Map<String, Value>> = params.map(|params| {
-            params
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect()
-        });
+        let params = params.map(params_object);
         let url = self.url(&format!("/v1/regions/{}/swap", encode(region)));
         let body = json!({
             "to": to,

@@ -208,6 +208,31 @@ pub mod cluster {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    /// Waits until node `id` no longer runs a replica of `region` (its own
+    /// list, not a status that would redirect to a node that has one).
+    pub async fn assert_replica_deleted(cluster: &LocalCluster, region: &str, id: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed = cluster
+                .client(id)
+                .expect("client")
+                .regions()
+                .await
+                .expect("regions");
+            let hosted = listed["regions"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|r| r["name"] == region));
+            if !hosted {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} still runs a replica of {region}: {listed}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// `component` with a wasm custom section (id 0) appended: a rebuilt

@@ -322,7 +322,15 @@ impl ControlPlane {
         request: ControlRequest,
     ) -> Result<Option<(ControlResponse, u64)>, String> {
         match self.raft.client_write(request).await {
-            Ok(written) => Ok(Some((written.data, written.log_id.index))),
+            Ok(written) => {
+                // Followers learn the new commit index now, not at the next
+                // heartbeat: hosts act on a command only once they apply it
+                // (a swap step waited up to a heartbeat interval per step).
+                if let Err(error) = self.raft.trigger_heartbeat().await {
+                    tracing::debug!(%error, "could not hurry the commit index to followers");
+                }
+                Ok(Some((written.data, written.log_id.index)))
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
             Err(error) => Err(error.to_string()),
         }

@@ -34,8 +34,16 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         params.push((name.to_string(), value.to_string()));
     }
     let dir = tempfile::tempdir()?;
+    let path = dir.path().to_path_buf();
+    // SYNOD_BENCH_KEEP keeps the nodes' directories and logs for a look.
+    let _cleanup = if std::env::var_os("SYNOD_BENCH_KEEP").is_some() {
+        eprintln!("cluster directory (kept): {}", dir.keep().display());
+        None
+    } else {
+        Some(dir)
+    };
     let binary = std::env::current_exe()?;
-    let mut cluster = LocalCluster::start(&binary, dir.path(), 3).await?;
+    let mut cluster = LocalCluster::start(&binary, &path, 3).await?;
     let entry = cluster.client(1)?;
     entry
         .create_region("bench", &args.protocol, &params)
