@@ -326,7 +326,7 @@ impl ControlPlane {
                 // Followers learn the new commit index now, not at the next
                 // heartbeat: hosts act on a command only once they apply it
                 // (a swap step waited up to a heartbeat interval per step).
-                if let Err(error) = self.raft.trigger_heartbeat().await {
+                if let Err(error) = self.raft.trigger().heartbeat().await {
                     tracing::debug!(%error, "could not hurry the commit index to followers");
                 }
                 Ok(Some((written.data, written.log_id.index)))
@@ -421,8 +421,8 @@ impl ControlPlane {
                 Ok(None) => ControlReply::NotLeader(self.leader()),
                 Err(error) => ControlReply::Failed(error),
             },
-            ControlRpc::FetchComponent { .. } => {
-                ControlReply::Failed("component fetches are served by the node".into())
+            ControlRpc::FetchComponent { .. } | ControlRpc::SealReport { .. } => {
+                ControlReply::Failed("served by the node, not the control plane".into())
             }
         }
     }

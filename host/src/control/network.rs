@@ -41,6 +41,14 @@ pub enum ControlRpc {
     FetchComponent {
         digest: String,
     },
+    /// A host sealed its replica for a swap (sent to the coordinator, the
+    /// control-plane leader).
+    SealReport {
+        region: String,
+        from_epoch: u64,
+        node: NodeId,
+        report: crate::control::record::SealReportRecord,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +60,8 @@ pub enum ControlReply {
     Proposed(ControlResponse, u64),
     ReadIndex(u64),
     Component(ByteBuf),
+    /// A seal report was noted by the coordinator.
+    Noted,
     /// This node is not the leader (the hint names the one it knows).
     NotLeader(Option<NodeId>),
     Failed(String),

@@ -272,6 +272,9 @@ pub enum ControlCommand {
         from_epoch: u64,
         start_position: u64,
         rollback: Option<String>,
+        /// Seal reports the coordinator had besides the recorded ones
+        /// (hosts send them straight to it, to save a commit).
+        sealed: BTreeMap<NodeId, SealReportRecord>,
     },
     /// Coordinator: abandon a swap before anything was sealed.
     SwapAbort {
@@ -599,13 +602,16 @@ impl ControlState {
                 from_epoch,
                 start_position,
                 rollback,
+                sealed,
             } => {
                 let Some(record) = self.active_region(region) else {
                     return missing_region(region);
                 };
-                let Some(swap) = record.swap.take_if(|s| s.from_epoch == *from_epoch) else {
+                let Some(mut swap) = record.swap.take_if(|s| s.from_epoch == *from_epoch) else {
                     return stale_swap(region);
                 };
+                swap.sealed
+                    .extend(sealed.iter().map(|(id, r)| (*id, r.clone())));
                 let epoch = record.spec.epoch + 1;
                 let (protocol, requested, params, voters, note) = match rollback {
                     None => (
@@ -752,6 +758,7 @@ fn audit_line(command: &ControlCommand) -> Option<String> {
             from_epoch,
             start_position,
             rollback,
+            ..
         } => match rollback {
             None => format!(
                 "region {region}: epoch {} began at position {start_position}",
@@ -988,6 +995,7 @@ mod tests {
             from_epoch: 1,
             start_position: 5,
             rollback: None,
+            sealed: BTreeMap::new(),
         });
         assert_eq!(state.apply(17, &commit), ControlResponse::Done);
         assert!(

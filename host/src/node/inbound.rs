@@ -191,6 +191,21 @@ impl InboundHandler for NodeInbound {
                                 )),
                             }
                         }
+                        ControlRpc::SealReport {
+                            region,
+                            from_epoch,
+                            node: reporter,
+                            report,
+                        } => {
+                            if node.control().is_leader() {
+                                node.seal_reports()
+                                    .note(&region, from_epoch, reporter, report);
+                                crate::swap::coordinator::drive(&node).await;
+                                ControlReply::Noted
+                            } else {
+                                ControlReply::NotLeader(node.control().leader())
+                            }
+                        }
                         other => node.control().handle(other).await,
                     };
                     node.control().rpc().reply(from, id, &answer);

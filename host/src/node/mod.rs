@@ -211,6 +211,8 @@ pub struct Node {
     orphans: std::sync::Mutex<BTreeSet<String>>,
     /// The spec version each local replica last journaled.
     spec_versions: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Seal reports sent to this node as swap coordinator.
+    seal_reports: crate::swap::coordinator::SealReports,
     /// Peer messages for an epoch or replica this node has not reached yet.
     early: inbound::EarlyMessages,
     /// This node, for tasks it spawns.
@@ -389,6 +391,7 @@ impl Node {
             spec_versions: std::sync::Mutex::new(BTreeMap::new()),
             orphans: std::sync::Mutex::new(BTreeSet::new()),
             early: inbound::EarlyMessages::default(),
+            seal_reports: crate::swap::coordinator::SealReports::default(),
             this: std::sync::OnceLock::new(),
             transport,
             components: std::sync::Mutex::new(BTreeMap::new()),

@@ -69,6 +69,10 @@ impl Node {
         *known = orphans.into_iter().collect();
     }
 
+    pub(crate) fn seal_reports(&self) -> &crate::swap::coordinator::SealReports {
+        &self.seal_reports
+    }
+
     pub(crate) fn early_messages(&self) -> &super::inbound::EarlyMessages {
         &self.early
     }

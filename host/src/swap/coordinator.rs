@@ -3,7 +3,8 @@
 //! keeps no state of its own, so a new leader picks up where the old one
 //! stopped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use synod_guest_sdk::NodeId;
@@ -19,6 +20,45 @@ pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
 /// member that is down prepares when it is back, and enters the new epoch
 /// by the new protocol's catch-up.
 pub const PREPARE_GRACE: Duration = Duration::from_secs(3);
+
+/// Seal reports hosts sent straight to this node as coordinator, by
+/// (region, epoch sealed): they count like recorded ones and go into the
+/// record with the commit, which saves a control-plane commit per swap. A
+/// new coordinator starts empty; hosts re-send until the swap ends.
+#[derive(Default)]
+pub struct SealReports {
+    reports: Mutex<BTreeMap<(String, u64), BTreeMap<NodeId, SealReportRecord>>>,
+}
+
+impl SealReports {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, u64), BTreeMap<NodeId, SealReportRecord>>>
+    {
+        self.reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn note(&self, region: &str, epoch: u64, node: NodeId, report: SealReportRecord) {
+        self.lock()
+            .entry((region.to_string(), epoch))
+            .or_default()
+            .insert(node, report);
+    }
+
+    fn of(&self, region: &str, epoch: u64) -> BTreeMap<NodeId, SealReportRecord> {
+        self.lock()
+            .get(&(region.to_string(), epoch))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets reports of swaps that are no longer sealing at that epoch.
+    fn retain(&self, live: &BTreeSet<(String, u64)>) {
+        self.lock().retain(|key, _| live.contains(key));
+    }
+}
 
 /// What the coordinator does next for one swap.
 #[derive(Debug, PartialEq, Eq)]
@@ -158,11 +198,26 @@ pub async fn drive(node: &Node) {
     }
     let state = node.control().local();
     let now = crate::control::wall_clock_ms();
+    let sealing: BTreeSet<(String, u64)> = state
+        .regions
+        .iter()
+        .filter_map(|(name, r)| r.swap.as_ref().map(|s| (name.clone(), s.from_epoch)))
+        .collect();
+    node.seal_reports().retain(&sealing);
     for (name, record) in &state.regions {
         if record.phase != RegionPhase::Active {
             continue;
         }
-        let Some(swap) = &record.swap else { continue };
+        let Some(recorded) = &record.swap else {
+            continue;
+        };
+        let mut swap = recorded.clone();
+        let direct = node.seal_reports().of(name, swap.from_epoch);
+        if swap.step == SwapStep::Sealing {
+            swap.sealed
+                .extend(direct.iter().map(|(id, r)| (*id, r.clone())));
+        }
+        let swap = &swap;
         let eventual = node.protocol_consistency(&record.spec.protocol) == "eventual";
         let command = match decide(record, swap, eventual, now) {
             Decision::Wait(why) => {
@@ -193,6 +248,12 @@ pub async fn drive(node: &Node) {
                     from_epoch: swap.from_epoch,
                     start_position,
                     rollback,
+                    sealed: swap
+                        .sealed
+                        .iter()
+                        .filter(|(id, _)| !recorded.sealed.contains_key(id))
+                        .map(|(id, r)| (*id, r.clone()))
+                        .collect(),
                 }
             }
         };

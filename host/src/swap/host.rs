@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::control::network::{ControlReply, ControlRpc};
 use crate::control::record::{ControlCommand, RegionRecord, SealReportRecord, SwapStep};
 use crate::node::Node;
 
@@ -83,18 +84,11 @@ pub async fn take_part(node: &Node, record: &RegionRecord) {
                 };
                 tracing::info!(region = %name, position = report.position, "sealed for the swap");
                 crate::failpoint::hit("swap-after-sealed");
-                let command = ControlCommand::SwapSealed {
-                    region: name.clone(),
-                    from_epoch: epoch,
-                    node: node.config().node_id,
-                    report: SealReportRecord {
-                        position: report.position,
-                        digest: hex::encode(&report.digest),
-                    },
+                let record = SealReportRecord {
+                    position: report.position,
+                    digest: hex::encode(&report.digest),
                 };
-                if let Err(error) = node.control().propose(command).await {
-                    tracing::debug!(region = %name, %error, "seal report not recorded; will retry");
-                }
+                report_seal(&node, &name, epoch, record).await;
             });
         }
     }
@@ -134,5 +128,51 @@ pub async fn enter_epoch(node: &Node, record: &RegionRecord) {
         Err(error) => {
             tracing::error!(region = %spec.name, %error, "could not enter the new epoch; will retry")
         }
+    }
+}
+
+/// How long the coordinator may take to note a seal report.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tells the coordinator (the control-plane leader) this replica sealed:
+/// straight to it, which saves a commit; if that fails, through the record.
+async fn report_seal(node: &Node, region: &str, epoch: u64, report: SealReportRecord) {
+    let me = node.config().node_id;
+    match node.control().leader() {
+        Some(leader) if leader == me => {
+            node.seal_reports().note(region, epoch, me, report);
+            crate::swap::coordinator::drive(node).await;
+            return;
+        }
+        Some(leader) => {
+            let rpc = ControlRpc::SealReport {
+                region: region.to_string(),
+                from_epoch: epoch,
+                node: me,
+                report: report.clone(),
+            };
+            match node
+                .control()
+                .rpc()
+                .call(leader, &rpc, REPORT_TIMEOUT)
+                .await
+            {
+                Ok(ControlReply::Noted) => return,
+                Ok(other) => {
+                    tracing::debug!(%region, leader, ?other, "the coordinator did not note the seal report")
+                }
+                Err(error) => tracing::debug!(%region, leader, %error, "seal report not sent"),
+            }
+        }
+        None => {}
+    }
+    let command = ControlCommand::SwapSealed {
+        region: region.to_string(),
+        from_epoch: epoch,
+        node: me,
+        report,
+    };
+    if let Err(error) = node.control().propose(command).await {
+        tracing::debug!(%region, %error, "seal report not recorded; will retry");
     }
 }
