@@ -211,6 +211,18 @@ pub struct Node {
     orphans: std::sync::Mutex<BTreeSet<String>>,
     /// The spec version each local replica last journaled.
     spec_versions: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Target protocols compiled by a swap's prepare step, by region.
+    #[allow(clippy::type_complexity)]
+    prepared: std::sync::Mutex<
+        BTreeMap<
+            String,
+            (
+                u64,
+                Option<crate::region::ProtocolRef>,
+                crate::plugin::PluginSource,
+            ),
+        >,
+    >,
     /// Seal reports sent to this node as swap coordinator.
     seal_reports: crate::swap::coordinator::SealReports,
     /// Peer messages for an epoch or replica this node has not reached yet.
@@ -392,6 +404,7 @@ impl Node {
             orphans: std::sync::Mutex::new(BTreeSet::new()),
             early: inbound::EarlyMessages::default(),
             seal_reports: crate::swap::coordinator::SealReports::default(),
+            prepared: std::sync::Mutex::new(BTreeMap::new()),
             this: std::sync::OnceLock::new(),
             transport,
             components: std::sync::Mutex::new(BTreeMap::new()),

@@ -14,6 +14,17 @@ use crate::region::quota::{QUOTA_PARAM_PREFIX, RegionLimits};
 use crate::region::replica::RegionReplica;
 use crate::state_machine::KvStateMachine;
 
+/// The component a source runs (native sources are not kept: they cost
+/// nothing to make again).
+fn source_protocol(source: &PluginSource) -> Option<crate::region::ProtocolRef> {
+    match source {
+        PluginSource::Wasm { component, .. } => Some(crate::region::ProtocolRef::Component {
+            digest: component.digest.clone(),
+        }),
+        _ => None,
+    }
+}
+
 /// Host parameter naming the fresh replica the host expects to hold the
 /// newest state; a leader protocol may let it campaign at once (see
 /// docs/PLUGIN-GUIDE.md, "Host parameters").
@@ -67,6 +78,32 @@ impl Node {
             }
         }
         *known = orphans.into_iter().collect();
+    }
+
+    /// Keeps the target protocol a swap prepared (compiled) for the region
+    /// leaving `from_epoch`.
+    pub(crate) fn keep_prepared(&self, region: &str, from_epoch: u64, source: PluginSource) {
+        let protocol = source_protocol(&source);
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(region.to_string(), (from_epoch, protocol, source));
+    }
+
+    /// The prepared source for the epoch after `from_epoch`, if it runs
+    /// `protocol`; anything else prepared for the region is dropped.
+    pub(crate) fn take_prepared(
+        &self,
+        region: &str,
+        from_epoch: u64,
+        protocol: &crate::region::ProtocolRef,
+    ) -> Option<PluginSource> {
+        let (epoch, prepared, source) = self
+            .prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(region)?;
+        (epoch == from_epoch && prepared.as_ref() == Some(protocol)).then_some(source)
     }
 
     pub(crate) fn seal_reports(&self) -> &crate::swap::coordinator::SealReports {

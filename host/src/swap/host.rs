@@ -46,7 +46,10 @@ pub async fn take_part(node: &Node, record: &RegionRecord) {
             let to = swap.to.clone();
             node.spawn_swap_step(&name, epoch, "prepare", move |node, name| async move {
                 let result = match node.ensure_component(&to).await {
-                    Ok(()) => node.source_of(&name, &to).map(|_| ()).map_err(|e| e.to_string()),
+                    Ok(()) => node
+                        .source_of(&name, &to)
+                        .map(|source| node.keep_prepared(&name, epoch, source))
+                        .map_err(|e| e.to_string()),
                     Err(error) => Err(error.to_string()),
                 };
                 if let Err(why) = &result {
@@ -110,7 +113,10 @@ pub async fn enter_epoch(node: &Node, record: &RegionRecord) {
         tracing::warn!(region = %spec.name, %error, "cannot enter the new epoch yet");
         return;
     }
-    let source = match node.plugin_source(&spec) {
+    // The source compiled while preparing, when it is the epoch's protocol
+    // (loading it again costs milliseconds of the swap's stall).
+    let prepared = node.take_prepared(&spec.name, spec.epoch - 1, &spec.protocol);
+    let source = match prepared.map_or_else(|| node.plugin_source(&spec), Ok) {
         Ok(source) => source,
         Err(error) => {
             tracing::error!(region = %spec.name, %error, "cannot run the new epoch's protocol");
