@@ -111,6 +111,9 @@ pub enum EpochEvent {
         to: Option<NodeId>,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
+    SaveBoundary {
+        reply: oneshot::Sender<Result<u64, ClientError>>,
+    },
     Seal {
         reply: oneshot::Sender<Result<SealReport, ClientError>>,
     },
@@ -173,6 +176,10 @@ pub struct EpochState {
     /// The state machine's position the current epoch started from (after
     /// a restart: the position the replica restarted from).
     start_position: u64,
+    /// The state-machine position whose image is already saved as the
+    /// boundary snapshot (saved right after the seal, while the commit is
+    /// in flight, so the switch need not wait for it).
+    boundary_saved: Option<u64>,
 }
 
 impl EpochState {
@@ -182,6 +189,7 @@ impl EpochState {
             seal: Seal::Idle,
             seal_waiters: Vec::new(),
             start_position,
+            boundary_saved: None,
         }
     }
 
@@ -295,6 +303,25 @@ impl ReplicaHost {
             tracing::info!(region = %self.name, released = hold.queue.len(), "released held requests to the current protocol");
             self.admit(hold.queue);
         }
+    }
+
+    /// Saves the state machine as the region's snapshot now: right after a
+    /// seal, while the swap's commit is in flight, so the switch does not
+    /// wait for it. Equivalent to a crash between the two steps of a switch
+    /// (the old epoch restarts from it). Returns the position saved.
+    pub fn save_boundary(&mut self) -> Result<u64, ClientError> {
+        let state = self.replica.core().state();
+        let position = state.applied_position();
+        let image = state.snapshot();
+        let saved = blocking(|| self.context.snapshots.save(self.name.as_str(), &image));
+        if let Err(error) = saved {
+            return Err(ClientError::Unavailable(format!(
+                "saving the boundary snapshot of region {} at {position}: {error}",
+                self.name
+            )));
+        }
+        self.epoch.boundary_saved = Some(position);
+        Ok(position)
     }
 
     /// Answers every held request `not-leader(to)`: this replica leaves the
@@ -533,18 +560,14 @@ impl ReplicaHost {
             return Err(ClientError::Unavailable(format!("storage failed: {why}")));
         }
         self.release();
-        // (1) The boundary image. If it cannot be saved the replica stays in
-        // the old epoch (an atomic write leaves the previous file).
-        let state = self.replica.core().state();
-        let start_position = state.applied_position();
-        let image = state.snapshot();
-        let saved = blocking(|| self.context.snapshots.save(self.name.as_str(), &image));
-        if let Err(error) = saved {
-            return Err(ClientError::Unavailable(format!(
-                "saving the boundary snapshot of region {} at {start_position}: {error}",
-                self.name
-            )));
+        // (1) The boundary image (unless saved after the seal already). If
+        // it cannot be saved the replica stays in the old epoch (an atomic
+        // write leaves the previous file).
+        let start_position = self.replica.core().state().applied_position();
+        if self.epoch.boundary_saved != Some(start_position) {
+            self.save_boundary()?;
         }
+        self.epoch.boundary_saved = None;
         // (2) The new epoch, durably.
         let record = JournalRecord::RegionEpochStarted {
             spec: spec.clone(),
@@ -629,6 +652,9 @@ impl ReplicaHost {
                 self.redirect_held(to);
                 let _ = reply.send(Ok(()));
             }
+            EpochEvent::SaveBoundary { reply } => {
+                let _ = reply.send(self.save_boundary());
+            }
             EpochEvent::Seal { reply } => self.begin_seal(Some(reply)),
             EpochEvent::Switch {
                 spec,
@@ -669,6 +695,15 @@ impl RegionHandle {
     pub async fn release_held(&self) -> Result<(), ClientError> {
         let answer = self
             .epoch_step(|reply| EpochEvent::ReleaseHeld { reply })
+            .await?;
+        answer.await.map_err(|_| ClientError::Stopped)?
+    }
+
+    /// Saves the boundary snapshot ahead of a switch (see
+    /// [`ReplicaHost::save_boundary`]).
+    pub async fn save_boundary(&self) -> Result<u64, ClientError> {
+        let answer = self
+            .epoch_step(|reply| EpochEvent::SaveBoundary { reply })
             .await?;
         answer.await.map_err(|_| ClientError::Stopped)?
     }

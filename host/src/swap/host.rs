@@ -91,7 +91,15 @@ pub async fn take_part(node: &Node, record: &RegionRecord) {
                     position: report.position,
                     digest: hex::encode(&report.digest),
                 };
-                report_seal(&node, &name, epoch, record).await;
+                // The boundary snapshot is written while the report and the
+                // commit are in flight, not after the commit.
+                let (_, saved) = tokio::join!(
+                    report_seal(&node, &name, epoch, record),
+                    handle.save_boundary()
+                );
+                if let Err(error) = saved {
+                    tracing::debug!(region = %name, %error, "boundary snapshot not saved ahead; the switch saves it");
+                }
             });
         }
     }
