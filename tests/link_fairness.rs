@@ -109,15 +109,27 @@ async fn a_flooding_region_does_not_stall_the_others() {
         }
     }
 
-    // The flood's own frames were dropped and counted, per region.
-    let mut flood_dropped = 0;
-    for client in cluster.clients() {
-        let status = client.status().await.expect("status");
-        flood_dropped += status["transport"]["regions"]["flood"]["frames_dropped"]
-            .as_u64()
-            .unwrap_or(0);
+    // The flood's own frames were dropped and counted, per region. The
+    // flood goes on, so on a machine slow enough that it has not yet
+    // overrun a link, give it the time to.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut flood_dropped = 0;
+        for client in cluster.clients() {
+            let status = client.status().await.expect("status");
+            flood_dropped += status["transport"]["regions"]["flood"]["frames_dropped"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        if flood_dropped > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flood region's drops are counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(flood_dropped > 0, "the flood region's drops are counted");
     for node in cluster.nodes.values() {
         let rss = node.pid().map_or(0, rss_bytes);
         eprintln!("node {}: {} MiB resident", node.id, rss >> 20);
