@@ -812,18 +812,7 @@ mod tests {
     }
 
     fn spec(name: &str, voters: Vec<NodeId>) -> RegionSpec {
-        RegionSpec {
-            name: name.into(),
-            protocol: ProtocolRef::Native {
-                name: "raft".into(),
-            },
-            params: vec![],
-            voters,
-            learners: vec![],
-            epoch: 1,
-            membership_target: None,
-            version: 1,
-        }
+        RegionSpec::test_raft(name, voters)
     }
 
     fn with_nodes() -> ControlState {

@@ -102,6 +102,23 @@ pub struct MembershipTarget {
 }
 
 impl RegionSpec {
+    /// A native Raft region at epoch 1, version 1 (unit tests).
+    #[cfg(test)]
+    pub(crate) fn test_raft(name: &str, voters: Vec<NodeId>) -> RegionSpec {
+        RegionSpec {
+            name: name.into(),
+            protocol: ProtocolRef::Native {
+                name: "raft".into(),
+            },
+            params: vec![],
+            voters,
+            learners: vec![],
+            epoch: 1,
+            membership_target: None,
+            version: 1,
+        }
+    }
+
     /// Whether `node` hosts a replica of this region.
     pub fn hosted_on(&self, node: NodeId) -> bool {
         self.voters.contains(&node) || self.learners.contains(&node)

@@ -291,18 +291,7 @@ mod tests {
 
     fn record(voters: Vec<NodeId>) -> RegionRecord {
         RegionRecord {
-            spec: RegionSpec {
-                name: "r".into(),
-                protocol: ProtocolRef::Native {
-                    name: "raft".into(),
-                },
-                params: vec![],
-                voters,
-                learners: vec![],
-                epoch: 1,
-                membership_target: None,
-                version: 1,
-            },
+            spec: RegionSpec::test_raft("r", voters),
             phase: RegionPhase::Active,
             epochs: vec![],
             swap: None,
