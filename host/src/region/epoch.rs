@@ -310,10 +310,20 @@ impl ReplicaHost {
     /// wait for it. Equivalent to a crash between the two steps of a switch
     /// (the old epoch restarts from it). Returns the position saved.
     pub fn save_boundary(&mut self) -> Result<u64, ClientError> {
+        let started = std::time::Instant::now();
         let state = self.replica.core().state();
         let position = state.applied_position();
         let image = state.snapshot();
+        let encoded = started.elapsed();
         let saved = blocking(|| self.context.snapshots.save(self.name.as_str(), &image));
+        tracing::debug!(
+            region = %self.name,
+            position,
+            bytes = image.len(),
+            encode_ms = encoded.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "boundary snapshot written"
+        );
         if let Err(error) = saved {
             return Err(ClientError::Unavailable(format!(
                 "saving the boundary snapshot of region {} at {position}: {error}",
@@ -553,8 +563,10 @@ impl ReplicaHost {
         if self.epoch.seal == Seal::Sealing {
             self.epoch.seal = Seal::Idle;
         }
+        let started = std::time::Instant::now();
         self.end_round();
         let flushed = blocking(|| self.wait_durable(self.last_ticket));
+        let flushed_at = started.elapsed();
         if let Err(why) = flushed {
             self.fail_storage(format!("flushing epoch {current} before a switch: {why}"));
             return Err(ClientError::Unavailable(format!("storage failed: {why}")));
@@ -568,6 +580,7 @@ impl ReplicaHost {
             self.save_boundary()?;
         }
         self.epoch.boundary_saved = None;
+        let boundary_at = started.elapsed();
         // (2) The new epoch, durably.
         let record = JournalRecord::RegionEpochStarted {
             spec: spec.clone(),
@@ -593,6 +606,9 @@ impl ReplicaHost {
             to = spec.epoch,
             protocol = %source.id(),
             start_position,
+            flush_ms = flushed_at.as_secs_f64() * 1e3,
+            boundary_ms = boundary_at.as_secs_f64() * 1e3,
+            journal_ms = started.elapsed().as_secs_f64() * 1e3,
             "region switches epoch"
         );
         // (3) The new protocol, over empty storage. Outputs from here on

@@ -25,6 +25,12 @@ pub trait Disk: Send + Sync + 'static {
     /// Replaces `path` all-or-nothing and durably. Uses `{path}.tmp` as the
     /// staging name, so callers may delete stale `*.tmp` files after a crash.
     fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
+    /// `write_atomic` of the concatenation of `parts`, without building it:
+    /// a large image (a snapshot) is not copied once more just to prepend
+    /// a header (each copy of megabytes costs page faults).
+    fn write_atomic_parts(&self, path: &str, parts: &[&[u8]]) -> io::Result<()> {
+        self.write_atomic(path, &parts.concat())
+    }
     /// Deletes the file; a missing file is not an error.
     fn remove(&self, path: &str) -> io::Result<()>;
     /// Deletes a file nothing reads any more, possibly later and off the
@@ -256,12 +262,18 @@ impl Disk for FsDisk {
     }
 
     fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+        self.write_atomic_parts(path, &[bytes])
+    }
+
+    fn write_atomic_parts(&self, path: &str, parts: &[&[u8]]) -> io::Result<()> {
         let full = self.resolve(path)?;
         let tmp = self.resolve(&format!("{path}.tmp"))?;
         self.ensure_parents(path)?;
         {
             let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
+            for part in parts {
+                f.write_all(part)?;
+            }
             f.sync_all()?;
         }
         fs::rename(&tmp, &full)?;

@@ -101,13 +101,12 @@ impl SnapshotStore {
     /// Durably replaces snapshot `name` with `payload`.
     pub fn save(&self, name: &str, payload: &[u8]) -> Result<(), SnapshotError> {
         let path = self.path(name)?;
-        let mut buf = Vec::with_capacity(HEADER_BYTES + payload.len());
-        buf.extend_from_slice(SNAPSHOT_MAGIC);
-        buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        buf.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        buf.extend_from_slice(payload);
-        self.disk.write_atomic(&path, &buf)?;
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(SNAPSHOT_MAGIC);
+        header.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        self.disk.write_atomic_parts(&path, &[&header, payload])?;
         debug!(path, bytes = payload.len(), "snapshot: saved");
         Ok(())
     }

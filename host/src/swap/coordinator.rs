@@ -262,8 +262,12 @@ pub async fn drive(node: &Node) {
             ControlCommand::SwapCommit { .. } => "swap-after-commit",
             _ => "",
         };
+        let proposed = std::time::Instant::now();
         match node.control().propose(command).await {
-            Ok(()) => crate::failpoint::hit(point),
+            Ok(()) => {
+                tracing::debug!(region = %name, step = point, commit_ms = proposed.elapsed().as_secs_f64() * 1e3, "swap step recorded");
+                crate::failpoint::hit(point)
+            }
             Err(error) => {
                 tracing::debug!(region = %name, %error, "swap step not recorded; will retry")
             }

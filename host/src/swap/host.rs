@@ -117,6 +117,7 @@ pub async fn enter_epoch(node: &Node, record: &RegionRecord) {
     let Some(handle) = node.read_regions().get(&spec.name).cloned() else {
         return;
     };
+    tracing::debug!(region = %spec.name, epoch = spec.epoch, "entering the new epoch");
     if let Err(error) = node.ensure_component(&spec.protocol).await {
         tracing::warn!(region = %spec.name, %error, "cannot enter the new epoch yet");
         return;
