@@ -31,6 +31,18 @@ pub trait Disk: Send + Sync + 'static {
     fn write_atomic_parts(&self, path: &str, parts: &[&[u8]]) -> io::Result<()> {
         self.write_atomic(path, &parts.concat())
     }
+    /// `write_atomic` of whatever `fill` writes, streamed to the file: a
+    /// large image (a snapshot encoded on the fly) is never held in memory
+    /// whole.
+    fn write_atomic_with(
+        &self,
+        path: &str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        fill(&mut bytes)?;
+        self.write_atomic(path, &bytes)
+    }
     /// Deletes the file; a missing file is not an error.
     fn remove(&self, path: &str) -> io::Result<()>;
     /// Deletes a file nothing reads any more, possibly later and off the
@@ -201,6 +213,10 @@ impl FsDisk {
     }
 }
 
+/// Write buffer of a streamed atomic write: large enough that syscalls
+/// are few, small enough to cost nothing per region.
+const STREAM_BUFFER_BYTES: usize = 256 * 1024;
+
 impl Disk for FsDisk {
     fn list(&self, dir: &str) -> io::Result<Vec<String>> {
         let full = if dir.is_empty() {
@@ -266,14 +282,26 @@ impl Disk for FsDisk {
     }
 
     fn write_atomic_parts(&self, path: &str, parts: &[&[u8]]) -> io::Result<()> {
+        self.write_atomic_with(path, &mut |out| {
+            for part in parts {
+                out.write_all(part)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn write_atomic_with(
+        &self,
+        path: &str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
         let full = self.resolve(path)?;
         let tmp = self.resolve(&format!("{path}.tmp"))?;
         self.ensure_parents(path)?;
         {
-            let mut f = File::create(&tmp)?;
-            for part in parts {
-                f.write_all(part)?;
-            }
+            let mut out = io::BufWriter::with_capacity(STREAM_BUFFER_BYTES, File::create(&tmp)?);
+            fill(&mut out)?;
+            let f = out.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
         }
         fs::rename(&tmp, &full)?;
