@@ -343,15 +343,20 @@ fn call_costs() -> Result<()> {
     let started = Instant::now();
     let misbehave = engine.load(synod_plugin_artifacts::MISBEHAVE_WASM)?;
     let cold = started.elapsed();
+    // A node starts its engine once; loading a component from the cache
+    // happens per component (at start-up, on publish, on a swap).
     let started = Instant::now();
     let reloaded = PluginEngine::new(SandboxLimits::default(), Some(cache.path().to_path_buf()))?;
+    let engine_start = started.elapsed();
+    let started = Instant::now();
     reloaded.load(synod_plugin_artifacts::MISBEHAVE_WASM)?;
     let warm = started.elapsed();
     println!(
-        "  load {} KiB component: compile {:.1} ms, from the on-disk cache {:.2} ms",
+        "  load {} KiB component: compile {:.1} ms, from the on-disk cache {:.2} ms (target <= 1 ms; engine start, once per node: {:.2} ms)",
         synod_plugin_artifacts::MISBEHAVE_WASM.len() / 1024,
         cold.as_secs_f64() * 1e3,
-        warm.as_secs_f64() * 1e3
+        warm.as_secs_f64() * 1e3,
+        engine_start.as_secs_f64() * 1e3
     );
     let instantiate = time_per(200, || {
         engine.instantiate(&misbehave)?;
