@@ -1,6 +1,7 @@
 //! Names for the messages a plugin sends, for the trace page's arrows and
 //! its kind filter. Message bytes are the plugin's own; the host knows the
-//! wire format of the protocols built into it (Raft), and names any other
+//! wire format of the protocols built into it (Raft, and variants of it
+//! named `raft-*`, such as test fixtures wrapping it), and names any other
 //! message by its leading byte, which for a postcard- or bincode-encoded
 //! enum is the variant's tag (`tag 3`).
 
@@ -29,7 +30,7 @@ pub fn batch_kinds(protocol: &str, batch: &Batch) -> String {
 
 /// One message's kind.
 pub fn message_kind(protocol: &str, bytes: &[u8]) -> String {
-    if protocol == "raft"
+    if (protocol == "raft" || protocol.starts_with("raft-"))
         && let Ok(message) = synod_plugin_raft::message::Message::decode(bytes)
     {
         return raft_kind(&message).into();
