@@ -255,3 +255,60 @@ fn a_swap_shows_its_epoch_boundary_on_every_lane() {
     assert!(check["epochMarkers"].as_u64().unwrap_or(0) >= 1 + 3, "{check}");
     assert_eq!(check["violationMarker"], false, "{check}");
 }
+
+/// What the page draws is recorded by the simulator, consistently with the
+/// text trace; an untraced run records none of it (and hashes the same).
+#[test]
+fn the_simulator_records_what_the_page_draws() {
+    use synod::sim::trace::model::{Fate, NodeChange, OpOutcome};
+
+    let mut config = config(plugin_source("native:raft").expect("raft"), "chaos", 4);
+    let report = run_seed(&config, 2);
+    let trace = report.trace.expect("kept");
+    let model = trace.model();
+    let text = trace.to_text();
+
+    // Messages: every fate the text names, arrivals after sends.
+    let lost = text.lines().filter(|l| l.ends_with(" lost")).count();
+    let cut = text.lines().filter(|l| l.contains("cut by partition")).count();
+    let count = |fate: Fate| model.messages.iter().filter(|m| m.fate == fate).count();
+    assert_eq!(count(Fate::Lost), lost);
+    assert_eq!(count(Fate::CutAtSend), cut);
+    assert!(count(Fate::Delivered) > 1000, "{}", count(Fate::Delivered));
+    assert!(model.messages.iter().any(|m| m.duplicate));
+    for m in &model.messages {
+        if let Some(at) = m.arrived {
+            assert!(at >= m.sent, "{m:?}");
+        }
+        assert!(!m.kind.is_empty() && !m.kind.starts_with("tag"), "{m:?}");
+    }
+    assert!(model.messages.iter().any(|m| m.kind.contains("Append")));
+
+    // Node states, partitions and roles.
+    let crashes = text.lines().filter(|l| l.contains("  crash")).count();
+    let crashed = model
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.change, NodeChange::Crash { .. }))
+        .count();
+    assert_eq!(crashed, crashes);
+    let partitions = text.lines().filter(|l| l.contains("world  partition [")).count();
+    assert_eq!(model.partitions.len(), partitions);
+    assert!(model.partitions.iter().all(|p| p.end.is_some()), "healed by the quiet phase");
+    assert!(model.roles.iter().any(|r| r.role == "leader" && r.term > 0));
+
+    // Client operations, each from call to return.
+    assert!(model.ops.iter().filter(|o| o.outcome == OpOutcome::Ok).count() > 100);
+    for op in &model.ops {
+        if let Some(ret) = op.ret {
+            assert!(ret >= op.call && op.outcome != OpOutcome::Pending, "{op:?}");
+        }
+    }
+    assert!(model.logs.iter().any(|l| l.line.contains("is leader for term")));
+
+    // Untraced: the same run, nothing kept.
+    config.record_trace = false;
+    let untraced = run_seed(&config, 2);
+    assert_eq!(untraced.trace_hash, report.trace_hash);
+    assert!(untraced.trace.is_none());
+}

@@ -507,7 +507,9 @@
         ctx.setLineDash([]);
         ctx.lineWidth = 1;
         const label = kind === 2 ? "epoch 2 recorded" : kind === 1 ? "swap starts" : "quiet phase";
-        text(label, px + 3, AXIS + WORLD_H + 10, ctx.strokeStyle, "bold 10px system-ui, sans-serif");
+        // One label row per kind, so marks at the same moment stay legible.
+        const row = kind === 1 ? 0 : kind === 2 ? 1 : 2;
+        text(label, px + 3, AXIS + WORLD_H + 2 + row * 11, ctx.strokeStyle, "bold 10px system-ui, sans-serif");
         if (kind === 2) {
           for (const m of laneNodes) text("epoch boundary", px + 3, laneY[m] - 22, "#6a1b9a", "9px system-ui, sans-serif");
           drawn.epochMarkers++;
