@@ -8,9 +8,10 @@
 //! back with `chromium --dump-dom`. Without Chromium the tests say so and
 //! pass (install it: `apt-get install chromium`; `.ci/run` does as root).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use synod::sim::{FaultProfile, SimConfig, run_seed};
@@ -37,7 +38,7 @@ fn chromium() -> Option<PathBuf> {
 fn selfcheck(browser: &Path, page: &Path, fragment: &str) -> Value {
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("file://{}{fragment}", page.display());
-    let output = Command::new(browser)
+    let mut output = Command::new(browser)
         .args([
             "--headless",
             "--no-sandbox",
@@ -52,15 +53,37 @@ fn selfcheck(browser: &Path, page: &Path, fragment: &str) -> Value {
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(&url)
-        .output()
-        .expect("chromium runs");
-    let dom = String::from_utf8_lossy(&output.stdout);
-    let start = dom
-        .find("<pre id=\"selfcheck\">")
-        .unwrap_or_else(|| panic!("no self-check in the page's DOM: {}", &dom[..dom.len().min(400)]))
-        + "<pre id=\"selfcheck\">".len();
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium starts");
+    // A browser that hangs fails the test instead of hanging it.
+    let mut stdout = output.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut dom = Vec::new();
+        let _ = stdout.read_to_end(&mut dom);
+        dom
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while output.try_wait().expect("chromium status").is_none() {
+        if Instant::now() > deadline {
+            let _ = output.kill();
+            panic!("chromium did not finish loading {url} within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dom = reader.join().expect("reader");
+    let dom = String::from_utf8_lossy(&dom);
+    let start = dom.find("<pre id=\"selfcheck\">").unwrap_or_else(|| {
+        panic!(
+            "no self-check in the page's DOM: {}",
+            &dom[..dom.len().min(400)]
+        )
+    }) + "<pre id=\"selfcheck\">".len();
     let end = start + dom[start..].find("</pre>").expect("self-check ends");
-    let json = dom[start..end].replace("&quot;", "\"").replace("&amp;", "&");
+    let json = dom[start..end]
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&");
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("self-check {json:?}: {e}"))
 }
 
@@ -96,7 +119,12 @@ fn render(config: &SimConfig, seed: u64, dir: &Path, name: &str) -> (PathBuf, Ve
     let report = run_seed(config, seed);
     let trace = report.trace.expect("a kept trace");
     let page = dir.join(format!("{name}.html"));
-    std::fs::write(&page, trace.to_html(name)).expect("page written");
+    let title = format!(
+        "{} seed {seed} ({} faults)",
+        config.source.info().name,
+        config.faults.name
+    );
+    std::fs::write(&page, trace.to_html(&title)).expect("page written");
     if let Some(keep) = std::env::var_os("SYNOD_KEEP_TRACE_PAGES") {
         // For a look (or a screenshot) at the page by hand.
         let _ = std::fs::create_dir_all(&keep);
@@ -200,7 +228,10 @@ fn a_failing_seed_opens_on_its_violation_in_chromium() {
         .and_then(|v| v.parse().ok())
         .expect("a violation's time");
     let view = check["view"].as_array().expect("view");
-    let (a, b) = (view[0].as_f64().unwrap_or(0.0), view[1].as_f64().unwrap_or(0.0));
+    let (a, b) = (
+        view[0].as_f64().unwrap_or(0.0),
+        view[1].as_f64().unwrap_or(0.0),
+    );
     let centre = (a + b) / 2.0 / 1e6;
     assert!(
         (centre - first).abs() < 0.01,
@@ -252,7 +283,10 @@ fn a_swap_shows_its_epoch_boundary_on_every_lane() {
     let check = selfcheck(&browser, &page, "");
     assert_eq!(check["errors"], serde_json::json!([]), "{check}");
     // The world-wide boundary, and each node's own switch.
-    assert!(check["epochMarkers"].as_u64().unwrap_or(0) >= 1 + 3, "{check}");
+    assert!(
+        check["epochMarkers"].as_u64().unwrap_or(0) >= 1 + 3,
+        "{check}"
+    );
     assert_eq!(check["violationMarker"], false, "{check}");
 }
 
@@ -270,7 +304,10 @@ fn the_simulator_records_what_the_page_draws() {
 
     // Messages: every fate the text names, arrivals after sends.
     let lost = text.lines().filter(|l| l.ends_with(" lost")).count();
-    let cut = text.lines().filter(|l| l.contains("cut by partition")).count();
+    let cut = text
+        .lines()
+        .filter(|l| l.contains("cut by partition"))
+        .count();
     let count = |fate: Fate| model.messages.iter().filter(|m| m.fate == fate).count();
     assert_eq!(count(Fate::Lost), lost);
     assert_eq!(count(Fate::CutAtSend), cut);
@@ -292,19 +329,37 @@ fn the_simulator_records_what_the_page_draws() {
         .filter(|n| matches!(n.change, NodeChange::Crash { .. }))
         .count();
     assert_eq!(crashed, crashes);
-    let partitions = text.lines().filter(|l| l.contains("world  partition [")).count();
+    let partitions = text
+        .lines()
+        .filter(|l| l.contains("world  partition ["))
+        .count();
     assert_eq!(model.partitions.len(), partitions);
-    assert!(model.partitions.iter().all(|p| p.end.is_some()), "healed by the quiet phase");
+    assert!(
+        model.partitions.iter().all(|p| p.end.is_some()),
+        "healed by the quiet phase"
+    );
     assert!(model.roles.iter().any(|r| r.role == "leader" && r.term > 0));
 
     // Client operations, each from call to return.
-    assert!(model.ops.iter().filter(|o| o.outcome == OpOutcome::Ok).count() > 100);
+    assert!(
+        model
+            .ops
+            .iter()
+            .filter(|o| o.outcome == OpOutcome::Ok)
+            .count()
+            > 100
+    );
     for op in &model.ops {
         if let Some(ret) = op.ret {
             assert!(ret >= op.call && op.outcome != OpOutcome::Pending, "{op:?}");
         }
     }
-    assert!(model.logs.iter().any(|l| l.line.contains("is leader for term")));
+    assert!(
+        model
+            .logs
+            .iter()
+            .any(|l| l.line.contains("is leader for term"))
+    );
 
     // Untraced: the same run, nothing kept.
     config.record_trace = false;

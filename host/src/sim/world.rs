@@ -765,11 +765,8 @@ impl World {
         } else {
             node.disk.crash();
         }
-        self.trace.node(
-            self.time.now(),
-            id,
-            NodeChange::Crash { why: when.into() },
-        );
+        self.trace
+            .node(self.time.now(), id, NodeChange::Crash { why: when.into() });
         let when = if when.is_empty() {
             String::new()
         } else {
@@ -1033,9 +1030,10 @@ impl World {
             return;
         }
         if self.faults_on && self.chance(self.config.faults.loss) {
-            self.trace.send(now, from, to, bytes, Fate::Lost, false, || {
-                kind(&envelope.payload)
-            });
+            self.trace
+                .send(now, from, to, bytes, Fate::Lost, false, || {
+                    kind(&envelope.payload)
+                });
             self.trace.record(self.now(), from, format!("→ n{to} lost"));
             return;
         }
@@ -1072,7 +1070,9 @@ impl World {
             let at = self.now() + again;
             let message = self
                 .trace
-                .send(now, from, to, bytes, Fate::InFlight, true, || kind(&copy.payload));
+                .send(now, from, to, bytes, Fate::InFlight, true, || {
+                    kind(&copy.payload)
+                });
             self.schedule(
                 at,
                 Event::Deliver {

@@ -244,9 +244,12 @@ impl Trace {
             (OpOutput::Deleted { existed }, OpOutcome::Ok) => {
                 (OpOutcome::Ok, format!("deleted (existed: {existed})"))
             }
-            (OpOutput::Cas { succeeded: true, .. }, OpOutcome::Ok) => {
-                (OpOutcome::Ok, "cas ok".to_string())
-            }
+            (
+                OpOutput::Cas {
+                    succeeded: true, ..
+                },
+                OpOutcome::Ok,
+            ) => (OpOutcome::Ok, "cas ok".to_string()),
             (OpOutput::Cas { current, .. }, OpOutcome::Ok) => (
                 OpOutcome::Failed,
                 format!("cas failed (current {})", current.as_deref().unwrap_or("∅")),
@@ -284,3 +287,6 @@ impl Trace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
