@@ -283,10 +283,7 @@ fn a_swap_shows_its_epoch_boundary_on_every_lane() {
     let check = selfcheck(&browser, &page, "");
     assert_eq!(check["errors"], serde_json::json!([]), "{check}");
     // The world-wide boundary, and each node's own switch.
-    assert!(
-        check["epochMarkers"].as_u64().unwrap_or(0) >= 1 + 3,
-        "{check}"
-    );
+    assert!(check["epochMarkers"].as_u64().unwrap_or(0) > 3, "{check}");
     assert_eq!(check["violationMarker"], false, "{check}");
 }
 

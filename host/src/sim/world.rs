@@ -24,7 +24,7 @@ use super::faults::FaultProfile;
 use super::parts::{Envelope, Payload, SimClock, SimCommit, SimNetwork, VirtualTime};
 use super::trace::Trace;
 use super::trace::kinds::batch_kinds;
-use super::trace::model::{Fate, MarkKind, NodeChange, OpOutcome};
+use super::trace::model::{Fate, MarkKind, NodeChange, OpOutcome, Sending};
 use crate::checker::{
     CheckOptions, OpInput, OpOutput, Operation, Outcome, UNKNOWN_RETURN, check_linearizable,
 };
@@ -1020,28 +1020,28 @@ impl World {
             Payload::Messages(batch) => batch.byte_len() as u64,
             Payload::Snapshot { image, .. } => image.len() as u64,
         };
+        let sending = Sending {
+            from,
+            to,
+            bytes,
+            duplicate: false,
+        };
         if self.blocked.contains(&(from, to)) {
             self.trace
-                .send(now, from, to, bytes, Fate::CutAtSend, false, || {
-                    kind(&envelope.payload)
-                });
+                .send(now, sending, Fate::CutAtSend, || kind(&envelope.payload));
             self.trace
                 .record(self.now(), from, format!("→ n{to} cut by partition"));
             return;
         }
         if self.faults_on && self.chance(self.config.faults.loss) {
             self.trace
-                .send(now, from, to, bytes, Fate::Lost, false, || {
-                    kind(&envelope.payload)
-                });
+                .send(now, sending, Fate::Lost, || kind(&envelope.payload));
             self.trace.record(self.now(), from, format!("→ n{to} lost"));
             return;
         }
         let message = self
             .trace
-            .send(now, from, to, bytes, Fate::InFlight, false, || {
-                kind(&envelope.payload)
-            });
+            .send(now, sending, Fate::InFlight, || kind(&envelope.payload));
         let delay = self.random_between(self.config.faults.delay_min, self.config.faults.delay_max);
         let describe = match &envelope.payload {
             Payload::Messages(batch) => {
@@ -1068,11 +1068,15 @@ impl World {
                 self.config.faults.delay_max * 3,
             );
             let at = self.now() + again;
-            let message = self
-                .trace
-                .send(now, from, to, bytes, Fate::InFlight, true, || {
-                    kind(&copy.payload)
-                });
+            let message = self.trace.send(
+                now,
+                Sending {
+                    duplicate: true,
+                    ..sending
+                },
+                Fate::InFlight,
+                || kind(&copy.payload),
+            );
             self.schedule(
                 at,
                 Event::Deliver {

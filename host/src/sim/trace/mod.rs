@@ -18,7 +18,7 @@ use synod_guest_sdk::NodeId;
 use crate::checker::{OpInput, OpOutput, Operation};
 use model::{
     ClientOp, Fate, LogLine, Mark, MarkKind, Message, Model, NodeChange, NodeMark, OpOutcome,
-    Partition, RoleMark,
+    Partition, RoleMark, Sending,
 };
 
 /// One traced event; node 0 means the simulated world itself.
@@ -92,25 +92,22 @@ impl Trace {
     pub fn send(
         &mut self,
         nanos: u64,
-        from: NodeId,
-        to: NodeId,
-        bytes: u64,
+        sending: Sending,
         fate: Fate,
-        duplicate: bool,
         kind: impl FnOnce() -> String,
     ) -> u32 {
         if !self.keep {
             return 0;
         }
         self.model.messages.push(Message {
-            from,
-            to,
+            from: sending.from,
+            to: sending.to,
             sent: nanos,
             arrived: None,
             fate,
             kind: kind(),
-            bytes,
-            duplicate,
+            bytes: sending.bytes,
+            duplicate: sending.duplicate,
         });
         u32::try_from(self.model.messages.len()).unwrap_or(0)
     }

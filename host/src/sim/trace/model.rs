@@ -52,6 +52,16 @@ pub struct Message {
     pub duplicate: bool,
 }
 
+/// Who sends how much to whom ([`crate::sim::Trace::send`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Sending {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub bytes: u64,
+    /// A second delivery of the same send (the duplication fault).
+    pub duplicate: bool,
+}
+
 /// A change of a node's process state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeChange {

@@ -1,6 +1,15 @@
 use super::Trace;
-use super::model::{Fate, MarkKind, NodeChange, OpOutcome};
+use super::model::{Fate, MarkKind, NodeChange, OpOutcome, Sending};
 use crate::checker::{OpInput, OpOutput, Operation, UNKNOWN_RETURN};
+
+fn sending(from: u64, to: u64, bytes: u64) -> Sending {
+    Sending {
+        from,
+        to,
+        bytes,
+        duplicate: false,
+    }
+}
 
 fn cas(output: OpOutput) -> Operation {
     Operation {
@@ -21,7 +30,7 @@ fn an_untraced_run_keeps_nothing_but_hashes_the_same() {
     let mut kept = Trace::new(true);
     let mut dropped = Trace::new(false);
     for trace in [&mut kept, &mut dropped] {
-        let id = trace.send(5, 1, 2, 40, Fate::InFlight, false, || "Append".into());
+        let id = trace.send(5, sending(1, 2, 40), Fate::InFlight, || "Append".into());
         trace.arrived(9, id, Fate::Delivered);
         trace.node(11, 2, NodeChange::Pause);
         trace.role(12, 1, "leader", 3, 1);
@@ -42,7 +51,7 @@ fn an_untraced_run_keeps_nothing_but_hashes_the_same() {
 #[test]
 fn a_send_is_described_only_when_kept() {
     let mut trace = Trace::new(false);
-    let id = trace.send(1, 1, 2, 3, Fate::Lost, false, || {
+    let id = trace.send(1, sending(1, 2, 3), Fate::Lost, || {
         panic!("kinds are not worked out for an untraced run")
     });
     assert_eq!(id, 0);
