@@ -246,6 +246,23 @@ fn a_failing_seed_opens_on_its_violation_in_chromium() {
     assert_eq!(check["mode"], "arrows", "{check}");
     assert!(check["arrows"].as_u64().unwrap_or(0) > 0, "{check}");
     assert_eq!(check["violationMarker"], true, "{check}");
+
+    // Filters (from the fragment, as the controls set them): one node's
+    // lane, one message kind, one key.
+    let filtered = format!("{zoom}&nodes=2,3&kind=Heartbeat&key=k1");
+    let check = selfcheck(&browser, &page, &filtered);
+    assert_eq!(check["errors"], serde_json::json!([]), "{check}");
+    assert_eq!(check["nodeLanes"], 2, "{check}");
+    assert!(check["arrows"].as_u64().unwrap_or(0) > 0, "{check}");
+    let kinds = check["arrowKinds"].as_array().expect("kinds");
+    assert!(
+        kinds
+            .iter()
+            .all(|k| k.as_str().is_some_and(|k| k.split('+').any(|k| k == "Heartbeat"))),
+        "{check}"
+    );
+    let keys = check["opKeys"].as_array().expect("keys");
+    assert!(!keys.is_empty() && keys.iter().all(|k| k == "k1"), "{check}");
 }
 
 #[test]

@@ -200,7 +200,8 @@
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, height);
     hits = [];
-    const drawn = { arrows: 0, aggregated: 0, ops: 0, logs: 0, violationMarkers: 0, epochMarkers: 0 };
+    const drawn = { arrows: 0, aggregated: 0, ops: 0, logs: 0, violationMarkers: 0, epochMarkers: 0,
+      kinds: {}, keys: {} };
     const laneNodes = nodes.filter(function (n) { return shown[n]; });
     const innerTop = AXIS;
 
@@ -357,6 +358,7 @@
         if (M.dup[i] && Math.abs(xb - xa) > 12) text("dup", (xa + xb) / 2 + 2, (ya + yEnd) / 2, "#e65100", "9px system-ui, sans-serif");
         ctx.lineWidth = 1;
         drawn.arrows++;
+        drawn.kinds[S[M.kind[i]]] = 1;
         hits.push({ seg: [xa, ya, xb, yEnd], prio: 4, tip: S[M.kind[i]] + "  n" + M.from[i] + " → n" + M.to[i] + ", " + M.bytes[i] + " B" +
           (M.dup[i] ? "  (duplicate)" : "") + "\nsent " + fmt(send[i]) +
           (isNaN(arrive[i]) ? "" : "\narrived " + fmt(arrive[i]) + " (" + ((arrive[i] - send[i]) / 1000).toFixed(3) + " ms)") +
@@ -458,6 +460,7 @@
         ctx.strokeRect(xa + 0.5, y + 2.5, w - 1, CLIENT_H - 6);
       }
       drawn.ops++;
+      drawn.keys[S[O.key[i]]] = 1;
       const label = S[O.what[i]] + " @n" + O.node[i] + "  " + S[O.result[i]];
       if (opsInView <= OP_TEXT_MAX && w > 40) {
         ctx.save();
@@ -542,6 +545,8 @@
     check.arrows = drawn.arrows;
     check.aggregated = drawn.aggregated;
     check.ops = drawn.ops;
+    check.arrowKinds = Object.keys(drawn.kinds).sort();
+    check.opKeys = Object.keys(drawn.keys).sort();
     check.logs = drawn.logs;
     check.view = [Math.round(t0), Math.round(t1)];
     check.drawMs = Math.round((performance.now() - started) * 10) / 10;
@@ -708,7 +713,7 @@
   // ---- first view: centred on the first violation ----
   layout();
   // `#view=A,B` (seconds) opens on that window instead.
-  const asked = /view=([0-9.eE+-]+),([0-9.eE+-]+)/.exec(location.hash);
+  const asked = /(?:^#|&)view=([0-9.eE+-]+),([0-9.eE+-]+)/.exec(location.hash);
   if (asked && +asked[2] > +asked[1]) {
     setView(+asked[1] * 1e6, +asked[2] * 1e6);
   } else if (violations.length) {
@@ -717,6 +722,33 @@
     setView(t - span / 2, t + span / 2);
   } else {
     setView(0, END);
+  }
+  // Filters from the fragment too: `#nodes=1,3&kind=Append&key=k2&faults`.
+  const param = function (name) {
+    const m = new RegExp("(?:^#|&)" + name + "(?:=([^&]*))?(?:&|$)").exec(location.hash);
+    return m ? decodeURIComponent(m[1] || "") : null;
+  };
+  const onlyNodes = param("nodes");
+  if (onlyNodes !== null) {
+    const wanted = onlyNodes.split(",").map(Number);
+    for (const n of nodes) {
+      shown[n] = wanted.indexOf(n) >= 0;
+      document.getElementById("node-" + n).checked = shown[n];
+    }
+  }
+  const kind = param("kind");
+  if (kind !== null && (kind === "-" || baseKinds.indexOf(kind) >= 0)) {
+    kindFilter = kind;
+    kindSelect.value = kind;
+  }
+  const key = param("key");
+  if (key !== null && keys.some(function (k) { return S[k] === key; })) {
+    keyFilter = S.indexOf(key);
+    keySelect.value = key;
+  }
+  if (param("faults") !== null) {
+    faultsOnly = true;
+    faultBox.checked = true;
   }
   applyFilters();
   draw();
