@@ -153,7 +153,8 @@
     t0 = a; t1 = b;
   }
   function centreOn(t, span) {
-    setView(t - span / 2, t + span / 2);
+    const a = Math.max(0, Math.min(t - span / 2, END - span));
+    setView(a, a + span);
     redraw();
   }
   function fmt(t) {
@@ -478,21 +479,32 @@
     const order = [];
     for (let i = 0; i < MK.t.length; i++) if (MK.kind[i] !== 0) order.push(i);
     for (const i of violations) order.push(i);
+    // Many violations in view: thin lines, and only the first labelled.
+    let violationsInView = 0;
+    for (const i of violations) if (MK.t[i] >= t0 && MK.t[i] <= t1) violationsInView++;
+    const crowded = violationsInView > 8;
+    let labelled = false;
     for (const i of order) {
       const t = MK.t[i];
       if (t < t0 || t > t1) continue;
       const px = x(t), kind = MK.kind[i], n = MK.node[i];
       const tip = S[MK.text[i]] + "\n" + fmt(t) + (n ? " on n" + n : "");
-      if (kind === 0) {
+      if (kind === 0 && crowded && labelled) {
+        ctx.strokeStyle = "rgba(198,40,40,0.35)";
+        ctx.beginPath(); ctx.moveTo(px, AXIS); ctx.lineTo(px, height); ctx.stroke();
+        drawn.violationMarkers++;
+        hits.push({ box: [px - 2, AXIS, px + 2, height], prio: 8, tip: tip });
+      } else if (kind === 0) {
+        labelled = true;
         ctx.strokeStyle = "#c62828";
         ctx.lineWidth = 2.5;
         ctx.beginPath(); ctx.moveTo(px, AXIS); ctx.lineTo(px, height); ctx.stroke();
         ctx.lineWidth = 1;
         ctx.fillStyle = "#c62828";
         ctx.beginPath(); ctx.moveTo(px - 8, AXIS); ctx.lineTo(px + 8, AXIS); ctx.lineTo(px, AXIS + 12); ctx.fill();
-        const label = "VIOLATION: " + S[MK.text[i]];
+        const label = "VIOLATION: " + S[MK.text[i]] + (crowded ? "  (+" + (violationsInView - 1) + " more in view)" : "");
         ctx.font = "bold 11px system-ui, sans-serif";
-        const w = Math.min(ctx.measureText(label).width, 560);
+        const w = Math.min(ctx.measureText(label).width, 760);
         const lx = px + 10 + w > width - RIGHT ? px - 10 - w : px + 10;
         ctx.fillStyle = "rgba(255,255,255,0.9)";
         ctx.fillRect(lx - 2, AXIS + 14, w + 4, 14);
@@ -650,8 +662,17 @@
     nMsg + " message batches (" + lost + " lost, " + cut + " cut by partitions, " + down + " to a down node, " +
     dups + " duplicates) · " + nOps + " client operations · " + crashes + " crashes · " + pauses + " pauses · " +
     D.parts.a.length + " partitions";
-  const vbox = document.getElementById("violations");
-  for (const i of violations) {
+  // The first few violations in full; the rest folded (a broken protocol
+  // can violate thousands of times), at most 200 listed.
+  const vtop = document.getElementById("violations");
+  let vbox = vtop;
+  const VIOLATIONS_OPEN = 3, VIOLATIONS_LISTED = 200;
+  for (const [at, i] of violations.slice(0, VIOLATIONS_LISTED).entries()) {
+    if (at === VIOLATIONS_OPEN) {
+      const more = el("details", {}, [el("summary", { text: (violations.length - VIOLATIONS_OPEN) + " more violations" })]);
+      vtop.appendChild(more);
+      vbox = more;
+    }
     const t = MK.t[i], what = S[MK.text[i]];
     const row = el("div", { text: fmt(t) + "  VIOLATION: " + what });
     row.appendChild(el("a", { text: "show", onclick: function () { centreOn(t, Math.min(END, 1e6)); } }));
@@ -662,6 +683,9 @@
       } }));
     }
     vbox.appendChild(row);
+  }
+  if (violations.length > VIOLATIONS_LISTED) {
+    vbox.appendChild(el("div", { text: "… and " + (violations.length - VIOLATIONS_LISTED) + " more in the text trace" }));
   }
   const controls = document.getElementById("controls");
   const nodeBoxes = el("span", { text: "nodes: " });
@@ -717,9 +741,12 @@
   if (asked && +asked[2] > +asked[1]) {
     setView(+asked[1] * 1e6, +asked[2] * 1e6);
   } else if (violations.length) {
+    // Centred on the first violation, unless that shows time outside the
+    // run: then against the run's edge.
     const t = MK.t[violations[0]];
     const span = Math.min(END, 1e6);
-    setView(t - span / 2, t + span / 2);
+    const a = Math.max(0, Math.min(t - span / 2, END - span));
+    setView(a, a + span);
   } else {
     setView(0, END);
   }
