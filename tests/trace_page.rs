@@ -320,7 +320,8 @@ fn the_simulator_records_what_the_page_draws() {
     use synod::sim::trace::model::{Fate, NodeChange, OpOutcome};
 
     let mut config = config(plugin_source("native:raft").expect("raft"), "chaos", 4);
-    let report = run_seed(&config, 2);
+    // Seed 4 crashes, partitions and pauses.
+    let report = run_seed(&config, 4);
     let trace = report.trace.expect("kept");
     let model = trace.model();
     let text = trace.to_text();
@@ -351,11 +352,13 @@ fn the_simulator_records_what_the_page_draws() {
         .iter()
         .filter(|n| matches!(n.change, NodeChange::Crash { .. }))
         .count();
+    assert!(crashes > 0, "this seed crashes a node");
     assert_eq!(crashed, crashes);
     let partitions = text
         .lines()
         .filter(|l| l.contains("world  partition ["))
         .count();
+    assert!(partitions > 0, "this seed partitions");
     assert_eq!(model.partitions.len(), partitions);
     assert!(
         model.partitions.iter().all(|p| p.end.is_some()),
@@ -384,9 +387,37 @@ fn the_simulator_records_what_the_page_draws() {
             .any(|l| l.line.contains("is leader for term"))
     );
 
+    // Seed 9 pauses a node that is not cut off: messages reach it while
+    // it is paused, and are marked so.
+    let paused_run = run_seed(&config, 9).trace.expect("kept");
+    let paused_model = paused_run.model();
+    let paused_at = |node: u64, at: u64| {
+        let mut paused = false;
+        for mark in paused_model
+            .nodes
+            .iter()
+            .filter(|m| m.node == node && m.nanos <= at)
+        {
+            paused = matches!(mark.change, NodeChange::Pause);
+        }
+        paused
+    };
+    let parked: Vec<_> = paused_model
+        .messages
+        .iter()
+        .filter(|m| m.fate == Fate::Parked)
+        .collect();
+    assert!(
+        !parked.is_empty(),
+        "a paused Raft node's peers keep sending"
+    );
+    for m in parked {
+        assert!(paused_at(m.to, m.arrived.unwrap_or(0)), "{m:?}");
+    }
+
     // Untraced: the same run, nothing kept.
     config.record_trace = false;
-    let untraced = run_seed(&config, 2);
+    let untraced = run_seed(&config, 4);
     assert_eq!(untraced.trace_hash, report.trace_hash);
     assert!(untraced.trace.is_none());
 }

@@ -691,10 +691,11 @@ impl World {
             },
         };
         let installs = self.snapshots_installed(to);
-        let fate = if self.submit(to, event) {
-            Fate::Delivered
-        } else {
-            Fate::ReceiverDown
+        let paused = self.nodes.get(&to).is_some_and(|n| n.paused);
+        let fate = match self.submit(to, event) {
+            true if paused => Fate::Parked,
+            true => Fate::Delivered,
+            false => Fate::ReceiverDown,
         };
         self.trace.arrived(now, message, fate);
         if self.faults_on && self.snapshots_installed(to) > installs {

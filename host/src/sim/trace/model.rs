@@ -21,6 +21,8 @@ pub enum Fate {
     CutAtDelivery,
     /// The receiver was down when it arrived.
     ReceiverDown,
+    /// Reached a paused receiver, which handles it when it resumes.
+    Parked,
 }
 
 impl Fate {
@@ -33,6 +35,7 @@ impl Fate {
             Fate::CutAtSend => 3,
             Fate::CutAtDelivery => 4,
             Fate::ReceiverDown => 5,
+            Fate::Parked => 6,
         }
     }
 }

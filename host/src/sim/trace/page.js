@@ -20,7 +20,7 @@
 
   // Codes shared with the Rust side (model.rs).
   const FATES = ["in flight at the end", "delivered", "lost", "cut by a partition at send",
-    "cut by a partition on arrival", "receiver down"];
+    "cut by a partition on arrival", "receiver down", "reached a paused receiver (handled when it resumes)"];
   const OUTCOMES = ["no answer by the end", "ok", "answered, no effect", "unknown (may have happened)",
     "rejected (did not happen)", "refused (node down)"];
   const OUTCOME_COLORS = ["#ffe082", "#43a047", "#a5d6a7", "#fb8c00", "#bdbdbd", "#757575"];
@@ -28,6 +28,8 @@
     learner: "#cfd8dc", replica: "#64b5f6", sealed: "#9575cd" };
   const KIND_PALETTE = ["#1e88e5", "#8e24aa", "#00897b", "#6d4c41", "#3949ab", "#c0ca33",
     "#d81b60", "#5e35b1", "#00acc1", "#7cb342", "#546e7a", "#f4511e"];
+  // Lost, cut, or sent to a down node (not in flight, delivered, parked).
+  function isFault(f) { return f >= 2 && f <= 5; }
   const ARROWS_MAX = 1500;   // more messages in view: aggregate them
   const LOG_TEXT_MAX = 60;   // more log lines in view on a lane: ticks only
   const OP_TEXT_MAX = 500;   // more operations in view: no labels
@@ -112,7 +114,7 @@
       let ok = shown[M.from[i]] && shown[M.to[i]];
       if (ok && kindFilter === "-") ok = false;
       else if (ok && kindFilter) ok = kindBase[M.kind[i]].indexOf(kindFilter) >= 0;
-      if (ok && faultsOnly) ok = M.fate[i] > 1 || M.dup[i] === 1;
+      if (ok && faultsOnly) ok = isFault(M.fate[i]) || M.dup[i] === 1;
       msgOk[i] = ok ? 1 : 0;
     }
     layout();
@@ -333,7 +335,7 @@
         }
         const xb = x(end);
         if (Math.max(xa, xb) < LEFT || Math.min(xa, xb) > width - RIGHT) continue;
-        const faulty = f >= 2;
+        const faulty = isFault(f);
         ctx.strokeStyle = faulty ? "#e53935" : (M.dup[i] ? "#fb8c00" : kindColor(M.kind[i]));
         ctx.lineWidth = faulty ? 1.4 : 1;
         ctx.setLineDash(f === 0 || f === 3 || f === 4 ? [4, 3] : (M.dup[i] ? [2, 2] : []));
@@ -348,7 +350,7 @@
           ctx.moveTo(xb - 4, yEnd - 4); ctx.lineTo(xb + 4, yEnd + 4);
           ctx.moveTo(xb - 4, yEnd + 4); ctx.lineTo(xb + 4, yEnd - 4);
           ctx.stroke();
-        } else if (f === 1) {
+        } else if (f === 1 || f === 6) {
           ctx.fillStyle = ctx.strokeStyle;
           ctx.beginPath();
           ctx.moveTo(xb, yEnd);
@@ -376,7 +378,7 @@
           const b = Math.floor((x(send[i]) - LEFT) / bin);
           if (b < 0 || b >= bins) continue;
           all[b]++;
-          if (M.fate[i] >= 2 || M.dup[i]) bad[b]++;
+          if (isFault(M.fate[i]) || M.dup[i]) bad[b]++;
         }
         let peak = 1;
         for (let b = 0; b < bins; b++) if (all[b] > peak) peak = all[b];
