@@ -1557,7 +1557,9 @@ impl World {
                 }
                 Err(ClientError::Rejected(Rejection::NotLeader(hint))) => {
                     // Refused before being ordered: it did not happen.
-                    if let Some(traced) = self.operations.get(op) {
+                    if self.trace.keeping()
+                        && let Some(traced) = self.operations.get(op)
+                    {
                         let why = match hint {
                             Some(leader) => format!("not leader (try n{leader})"),
                             None => "not leader".to_string(),
@@ -1574,12 +1576,10 @@ impl World {
                 }
                 Err(error) => {
                     // Unknown outcome: it may or may not have happened.
-                    if let Some(traced) = self.operations.get(op) {
-                        let why = if self.trace.keeping() {
-                            error.to_string()
-                        } else {
-                            String::new()
-                        };
+                    if self.trace.keeping()
+                        && let Some(traced) = self.operations.get(op)
+                    {
+                        let why = error.to_string();
                         self.trace
                             .client_return(now, op, traced, OpOutcome::Unknown, &why);
                     }
