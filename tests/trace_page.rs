@@ -244,8 +244,13 @@ fn a_failing_seed_opens_on_its_violation_in_chromium() {
         "view {a}..{b} is centred on the violation at {first}s: {check}"
     );
 
-    // Zoomed in around it, messages are arrows; filtered to one node's
-    // lanes, the page shows just that lane.
+    // The wheel zooms in and a drag to the right pans back in time.
+    let check = selfcheck(&browser, &page, "#selftest");
+    assert_eq!(check["errors"], serde_json::json!([]), "{check}");
+    assert_eq!(check["interaction"]["zoomedIn"], true, "{check}");
+    assert_eq!(check["interaction"]["pannedBack"], true, "{check}");
+
+    // Zoomed in around it, messages are arrows.
     let zoom = format!("#view={},{}", first - 0.05, first + 0.05);
     let check = selfcheck(&browser, &page, &zoom);
     assert_eq!(check["errors"], serde_json::json!([]), "{check}");

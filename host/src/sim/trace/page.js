@@ -781,4 +781,24 @@
   }
   applyFilters();
   draw();
+
+  // `#selftest`: drive the wheel and a drag as a user would and report
+  // whether the view zoomed and panned (for the browser test).
+  if (param("selftest") !== null) {
+    const rect = canvas.getBoundingClientRect();
+    const cx = rect.left + (LEFT + width) / 2, cy = rect.top + 60;
+    const before = [t0, t1];
+    canvas.dispatchEvent(new WheelEvent("wheel", { deltaY: -400, clientX: cx, clientY: cy, bubbles: true, cancelable: true }));
+    const zoomed = [t0, t1];
+    canvas.dispatchEvent(new MouseEvent("mousedown", { clientX: cx, clientY: cy, bubbles: true }));
+    window.dispatchEvent(new MouseEvent("mousemove", { clientX: cx + 200, clientY: cy, bubbles: true }));
+    window.dispatchEvent(new MouseEvent("mouseup", { clientX: cx + 200, clientY: cy, bubbles: true }));
+    const panned = [t0, t1];
+    draw();
+    check.interaction = {
+      zoomedIn: zoomed[1] - zoomed[0] < (before[1] - before[0]) * 0.9,
+      pannedBack: panned[0] < zoomed[0] && Math.abs((panned[1] - panned[0]) - (zoomed[1] - zoomed[0])) < 1,
+    };
+    writeSelfcheck();
+  }
 })();
