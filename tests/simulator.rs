@@ -98,7 +98,11 @@ fn traces_render_as_text_and_html() {
         &text[..text.len().min(500)]
     );
     let html = trace.to_html("standalone seed 5");
-    assert!(html.contains("<svg") && html.contains("</html>"));
+    assert!(html.contains("<canvas") && html.contains("</html>"));
+    assert!(
+        html.contains("\"nodes\":[1]"),
+        "the page's data names the node"
+    );
 }
 
 #[test]
@@ -127,7 +131,11 @@ fn plugin_log_lines_reach_the_trace_with_virtual_time_and_node() {
     );
     let text = trace.to_text();
     assert!(text.contains("plugin info: raft: node 1 starts"));
-    assert!(trace.to_html("raft seed 7").contains("plugin info: raft:"));
+    assert!(
+        trace
+            .to_html("raft seed 7")
+            .contains("info: raft: node 1 starts")
+    );
 }
 
 mod overeager {

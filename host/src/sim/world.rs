@@ -23,6 +23,8 @@ use tokio::sync::oneshot;
 use super::faults::FaultProfile;
 use super::parts::{Envelope, Payload, SimClock, SimCommit, SimNetwork, VirtualTime};
 use super::trace::Trace;
+use super::trace::kinds::batch_kinds;
+use super::trace::model::{Fate, MarkKind, NodeChange, OpOutcome, Sending};
 use crate::checker::{
     CheckOptions, OpInput, OpOutput, Operation, Outcome, UNKNOWN_RETURN, check_linearizable,
 };
@@ -86,6 +88,8 @@ enum Event {
     Deliver {
         to: NodeId,
         envelope: Envelope,
+        /// The trace's id of this delivery (0 when untraced).
+        message: u32,
     },
     Wake {
         node: NodeId,
@@ -546,6 +550,14 @@ impl World {
         node.metadata_ticket_seen = 0;
         node.wake_at = None;
         let torn = replay.torn_tail_bytes;
+        self.trace.node(
+            self.time.now(),
+            id,
+            NodeChange::Boot {
+                epoch: spec_epoch,
+                recovering,
+            },
+        );
         self.trace.record(
             self.time.now(),
             id,
@@ -558,7 +570,11 @@ impl World {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Deliver { to, envelope } => self.deliver(to, envelope),
+            Event::Deliver {
+                to,
+                envelope,
+                message,
+            } => self.deliver(to, envelope, message),
             Event::Wake { node } => {
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.wake_at = None;
@@ -611,6 +627,7 @@ impl World {
             Event::Heal => {
                 if !self.blocked.is_empty() {
                     self.blocked.clear();
+                    self.trace.healed(self.now());
                     self.trace.record(self.now(), 0, "partition healed".into());
                 }
             }
@@ -620,9 +637,10 @@ impl World {
                 self.schedule(next, Event::Observe);
             }
             Event::Swap => {
-                self.trace.record(
+                self.trace.mark(
                     self.now(),
                     0,
+                    MarkKind::SwapStart,
                     "swap: coordinator holds and seals every reachable replica (epoch 1 → 2)"
                         .into(),
                 );
@@ -634,9 +652,11 @@ impl World {
             Event::QuietPhase => {
                 self.faults_on = false;
                 self.blocked.clear();
-                self.trace.record(
+                self.trace.healed(self.now());
+                self.trace.mark(
                     self.now(),
                     0,
+                    MarkKind::QuietPhase,
                     "quiet phase: faults stop, everything heals".into(),
                 );
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -650,8 +670,10 @@ impl World {
         }
     }
 
-    fn deliver(&mut self, to: NodeId, envelope: Envelope) {
+    fn deliver(&mut self, to: NodeId, envelope: Envelope, message: u32) {
+        let now = self.now();
         if self.blocked.contains(&(envelope.from, to)) {
+            self.trace.arrived(now, message, Fate::CutAtDelivery);
             return;
         }
         let (from, epoch) = (envelope.from, envelope.epoch);
@@ -669,7 +691,13 @@ impl World {
             },
         };
         let installs = self.snapshots_installed(to);
-        self.submit(to, event);
+        let paused = self.nodes.get(&to).is_some_and(|n| n.paused);
+        let fate = match self.submit(to, event) {
+            true if paused => Fate::Parked,
+            true => Fate::Delivered,
+            false => Fate::ReceiverDown,
+        };
+        self.trace.arrived(now, message, fate);
         if self.faults_on && self.snapshots_installed(to) > installs {
             let probability = self.config.faults.crash_after_install;
             if probability > 0.0 && self.chance(probability) {
@@ -738,6 +766,8 @@ impl World {
         } else {
             node.disk.crash();
         }
+        self.trace
+            .node(self.time.now(), id, NodeChange::Crash { why: when.into() });
         let when = if when.is_empty() {
             String::new()
         } else {
@@ -766,6 +796,7 @@ impl World {
             && !node.paused
         {
             node.paused = true;
+            self.trace.node(self.time.now(), id, NodeChange::Pause);
             self.trace.record(self.now(), id, "paused".into());
             let at = self.now() + length;
             self.schedule(at, Event::Resume { node: id });
@@ -789,6 +820,7 @@ impl World {
                 runtime.host.handle_events(parked);
             }
         }
+        self.trace.node(self.time.now(), id, NodeChange::Resume);
         self.trace.record(self.now(), id, "resumed".into());
     }
 
@@ -815,6 +847,8 @@ impl World {
                 }
             }
         }
+        let rest: Vec<NodeId> = ids.iter().copied().filter(|b| !side.contains(b)).collect();
+        self.trace.partition(self.now(), &side, &rest, one_way);
         self.trace.record(
             self.now(),
             0,
@@ -910,7 +944,7 @@ impl World {
         }
         let now = self.now();
         for line in plugin_logs {
-            self.trace.record(now, id, format!("plugin {line}"));
+            self.trace.plugin_log(now, id, line);
         }
         for (request, reply) in &taps {
             let what = match reply {
@@ -972,15 +1006,43 @@ impl World {
 
     fn route(&mut self, envelope: Envelope) {
         let (from, to) = (envelope.from, envelope.to);
+        let now = self.now();
+        // Message kinds, only worked out for a kept trace.
+        let protocol = self
+            .trace
+            .keeping()
+            .then(|| self.source_of(envelope.epoch).info().name);
+        let kind = |payload: &Payload| match (payload, &protocol) {
+            (Payload::Messages(batch), Some(protocol)) => batch_kinds(protocol, batch),
+            (Payload::Snapshot { .. }, _) => "snapshot".to_string(),
+            _ => String::new(),
+        };
+        let bytes = match &envelope.payload {
+            Payload::Messages(batch) => batch.byte_len() as u64,
+            Payload::Snapshot { image, .. } => image.len() as u64,
+        };
+        let sending = Sending {
+            from,
+            to,
+            bytes,
+            duplicate: false,
+        };
         if self.blocked.contains(&(from, to)) {
+            self.trace
+                .send(now, sending, Fate::CutAtSend, || kind(&envelope.payload));
             self.trace
                 .record(self.now(), from, format!("→ n{to} cut by partition"));
             return;
         }
         if self.faults_on && self.chance(self.config.faults.loss) {
+            self.trace
+                .send(now, sending, Fate::Lost, || kind(&envelope.payload));
             self.trace.record(self.now(), from, format!("→ n{to} lost"));
             return;
         }
+        let message = self
+            .trace
+            .send(now, sending, Fate::InFlight, || kind(&envelope.payload));
         let delay = self.random_between(self.config.faults.delay_min, self.config.faults.delay_max);
         let describe = match &envelope.payload {
             Payload::Messages(batch) => {
@@ -1007,10 +1069,33 @@ impl World {
                 self.config.faults.delay_max * 3,
             );
             let at = self.now() + again;
-            self.schedule(at, Event::Deliver { to, envelope: copy });
+            let message = self.trace.send(
+                now,
+                Sending {
+                    duplicate: true,
+                    ..sending
+                },
+                Fate::InFlight,
+                || kind(&copy.payload),
+            );
+            self.schedule(
+                at,
+                Event::Deliver {
+                    to,
+                    envelope: copy,
+                    message,
+                },
+            );
         }
         let at = self.now() + delay;
-        self.schedule(at, Event::Deliver { to, envelope });
+        self.schedule(
+            at,
+            Event::Deliver {
+                to,
+                envelope,
+                message,
+            },
+        );
     }
 
     /// Whether the swap coordinator reaches node `id` now: it is up, not
@@ -1137,9 +1222,10 @@ impl World {
                     if let Some(target) = &self.config.swap_to {
                         spec.protocol = protocol_ref(target);
                     }
-                    self.trace.record(
+                    self.trace.mark(
                         now,
                         0,
+                        MarkKind::EpochRecorded,
                         format!(
                             "swap: a majority sealed; epoch 2 recorded ({})",
                             self.source_of(2).id()
@@ -1207,9 +1293,10 @@ impl World {
                     }
                     match result {
                         Ok(report) => {
-                            self.trace.record(
+                            self.trace.mark(
                                 now,
                                 id,
+                                MarkKind::Switched,
                                 format!(
                                     "swap: switched to epoch {} at position {}",
                                     report.epoch, report.start_position
@@ -1241,12 +1328,12 @@ impl World {
     }
 
     fn violation(&mut self, what: String) {
-        self.trace
-            .record(self.now(), 0, format!("VIOLATION: {what}"));
+        let now = self.now();
         if self.violations.len() < 20 {
             self.violations
-                .push(format!("t={:.6}s {what}", self.now() as f64 / 1e9));
+                .push(format!("t={:.6}s {what}", now as f64 / 1e9));
         }
+        self.trace.mark(now, 0, MarkKind::Violation, what);
     }
 
     fn observe(&mut self) {
@@ -1265,6 +1352,8 @@ impl World {
             let Some(plugin) = status.plugin else {
                 continue;
             };
+            self.trace
+                .role(self.time.now(), id, plugin.role, plugin.term, status.epoch);
             let is_leader = plugin.role == "leader";
             // Terms start over in every epoch (a swap starts a new protocol).
             let term = (status.epoch, plugin.term);
@@ -1396,8 +1485,15 @@ impl World {
             input,
             output: OpOutput::Unknown,
         });
+        if let Some(traced) = self.operations.get(op) {
+            self.trace.client_call(now, op, target, traced);
+        }
         if !self.submit(target, event) {
             // Connection refused: the request never left the client.
+            if let Some(traced) = self.operations.get(op) {
+                self.trace
+                    .client_return(now, op, traced, OpOutcome::Refused, "node down");
+            }
             self.dropped.insert(op);
             let next = (self.rng.next_u64() % self.config.nodes) + 1;
             self.clients[index].target = next;
@@ -1455,9 +1551,22 @@ impl World {
                     if now >= self.quiet_from {
                         self.ok_in_quiet += 1;
                     }
+                    if let Some(traced) = self.operations.get(op) {
+                        self.trace.client_return(now, op, traced, OpOutcome::Ok, "");
+                    }
                 }
                 Err(ClientError::Rejected(Rejection::NotLeader(hint))) => {
                     // Refused before being ordered: it did not happen.
+                    if self.trace.keeping()
+                        && let Some(traced) = self.operations.get(op)
+                    {
+                        let why = match hint {
+                            Some(leader) => format!("not leader (try n{leader})"),
+                            None => "not leader".to_string(),
+                        };
+                        self.trace
+                            .client_return(now, op, traced, OpOutcome::Rejected, &why);
+                    }
                     self.dropped.insert(op);
                     self.clients[index].target = match hint {
                         Some(leader) if leader != node => leader,
@@ -1465,8 +1574,15 @@ impl World {
                     };
                     retry_after += nanos(Duration::from_millis(5));
                 }
-                Err(_) => {
+                Err(error) => {
                     // Unknown outcome: it may or may not have happened.
+                    if self.trace.keeping()
+                        && let Some(traced) = self.operations.get(op)
+                    {
+                        let why = error.to_string();
+                        self.trace
+                            .client_return(now, op, traced, OpOutcome::Unknown, &why);
+                    }
                     self.clients[index].target = (self.rng.next_u64() % self.config.nodes) + 1;
                     retry_after += nanos(Duration::from_millis(10));
                 }

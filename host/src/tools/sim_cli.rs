@@ -45,8 +45,8 @@ pub struct SimArgs {
     /// Protocol parameter, repeatable: --param election-timeout-ms=300
     #[arg(long = "param", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
-    /// Write text and HTML traces of failing seeds (or of the one seed
-    /// with --seeds 1) into this directory.
+    /// Write text traces and HTML pages (space-time diagrams) of failing
+    /// seeds (or of the one seed with --seeds 1) into this directory.
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Live protocol swap: at a seeded time in the fault phase, move the
@@ -238,7 +238,18 @@ pub fn run(args: SimArgs) -> Result<()> {
                 std::fs::write(base.with_extension("txt"), trace.to_text())?;
                 let title = format!("{} seed {seed} ({} faults)", info.name, args.faults);
                 std::fs::write(base.with_extension("html"), trace.to_html(&title))?;
-                println!("  trace of seed {seed}: {}.txt and .html", base.display());
+                let opens = match report.violations.first() {
+                    Some(first) => format!(
+                        "opens on {}",
+                        first.split_whitespace().next().unwrap_or("the violation")
+                    ),
+                    None => "the whole run".to_string(),
+                };
+                println!(
+                    "  trace of seed {seed}: {}.txt, and {}.html (a space-time diagram in any browser; {opens})",
+                    base.display(),
+                    base.display()
+                );
             }
         }
     }
