@@ -401,6 +401,11 @@ impl Epaxos {
         self.records.get(&instance)
     }
 
+    /// Every record this replica retains.
+    pub fn records(&self) -> &BTreeMap<InstanceId, Record> {
+        &self.records
+    }
+
     /// Instances this replica is driving (as leader or recoverer).
     pub fn leading(&self) -> Vec<InstanceId> {
         self.leads.keys().copied().collect()
