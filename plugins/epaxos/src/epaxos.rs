@@ -138,6 +138,7 @@ struct PrepareReply {
     command: Option<Command>,
     attributes: Attributes,
     voted: Ballot,
+    unchanged: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -560,6 +561,7 @@ impl Epaxos {
                 attributes: attributes.clone(),
                 promised: ballot,
                 voted: ballot,
+                unchanged: true,
                 executed_at: 0,
             },
         );
@@ -662,6 +664,7 @@ impl Epaxos {
             return;
         }
         record.status = Status::Accepted;
+        record.unchanged = false;
         record.command = Some(command.clone());
         record.attributes = attributes.clone();
         record.promised = ballot;
@@ -827,6 +830,7 @@ impl Epaxos {
                 command,
                 attributes,
                 voted,
+                unchanged,
             } => {
                 if let Some(lead) = self.leads.get_mut(&instance)
                     && lead.ballot == ballot
@@ -839,6 +843,7 @@ impl Epaxos {
                             command,
                             attributes,
                             voted,
+                            unchanged,
                         },
                     );
                     self.evaluate_prepare(host, instance);
@@ -961,6 +966,7 @@ impl Epaxos {
             );
             return;
         }
+        let proposed = attributes.clone();
         let mut merged = attributes;
         merged.merge(&self.index.attributes(&command));
         // The instance never depends on itself.
@@ -975,6 +981,7 @@ impl Epaxos {
             .or_insert_with(|| Record::empty(instance));
         record.status = Status::PreAccepted;
         record.command = Some(command.clone());
+        record.unchanged = ballot.is_initial_for(instance) && merged == proposed;
         record.attributes = merged.clone();
         record.promised = ballot;
         record.voted = ballot;
@@ -1028,6 +1035,7 @@ impl Epaxos {
             return;
         }
         record.status = Status::Accepted;
+        record.unchanged = false;
         record.command = Some(command.clone());
         record.attributes = attributes.clone();
         record.promised = ballot;
@@ -1059,6 +1067,7 @@ impl Epaxos {
             command: record.command.clone(),
             attributes: record.attributes.clone(),
             voted: record.vote_ballot(),
+            unchanged: record.unchanged,
         };
         if !committed {
             record.promised = ballot;
@@ -1098,6 +1107,7 @@ impl Epaxos {
             command: record.command.clone(),
             attributes: record.attributes.clone(),
             voted: record.vote_ballot(),
+            unchanged: record.unchanged,
         };
         record.promised = ballot;
         self.save(host, instance);
@@ -1167,6 +1177,7 @@ impl Epaxos {
                 if *node == instance.space
                     || reply.status != Status::PreAccepted
                     || !reply.voted.is_initial_for(instance)
+                    || !reply.unchanged
                 {
                     continue;
                 }
@@ -1236,6 +1247,7 @@ impl Epaxos {
             .entry(instance)
             .or_insert_with(|| Record::empty(instance));
         record.status = Status::PreAccepted;
+        record.unchanged = false;
         record.command = Some(command.clone());
         record.attributes = attributes.clone();
         record.promised = ballot;
@@ -1389,6 +1401,7 @@ impl Epaxos {
             .entry(instance)
             .or_insert_with(|| Record::empty(instance));
         record.status = Status::PreAccepted;
+        record.unchanged = false;
         record.command = Some(command.clone());
         record.attributes = attributes.clone();
         record.promised = ballot;

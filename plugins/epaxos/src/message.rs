@@ -58,6 +58,7 @@ pub enum Message {
         command: Option<Command>,
         attributes: Attributes,
         voted: Ballot,
+        unchanged: bool,
     },
     TryPreAccept {
         instance: InstanceId,

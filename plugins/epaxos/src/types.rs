@@ -142,6 +142,10 @@ pub struct Record {
     pub attributes: Attributes,
     pub promised: Ballot,
     pub voted: Ballot,
+    /// Pre-accepted at the initial ballot with exactly the attributes the
+    /// command leader proposed: only such votes can have formed a fast
+    /// quorum, so only they count as a possible fast commit in recovery.
+    pub unchanged: bool,
     /// The apply position this instance executed at (0 until executed).
     pub executed_at: u64,
 }
@@ -157,6 +161,7 @@ impl Record {
             },
             promised: Ballot::initial(instance.space),
             voted: Ballot::initial(instance.space),
+            unchanged: false,
             executed_at: 0,
         }
     }

@@ -146,6 +146,9 @@ impl Cluster {
     /// Delivers one queued message (by queue index).
     pub fn deliver_at(&mut self, index: usize) {
         let envelope = self.queue.remove(index);
+        if std::env::var_os("EPAXOS_TRACE").is_some() {
+            eprintln!("{} -> {}: {:?}", envelope.from, envelope.to, envelope.message());
+        }
         let messages = Messages {
             senders: vec![envelope.from],
             payloads: Batch::from_items([envelope.bytes]),
@@ -197,6 +200,9 @@ impl Cluster {
 
     /// Crashes `id`: the replica and messages addressed to it are lost.
     pub fn crash(&mut self, id: NodeId) {
+        if std::env::var_os("EPAXOS_TRACE").is_some() {
+            eprintln!("crash {id}");
+        }
         if let Some(node) = self.nodes.get_mut(&id) {
             node.replica = None;
             node.host.timers.clear();
@@ -208,6 +214,9 @@ impl Cluster {
     /// Restarts `id` from its kv. With `lose_state`, the state machine
     /// comes back empty (no snapshot) and must be rebuilt by re-execution.
     pub fn restart(&mut self, id: NodeId, lose_state: bool) {
+        if std::env::var_os("EPAXOS_TRACE").is_some() {
+            eprintln!("restart {id} lose_state={lose_state}");
+        }
         let applied = {
             let node = self.nodes.get_mut(&id).expect("known node");
             if lose_state {

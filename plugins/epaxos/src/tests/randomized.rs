@@ -23,6 +23,7 @@ impl Rng {
 }
 
 fn run_seed(seed: u64, n: u64, steps: usize) {
+    eprintln!("seed {seed}, n {n}");
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut cluster = Cluster::new(n);
     let f = (n - 1) / 2;
@@ -85,6 +86,13 @@ fn run_seed(seed: u64, n: u64, steps: usize) {
             cluster.replica(id).leading().is_empty() || !cluster.queue.is_empty(),
             "seed {seed}: node {id} still drives instances after healing"
         );
+    }
+}
+
+#[test]
+fn random_debug_seed() {
+    if let Some(seed) = std::env::var("EPAXOS_SEED").ok().and_then(|s| s.parse().ok()) {
+        run_seed(seed, 3, 400);
     }
 }
 
