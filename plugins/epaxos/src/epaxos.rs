@@ -263,7 +263,10 @@ impl Protocol for Epaxos {
         let mut writes = Vec::with_capacity(commands.len());
         for (index, id) in commands.ids.iter().enumerate() {
             let Some(payload) = commands.payloads.get(index) else {
-                host.reject(&[*id], &Rejection::Invalid("malformed payload batch".into()));
+                host.reject(
+                    &[*id],
+                    &Rejection::Invalid("malformed payload batch".into()),
+                );
                 continue;
             };
             writes.push(Write {
@@ -439,8 +442,7 @@ impl Epaxos {
                 Err(error) => panic!("epaxos: corrupt meta record: {error}"),
             }
         }
-        let spaces: Vec<(NodeId, u64)> =
-            self.meta.max_slot.iter().map(|(s, m)| (*s, *m)).collect();
+        let spaces: Vec<(NodeId, u64)> = self.meta.max_slot.iter().map(|(s, m)| (*s, *m)).collect();
         let now = host.now();
         for (space, max) in spaces {
             for slot in 1..=max {
@@ -463,8 +465,7 @@ impl Epaxos {
                 }
                 match record.status {
                     Status::Executed => {
-                        if matches!(record.command, Some(Command::Seal))
-                            && self.sealed_at.is_none()
+                        if matches!(record.command, Some(Command::Seal)) && self.sealed_at.is_none()
                         {
                             self.sealed_at = Some(record.executed_at);
                         }
@@ -529,7 +530,10 @@ impl Epaxos {
 
     /// Pushes back the recovery of `instance` (it made progress).
     fn touch<H: Host>(&mut self, host: &mut H, instance: InstanceId) {
-        let committed = self.records.get(&instance).is_some_and(Record::is_committed);
+        let committed = self
+            .records
+            .get(&instance)
+            .is_some_and(Record::is_committed);
         if committed {
             self.deadlines.remove(&instance);
         } else {
@@ -606,7 +610,12 @@ impl Epaxos {
     }
 
     /// Decides the fast or slow path once enough replies are in.
-    fn evaluate_pre_accept<H: Host>(&mut self, host: &mut H, instance: InstanceId, timed_out: bool) {
+    fn evaluate_pre_accept<H: Host>(
+        &mut self,
+        host: &mut H,
+        instance: InstanceId,
+        timed_out: bool,
+    ) {
         let n = self.n();
         let Some(lead) = self.leads.get(&instance) else {
             return;
@@ -673,7 +682,10 @@ impl Epaxos {
         self.save(host, instance);
         self.touch(host, instance);
         let now = host.now();
-        let started_at = self.leads.get(&instance).map_or(now, |lead| lead.started_at);
+        let started_at = self
+            .leads
+            .get(&instance)
+            .map_or(now, |lead| lead.started_at);
         self.leads.insert(
             instance,
             Lead {
@@ -868,7 +880,11 @@ impl Epaxos {
                 ballot,
                 promised,
             } => {
-                if self.leads.get(&instance).is_some_and(|l| l.ballot == ballot) {
+                if self
+                    .leads
+                    .get(&instance)
+                    .is_some_and(|l| l.ballot == ballot)
+                {
                     self.counters.nacks += 1;
                     // Someone else is driving it; recover later if they fail.
                     self.leads.remove(&instance);
@@ -894,7 +910,12 @@ impl Epaxos {
     }
 
     /// If this replica holds `instance` committed, tells `to`.
-    fn answer_committed<H: Host>(&mut self, host: &mut H, to: NodeId, instance: InstanceId) -> bool {
+    fn answer_committed<H: Host>(
+        &mut self,
+        host: &mut H,
+        to: NodeId,
+        instance: InstanceId,
+    ) -> bool {
         let Some(record) = self.records.get(&instance) else {
             return false;
         };
@@ -1047,7 +1068,13 @@ impl Epaxos {
         self.send(host, from, &Message::AcceptOk { instance, ballot });
     }
 
-    fn on_prepare<H: Host>(&mut self, host: &mut H, from: NodeId, instance: InstanceId, ballot: Ballot) {
+    fn on_prepare<H: Host>(
+        &mut self,
+        host: &mut H,
+        from: NodeId,
+        instance: InstanceId,
+        ballot: Ballot,
+    ) {
         let record = self
             .records
             .entry(instance)
@@ -1235,7 +1262,13 @@ impl Epaxos {
     }
 
     /// Phase 1 again at a recovery ballot (never fast: not the initial ballot).
-    fn restart<H: Host>(&mut self, host: &mut H, instance: InstanceId, ballot: Ballot, command: Command) {
+    fn restart<H: Host>(
+        &mut self,
+        host: &mut H,
+        instance: InstanceId,
+        ballot: Ballot,
+        command: Command,
+    ) {
         let mut attributes = self.index.attributes(&command);
         if attributes.deps.get(&instance.space) == Some(&instance.slot) {
             let own_lower = self.highest_interfering_below(instance, &command);
@@ -1270,8 +1303,13 @@ impl Epaxos {
         let now = host.now();
         let started_at = self.leads.get(&instance).map_or(now, |l| l.started_at);
         if !holders.contains(&self.id) {
-            let reply =
-                self.try_pre_accept_here(host, instance, ballot, command.clone(), attributes.clone());
+            let reply = self.try_pre_accept_here(
+                host,
+                instance,
+                ballot,
+                command.clone(),
+                attributes.clone(),
+            );
             match reply {
                 Message::TryPreAcceptReply {
                     outcome: TryOutcome::Ok,
@@ -1508,7 +1546,11 @@ impl Epaxos {
                 lead.sent_at = now;
             }
             if let Some(message) = message {
-                for peer in self.peers().filter(|p| !answered.contains(p)).collect::<Vec<_>>() {
+                for peer in self
+                    .peers()
+                    .filter(|p| !answered.contains(p))
+                    .collect::<Vec<_>>()
+                {
                     self.send(host, peer, &message);
                 }
             }
@@ -1521,7 +1563,11 @@ impl Epaxos {
             .collect();
         for instance in due {
             self.deadlines.remove(&instance);
-            if self.records.get(&instance).is_some_and(Record::is_committed) {
+            if self
+                .records
+                .get(&instance)
+                .is_some_and(Record::is_committed)
+            {
                 continue;
             }
             self.start_recovery(host, instance);
@@ -1623,7 +1669,9 @@ impl Epaxos {
                 match components(start, |v| self.edges(v)) {
                     Walk::Blocked(missing) => {
                         self.counters.execution_blocked += 1;
-                        if !self.deadlines.contains_key(&missing) && !self.leads.contains_key(&missing) {
+                        if !self.deadlines.contains_key(&missing)
+                            && !self.leads.contains_key(&missing)
+                        {
                             let now = host.now();
                             let deadline = self.recovery_deadline(host, now);
                             self.deadlines.insert(missing, deadline);

@@ -73,7 +73,10 @@ mod tests {
         ];
         let (params, warnings) = Params::parse(&pairs);
         assert_eq!(params.tick_ms, 5);
-        assert_eq!(params.recovery_timeout_ms, Params::default().recovery_timeout_ms);
+        assert_eq!(
+            params.recovery_timeout_ms,
+            Params::default().recovery_timeout_ms
+        );
         assert_eq!(params.max_batch, Params::default().max_batch);
         assert_eq!(warnings.len(), 2);
     }

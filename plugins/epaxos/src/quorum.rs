@@ -19,8 +19,8 @@ pub fn fast(n: usize) -> usize {
     if cfg!(feature = "fixture-majority-fast-quorum") {
         return majority(n);
     }
-    // N = 1: the leader alone.
-    (f + (f + 1) / 2).max(1)
+    // ⌊(F + 1) / 2⌋ = ⌈F / 2⌉; N = 1: the leader alone.
+    (f + f.div_ceil(2)).max(1)
 }
 
 /// How many identical initial-ballot pre-accepts (command leader excluded)
@@ -28,7 +28,7 @@ pub fn fast(n: usize) -> usize {
 /// attributes: `⌊(F + 1) / 2⌋`. Any fast quorum leaves at least this many
 /// in every majority that excludes the leader.
 pub fn recovery_group(n: usize) -> usize {
-    ((failures(n) + 1) / 2).max(1)
+    failures(n).div_ceil(2).max(1)
 }
 
 #[cfg(all(test, not(feature = "fixture-majority-fast-quorum")))]

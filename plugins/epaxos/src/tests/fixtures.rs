@@ -25,7 +25,11 @@ pub fn accepted_at_two_ballots() -> Cluster {
     cluster.drop_where(|e| e.to == 2);
     cluster.deliver_where(|e| (e.to == 1 || e.to == 3) && !is(e, "commit"));
     cluster.drop_where(|_| true);
-    assert!(cluster.record(3, inst(1, 1)).is_some_and(|r| r.is_committed()));
+    assert!(
+        cluster
+            .record(3, inst(1, 1))
+            .is_some_and(|r| r.is_committed())
+    );
     // Node 2's next two attempts are lost: its promise grows, its vote not.
     for _ in 0..2 {
         cluster.on(2, |r, h| r.recover(h, inst(1, 1)));

@@ -102,7 +102,11 @@ impl Cluster {
     fn collect(&mut self, id: NodeId) {
         if let Some(node) = self.nodes.get_mut(&id) {
             for (to, bytes) in node.host.sent.drain(..) {
-                self.queue.push(Envelope { from: id, to, bytes });
+                self.queue.push(Envelope {
+                    from: id,
+                    to,
+                    bytes,
+                });
             }
         }
     }
@@ -116,7 +120,11 @@ impl Cluster {
     }
 
     /// Runs `f` on node `id`'s replica (if up) and collects its sends.
-    pub fn on<R>(&mut self, id: NodeId, f: impl FnOnce(&mut Epaxos, &mut MemoryHost) -> R) -> Option<R> {
+    pub fn on<R>(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut Epaxos, &mut MemoryHost) -> R,
+    ) -> Option<R> {
         let node = self.nodes.get_mut(&id)?;
         let replica = node.replica.as_mut()?;
         let result = f(replica, &mut node.host);
@@ -147,7 +155,12 @@ impl Cluster {
     pub fn deliver_at(&mut self, index: usize) {
         let envelope = self.queue.remove(index);
         if std::env::var_os("EPAXOS_TRACE").is_some() {
-            eprintln!("{} -> {}: {:?}", envelope.from, envelope.to, envelope.message());
+            eprintln!(
+                "{} -> {}: {:?}",
+                envelope.from,
+                envelope.to,
+                envelope.message()
+            );
         }
         let messages = Messages {
             senders: vec![envelope.from],

@@ -93,7 +93,10 @@ fn non_interfering_commands_do_not_wait_for_each_other() {
     cluster.deliver_all();
     let record = cluster.record(3, inst(2, 1)).unwrap();
     assert!(record.attributes.deps.is_empty());
-    assert_eq!(cluster.counter(1, "fast-path") + cluster.counter(2, "fast-path"), 2);
+    assert_eq!(
+        cluster.counter(1, "fast-path") + cluster.counter(2, "fast-path"),
+        2
+    );
     for id in 1..=3 {
         let mut applied = cluster.applied(id);
         applied.sort();
@@ -114,7 +117,10 @@ fn recovery_commits_what_a_replica_holds_committed() {
     cluster.drop_where(|_| true);
     cluster.on(3, |r, h| r.recover(h, inst(1, 1)));
     cluster.deliver_all();
-    assert_eq!(writes_of(committed_command(&cluster.record(3, inst(1, 1)))), vec![100]);
+    assert_eq!(
+        writes_of(committed_command(&cluster.record(3, inst(1, 1)))),
+        vec![100]
+    );
     assert_eq!(cluster.applied(3), vec![100]);
     cluster.check();
 }
@@ -273,7 +279,10 @@ fn recovery_ranks_accepted_votes_by_the_ballot_they_were_cast_at() {
         "{:?}",
         cluster.commit_disagreements()
     );
-    assert_eq!(writes_of(committed_command(&cluster.record(2, inst(1, 1)))), vec![100]);
+    assert_eq!(
+        writes_of(committed_command(&cluster.record(2, inst(1, 1)))),
+        vec![100]
+    );
 }
 
 #[test]

@@ -79,7 +79,12 @@ fn run_seed(seed: u64, n: u64, steps: usize) {
         .collect();
     let first = sets.remove(0);
     for (i, set) in sets.iter().enumerate() {
-        assert_eq!(&first, set, "seed {seed}, n {n}: node 1 and node {} differ", i + 2);
+        assert_eq!(
+            &first,
+            set,
+            "seed {seed}, n {n}: node 1 and node {} differ",
+            i + 2
+        );
     }
     for id in 1..=n {
         assert!(
@@ -91,7 +96,10 @@ fn run_seed(seed: u64, n: u64, steps: usize) {
 
 #[test]
 fn random_debug_seed() {
-    if let Some(seed) = std::env::var("EPAXOS_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = std::env::var("EPAXOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         run_seed(seed, 3, 400);
     }
 }
