@@ -970,6 +970,11 @@ impl Epaxos {
             self.nack(host, from, instance, ballot);
             return;
         }
+        if record.status == Status::Accepted && ballot <= record.voted {
+            // A late PreAccept of a ballot this replica already accepted
+            // in: the accept vote must stand.
+            return;
+        }
         if record.status == Status::PreAccepted
             && record.voted == ballot
             && record.command.as_ref() == Some(&command)

@@ -374,3 +374,69 @@ fn info_names_the_protocol() {
     assert_eq!(info.name, "epaxos");
     assert!(info.capabilities.seal && info.capabilities.linearizable_reads);
 }
+
+#[test]
+fn a_late_pre_accept_does_not_undo_an_accept_vote() {
+    use crate::message::Message;
+    use crate::types::{Attributes, Ballot, Write};
+    let mut cluster = Cluster::new(3);
+    let command = Command::Writes(vec![Write {
+        id: 100,
+        payload: b"7:100".to_vec(),
+        keys: vec![7],
+    }]);
+    let attributes = Attributes {
+        seq: 1,
+        deps: Default::default(),
+    };
+    let ballot = Ballot::initial(1);
+    for message in [
+        Message::Accept {
+            instance: inst(1, 1),
+            ballot,
+            command: command.clone(),
+            attributes: attributes.clone(),
+        },
+        Message::PreAccept {
+            instance: inst(1, 1),
+            ballot,
+            command,
+            attributes,
+        },
+    ] {
+        cluster.queue.push(harness::Envelope {
+            from: 1,
+            to: 3,
+            bytes: message.encode(),
+        });
+        cluster.deliver_at(cluster.queue.len() - 1);
+    }
+    let record = cluster.record(3, inst(1, 1)).unwrap();
+    assert_eq!(record.status, Status::Accepted);
+}
+
+#[test]
+fn status_reports_counters_and_malformed_messages_are_counted() {
+    let mut cluster = Cluster::new(3);
+    cluster.write(1, 100, 7);
+    cluster.deliver_all();
+    cluster.queue.push(harness::Envelope {
+        from: 2,
+        to: 1,
+        bytes: vec![0xff, 0xff, 0xff],
+    });
+    cluster.deliver_all();
+    let status = cluster.on(1, |r, h| r.status(h)).unwrap();
+    let counter = |name: &str| {
+        status
+            .counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    };
+    assert_eq!(counter("fast-path"), Some(1));
+    assert_eq!(counter("instances-executed"), Some(1));
+    assert_eq!(counter("messages-malformed"), Some(1));
+    assert_eq!(status.applied_position, 1);
+    assert_eq!(status.role, synod_guest_sdk::Role::Replica);
+}
