@@ -93,6 +93,18 @@ impl ConflictIndex {
         attributes
     }
 
+    /// Registers what a record held before it was overwritten.
+    fn register_seen(&mut self, instance: InstanceId, record: &Record) {
+        let seq = record.attributes.seq;
+        if record.seen_global {
+            self.register(instance, &Command::Barrier, seq);
+        }
+        for key in &record.seen_keys {
+            self.all.add(instance, seq);
+            self.by_key.entry(*key).or_default().add(instance, seq);
+        }
+    }
+
     fn register(&mut self, instance: InstanceId, command: &Command, seq: u64) {
         match command {
             Command::Noop => {}
@@ -129,6 +141,13 @@ enum Phase {
         attributes: Attributes,
         /// Replicas known to hold `command` with `attributes`.
         holders: BTreeSet<NodeId>,
+        /// Replicas that answered the Prepare, and those of them that
+        /// pre-accepted the leader's attributes unchanged.
+        responders: BTreeSet<NodeId>,
+        group: BTreeSet<NodeId>,
+        /// Leaders of conflicting instances shown unable to have
+        /// pre-accepted these attributes unchanged.
+        excluded: BTreeSet<NodeId>,
     },
 }
 
@@ -463,6 +482,7 @@ impl Epaxos {
                     self.index
                         .register(instance, command, record.attributes.seq);
                 }
+                self.index.register_seen(instance, &record);
                 match record.status {
                     Status::Executed => {
                         if matches!(record.command, Some(Command::Seal)) && self.sealed_at.is_none()
@@ -557,18 +577,16 @@ impl Epaxos {
         let ballot = Ballot::initial(self.id);
         let attributes = self.index.attributes(&command);
         self.index.register(instance, &command, attributes.seq);
-        self.records.insert(
-            instance,
-            Record {
-                status: Status::PreAccepted,
-                command: Some(command.clone()),
-                attributes: attributes.clone(),
-                promised: ballot,
-                voted: ballot,
-                unchanged: true,
-                executed_at: 0,
-            },
-        );
+        self.records.insert(instance, {
+            let mut record = Record::empty(instance);
+            record.status = Status::PreAccepted;
+            record.hold(command.clone());
+            record.attributes = attributes.clone();
+            record.promised = ballot;
+            record.voted = ballot;
+            record.unchanged = true;
+            record
+        });
         self.save(host, instance);
         self.touch(host, instance);
         self.start_pre_accept(host, instance, ballot, command, attributes);
@@ -674,7 +692,7 @@ impl Epaxos {
         }
         record.status = Status::Accepted;
         record.unchanged = false;
-        record.command = Some(command.clone());
+        record.hold(command.clone());
         record.attributes = attributes.clone();
         record.promised = ballot;
         record.voted = ballot;
@@ -778,7 +796,7 @@ impl Epaxos {
             self.counters.noops_committed += 1;
         }
         record.status = Status::Committed;
-        record.command = Some(command.clone());
+        record.hold(command.clone());
         record.attributes = attributes.clone();
         self.index.register(instance, &command, attributes.seq);
         self.save(host, instance);
@@ -1006,7 +1024,7 @@ impl Epaxos {
             .entry(instance)
             .or_insert_with(|| Record::empty(instance));
         record.status = Status::PreAccepted;
-        record.command = Some(command.clone());
+        record.hold(command.clone());
         record.unchanged = ballot.is_initial_for(instance) && merged == proposed;
         record.attributes = merged.clone();
         record.promised = ballot;
@@ -1062,7 +1080,7 @@ impl Epaxos {
         }
         record.status = Status::Accepted;
         record.unchanged = false;
-        record.command = Some(command.clone());
+        record.hold(command.clone());
         record.attributes = attributes.clone();
         record.promised = ballot;
         record.voted = ballot;
@@ -1229,7 +1247,7 @@ impl Epaxos {
                 .max_by_key(|(_, _, members)| members.len())
                 && members.len() >= quorum::recovery_group(n)
             {
-                let mut holders = members;
+                let mut holders = members.clone();
                 for (node, reply) in &replies {
                     if reply.status == Status::PreAccepted
                         && reply.command.as_ref() == Some(&command)
@@ -1239,7 +1257,11 @@ impl Epaxos {
                         holders.insert(*node);
                     }
                 }
-                self.start_try_pre_accept(host, instance, ballot, command, attributes, holders);
+                let group = members.clone();
+                let responders = replies.keys().copied().collect();
+                self.start_try_pre_accept(
+                    host, instance, ballot, command, attributes, holders, group, responders,
+                );
                 return;
             }
         }
@@ -1286,7 +1308,7 @@ impl Epaxos {
             .or_insert_with(|| Record::empty(instance));
         record.status = Status::PreAccepted;
         record.unchanged = false;
-        record.command = Some(command.clone());
+        record.hold(command.clone());
         record.attributes = attributes.clone();
         record.promised = ballot;
         record.voted = ballot;
@@ -1295,6 +1317,7 @@ impl Epaxos {
         self.start_pre_accept(host, instance, ballot, command, attributes);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_try_pre_accept<H: Host>(
         &mut self,
         host: &mut H,
@@ -1302,12 +1325,31 @@ impl Epaxos {
         ballot: Ballot,
         command: Command,
         attributes: Attributes,
-        mut holders: BTreeSet<NodeId>,
+        holders: BTreeSet<NodeId>,
+        group: BTreeSet<NodeId>,
+        responders: BTreeSet<NodeId>,
     ) {
         self.counters.try_pre_accepts += 1;
         let now = host.now();
         let started_at = self.leads.get(&instance).map_or(now, |l| l.started_at);
-        if !holders.contains(&self.id) {
+        let self_holds = holders.contains(&self.id);
+        self.leads.insert(
+            instance,
+            Lead {
+                ballot,
+                command: command.clone(),
+                phase: Phase::TryPreAccept {
+                    attributes: attributes.clone(),
+                    holders,
+                    responders,
+                    group,
+                    excluded: BTreeSet::new(),
+                },
+                sent_at: now,
+                started_at,
+            },
+        );
+        if !self_holds {
             let reply = self.try_pre_accept_here(
                 host,
                 instance,
@@ -1316,29 +1358,9 @@ impl Epaxos {
                 attributes.clone(),
             );
             match reply {
-                Message::TryPreAcceptReply {
-                    outcome: TryOutcome::Ok,
-                    ..
-                } => {
-                    holders.insert(self.id);
-                }
                 Message::TryPreAcceptReply { outcome, .. } => {
-                    self.leads.insert(
-                        instance,
-                        Lead {
-                            ballot,
-                            command: command.clone(),
-                            phase: Phase::TryPreAccept {
-                                attributes,
-                                holders,
-                            },
-                            sent_at: now,
-                            started_at,
-                        },
-                    );
                     let me = self.id;
                     self.on_try_reply(host, me, instance, ballot, outcome);
-                    return;
                 }
                 _ => {
                     self.leads.remove(&instance);
@@ -1346,30 +1368,28 @@ impl Epaxos {
                 }
             }
         }
+        let Some(Lead {
+            ballot: current,
+            phase: Phase::TryPreAccept { holders, .. },
+            ..
+        }) = self.leads.get(&instance)
+        else {
+            return;
+        };
+        if *current != ballot {
+            return;
+        }
         if holders.len() >= quorum::majority(self.n()) {
             self.start_accept(host, instance, ballot, command, attributes);
             return;
         }
+        let askees: Vec<NodeId> = self.peers().filter(|p| !holders.contains(p)).collect();
         let message = Message::TryPreAccept {
             instance,
             ballot,
-            command: command.clone(),
-            attributes: attributes.clone(),
+            command,
+            attributes,
         };
-        let askees: Vec<NodeId> = self.peers().filter(|p| !holders.contains(p)).collect();
-        self.leads.insert(
-            instance,
-            Lead {
-                ballot,
-                command,
-                phase: Phase::TryPreAccept {
-                    attributes,
-                    holders,
-                },
-                sent_at: now,
-                started_at,
-            },
-        );
         for peer in askees {
             self.send(host, peer, &message);
         }
@@ -1415,9 +1435,10 @@ impl Epaxos {
             return reply(TryOutcome::Conflict {
                 with: instance,
                 committed: false,
+                initial: false,
             });
         }
-        let mut conflict: Option<(InstanceId, bool)> = None;
+        let mut conflict: Option<(InstanceId, bool, bool)> = None;
         for (other, other_record) in &self.records {
             if *other == instance || other_record.status < Status::PreAccepted {
                 continue;
@@ -1432,12 +1453,17 @@ impl Epaxos {
                 continue;
             }
             let committed = other_record.is_committed();
-            if conflict.is_none_or(|(_, seen)| committed && !seen) {
-                conflict = Some((*other, committed));
+            let initial = other_record.voted.is_initial_for(*other);
+            if conflict.is_none_or(|(_, seen, _)| committed && !seen) {
+                conflict = Some((*other, committed, initial));
             }
         }
-        if let Some((with, committed)) = conflict {
-            return reply(TryOutcome::Conflict { with, committed });
+        if let Some((with, committed, initial)) = conflict {
+            return reply(TryOutcome::Conflict {
+                with,
+                committed,
+                initial,
+            });
         }
         let record = self
             .records
@@ -1445,7 +1471,7 @@ impl Epaxos {
             .or_insert_with(|| Record::empty(instance));
         record.status = Status::PreAccepted;
         record.unchanged = false;
-        record.command = Some(command.clone());
+        record.hold(command.clone());
         record.attributes = attributes.clone();
         record.promised = ballot;
         record.voted = ballot;
@@ -1464,6 +1490,8 @@ impl Epaxos {
         ballot: Ballot,
         outcome: TryOutcome,
     ) {
+        let fast = quorum::fast(self.n());
+        let majority = quorum::majority(self.n());
         let Some(lead) = self.leads.get_mut(&instance) else {
             return;
         };
@@ -1473,6 +1501,9 @@ impl Epaxos {
         let Phase::TryPreAccept {
             attributes,
             holders,
+            responders,
+            group,
+            excluded,
         } = &mut lead.phase
         else {
             return;
@@ -1480,7 +1511,7 @@ impl Epaxos {
         match outcome {
             TryOutcome::Ok => {
                 holders.insert(from);
-                if holders.len() >= quorum::majority(self.voters.len().max(1)) {
+                if holders.len() >= majority {
                     let (command, attributes) = (lead.command.clone(), attributes.clone());
                     self.start_accept(host, instance, ballot, command, attributes);
                 }
@@ -1502,7 +1533,34 @@ impl Epaxos {
             TryOutcome::Conflict {
                 with,
                 committed: false,
+                initial,
             } => {
+                // The conflict's leader cannot have pre-accepted these
+                // attributes unchanged: had it proposed `with` first, its
+                // answer would list `with`; had it pre-accepted this
+                // instance first, its proposal of `with` (which the
+                // reporter's initial-ballot attributes include) would
+                // depend on this one.
+                if initial && with.space != instance.space {
+                    excluded.insert(with.space);
+                }
+                // Who could have pre-accepted them unchanged: the leader,
+                // the responders that did, and non-responders not excluded.
+                let possible = self
+                    .voters
+                    .iter()
+                    .filter(|v| {
+                        **v == instance.space
+                            || group.contains(v)
+                            || (!responders.contains(v) && !excluded.contains(v))
+                    })
+                    .count();
+                if possible < fast {
+                    // No fast quorum can have formed: never chosen.
+                    let command = lead.command.clone();
+                    self.restart(host, instance, ballot, command);
+                    return;
+                }
                 // Cannot tell yet; try again after the conflict settles.
                 self.leads.remove(&instance);
                 self.touch(host, instance);

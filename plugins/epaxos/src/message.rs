@@ -10,8 +10,14 @@ pub enum TryOutcome {
     /// Pre-accepted with the proposed attributes.
     Ok,
     /// An interfering instance that is not among the deps and does not
-    /// depend on this one; `committed` says whether it is committed.
-    Conflict { with: InstanceId, committed: bool },
+    /// depend on this one; `committed` says whether it is committed, and
+    /// `initial` whether this replica's attributes for it are from its
+    /// initial ballot (so they include its leader's proposal).
+    Conflict {
+        with: InstanceId,
+        committed: bool,
+        initial: bool,
+    },
     /// This replica already holds the instance committed.
     Committed {
         command: Command,

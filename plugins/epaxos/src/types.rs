@@ -146,6 +146,11 @@ pub struct Record {
     /// command leader proposed: only such votes can have formed a fast
     /// quorum, so only they count as a possible fast commit in recovery.
     pub unchanged: bool,
+    /// Conflict keys of every command this record ever held, and whether
+    /// one was a barrier or seal: a record overwritten by a no-op still
+    /// counts in the conflict index after a restart.
+    pub seen_keys: Vec<u64>,
+    pub seen_global: bool,
     /// The apply position this instance executed at (0 until executed).
     pub executed_at: u64,
 }
@@ -162,8 +167,21 @@ impl Record {
             promised: Ballot::initial(instance.space),
             voted: Ballot::initial(instance.space),
             unchanged: false,
+            seen_keys: Vec::new(),
+            seen_global: false,
             executed_at: 0,
         }
+    }
+
+    /// Sets the command, remembering its conflict keys.
+    pub fn hold(&mut self, command: Command) {
+        self.seen_global |= command.is_global();
+        for key in command.keys() {
+            if !self.seen_keys.contains(&key) {
+                self.seen_keys.push(key);
+            }
+        }
+        self.command = Some(command);
     }
 
     pub fn is_committed(&self) -> bool {

@@ -440,3 +440,28 @@ fn status_reports_counters_and_malformed_messages_are_counted() {
     assert_eq!(status.applied_position, 1);
     assert_eq!(status.role, synod_guest_sdk::Role::Replica);
 }
+
+/// Two interfering instances whose leaders both failed, each pre-accepted
+/// unchanged by one other replica and each blocking the other's
+/// TryPreAccept. The blocked leader cannot be in a fast quorum of the
+/// other's attributes, which leaves too few replicas for one: Phase 1
+/// runs again instead of waiting for a failed leader to return.
+#[test]
+fn mutually_blocking_try_pre_accepts_resolve_without_the_failed_leaders() {
+    let mut cluster = Cluster::new(5);
+    cluster.write(1, 100, 7);
+    cluster.deliver_where(|e| e.to == 2 && is(e, "pre-accept"));
+    cluster.drop_where(|_| true);
+    cluster.write(3, 300, 7);
+    cluster.deliver_where(|e| e.to == 4 && is(e, "pre-accept"));
+    cluster.drop_where(|_| true);
+    cluster.crash(1);
+    cluster.crash(3);
+    cluster.run(5000);
+    let order = cluster.applied(2);
+    assert_eq!(order.len(), 2, "both instances commit and execute");
+    for id in [4, 5] {
+        assert_eq!(cluster.applied(id), order, "node {id}");
+    }
+    cluster.check();
+}
