@@ -465,3 +465,37 @@ fn mutually_blocking_try_pre_accepts_resolve_without_the_failed_leaders() {
     }
     cluster.check();
 }
+
+/// A record overwritten by a no-op vote still counts as a conflict after a
+/// restart: its command may yet be chosen at a higher ballot.
+#[test]
+fn a_restarted_replica_still_depends_on_commands_it_once_held() {
+    use crate::message::Message;
+    use crate::types::{Attributes, Ballot};
+    let mut cluster = Cluster::new(3);
+    cluster.write(1, 100, 7);
+    cluster.deliver_where(|e| e.to == 3 && is(e, "pre-accept"));
+    cluster.drop_where(|_| true);
+    let noop = Message::Accept {
+        instance: inst(1, 1),
+        ballot: Ballot { round: 1, node: 2 },
+        command: Command::Noop,
+        attributes: Attributes {
+            seq: 0,
+            deps: Default::default(),
+        },
+    };
+    cluster.queue.push(harness::Envelope {
+        from: 2,
+        to: 3,
+        bytes: noop.encode(),
+    });
+    cluster.deliver_at(0);
+    cluster.drop_where(|_| true);
+    cluster.crash(3);
+    cluster.restart(3, false);
+    cluster.drop_where(|_| true);
+    cluster.write(3, 300, 7);
+    let proposed = cluster.record(3, inst(3, 1)).unwrap();
+    assert!(proposed.attributes.covers(inst(1, 1)));
+}
