@@ -7,7 +7,7 @@
 //! kv with `init(recovering = true)`, optionally with the state machine
 //! rolled back to empty (as after a restart without a snapshot).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use synod_guest_sdk::testing::MemoryHost;
 use synod_guest_sdk::*;
@@ -39,6 +39,15 @@ impl Envelope {
 
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, Node>,
+    /// Node each write was submitted to.
+    pub origin: BTreeMap<RequestId, NodeId>,
+    /// Writes applied at the node they were submitted to (acknowledged).
+    pub acknowledged: BTreeSet<RequestId>,
+    /// Linearizable reads in flight: the writes acknowledged when each was
+    /// issued, which its answer must reflect.
+    pub reads_owed: BTreeMap<RequestId, BTreeSet<RequestId>>,
+    /// Reads answered without reflecting an acknowledged write.
+    pub stale_reads: Vec<String>,
     pub queue: Vec<Envelope>,
     pub voters: Vec<NodeId>,
     pub params: Vec<(String, String)>,
@@ -66,6 +75,10 @@ impl Cluster {
             .collect();
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
+            origin: BTreeMap::new(),
+            acknowledged: BTreeSet::new(),
+            reads_owed: BTreeMap::new(),
+            stale_reads: Vec::new(),
             queue: Vec::new(),
             voters: voters.clone(),
             params,
@@ -129,7 +142,31 @@ impl Cluster {
         let replica = node.replica.as_mut()?;
         let result = f(replica, &mut node.host);
         self.collect(id);
+        self.observe(id);
         Some(result)
+    }
+
+    /// Records acknowledgements and checks answered reads at node `id`.
+    fn observe(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get(&id) else {
+            return;
+        };
+        for (request, _) in &node.host.applied {
+            if self.origin.get(request) == Some(&id) {
+                self.acknowledged.insert(*request);
+            }
+        }
+        let applied: BTreeSet<RequestId> = node.host.applied_ids().into_iter().collect();
+        for read in &node.host.completed_reads {
+            if let Some(owed) = self.reads_owed.remove(read) {
+                let missing: Vec<&RequestId> = owed.difference(&applied).collect();
+                if !missing.is_empty() {
+                    self.stale_reads.push(format!(
+                        "read {read} at node {id} missed acknowledged writes {missing:?}"
+                    ));
+                }
+            }
+        }
     }
 
     /// A client write of `key` with request `id` at node `at`.
@@ -139,6 +176,7 @@ impl Cluster {
         commands.payloads.push(format!("{key}:{id}").as_bytes());
         commands.keys.push(key);
         commands.key_ends.push(1);
+        self.origin.insert(id, at);
         self.on(at, |r, h| r.on_commands(h, commands));
     }
 
@@ -148,6 +186,7 @@ impl Cluster {
             ids: vec![id],
             levels: vec![ReadLevel::Linearizable],
         };
+        self.reads_owed.insert(id, self.acknowledged.clone());
         self.on(at, |r, h| r.on_reads(h, reads));
     }
 
@@ -344,7 +383,7 @@ impl Cluster {
     /// No request id is applied twice on any node.
     pub fn duplicate_applies(&self) -> Option<String> {
         for (id, node) in &self.nodes {
-            let mut seen = std::collections::BTreeSet::new();
+            let mut seen = BTreeSet::new();
             for request in node.host.applied_ids() {
                 if !seen.insert(request) {
                     return Some(format!("node {id} applied request {request} twice"));
@@ -364,6 +403,7 @@ impl Cluster {
         if let Some(why) = self.duplicate_applies() {
             panic!("{why}");
         }
+        assert!(self.stale_reads.is_empty(), "{:#?}", self.stale_reads);
     }
 }
 

@@ -3,7 +3,7 @@
 //! replica must commit the same values, apply the same commands in the
 //! same order per key, and in the end apply the same set.
 
-use synod_guest_sdk::NodeId;
+use synod_guest_sdk::{NodeId, Protocol, SealProgress};
 
 use super::harness::Cluster;
 
@@ -29,14 +29,21 @@ fn run_seed(seed: u64, n: u64, steps: usize) -> (u64, u64, u64) {
     let mut cluster = Cluster::new(n);
     let f = (n - 1) / 2;
     let mut next_id = 1000;
+    // Read ids are far from write ids.
+    let mut reads = 1_000_000;
     for step in 0..steps {
         let up: Vec<NodeId> = (1..=n).filter(|id| cluster.is_up(*id)).collect();
         let down: Vec<NodeId> = (1..=n).filter(|id| !cluster.is_up(*id)).collect();
         match rng.below(100) {
-            0..=24 => {
+            0..=21 => {
                 let at = up[rng.below(up.len() as u64) as usize];
                 cluster.write(at, next_id, rng.below(4));
                 next_id += 1;
+            }
+            22..=24 => {
+                let at = up[rng.below(up.len() as u64) as usize];
+                cluster.read(at, reads);
+                reads += 1;
             }
             25..=64 if !cluster.queue.is_empty() => {
                 let index = rng.below(cluster.queue.len() as u64) as usize;
@@ -95,6 +102,27 @@ fn run_seed(seed: u64, n: u64, steps: usize) -> (u64, u64, u64) {
             "seed {seed}: node {id} still drives instances after healing"
         );
     }
+    // Every replica seals at the same position after all that.
+    let mut positions = Vec::new();
+    for id in 1..=n {
+        let mut progress = cluster.on(id, |r, h| r.seal(h)).expect("up");
+        for _ in 0..200 {
+            if progress != SealProgress::Pending {
+                break;
+            }
+            cluster.run(20);
+            progress = cluster.on(id, |r, h| r.seal(h)).expect("up");
+        }
+        match progress {
+            SealProgress::Sealed(position) => positions.push(position),
+            SealProgress::Pending => panic!("seed {seed}: node {id} never sealed"),
+        }
+    }
+    assert!(
+        positions.windows(2).all(|w| w[0] == w[1]),
+        "seed {seed}: sealed at {positions:?}"
+    );
+    cluster.check();
     let recoveries = (1..=n).map(|id| cluster.counter(id, "recoveries")).sum();
     (next_id - 1000, first.len() as u64, recoveries)
 }
