@@ -1,7 +1,9 @@
-//! Seeded random schedules: loss, duplication, reordering, crashes and
-//! restarts (with or without the state machine), then healing. Every
-//! replica must commit the same values, apply the same commands in the
-//! same order per key, and in the end apply the same set.
+//! Seeded random schedules: loss, duplication, reordering, partitions,
+//! crashes and restarts (with or without the state machine), then healing.
+//! Every replica must commit the same values, apply the same commands in
+//! the same order per key, answer linearizable reads with every write
+//! acknowledged before them, apply the same set in the end, and seal at
+//! one position.
 
 use synod_guest_sdk::{NodeId, Protocol, SealProgress};
 
@@ -31,9 +33,18 @@ fn run_seed(seed: u64, n: u64, steps: usize) -> (u64, u64, u64) {
     let mut next_id = 1000;
     // Read ids are far from write ids.
     let mut reads = 1_000_000;
+    // A partition: one side, and the step it heals at.
+    let mut partition: Option<(Vec<NodeId>, usize)> = None;
     for step in 0..steps {
         let up: Vec<NodeId> = (1..=n).filter(|id| cluster.is_up(*id)).collect();
         let down: Vec<NodeId> = (1..=n).filter(|id| !cluster.is_up(*id)).collect();
+        if partition.as_ref().is_some_and(|(_, until)| step >= *until) {
+            partition = None;
+        }
+        if partition.is_none() && rng.below(100) == 0 {
+            let side: Vec<NodeId> = (1..=n).filter(|_| rng.below(2) == 0).collect();
+            partition = Some((side, step + 50 + rng.below(100) as usize));
+        }
         match rng.below(100) {
             0..=21 => {
                 let at = up[rng.below(up.len() as u64) as usize];
@@ -47,6 +58,14 @@ fn run_seed(seed: u64, n: u64, steps: usize) -> (u64, u64, u64) {
             }
             25..=64 if !cluster.queue.is_empty() => {
                 let index = rng.below(cluster.queue.len() as u64) as usize;
+                let envelope = &cluster.queue[index];
+                let cut = partition.as_ref().is_some_and(|(side, _)| {
+                    side.contains(&envelope.from) != side.contains(&envelope.to)
+                });
+                if cut {
+                    cluster.queue.remove(index);
+                    continue;
+                }
                 if rng.below(20) == 0 {
                     let copy = cluster.queue[index].clone();
                     cluster.queue.push(copy);
