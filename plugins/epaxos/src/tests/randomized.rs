@@ -79,6 +79,11 @@ fn run_seed(seed: u64, n: u64, steps: usize) -> (u64, u64, u64) {
             73..=94 => cluster.advance(10),
             95..=96 if (down.len() as u64) < f => {
                 let victim = up[rng.below(up.len() as u64) as usize];
+                // Half the time the crash also loses what the node had
+                // not sent yet (held for durability, or in its buffers).
+                if rng.below(2) == 0 {
+                    cluster.drop_where(|e| e.from == victim);
+                }
                 cluster.crash(victim);
             }
             97..=99 if !down.is_empty() => {
