@@ -1779,6 +1779,18 @@ impl Epaxos {
         record.executed_at = self.position;
         self.pending.remove(&instance);
         self.counters.instances_executed += 1;
+        if command != Command::Barrier
+            && let Some(ids) = self.waiting_reads.remove(&instance)
+        {
+            // A recovery replaced this replica's barrier with a no-op:
+            // the reads are not ordered yet, so order them again.
+            if self.refusing() {
+                host.reject(&ids, &Rejection::Sealed);
+            } else {
+                let barrier = self.propose(host, Command::Barrier);
+                self.waiting_reads.insert(barrier, ids);
+            }
+        }
         match command {
             Command::Noop => {}
             Command::Writes(writes) => {

@@ -499,3 +499,23 @@ fn a_restarted_replica_still_depends_on_commands_it_once_held() {
     let proposed = cluster.record(3, inst(3, 1)).unwrap();
     assert!(proposed.attributes.covers(inst(1, 1)));
 }
+
+/// A read barrier that a recovery replaced with a no-op is proposed again,
+/// so its reads are still answered.
+#[test]
+fn reads_whose_barrier_became_a_noop_are_ordered_again() {
+    let mut cluster = Cluster::new(3);
+    cluster.read(1, 900);
+    cluster.drop_where(|_| true);
+    cluster.on(2, |r, h| r.recover(h, inst(1, 1)));
+    cluster.drop_where(|e| e.to == 1);
+    cluster.deliver_where(|e| !is(e, "commit"));
+    cluster.deliver_where(|e| is(e, "commit") && e.to == 1);
+    assert_eq!(
+        committed_command(&cluster.record(1, inst(1, 1))),
+        Some(Command::Noop)
+    );
+    cluster.run(500);
+    assert_eq!(cluster.nodes[&1].host.completed_reads, vec![900]);
+    cluster.check();
+}
