@@ -210,6 +210,9 @@ pub struct Epaxos {
     position: u64,
     /// Linearizable reads waiting for a barrier to execute here.
     waiting_reads: BTreeMap<InstanceId, Vec<RequestId>>,
+    /// Writes this replica proposed, by instance, until it executes: if a
+    /// recovery chose a no-op instead, their clients are told to retry.
+    proposed_writes: BTreeMap<InstanceId, Vec<RequestId>>,
     /// The position of the first executed seal.
     sealed_at: Option<u64>,
     /// This replica was asked to seal (refuses new writes and reads).
@@ -261,6 +264,7 @@ impl Protocol for Epaxos {
             executed_prefix: BTreeMap::new(),
             position: config.applied_position,
             waiting_reads: BTreeMap::new(),
+            proposed_writes: BTreeMap::new(),
             sealed_at: None,
             sealing: false,
             seal_instance: None,
@@ -297,7 +301,9 @@ impl Protocol for Epaxos {
         while !writes.is_empty() {
             let rest = writes.split_off(writes.len().min(self.params.max_batch));
             let batch = std::mem::replace(&mut writes, rest);
-            self.propose(host, Command::Writes(batch));
+            let ids = batch.iter().map(|w| w.id).collect();
+            let instance = self.propose(host, Command::Writes(batch));
+            self.proposed_writes.insert(instance, ids);
         }
         self.execute(host);
     }
@@ -1779,6 +1785,17 @@ impl Epaxos {
         record.executed_at = self.position;
         self.pending.remove(&instance);
         self.counters.instances_executed += 1;
+        if let Some(ids) = self.proposed_writes.remove(&instance)
+            && command == Command::Noop
+        {
+            // Nothing was applied for them: a refusal is truthful.
+            host.reject(
+                &ids,
+                &Rejection::Unavailable(
+                    "the write's instance was recovered as a no-op; retry".into(),
+                ),
+            );
+        }
         if command != Command::Barrier
             && let Some(ids) = self.waiting_reads.remove(&instance)
         {

@@ -404,6 +404,17 @@ impl Cluster {
             panic!("{why}");
         }
         assert!(self.stale_reads.is_empty(), "{:#?}", self.stale_reads);
+        // A refused request changed nothing: it is applied nowhere.
+        for (id, node) in &self.nodes {
+            for (request, reason) in &node.host.rejected {
+                for (other_id, other) in &self.nodes {
+                    assert!(
+                        !other.host.applied_ids().contains(request),
+                        "request {request} refused at node {id} ({reason:?}) but applied at node {other_id}"
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -519,3 +519,27 @@ fn reads_whose_barrier_became_a_noop_are_ordered_again() {
     assert_eq!(cluster.nodes[&1].host.completed_reads, vec![900]);
     cluster.check();
 }
+
+/// A write whose instance a recovery turned into a no-op is refused at the
+/// replica that took it, so its client retries instead of waiting.
+#[test]
+fn writes_lost_to_a_noop_are_refused() {
+    let mut cluster = Cluster::new(3);
+    cluster.write(1, 100, 7);
+    cluster.drop_where(|_| true);
+    cluster.on(2, |r, h| r.recover(h, inst(1, 1)));
+    cluster.drop_where(|e| e.to == 1);
+    cluster.deliver_where(|e| e.to != 1);
+    cluster.deliver_where(|e| is(e, "commit"));
+    assert_eq!(
+        committed_command(&cluster.record(1, inst(1, 1))),
+        Some(Command::Noop)
+    );
+    let rejected = &cluster.nodes[&1].host.rejected;
+    assert!(
+        matches!(rejected.as_slice(), [(100, Rejection::Unavailable(_))]),
+        "{rejected:?}"
+    );
+    assert!(cluster.applied(1).is_empty());
+    cluster.check();
+}
