@@ -203,6 +203,9 @@ pub struct Epaxos {
     deadlines: BTreeMap<InstanceId, u64>,
     /// Committed instances not yet executed.
     pending: BTreeSet<InstanceId>,
+    /// Pending instances whose last walk stopped at an uncommitted one:
+    /// while that stays uncommitted, walking again would stop there again.
+    blocked: BTreeMap<InstanceId, InstanceId>,
     /// Per space: every slot at or below is executed.
     executed_prefix: BTreeMap<NodeId, u64>,
     /// Apply position: instances executed (noops excluded, so that every
@@ -261,6 +264,7 @@ impl Protocol for Epaxos {
             leads: BTreeMap::new(),
             deadlines: BTreeMap::new(),
             pending: BTreeSet::new(),
+            blocked: BTreeMap::new(),
             executed_prefix: BTreeMap::new(),
             position: config.applied_position,
             waiting_reads: BTreeMap::new(),
@@ -1735,9 +1739,15 @@ impl Epaxos {
                 if !self.pending.contains(&start) {
                     continue;
                 }
+                if let Some(missing) = self.blocked.get(&start)
+                    && !self.records.get(missing).is_some_and(Record::is_committed)
+                {
+                    continue;
+                }
                 match components(start, |v| self.edges(v)) {
                     Walk::Blocked(missing) => {
                         self.counters.execution_blocked += 1;
+                        self.blocked.insert(start, missing);
                         if !self.deadlines.contains_key(&missing)
                             && !self.leads.contains_key(&missing)
                         {
@@ -1784,6 +1794,7 @@ impl Epaxos {
         record.status = Status::Executed;
         record.executed_at = self.position;
         self.pending.remove(&instance);
+        self.blocked.remove(&instance);
         self.counters.instances_executed += 1;
         if let Some(ids) = self.proposed_writes.remove(&instance)
             && command == Command::Noop

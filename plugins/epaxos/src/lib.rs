@@ -34,9 +34,11 @@
 //!   for) past `recovery-timeout-ms` plus a random share is taken over with
 //!   Explicit Prepare at a higher ballot and the paper's case analysis:
 //!   committed → commit; accepted → Accept the highest-ballot vote;
-//!   `⌊(F+1)/2⌋` identical initial-ballot pre-accepts from non-leaders →
-//!   TryPreAccept; otherwise a known command → Phase 1 again (slow path);
-//!   nothing known → commit a no-op.
+//!   `⌊(F+1)/2⌋` non-leaders pre-accepted the leader's attributes
+//!   unchanged at the initial ballot → TryPreAccept (a blocking uncommitted
+//!   conflict rules its leader out of the possible fast quorum); otherwise
+//!   a known command → Phase 1 again (slow path); nothing known → commit a
+//!   no-op.
 //! - Seal: a seal instance interferes with everything; every replica
 //!   applies exactly what is ordered before the first executed seal and
 //!   reports `sealed` at that position.
