@@ -183,15 +183,15 @@ fn random_debug_seed() {
 
 #[test]
 fn random_schedules_on_three_replicas() {
-    run_many(3, 25);
+    run_many(3, 40);
 }
 
 #[test]
 fn random_schedules_on_five_replicas() {
-    run_many(5, 20);
+    run_many(5, 30);
 }
 
 #[test]
 fn random_schedules_on_seven_replicas() {
-    run_many(7, 10);
+    run_many(7, 15);
 }
