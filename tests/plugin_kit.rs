@@ -90,3 +90,27 @@ fn the_generated_crate_passes_its_own_tests() {
         .expect("cargo runs");
     assert!(status.success(), "cargo test of the generated crate failed");
 }
+
+/// Goal: `synod dev` takes a component to a live 3-process cluster,
+/// survives the kill -9 and restart it makes, and gives the verdict the
+/// plugin's consistency calls for (Raft: a linearizable history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_raft_on_a_local_cluster_through_a_crash() {
+    let args = synod::tools::dev::DevArgs {
+        plugin: PathBuf::from(synod_plugin_artifacts::RAFT_PATH),
+        nodes: 3,
+        seconds: 3.0,
+        clients: 3,
+        params: Vec::new(),
+        data_dir: None,
+        keep_running: false,
+    };
+    let verdict = synod::tools::dev::run_with(Path::new(synod_tests::node_binary!()), args)
+        .await
+        .expect("synod dev passes");
+    assert!(verdict.passed);
+    assert!(verdict.converged);
+    assert!(verdict.killed.is_some());
+    assert!(verdict.operations > 0);
+    assert_eq!(verdict.consistency, "history linearizable");
+}
