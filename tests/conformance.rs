@@ -24,6 +24,7 @@ fn raft_native() {
 /// The built component, in the sandbox, as a node runs it.
 #[test]
 fn raft_component() {
-    let harness = Harness::wasm_file(synod_plugin_artifacts::RAFT_PATH).expect("the raft component loads");
+    let harness =
+        Harness::wasm_file(synod_plugin_artifacts::RAFT_PATH).expect("the raft component loads");
     conforms(harness.nodes(3));
 }

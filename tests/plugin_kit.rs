@@ -56,7 +56,11 @@ fn a_broken_crate_fails_to_build_with_an_error() {
     let crate_dir = new_crate(dir.path(), "kit-broken");
     let lib = crate_dir.join("src/lib.rs");
     let text = std::fs::read_to_string(&lib).expect("lib");
-    std::fs::write(&lib, text.replace("fn seal<H: Host>", "fn seal<H: Host> oops")).expect("write");
+    std::fs::write(
+        &lib,
+        text.replace("fn seal<H: Host>", "fn seal<H: Host> oops"),
+    )
+    .expect("write");
     let result = build_plugin(&BuildOptions {
         path: Some(crate_dir),
         out: Some(dir.path().join("broken.wasm")),

@@ -384,6 +384,9 @@ mod tests {
             matches!(report.verdict(Obligation::Seal), Some(Verdict::Failed(_))),
             "{report}"
         );
-        assert!(report.to_string().contains("seal           FAIL"), "{report}");
+        assert!(
+            report.to_string().contains("seal           FAIL"),
+            "{report}"
+        );
     }
 }

@@ -459,7 +459,10 @@ mod tests {
         assert!(!report.passed(), "forgetting writes must be caught");
         let text = report.to_string();
         let failure = &report.failures[0];
-        assert!(text.contains(&format!("seed {} FAILED", failure.seed)), "{text}");
+        assert!(
+            text.contains(&format!("seed {} FAILED", failure.seed)),
+            "{text}"
+        );
         assert!(
             failure
                 .replay

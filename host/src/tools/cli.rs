@@ -328,8 +328,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => crate::tools::demo::run(args).await,
         Command::Dev(args) => crate::tools::dev::run(args).await,
         Command::Plugin { command } => {
-            tokio::task::spawn_blocking(move || crate::tools::plugin_kit::cli::run(command))
-                .await?
+            tokio::task::spawn_blocking(move || crate::tools::plugin_kit::cli::run(command)).await?
         }
         Command::Bench(args) => crate::tools::bench::run(args).await,
         Command::Sim(args) => {

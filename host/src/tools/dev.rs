@@ -77,7 +77,7 @@ pub async fn run_with(binary: &Path, args: DevArgs) -> Result<DevVerdict> {
     if args.nodes == 0 || args.nodes > 9 {
         bail!("--nodes must be between 1 and 9");
     }
-    if !(args.seconds > 0.0) || args.clients == 0 {
+    if args.seconds.is_nan() || args.seconds <= 0.0 || args.clients == 0 {
         bail!("--seconds and --clients must be positive");
     }
     let bytes = std::fs::read(&args.plugin)
@@ -210,7 +210,10 @@ pub async fn run_with(binary: &Path, args: DevArgs) -> Result<DevVerdict> {
         match check_linearizable(&operations, &CheckOptions::default()) {
             Outcome::Linearizable => ("history linearizable".to_string(), true),
             Outcome::Violation(v) => (
-                format!("history NOT linearizable on key {}: {}", v.key, v.explanation),
+                format!(
+                    "history NOT linearizable on key {}: {}",
+                    v.key, v.explanation
+                ),
                 false,
             ),
             Outcome::Unknown { key, reason } => {
@@ -221,8 +224,10 @@ pub async fn run_with(binary: &Path, args: DevArgs) -> Result<DevVerdict> {
     println!("  {} operations checked: {consistency}", operations.len());
     let passed = converged && consistent && report.completed() > 0;
     if args.keep_running && passed {
-        println!("  the cluster keeps running; try: synod --node http://{} get {REGION} KEY  (Ctrl-C stops it)",
-            cluster.node(1)?.api);
+        println!(
+            "  the cluster keeps running; try: synod --node http://{} get {REGION} KEY  (Ctrl-C stops it)",
+            cluster.node(1)?.api
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     cluster.stop_all();
@@ -248,7 +253,10 @@ pub async fn run_with(binary: &Path, args: DevArgs) -> Result<DevVerdict> {
             logs.display()
         );
     }
-    println!("VERDICT: PASS — survived kill -9 of node {victim}; replicas converged; {}", verdict.consistency);
+    println!(
+        "VERDICT: PASS — survived kill -9 of node {victim}; replicas converged; {}",
+        verdict.consistency
+    );
     Ok(verdict)
 }
 
@@ -268,7 +276,9 @@ async fn lost_writes(
     let mut puts: BTreeMap<&str, Vec<(u64, u64, &str)>> = BTreeMap::new();
     for op in operations {
         if let (OpInput::Put { value }, Some(key)) = (&op.input, op.key.strip_prefix(&prefix)) {
-            puts.entry(key).or_default().push((op.call, op.ret, value.as_str()));
+            puts.entry(key)
+                .or_default()
+                .push((op.call, op.ret, value.as_str()));
         }
     }
     let mut lost = Vec::new();

@@ -260,11 +260,14 @@ pub struct Built {
 pub fn build_plugin(options: &BuildOptions) -> Result<Built, KitError> {
     let dir = options.path.clone().unwrap_or_else(|| PathBuf::from("."));
     let manifest_path = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest_path).map_err(io("cannot read", &manifest_path))?;
-    let manifest: toml::Table = text.parse().map_err(|e: toml::de::Error| KitError::BadManifest {
-        path: manifest_path.clone(),
-        reason: e.to_string(),
-    })?;
+    let text =
+        std::fs::read_to_string(&manifest_path).map_err(io("cannot read", &manifest_path))?;
+    let manifest: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| KitError::BadManifest {
+                path: manifest_path.clone(),
+                reason: e.to_string(),
+            })?;
     let package = manifest
         .get("package")
         .and_then(|p| p.get("name"))
@@ -397,8 +400,7 @@ fn cargo_build(
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if message["reason"] != "compiler-artifact" || message["target"]["name"] != ident.as_str()
-        {
+        if message["reason"] != "compiler-artifact" || message["target"]["name"] != ident.as_str() {
             continue;
         }
         if let Some(files) = message["filenames"].as_array() {
@@ -426,7 +428,16 @@ mod tests {
             ("primary_backup".into(), "PrimaryBackup".into())
         );
         assert_eq!(check_name("pb2").expect("valid").1, "Pb2");
-        for bad in ["", "Caps", "1st", "has space", "dot.ted", "trailing-", "synod", "std"] {
+        for bad in [
+            "",
+            "Caps",
+            "1st",
+            "has space",
+            "dot.ted",
+            "trailing-",
+            "synod",
+            "std",
+        ] {
             assert!(
                 matches!(check_name(bad), Err(KitError::BadName { .. })),
                 "{bad:?} must be refused"
@@ -444,7 +455,10 @@ mod tests {
             sdk: None,
             host_crate: None,
         });
-        assert!(matches!(result, Err(KitError::DirectoryNotEmpty(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(KitError::DirectoryNotEmpty(_))),
+            "{result:?}"
+        );
         assert_eq!(
             std::fs::read(dir.path().join("keep.txt")).expect("untouched"),
             b"mine"
