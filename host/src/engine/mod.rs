@@ -63,7 +63,7 @@ pub enum LoadError {
     #[error("not a WebAssembly binary (it does not start with the \\0asm magic)")]
     NotWasm,
     #[error(
-        "this is a core WebAssembly module, not a component: encode it with wit-component (`wasm-tools component new`) against wit/synod.wit"
+        "this is a core WebAssembly module, not a component: build it with `synod plugin build` (or encode it with `wasm-tools component new`)"
     )]
     CoreModule,
     #[error("unknown WebAssembly binary version/layer {0:02x?}")]

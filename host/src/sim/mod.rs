@@ -5,9 +5,13 @@
 //! - [`parts`]: virtual clocks, the simulated commit log and network;
 //! - [`faults`]: fault profiles;
 //! - [`world`]: the scheduler, clients and invariant checks;
-//! - [`trace`]: text and HTML timelines of a run.
+//! - [`trace`]: text and HTML timelines of a run;
+//! - [`harness`]: the simulator as a library for a plugin crate's tests;
+//! - [`conformance`]: the contract's obligations, checked through it.
 
+pub mod conformance;
 pub mod faults;
+pub mod harness;
 pub mod parts;
 pub mod trace;
 pub mod world;

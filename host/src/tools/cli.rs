@@ -44,6 +44,15 @@ enum Command {
     /// Start a local node, run a workload, restart it and verify every
     /// acknowledged write survived.
     Demo(crate::tools::demo::DemoArgs),
+    /// Run a plugin component on a local cluster: publish it, create a
+    /// region, run a workload with a kill -9 and restart, print the verdict.
+    Dev(crate::tools::dev::DevArgs),
+    /// Create a plugin crate from the template, or build one into a
+    /// validated component.
+    Plugin {
+        #[command(subcommand)]
+        command: crate::tools::plugin_kit::cli::PluginCommand,
+    },
     /// Measure Wasm call costs and group commit; prints figures and ratios.
     Bench(crate::tools::bench::BenchArgs),
     /// Run a plugin in the deterministic simulator over many seeds with
@@ -317,6 +326,10 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Demo(args) => crate::tools::demo::run(args).await,
+        Command::Dev(args) => crate::tools::dev::run(args).await,
+        Command::Plugin { command } => {
+            tokio::task::spawn_blocking(move || crate::tools::plugin_kit::cli::run(command)).await?
+        }
         Command::Bench(args) => crate::tools::bench::run(args).await,
         Command::Sim(args) => {
             tokio::task::spawn_blocking(move || crate::tools::sim_cli::run(args)).await?

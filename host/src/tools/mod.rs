@@ -7,6 +7,8 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod demo;
+pub mod dev;
+pub mod plugin_kit;
 pub mod region_admin;
 pub mod sim_cli;
 pub mod stall;

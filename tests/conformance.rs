@@ -1,0 +1,30 @@
+//! Every protocol plugin runs the one conformance suite
+//! (`synod::sim::conformance`): output commit, recovery, seal, snapshots
+//! and membership where declared. A new protocol joins with one line.
+
+use synod::sim::conformance::{ConformanceReport, assert_conforms};
+use synod::sim::harness::Harness;
+
+fn conforms(harness: Harness) -> ConformanceReport {
+    let report = assert_conforms(&harness);
+    println!("{report}");
+    report
+}
+
+#[test]
+fn standalone_native() {
+    conforms(Harness::native::<synod_plugin_standalone::Standalone>());
+}
+
+#[test]
+fn raft_native() {
+    conforms(Harness::native::<synod_plugin_raft::Raft>().nodes(3));
+}
+
+/// The built component, in the sandbox, as a node runs it.
+#[test]
+fn raft_component() {
+    let harness =
+        Harness::wasm_file(synod_plugin_artifacts::RAFT_PATH).expect("the raft component loads");
+    conforms(harness.nodes(3));
+}
