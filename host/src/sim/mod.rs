@@ -4,15 +4,18 @@
 //!
 //! - [`parts`]: virtual clocks, the simulated commit log and network;
 //! - [`faults`]: fault profiles;
+//! - [`limits`]: per-seed event and wall-time budgets (storms end as failures);
 //! - [`world`]: the scheduler, clients and invariant checks;
 //! - [`trace`]: text and HTML timelines of a run.
 
 pub mod faults;
+pub mod limits;
 pub mod parts;
 pub mod trace;
 pub mod world;
 
 pub use faults::FaultProfile;
+pub use limits::SeedLimits;
 pub use trace::Trace;
 pub use world::{SimConfig, SimReport, World};
 

@@ -21,6 +21,7 @@ use synod_guest_sdk::{
 use tokio::sync::oneshot;
 
 use super::faults::FaultProfile;
+use super::limits::{LimitWatch, SeedLimits};
 use super::parts::{Envelope, Payload, SimClock, SimCommit, SimNetwork, VirtualTime};
 use super::trace::Trace;
 use crate::checker::{
@@ -207,6 +208,10 @@ pub struct World {
     trace: Trace,
     steps: u64,
     swap: Swap,
+    /// The seed's event and wall-time budgets.
+    watch: LimitWatch,
+    /// Set when a budget was spent: the run stopped early.
+    stopped: bool,
 }
 
 /// The length of every WAL file (`None` if the directory cannot be read).
@@ -323,8 +328,16 @@ impl World {
             last_leader: None,
             steps: 0,
             swap: Swap::Idle,
+            watch: LimitWatch::new(SeedLimits::default(), config.nodes, end),
+            stopped: false,
             config,
         }
+    }
+
+    /// Replaces the default per-seed budgets.
+    pub fn with_limits(mut self, limits: SeedLimits) -> Self {
+        self.watch = LimitWatch::new(limits, self.config.nodes, self.end);
+        self
     }
 
     fn now(&self) -> u64 {
@@ -393,8 +406,15 @@ impl World {
             self.drive_swap();
             self.settle_all();
             self.poll_clients();
+            if let Some(why) = self.watch.step(at, self.steps) {
+                self.violation(format!("{why} (seed {})", self.seed));
+                self.stopped = true;
+                break;
+            }
         }
-        self.time.set(self.end);
+        if !self.stopped {
+            self.time.set(self.end);
+        }
         self.finish()
     }
 
@@ -1556,6 +1576,11 @@ impl World {
     }
 
     fn finish(mut self) -> SimReport {
+        if self.stopped {
+            // The run ended early: the end-of-run checks would only repeat
+            // that it did not finish.
+            return self.report(0);
+        }
         self.check_pending_requests_drained();
         let nodes_switched = self.nodes_switched();
         if self.config.swap_to.is_some() && nodes_switched < self.config.nodes {
@@ -1617,12 +1642,19 @@ impl World {
                 }
             }
         }
+        let mut report = self.report(nodes_switched);
+        report.operations_ok = ok;
+        report.operations_unknown = unknown;
+        report
+    }
+
+    fn report(self, nodes_switched: u64) -> SimReport {
         SimReport {
             seed: self.seed,
             violations: self.violations,
-            operations_ok: ok,
-            operations_unknown: unknown,
-            virtual_seconds: self.end as f64 / 1e9,
+            operations_ok: 0,
+            operations_unknown: 0,
+            virtual_seconds: self.time.now() as f64 / 1e9,
             leader_changes: self.leader_changes,
             steps: self.steps,
             trace_hash: self.trace.hash(),
