@@ -4,12 +4,16 @@
 //!
 //! - [`parts`]: virtual clocks, the simulated commit log and network;
 //! - [`faults`]: fault profiles;
+//! - [`oracles`]: protocol-independent checks (acknowledged writes survive, term churn);
+//! - [`hunt`]: catch tables of deliberately broken protocol variants;
 //! - [`limits`]: per-seed event and wall-time budgets (storms end as failures);
 //! - [`world`]: the scheduler, clients and invariant checks;
 //! - [`trace`]: text and HTML timelines of a run.
 
 pub mod faults;
+pub mod hunt;
 pub mod limits;
+pub mod oracles;
 pub mod parts;
 pub mod trace;
 pub mod world;

@@ -79,6 +79,14 @@ pub struct SimReport {
     pub trace_hash: u64,
     /// Nodes that switched to the swap's epoch (0 without a swap).
     pub nodes_switched: u64,
+    /// Coverage: the plugin's status counters, summed over every node and
+    /// incarnation (each incarnation's last observed value), so a seed
+    /// shows which protocol paths ran.
+    pub counters: BTreeMap<String, u64>,
+    /// The highest term any node reported, and the terms in which a leader
+    /// was observed (epoch 1): the liveness oracle compares them.
+    pub max_term: u64,
+    pub leader_terms: u64,
     pub trace: Option<Trace>,
 }
 
@@ -212,6 +220,14 @@ pub struct World {
     watch: LimitWatch,
     /// Set when a budget was spent: the run stopped early.
     stopped: bool,
+    /// The leader observed in each (epoch, term): any second one is a
+    /// violation, however far apart the observations.
+    term_leaders: BTreeMap<(u64, u64), NodeId>,
+    /// Counters of incarnations that ended, summed; and each running
+    /// node's last observed counters.
+    counters_done: BTreeMap<String, u64>,
+    counters_last: BTreeMap<NodeId, Vec<(String, u64)>>,
+    max_term: u64,
 }
 
 /// The length of every WAL file (`None` if the directory cannot be read).
@@ -330,6 +346,10 @@ impl World {
             swap: Swap::Idle,
             watch: LimitWatch::new(SeedLimits::default(), config.nodes, end),
             stopped: false,
+            term_leaders: BTreeMap::new(),
+            counters_done: BTreeMap::new(),
+            counters_last: BTreeMap::new(),
+            max_term: 0,
             config,
         }
     }
@@ -753,6 +773,11 @@ impl World {
         node.runtime = None;
         node.paused = false;
         node.parked.clear();
+        if let Some(last) = self.counters_last.remove(&id) {
+            for (name, value) in last {
+                *self.counters_done.entry(name).or_default() += value;
+            }
+        }
         if torn {
             node.disk.crash_with_torn_tail(keep);
         } else {
@@ -1286,8 +1311,32 @@ impl World {
                 continue;
             };
             let is_leader = plugin.role == "leader";
+            self.counters_last.insert(id, plugin.counters.clone());
+            if status.epoch == 1 {
+                self.max_term = self.max_term.max(plugin.term);
+            }
             // Terms start over in every epoch (a swap starts a new protocol).
             let term = (status.epoch, plugin.term);
+            if is_leader && self.strong && self.config.nodes > 1 {
+                match self.term_leaders.get(&term) {
+                    Some(&first) if first != id => {
+                        let previous_is_first = self
+                            .last_leader
+                            .is_some_and(|(last_term, leader)| last_term == term && leader == first);
+                        // Consecutive leaders are reported below already.
+                        if !previous_is_first {
+                            self.violation(format!(
+                                "two leaders in term {} of epoch {}: nodes {first} and {id}",
+                                term.1, term.0
+                            ));
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.term_leaders.insert(term, id);
+                    }
+                }
+            }
             let previous = self.leaders.insert(id, (term, is_leader));
             if is_leader && previous != Some((term, true)) {
                 if let Some((last_term, leader)) = self.last_leader
@@ -1617,7 +1666,7 @@ impl World {
         if !self.strong {
             self.check_acknowledged_writes();
         }
-        let history: Vec<Operation> = self
+        let mut history: Vec<Operation> = self
             .operations
             .iter()
             .enumerate()
@@ -1626,6 +1675,21 @@ impl World {
             .collect();
         let ok = history.iter().filter(|op| op.ret != UNKNOWN_RETURN).count() as u64;
         let unknown = history.len() as u64 - ok;
+        if self.strong && distinct.len() == 1 {
+            // Acknowledged writes survive: the converged state is read once
+            // more, after everything, so a write acknowledged and then lost
+            // makes the history non-linearizable even if no client read
+            // the key again.
+            let reads = super::oracles::final_reads(
+                &history,
+                self.end,
+                self.nodes
+                    .values()
+                    .find_map(|node| node.runtime.as_ref())
+                    .map(|runtime| runtime.host.replica().core().state()),
+            );
+            history.extend(reads);
+        }
         if self.strong {
             match check_linearizable(&history, &CheckOptions::default()) {
                 Outcome::Linearizable => {}
@@ -1649,7 +1713,16 @@ impl World {
     }
 
     fn report(self, nodes_switched: u64) -> SimReport {
+        let mut counters = self.counters_done;
+        for last in self.counters_last.into_values() {
+            for (name, value) in last {
+                *counters.entry(name).or_default() += value;
+            }
+        }
         SimReport {
+            counters,
+            max_term: self.max_term,
+            leader_terms: self.term_leaders.keys().filter(|(epoch, _)| *epoch == 1).count() as u64,
             seed: self.seed,
             violations: self.violations,
             operations_ok: 0,
