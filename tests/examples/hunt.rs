@@ -58,6 +58,7 @@ struct Args {
     replay: Option<String>,
     seed: u64,
     trace: Option<String>,
+    unsteered: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -72,6 +73,7 @@ fn parse() -> Result<Args> {
         replay: None,
         seed: 1,
         trace: None,
+        unsteered: false,
     };
     let list = |v: &str| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>();
     let mut it = std::env::args().skip(1);
@@ -95,6 +97,7 @@ fn parse() -> Result<Args> {
             "--baseline-only" => args.mutants.clear(),
             "--replay" => args.replay = Some(value()?),
             "--trace" => args.trace = Some(value()?),
+            "--unsteered" => args.unsteered = true,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -144,11 +147,21 @@ fn main() -> Result<()> {
     if let Some(mutant) = &args.replay {
         return replay(&args, mutant);
     }
-    let profiles = args
+    let mut profiles = args
         .profiles
         .iter()
         .map(|p| profile(p))
         .collect::<Result<Vec<_>>>()?;
+    if args.unsteered {
+        // The profiles without steering (as before it existed): faults at
+        // random instants, pauses and partitions at random nodes.
+        for profile in &mut profiles {
+            profile.target_leader = 0.0;
+            profile.wake_inputs_first = 0.0;
+            profile.crash_eager = 0.0;
+            profile.crash_before_release = 0.0;
+        }
+    }
     let plan = HuntPlan {
         nodes: args.nodes.clone(),
         profiles,
@@ -171,11 +184,12 @@ fn main() -> Result<()> {
         };
         let found = hunt(&base, &full, &[unbroken], &run, &|row| {
             eprintln!(
-                "unmutated: {} seeds, {} failing, {:.0}s wall, {:.0} virtual s/wall s",
+                "unmutated: {} seeds, {} failing, {:.0}s wall, {:.0} virtual s/wall s, at most {} leaderless terms in a seed",
                 row.seeds_run,
                 row.catches.len(),
                 row.wall.as_secs_f64(),
-                row.virtual_seconds / row.wall.as_secs_f64().max(1e-9)
+                row.virtual_seconds / row.wall.as_secs_f64().max(1e-9),
+                row.max_leaderless_terms
             );
             for catch in &row.catches {
                 eprintln!(
@@ -209,11 +223,12 @@ fn main() -> Result<()> {
             catch.violation
         ),
         None => eprintln!(
-            "{}: NOT caught in {} seeds ({:.1}s); mutant-reached {}",
+            "{}: NOT caught in {} seeds ({:.1}s); mutant-reached {}; at most {} leaderless terms in a seed",
             row.name,
             row.seeds_run,
             row.wall.as_secs_f64(),
-            row.counters.get("mutant-reached").copied().unwrap_or(0)
+            row.counters.get("mutant-reached").copied().unwrap_or(0),
+            row.max_leaderless_terms
         ),
     });
     rows.extend(found);

@@ -59,6 +59,9 @@ pub struct HuntRow {
     pub counters: BTreeMap<String, u64>,
     pub wall: Duration,
     pub virtual_seconds: f64,
+    /// The most terms without an observed leader in one seed (calibrates
+    /// the liveness oracle).
+    pub max_leaderless_terms: u64,
 }
 
 impl HuntRow {
@@ -130,6 +133,7 @@ pub fn hunt(
             counters: BTreeMap::new(),
             wall: Duration::ZERO,
             virtual_seconds: 0.0,
+            max_leaderless_terms: 0,
         };
         'plan: for &nodes in &plan.nodes {
             for profile in &plan.profiles {
@@ -141,6 +145,9 @@ pub fn hunt(
                 for report in &reports {
                     row.seeds_run += 1;
                     row.virtual_seconds += report.virtual_seconds;
+                    row.max_leaderless_terms = row
+                        .max_leaderless_terms
+                        .max(report.max_term.saturating_sub(report.leader_terms));
                     for (name, value) in &report.counters {
                         *row.counters.entry(name.clone()).or_default() += value;
                     }

@@ -7,6 +7,7 @@
 //! - [`oracles`]: protocol-independent checks (acknowledged writes survive, term churn);
 //! - [`hunt`]: catch tables of deliberately broken protocol variants;
 //! - [`limits`]: per-seed event and wall-time budgets (storms end as failures);
+//! - [`schedule`]: steered faults (armed crashes, leader-targeted pauses and partitions);
 //! - [`world`]: the scheduler, clients and invariant checks;
 //! - [`trace`]: text and HTML timelines of a run.
 
@@ -15,6 +16,7 @@ pub mod hunt;
 pub mod limits;
 pub mod oracles;
 pub mod parts;
+pub mod schedule;
 pub mod trace;
 pub mod world;
 

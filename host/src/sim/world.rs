@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use super::faults::FaultProfile;
 use super::limits::{LimitWatch, SeedLimits};
+use super::schedule::{ARMED_WINDOW_NANOS, Armed, client_requests_first};
 use super::parts::{Envelope, Payload, SimClock, SimCommit, SimNetwork, VirtualTime};
 use super::trace::Trace;
 use crate::checker::{
@@ -169,6 +170,8 @@ struct SimNode {
     /// durable: only durable states must agree across replicas, because a
     /// crash may legitimately undo what was applied but never released.
     unconfirmed: std::collections::VecDeque<(u64, u64, [u8; 32])>,
+    /// A steered crash waiting for its moment, and when it lands anyway.
+    armed: Option<(Armed, u64)>,
 }
 
 struct InFlight {
@@ -304,6 +307,7 @@ impl World {
                     last_checked_position: 0,
                     failures_seen: 0,
                     unconfirmed: std::collections::VecDeque::new(),
+                    armed: None,
                 },
             );
         }
@@ -399,7 +403,14 @@ impl World {
     }
 
     /// Runs to the end and checks everything.
-    pub fn run(mut self) -> SimReport {
+    pub fn run(self) -> SimReport {
+        let accounting = crate::region::cpu::set_thread_cpu_accounting(false);
+        let report = self.run_to_end();
+        crate::region::cpu::set_thread_cpu_accounting(accounting);
+        report
+    }
+
+    fn run_to_end(mut self) -> SimReport {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in &ids {
             self.boot(*id);
@@ -585,6 +596,7 @@ impl World {
         node.fsync_pending = false;
         node.metadata_ticket_seen = 0;
         node.wake_at = None;
+        node.armed = None;
         let torn = replay.torn_tail_bytes;
         self.trace.record(
             self.time.now(),
@@ -611,12 +623,26 @@ impl World {
             }
             Event::Fsync { node } => {
                 let mut metadata_left = false;
+                let mut before_release = false;
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.fsync_pending = false;
                     // The disk completes the fsync even while the process
                     // is frozen; releasing outputs waits for it to resume.
                     if let Some(runtime) = n.runtime.as_mut()
                         && runtime.commit.sync().is_ok()
+                        && !n.paused
+                    {
+                        let written = runtime.host.metadata_ticket();
+                        if matches!(n.armed, Some((Armed::BeforeRelease, _)))
+                            && written > n.metadata_ticket_seen
+                            && written <= runtime.commit.durable_ticket()
+                        {
+                            before_release = true;
+                        }
+                    }
+                    if before_release {
+                        n.armed = None;
+                    } else if let Some(runtime) = n.runtime.as_mut()
                         && !n.paused
                     {
                         runtime.host.release();
@@ -629,7 +655,11 @@ impl World {
                         }
                     }
                 }
-                if metadata_left && self.faults_on {
+                if before_release {
+                    let down_for =
+                        self.random_between(Duration::ZERO, self.config.faults.quick_down_max);
+                    self.take_down(node, down_for, Armed::BeforeRelease.describe());
+                } else if metadata_left && self.faults_on {
                     let probability = self.config.faults.crash_after_metadata;
                     if probability > 0.0 && self.chance(probability) {
                         let down_for =
@@ -680,6 +710,9 @@ impl World {
                     "quiet phase: faults stop, everything heals".into(),
                 );
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for node in self.nodes.values_mut() {
+                    node.armed = None;
+                }
                 for id in ids {
                     self.resume(id);
                     if self.nodes.get(&id).is_some_and(|n| n.runtime.is_none()) {
@@ -753,7 +786,29 @@ impl World {
             return;
         }
         let down_for = nanos(self.config.faults.down_for);
-        self.take_down(id, down_for, "");
+        let (eager, before_release) = (
+            self.config.faults.crash_eager,
+            self.config.faults.crash_before_release,
+        );
+        let armed = if self.chance(eager + before_release) {
+            Some(if self.chance(eager / (eager + before_release)) {
+                Armed::Eager
+            } else {
+                Armed::BeforeRelease
+            })
+        } else {
+            None
+        };
+        match armed {
+            Some(kind) => {
+                if let Some(node) = self.nodes.get_mut(&id)
+                    && node.runtime.is_some()
+                {
+                    node.armed = Some((kind, self.time.now() + ARMED_WINDOW_NANOS));
+                }
+            }
+            None => self.take_down(id, down_for, ""),
+        }
         let every = self.config.faults.crash_every * self.config.nodes as u32;
         let next = self.now() + down_for + self.after_mean(every);
         self.schedule(next, Event::Crash { node: id });
@@ -806,17 +861,37 @@ impl World {
         }
         let length = nanos(self.config.faults.pause_length);
         let every = self.config.faults.pause_every * self.config.nodes as u32;
-        if let Some(node) = self.nodes.get_mut(&id)
+        let target = self.leader_or(id);
+        if let Some(node) = self.nodes.get_mut(&target)
             && node.runtime.is_some()
             && !node.paused
         {
             node.paused = true;
-            self.trace.record(self.now(), id, "paused".into());
+            self.trace.record(self.now(), target, "paused".into());
             let at = self.now() + length;
-            self.schedule(at, Event::Resume { node: id });
+            self.schedule(at, Event::Resume { node: target });
         }
         let next = self.now() + length + self.after_mean(every);
         self.schedule(next, Event::Pause { node: id });
+    }
+
+    /// With the profile's `target_leader` probability the node last seen
+    /// leading (if it is up), else `fallback`.
+    fn leader_or(&mut self, fallback: NodeId) -> NodeId {
+        if !self.chance(self.config.faults.target_leader) {
+            return fallback;
+        }
+        match self.last_leader {
+            Some((_, leader))
+                if self
+                    .nodes
+                    .get(&leader)
+                    .is_some_and(|n| n.runtime.is_some() && !n.paused) =>
+            {
+                leader
+            }
+            _ => fallback,
+        }
     }
 
     fn resume(&mut self, id: NodeId) {
@@ -828,13 +903,31 @@ impl World {
         }
         node.paused = false;
         let parked = std::mem::take(&mut node.parked);
+        let inputs_first = self.faults_on && self.chance(self.config.faults.wake_inputs_first);
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if let Some(runtime) = node.runtime.as_mut() {
-            runtime.host.on_wakeup();
-            if !parked.is_empty() {
-                runtime.host.handle_events(parked);
+            if inputs_first {
+                // Client requests, then peer messages, then timers: a stale
+                // leader answers before it can learn it was deposed.
+                let (requests, rest) = client_requests_first(parked);
+                if !requests.is_empty() {
+                    runtime.host.handle_events(requests);
+                }
+                if !rest.is_empty() {
+                    runtime.host.handle_events(rest);
+                }
+                runtime.host.on_wakeup();
+            } else {
+                runtime.host.on_wakeup();
+                if !parked.is_empty() {
+                    runtime.host.handle_events(parked);
+                }
             }
         }
-        self.trace.record(self.now(), id, "resumed".into());
+        let order = if inputs_first { " (requests first)" } else { "" };
+        self.trace.record(self.now(), id, format!("resumed{order}"));
     }
 
     fn partition(&mut self) {
@@ -849,6 +942,10 @@ impl World {
             .collect();
         if side.is_empty() || side.len() == ids.len() {
             side = vec![ids[(self.rng.next_u64() % ids.len() as u64) as usize]];
+        }
+        let leader = self.leader_or(0);
+        if leader != 0 {
+            side = vec![leader];
         }
         let one_way = self.config.faults.one_way_partitions && self.chance(0.3);
         self.blocked.clear();
@@ -922,6 +1019,15 @@ impl World {
             replica.health().reason().unwrap_or("unknown").to_string()
         });
         let sent = runtime.network.drain();
+        // An armed crash: now if messages left ahead of unsynced writes, or
+        // anyway once its window passed.
+        let armed_crash = match node.armed {
+            Some((Armed::Eager, _)) if !sent.is_empty() && runtime.commit.has_unsynced() => {
+                Some(Armed::Eager.describe())
+            }
+            Some((_, until)) if until <= now => Some(""),
+            _ => None,
+        };
         let taps = runtime.host.drain_tap();
         let plugin_logs = runtime.host.drain_plugin_logs();
         let state = runtime.host.replica().core().state();
@@ -1012,6 +1118,14 @@ impl World {
         }
         for envelope in sent {
             self.route(envelope);
+        }
+        if let Some(when) = armed_crash {
+            let down_for = if when.is_empty() {
+                nanos(self.config.faults.down_for)
+            } else {
+                self.random_between(Duration::ZERO, self.config.faults.quick_down_max)
+            };
+            self.take_down(id, down_for, when);
         }
     }
 
