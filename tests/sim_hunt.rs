@@ -24,6 +24,7 @@ fn base() -> SimConfig {
             ("lease-reads", "true"),
             ("clock-drift-ms", "30"),
             ("snapshot-interval", "40"),
+            ("max-batch-bytes", "256"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

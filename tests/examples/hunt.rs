@@ -19,14 +19,16 @@ use synod_plugin_raft::Raft;
 use synod_plugin_raft::mutants::Mutant;
 
 /// The parameters every hunt runs Raft with: short timeouts (many
-/// elections), lease reads on (half the reads take the lease path) and
-/// frequent snapshots (installs happen).
-pub const HUNT_PARAMS: [(&str, &str); 5] = [
+/// elections), lease reads on (half the reads take the lease path),
+/// frequent snapshots (installs happen) and small append batches (a
+/// follower catching up acknowledges a prefix at a time).
+pub const HUNT_PARAMS: [(&str, &str); 6] = [
     ("election-timeout-ms", "300"),
     ("heartbeat-ms", "50"),
     ("lease-reads", "true"),
     ("clock-drift-ms", "30"),
     ("snapshot-interval", "40"),
+    ("max-batch-bytes", "256"),
 ];
 
 fn base() -> SimConfig {
@@ -212,7 +214,7 @@ fn main() -> Result<()> {
     let unbroken = rows.len();
     let found = hunt(&base, &plan, &cases, &run, &|row| match row.caught() {
         Some(catch) => eprintln!(
-            "{}: caught by {} ({} nodes, {}, seed {}) after {} seeds, {:.1}s: {}",
+            "{}: caught by {} ({} nodes, {}, seed {}) after {} seeds, {:.1}s: {}\n  replay: cargo run -p synod-tests --example hunt -- --replay {} --profile {} --nodes {} --seed {} --trace sim-trace",
             row.name,
             catch.oracle,
             catch.nodes,
@@ -220,7 +222,11 @@ fn main() -> Result<()> {
             catch.seed,
             row.seeds_run,
             row.wall.as_secs_f64(),
-            catch.violation
+            catch.violation,
+            row.name,
+            catch.profile,
+            catch.nodes,
+            catch.seed
         ),
         None => eprintln!(
             "{}: NOT caught in {} seeds ({:.1}s); mutant-reached {}; at most {} leaderless terms in a seed",

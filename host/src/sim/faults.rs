@@ -68,6 +68,16 @@ pub struct FaultProfile {
     /// write has become durable but before the messages that waited for it
     /// leave, back within `quick_down_max`.
     pub crash_before_release: f64,
+    /// Mean time between leadership transfers the simulator asks the
+    /// current leader for (none if zero), to a random other voter. A
+    /// transfer's vote bypasses the vote fence, which is where a forgotten
+    /// or eagerly sent vote shows.
+    pub transfer_every: Duration,
+    /// How long a client waits for an answer before it records an unknown
+    /// outcome and moves to a random node. Short, clients leave a frozen
+    /// or cut-off leader and write through the new one while the old one
+    /// still holds their earlier reads.
+    pub client_timeout: Duration,
     /// Simulated fsync latency range.
     pub fsync_min: Duration,
     pub fsync_max: Duration,
@@ -99,6 +109,8 @@ impl FaultProfile {
             wake_inputs_first: 0.0,
             crash_eager: 0.0,
             crash_before_release: 0.0,
+            transfer_every: Duration::ZERO,
+            client_timeout: Duration::from_millis(1500),
             fsync_min: Duration::from_micros(200),
             fsync_max: Duration::from_micros(900),
         }
@@ -140,6 +152,7 @@ impl FaultProfile {
                 profile.wake_inputs_first = 0.5;
                 profile.crash_eager = 0.3;
                 profile.crash_before_release = 0.2;
+                profile.transfer_every = Duration::from_secs(2);
             }
             "chaos" => {
                 profile.loss = 0.03;
@@ -163,6 +176,7 @@ impl FaultProfile {
                 profile.wake_inputs_first = 0.5;
                 profile.crash_eager = 0.25;
                 profile.crash_before_release = 0.15;
+                profile.transfer_every = Duration::from_secs(3);
             }
             "clocks" => {
                 // Leader trouble against lease bounds: clocks drifting up
@@ -180,12 +194,14 @@ impl FaultProfile {
                 profile.crash_after_install = 0.3;
                 profile.quick_down_max = Duration::from_millis(4);
                 profile.pause_every = Duration::from_secs(3);
-                profile.pause_length = Duration::from_millis(450);
+                profile.pause_length = Duration::from_millis(700);
+                profile.client_timeout = Duration::from_millis(250);
                 profile.clock_drift_ppm = 20_000;
                 profile.target_leader = 0.7;
                 profile.wake_inputs_first = 0.7;
                 profile.crash_eager = 0.4;
                 profile.crash_before_release = 0.2;
+                profile.transfer_every = Duration::from_millis(1500);
             }
             _ => return None,
         }

@@ -42,8 +42,6 @@ use crate::storage::snapshot::SnapshotStore;
 use crate::storage::wal::{Wal, WalOptions};
 
 const REGION: &str = "sim";
-/// How long a client waits before it records an unknown outcome.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How often leaders are observed and traced.
 const OBSERVE_EVERY: Duration = Duration::from_millis(50);
 /// Clients stop this long before the end so replicas can converge.
@@ -124,6 +122,8 @@ enum Event {
     QuietPhase,
     /// The coordinator starts a protocol swap.
     Swap,
+    /// The current leader is asked to transfer leadership.
+    Transfer,
 }
 
 /// The modelled swap coordinator's progress.
@@ -455,6 +455,10 @@ impl World {
             let at = self.after_mean(faults.partition_every);
             self.schedule(at, Event::Partition);
         }
+        if !faults.transfer_every.is_zero() && self.config.nodes > 1 {
+            let at = self.after_mean(faults.transfer_every);
+            self.schedule(at, Event::Transfer);
+        }
         for id in 1..=self.config.nodes {
             if !faults.crash_every.is_zero() {
                 let at = self.after_mean(faults.crash_every * self.config.nodes as u32);
@@ -678,6 +682,7 @@ impl World {
             Event::Pause { node } => self.pause(node),
             Event::Resume { node } => self.resume(node),
             Event::Partition => self.partition(),
+            Event::Transfer => self.transfer(),
             Event::Heal => {
                 if !self.blocked.is_empty() {
                     self.blocked.clear();
@@ -873,6 +878,29 @@ impl World {
         }
         let next = self.now() + length + self.after_mean(every);
         self.schedule(next, Event::Pause { node: id });
+    }
+
+    /// Asks the node last seen leading to hand leadership to a random other
+    /// voter (as an operator's `transfer` would); the next one is scheduled
+    /// from here.
+    fn transfer(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let next = self.now() + self.after_mean(self.config.faults.transfer_every);
+        self.schedule(next, Event::Transfer);
+        let Some((_, leader)) = self.last_leader else {
+            return;
+        };
+        let others = self.config.nodes - 1;
+        let pick = 1 + self.rng.next_u64() % others;
+        let target = if pick >= leader { pick + 1 } else { pick };
+        let (reply, _answer) = oneshot::channel();
+        let call = crate::plugin::Call::TransferLeader(Some(target));
+        if self.submit(leader, RegionEvent::Control { call, reply }) {
+            self.trace
+                .record(self.now(), leader, format!("asked to transfer leadership to n{target}"));
+        }
     }
 
     /// With the profile's `target_leader` probability the node last seen
@@ -1540,7 +1568,7 @@ impl World {
                     ReadLevel::Linearizable
                 },
                 reply,
-                timeout: CLIENT_TIMEOUT,
+                timeout: self.config.faults.client_timeout,
             },
             OpInput::Put { value } => {
                 let command = KvCommand::Put {
@@ -1551,7 +1579,7 @@ impl World {
                     keys: vec![conflict_key(command.key())],
                     command: command.encode(),
                     reply,
-                    timeout: CLIENT_TIMEOUT,
+                    timeout: self.config.faults.client_timeout,
                 }
             }
             OpInput::Cas { expected, new } => {
@@ -1564,7 +1592,7 @@ impl World {
                     keys: vec![conflict_key(command.key())],
                     command: command.encode(),
                     reply,
-                    timeout: CLIENT_TIMEOUT,
+                    timeout: self.config.faults.client_timeout,
                 }
             }
             OpInput::Delete => return,
@@ -1593,7 +1621,7 @@ impl World {
             op,
             node: target,
             reply: receiver,
-            deadline: now + nanos(CLIENT_TIMEOUT),
+            deadline: now + nanos(self.config.faults.client_timeout),
         });
     }
 
@@ -1606,7 +1634,7 @@ impl World {
             let answer = match in_flight.reply.try_recv() {
                 Ok(answer) => Some(answer),
                 Err(oneshot::error::TryRecvError::Empty) if now < in_flight.deadline => None,
-                Err(_) => Some(Err(ClientError::Timeout(CLIENT_TIMEOUT))),
+                Err(_) => Some(Err(ClientError::Timeout(self.config.faults.client_timeout))),
             };
             let Some(answer) = answer else { continue };
             let (op, node) = (in_flight.op, in_flight.node);
@@ -1715,7 +1743,9 @@ impl World {
     /// delivery and clock drift) before the end.
     fn check_pending_requests_drained(&mut self) {
         let margin = nanos(Duration::from_millis(500));
-        let recent_from = self.end.saturating_sub(nanos(CLIENT_TIMEOUT) + margin);
+        let recent_from = self
+            .end
+            .saturating_sub(nanos(self.config.faults.client_timeout) + margin);
         let mut leaks = Vec::new();
         for (id, node) in &self.nodes {
             let Some(runtime) = &node.runtime else {
@@ -1755,6 +1785,14 @@ impl World {
         // Liveness: once healed, a strong protocol must serve clients.
         if self.config.clients > 0 && self.ok_in_quiet == 0 {
             self.violation("no client operation completed after the faults stopped".into());
+        }
+        // Liveness: terms must not run far ahead of the leaders elected.
+        if self.strong && self.config.nodes > 1 {
+            let leader_terms = self.term_leaders.keys().filter(|(e, _)| *e == 1).count() as u64;
+            let bound = super::oracles::LivenessBound::for_run(self.config.fault_phase);
+            if let Some(why) = super::oracles::term_churn(self.max_term, leader_terms, &bound) {
+                self.violation(why);
+            }
         }
         // Convergence: every replica holds the same state.
         let mut digests = BTreeMap::new();
