@@ -196,6 +196,11 @@ impl FaultProfile {
                 profile.pause_every = Duration::from_secs(3);
                 profile.pause_length = Duration::from_millis(700);
                 profile.client_timeout = Duration::from_millis(250);
+                // A disk slower than the network: acknowledgements arrive
+                // before the sender's own writes are durable, so whatever
+                // leaves ahead of its writes is acted on.
+                profile.fsync_min = Duration::from_micros(500);
+                profile.fsync_max = Duration::from_millis(6);
                 profile.clock_drift_ppm = 20_000;
                 profile.target_leader = 0.7;
                 profile.wake_inputs_first = 0.7;
