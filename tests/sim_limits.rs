@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use synod::sim::{FaultProfile, SeedLimits, SimConfig, World};
 use synod::plugin::PluginSource;
+use synod::sim::{FaultProfile, SeedLimits, SimConfig, World};
 use synod_guest_sdk::*;
 
 /// A replicated protocol that answers every peer message with two (a
@@ -134,7 +134,10 @@ fn a_zero_timer_livelock_ends_the_seed_as_a_reported_failure() {
     let report = World::new(storm_config("spin"), 3).run();
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(
-        report.violations.iter().any(|v| v.contains("storm/livelock")),
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("storm/livelock")),
         "{:?}",
         report.violations
     );
@@ -156,7 +159,10 @@ fn the_wall_time_budget_stops_a_seed_and_defaults_leave_a_correct_run_alone() {
     };
     let stopped = World::new(config.clone(), 5).with_limits(limits).run();
     assert!(
-        stopped.violations.iter().any(|v| v.contains("wall-time limit")),
+        stopped
+            .violations
+            .iter()
+            .any(|v| v.contains("wall-time limit")),
         "{:?}",
         stopped.violations
     );

@@ -77,7 +77,11 @@ fn parse() -> Result<Args> {
         trace: None,
         unsteered: false,
     };
-    let list = |v: &str| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>();
+    let list = |v: &str| {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .collect::<Vec<_>>()
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -112,8 +116,12 @@ fn parse() -> Result<Args> {
 }
 
 fn profile(name: &str) -> Result<FaultProfile> {
-    FaultProfile::named(name)
-        .with_context(|| format!("unknown profile {name:?}; use one of {:?}", FaultProfile::NAMES))
+    FaultProfile::named(name).with_context(|| {
+        format!(
+            "unknown profile {name:?}; use one of {:?}",
+            FaultProfile::NAMES
+        )
+    })
 }
 
 fn replay(args: &Args, mutant: &str) -> Result<()> {
@@ -196,7 +204,13 @@ fn main() -> Result<()> {
             for catch in &row.catches {
                 eprintln!(
                     "  {} nodes {} seed {}: {}\n    replay: cargo run -p synod-tests --example hunt -- --replay none --profile {} --nodes {} --seed {} --trace sim-trace",
-                    catch.nodes, catch.profile, catch.seed, catch.violation, catch.profile, catch.nodes, catch.seed
+                    catch.nodes,
+                    catch.profile,
+                    catch.seed,
+                    catch.violation,
+                    catch.profile,
+                    catch.nodes,
+                    catch.seed
                 );
             }
         });

@@ -213,12 +213,6 @@ impl FaultProfile {
         Some(profile)
     }
 
-    pub const NAMES: [&'static str; 6] = [
-        "none",
-        "lossy",
-        "partitions",
-        "crashes",
-        "chaos",
-        "clocks",
-    ];
+    pub const NAMES: [&'static str; 6] =
+        ["none", "lossy", "partitions", "crashes", "chaos", "clocks"];
 }

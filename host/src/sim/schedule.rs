@@ -32,7 +32,9 @@ pub(crate) const ARMED_WINDOW_NANOS: u64 = 300_000_000;
 
 /// Splits a paused node's parked events into client requests and the rest,
 /// each in arrival order.
-pub(crate) fn client_requests_first(parked: Vec<RegionEvent>) -> (Vec<RegionEvent>, Vec<RegionEvent>) {
+pub(crate) fn client_requests_first(
+    parked: Vec<RegionEvent>,
+) -> (Vec<RegionEvent>, Vec<RegionEvent>) {
     parked
         .into_iter()
         .partition(|event| matches!(event, RegionEvent::Read { .. } | RegionEvent::Write { .. }))

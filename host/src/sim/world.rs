@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 
 use super::faults::FaultProfile;
 use super::limits::{LimitWatch, SeedLimits};
-use super::schedule::{ARMED_WINDOW_NANOS, Armed, client_requests_first};
 use super::parts::{Envelope, Payload, SimClock, SimCommit, SimNetwork, VirtualTime};
+use super::schedule::{ARMED_WINDOW_NANOS, Armed, client_requests_first};
 use super::trace::Trace;
 use crate::checker::{
     CheckOptions, OpInput, OpOutput, Operation, Outcome, UNKNOWN_RETURN, check_linearizable,
@@ -898,8 +898,11 @@ impl World {
         let (reply, _answer) = oneshot::channel();
         let call = crate::plugin::Call::TransferLeader(Some(target));
         if self.submit(leader, RegionEvent::Control { call, reply }) {
-            self.trace
-                .record(self.now(), leader, format!("asked to transfer leadership to n{target}"));
+            self.trace.record(
+                self.now(),
+                leader,
+                format!("asked to transfer leadership to n{target}"),
+            );
         }
     }
 
@@ -954,7 +957,11 @@ impl World {
                 }
             }
         }
-        let order = if inputs_first { " (requests first)" } else { "" };
+        let order = if inputs_first {
+            " (requests first)"
+        } else {
+            ""
+        };
         self.trace.record(self.now(), id, format!("resumed{order}"));
     }
 
@@ -1462,9 +1469,10 @@ impl World {
             if is_leader && self.strong && self.config.nodes > 1 {
                 match self.term_leaders.get(&term) {
                     Some(&first) if first != id => {
-                        let previous_is_first = self
-                            .last_leader
-                            .is_some_and(|(last_term, leader)| last_term == term && leader == first);
+                        let previous_is_first =
+                            self.last_leader.is_some_and(|(last_term, leader)| {
+                                last_term == term && leader == first
+                            });
                         // Consecutive leaders are reported below already.
                         if !previous_is_first {
                             self.violation(format!(
@@ -1874,7 +1882,11 @@ impl World {
         SimReport {
             counters,
             max_term: self.max_term,
-            leader_terms: self.term_leaders.keys().filter(|(epoch, _)| *epoch == 1).count() as u64,
+            leader_terms: self
+                .term_leaders
+                .keys()
+                .filter(|(epoch, _)| *epoch == 1)
+                .count() as u64,
             seed: self.seed,
             violations: self.violations,
             operations_ok: 0,

@@ -2286,8 +2286,8 @@ impl Raft {
         );
         // If our entry at the snapshot index matches, the entries after it
         // may be kept (§7); otherwise the whole log is from another history.
-        let keep =
-            self.log.term(meta.index) == Some(meta.term) || mutant!(self, SnapshotKeepsConflictingTail);
+        let keep = self.log.term(meta.index) == Some(meta.term)
+            || mutant!(self, SnapshotKeepsConflictingTail);
         let bounds = host.log_bounds();
         if !keep && !bounds.is_empty() {
             truncate_or_panic(host, bounds.first);
