@@ -12,8 +12,9 @@
 use std::time::{Duration, Instant};
 
 /// The budgets of one seed. The defaults are far above what a correct
-/// protocol needs: 3-node Raft under `chaos` makes about 1,000 events per
-/// node per virtual second, and bursts stay below 400 per node in 100 ms.
+/// protocol needs (Raft with 50 ms heartbeats passes every profile well
+/// inside them); a storm that doubles its messages spends them within a
+/// few virtual milliseconds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SeedLimits {
     /// Length of the burst window, virtual time.
