@@ -78,7 +78,15 @@ pub fn oracle_of(violation: &str) -> &'static str {
         None => violation,
     };
     let has = |needle: &str| text.contains(needle);
-    if has("storm/livelock") || has("wall-time limit") {
+    // A contained plugin failure reads `node N: plugin panicked: ...`,
+    // whatever the assertion says (it may name an invariant itself).
+    let plugin_failure = text.starts_with("node ")
+        && text
+            .split_once(": ")
+            .is_some_and(|(_, why)| why.starts_with("plugin") || why.contains("panicked"));
+    if plugin_failure {
+        "plugin failure"
+    } else if has("storm/livelock") || has("wall-time limit") {
         "limits"
     } else if has("two leaders") {
         "one leader per term"
@@ -106,8 +114,6 @@ pub fn oracle_of(violation: &str) -> &'static str {
         "recovery"
     } else if has("swap") {
         "swap"
-    } else if text.starts_with("node ") {
-        "plugin failure"
     } else {
         "other"
     }
@@ -289,6 +295,15 @@ mod tests {
         assert_eq!(
             oracle_of("t=0.1s storm/livelock: 9 events (seed 1)"),
             "limits"
+        );
+        // The plugin's own assertion, even when it names an invariant.
+        assert_eq!(
+            oracle_of("t=0.4s node 2: plugin panicked: two leaders in term 1: 2 and 1"),
+            "plugin failure"
+        );
+        assert_eq!(
+            oracle_of("t=0.4s node 2: WAL does not reopen: torn"),
+            "recovery"
         );
     }
 }
