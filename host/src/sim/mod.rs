@@ -4,6 +4,10 @@
 //!
 //! - [`parts`]: virtual clocks, the simulated commit log and network;
 //! - [`faults`]: fault profiles;
+//! - [`oracles`]: protocol-independent checks (acknowledged writes survive, term churn);
+//! - [`hunt`]: catch tables of deliberately broken protocol variants;
+//! - [`limits`]: per-seed event and wall-time budgets (storms end as failures);
+//! - [`schedule`]: steered faults (armed crashes, leader-targeted pauses and partitions);
 //! - [`world`]: the scheduler, clients and invariant checks;
 //! - [`trace`]: text and HTML timelines of a run;
 //! - [`harness`]: the simulator as a library for a plugin crate's tests;
@@ -12,11 +16,16 @@
 pub mod conformance;
 pub mod faults;
 pub mod harness;
+pub mod hunt;
+pub mod limits;
+pub mod oracles;
 pub mod parts;
+pub mod schedule;
 pub mod trace;
 pub mod world;
 
 pub use faults::FaultProfile;
+pub use limits::SeedLimits;
 pub use trace::Trace;
 pub use world::{SimConfig, SimReport, World};
 

@@ -21,7 +21,9 @@ use synod_guest_sdk::{
 use tokio::sync::oneshot;
 
 use super::faults::FaultProfile;
+use super::limits::{LimitWatch, SeedLimits};
 use super::parts::{Envelope, Payload, SimClock, SimCommit, SimNetwork, VirtualTime};
+use super::schedule::{ARMED_WINDOW_NANOS, Armed, client_requests_first};
 use super::trace::Trace;
 use super::trace::kinds::batch_kinds;
 use super::trace::model::{Fate, MarkKind, NodeChange, OpOutcome, Sending};
@@ -42,8 +44,6 @@ use crate::storage::snapshot::SnapshotStore;
 use crate::storage::wal::{Wal, WalOptions};
 
 const REGION: &str = "sim";
-/// How long a client waits before it records an unknown outcome.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How often leaders are observed and traced.
 const OBSERVE_EVERY: Duration = Duration::from_millis(50);
 /// Clients stop this long before the end so replicas can converge.
@@ -80,6 +80,14 @@ pub struct SimReport {
     pub trace_hash: u64,
     /// Nodes that switched to the swap's epoch (0 without a swap).
     pub nodes_switched: u64,
+    /// Coverage: the plugin's status counters, summed over every node and
+    /// incarnation (each incarnation's last observed value), so a seed
+    /// shows which protocol paths ran.
+    pub counters: BTreeMap<String, u64>,
+    /// The highest term any node reported, and the terms in which a leader
+    /// was observed (epoch 1): the liveness oracle compares them.
+    pub max_term: u64,
+    pub leader_terms: u64,
     pub trace: Option<Trace>,
 }
 
@@ -118,6 +126,8 @@ enum Event {
     QuietPhase,
     /// The coordinator starts a protocol swap.
     Swap,
+    /// The current leader is asked to transfer leadership.
+    Transfer,
 }
 
 /// The modelled swap coordinator's progress.
@@ -164,6 +174,8 @@ struct SimNode {
     /// durable: only durable states must agree across replicas, because a
     /// crash may legitimately undo what was applied but never released.
     unconfirmed: std::collections::VecDeque<(u64, u64, [u8; 32])>,
+    /// A steered crash waiting for its moment, and when it lands anyway.
+    armed: Option<(Armed, u64)>,
 }
 
 struct InFlight {
@@ -211,6 +223,18 @@ pub struct World {
     trace: Trace,
     steps: u64,
     swap: Swap,
+    /// The seed's event and wall-time budgets.
+    watch: LimitWatch,
+    /// Set when a budget was spent: the run stopped early.
+    stopped: bool,
+    /// The leader observed in each (epoch, term): any second one is a
+    /// violation, however far apart the observations.
+    term_leaders: BTreeMap<(u64, u64), NodeId>,
+    /// Counters of incarnations that ended, summed; and each running
+    /// node's last observed counters.
+    counters_done: BTreeMap<String, u64>,
+    counters_last: BTreeMap<NodeId, Vec<(String, u64)>>,
+    max_term: u64,
 }
 
 /// The length of every WAL file (`None` if the directory cannot be read).
@@ -287,6 +311,7 @@ impl World {
                     last_checked_position: 0,
                     failures_seen: 0,
                     unconfirmed: std::collections::VecDeque::new(),
+                    armed: None,
                 },
             );
         }
@@ -327,8 +352,20 @@ impl World {
             last_leader: None,
             steps: 0,
             swap: Swap::Idle,
+            watch: LimitWatch::new(SeedLimits::default(), config.nodes, end),
+            stopped: false,
+            term_leaders: BTreeMap::new(),
+            counters_done: BTreeMap::new(),
+            counters_last: BTreeMap::new(),
+            max_term: 0,
             config,
         }
+    }
+
+    /// Replaces the default per-seed budgets.
+    pub fn with_limits(mut self, limits: SeedLimits) -> Self {
+        self.watch = LimitWatch::new(limits, self.config.nodes, self.end);
+        self
     }
 
     fn now(&self) -> u64 {
@@ -370,7 +407,14 @@ impl World {
     }
 
     /// Runs to the end and checks everything.
-    pub fn run(mut self) -> SimReport {
+    pub fn run(self) -> SimReport {
+        let accounting = crate::region::cpu::set_thread_cpu_accounting(false);
+        let report = self.run_to_end();
+        crate::region::cpu::set_thread_cpu_accounting(accounting);
+        report
+    }
+
+    fn run_to_end(mut self) -> SimReport {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in &ids {
             self.boot(*id);
@@ -397,8 +441,15 @@ impl World {
             self.drive_swap();
             self.settle_all();
             self.poll_clients();
+            if let Some(why) = self.watch.step(at, self.steps) {
+                self.violation(format!("{why} (seed {})", self.seed));
+                self.stopped = true;
+                break;
+            }
         }
-        self.time.set(self.end);
+        if !self.stopped {
+            self.time.set(self.end);
+        }
         self.finish()
     }
 
@@ -407,6 +458,10 @@ impl World {
         if !faults.partition_every.is_zero() {
             let at = self.after_mean(faults.partition_every);
             self.schedule(at, Event::Partition);
+        }
+        if !faults.transfer_every.is_zero() && self.config.nodes > 1 {
+            let at = self.after_mean(faults.transfer_every);
+            self.schedule(at, Event::Transfer);
         }
         for id in 1..=self.config.nodes {
             if !faults.crash_every.is_zero() {
@@ -549,6 +604,7 @@ impl World {
         node.fsync_pending = false;
         node.metadata_ticket_seen = 0;
         node.wake_at = None;
+        node.armed = None;
         let torn = replay.torn_tail_bytes;
         self.trace.node(
             self.time.now(),
@@ -587,12 +643,26 @@ impl World {
             }
             Event::Fsync { node } => {
                 let mut metadata_left = false;
+                let mut before_release = false;
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.fsync_pending = false;
                     // The disk completes the fsync even while the process
                     // is frozen; releasing outputs waits for it to resume.
                     if let Some(runtime) = n.runtime.as_mut()
                         && runtime.commit.sync().is_ok()
+                        && !n.paused
+                    {
+                        let written = runtime.host.metadata_ticket();
+                        if matches!(n.armed, Some((Armed::BeforeRelease, _)))
+                            && written > n.metadata_ticket_seen
+                            && written <= runtime.commit.durable_ticket()
+                        {
+                            before_release = true;
+                        }
+                    }
+                    if before_release {
+                        n.armed = None;
+                    } else if let Some(runtime) = n.runtime.as_mut()
                         && !n.paused
                     {
                         runtime.host.release();
@@ -605,7 +675,11 @@ impl World {
                         }
                     }
                 }
-                if metadata_left && self.faults_on {
+                if before_release {
+                    let down_for =
+                        self.random_between(Duration::ZERO, self.config.faults.quick_down_max);
+                    self.take_down(node, down_for, Armed::BeforeRelease.describe());
+                } else if metadata_left && self.faults_on {
                     let probability = self.config.faults.crash_after_metadata;
                     if probability > 0.0 && self.chance(probability) {
                         let down_for =
@@ -624,6 +698,7 @@ impl World {
             Event::Pause { node } => self.pause(node),
             Event::Resume { node } => self.resume(node),
             Event::Partition => self.partition(),
+            Event::Transfer => self.transfer(),
             Event::Heal => {
                 if !self.blocked.is_empty() {
                     self.blocked.clear();
@@ -660,6 +735,9 @@ impl World {
                     "quiet phase: faults stop, everything heals".into(),
                 );
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for node in self.nodes.values_mut() {
+                    node.armed = None;
+                }
                 for id in ids {
                     self.resume(id);
                     if self.nodes.get(&id).is_some_and(|n| n.runtime.is_none()) {
@@ -741,7 +819,29 @@ impl World {
             return;
         }
         let down_for = nanos(self.config.faults.down_for);
-        self.take_down(id, down_for, "");
+        let (eager, before_release) = (
+            self.config.faults.crash_eager,
+            self.config.faults.crash_before_release,
+        );
+        let armed = if self.chance(eager + before_release) {
+            Some(if self.chance(eager / (eager + before_release)) {
+                Armed::Eager
+            } else {
+                Armed::BeforeRelease
+            })
+        } else {
+            None
+        };
+        match armed {
+            Some(kind) => {
+                if let Some(node) = self.nodes.get_mut(&id)
+                    && node.runtime.is_some()
+                {
+                    node.armed = Some((kind, self.time.now() + ARMED_WINDOW_NANOS));
+                }
+            }
+            None => self.take_down(id, down_for, ""),
+        }
         let every = self.config.faults.crash_every * self.config.nodes as u32;
         let next = self.now() + down_for + self.after_mean(every);
         self.schedule(next, Event::Crash { node: id });
@@ -761,6 +861,11 @@ impl World {
         node.runtime = None;
         node.paused = false;
         node.parked.clear();
+        if let Some(last) = self.counters_last.remove(&id) {
+            for (name, value) in last {
+                *self.counters_done.entry(name).or_default() += value;
+            }
+        }
         if torn {
             node.disk.crash_with_torn_tail(keep);
         } else {
@@ -791,18 +896,64 @@ impl World {
         }
         let length = nanos(self.config.faults.pause_length);
         let every = self.config.faults.pause_every * self.config.nodes as u32;
-        if let Some(node) = self.nodes.get_mut(&id)
+        let target = self.leader_or(id);
+        if let Some(node) = self.nodes.get_mut(&target)
             && node.runtime.is_some()
             && !node.paused
         {
             node.paused = true;
-            self.trace.node(self.time.now(), id, NodeChange::Pause);
-            self.trace.record(self.now(), id, "paused".into());
+            self.trace.node(self.time.now(), target, NodeChange::Pause);
+            self.trace.record(self.now(), target, "paused".into());
             let at = self.now() + length;
-            self.schedule(at, Event::Resume { node: id });
+            self.schedule(at, Event::Resume { node: target });
         }
         let next = self.now() + length + self.after_mean(every);
         self.schedule(next, Event::Pause { node: id });
+    }
+
+    /// Asks the node last seen leading to hand leadership to a random other
+    /// voter (as an operator's `transfer` would); the next one is scheduled
+    /// from here.
+    fn transfer(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let next = self.now() + self.after_mean(self.config.faults.transfer_every);
+        self.schedule(next, Event::Transfer);
+        let Some((_, leader)) = self.last_leader else {
+            return;
+        };
+        let others = self.config.nodes - 1;
+        let pick = 1 + self.rng.next_u64() % others;
+        let target = if pick >= leader { pick + 1 } else { pick };
+        let (reply, _answer) = oneshot::channel();
+        let call = crate::plugin::Call::TransferLeader(Some(target));
+        if self.submit(leader, RegionEvent::Control { call, reply }) {
+            self.trace.record(
+                self.now(),
+                leader,
+                format!("asked to transfer leadership to n{target}"),
+            );
+        }
+    }
+
+    /// With the profile's `target_leader` probability the node last seen
+    /// leading (if it is up), else `fallback`.
+    fn leader_or(&mut self, fallback: NodeId) -> NodeId {
+        if !self.chance(self.config.faults.target_leader) {
+            return fallback;
+        }
+        match self.last_leader {
+            Some((_, leader))
+                if self
+                    .nodes
+                    .get(&leader)
+                    .is_some_and(|n| n.runtime.is_some() && !n.paused) =>
+            {
+                leader
+            }
+            _ => fallback,
+        }
     }
 
     fn resume(&mut self, id: NodeId) {
@@ -814,14 +965,36 @@ impl World {
         }
         node.paused = false;
         let parked = std::mem::take(&mut node.parked);
+        let inputs_first = self.faults_on && self.chance(self.config.faults.wake_inputs_first);
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
         if let Some(runtime) = node.runtime.as_mut() {
-            runtime.host.on_wakeup();
-            if !parked.is_empty() {
-                runtime.host.handle_events(parked);
+            if inputs_first {
+                // Client requests, then peer messages, then timers: a stale
+                // leader answers before it can learn it was deposed.
+                let (requests, rest) = client_requests_first(parked);
+                if !requests.is_empty() {
+                    runtime.host.handle_events(requests);
+                }
+                if !rest.is_empty() {
+                    runtime.host.handle_events(rest);
+                }
+                runtime.host.on_wakeup();
+            } else {
+                runtime.host.on_wakeup();
+                if !parked.is_empty() {
+                    runtime.host.handle_events(parked);
+                }
             }
         }
         self.trace.node(self.time.now(), id, NodeChange::Resume);
-        self.trace.record(self.now(), id, "resumed".into());
+        let order = if inputs_first {
+            " (requests first)"
+        } else {
+            ""
+        };
+        self.trace.record(self.now(), id, format!("resumed{order}"));
     }
 
     fn partition(&mut self) {
@@ -836,6 +1009,10 @@ impl World {
             .collect();
         if side.is_empty() || side.len() == ids.len() {
             side = vec![ids[(self.rng.next_u64() % ids.len() as u64) as usize]];
+        }
+        let leader = self.leader_or(0);
+        if leader != 0 {
+            side = vec![leader];
         }
         let one_way = self.config.faults.one_way_partitions && self.chance(0.3);
         self.blocked.clear();
@@ -911,6 +1088,15 @@ impl World {
             replica.health().reason().unwrap_or("unknown").to_string()
         });
         let sent = runtime.network.drain();
+        // An armed crash: now if messages left ahead of unsynced writes, or
+        // anyway once its window passed.
+        let armed_crash = match node.armed {
+            Some((Armed::Eager, _)) if !sent.is_empty() && runtime.commit.has_unsynced() => {
+                Some(Armed::Eager.describe())
+            }
+            Some((_, until)) if until <= now => Some(""),
+            _ => None,
+        };
         let taps = runtime.host.drain_tap();
         let plugin_logs = runtime.host.drain_plugin_logs();
         let state = runtime.host.replica().core().state();
@@ -1001,6 +1187,14 @@ impl World {
         }
         for envelope in sent {
             self.route(envelope);
+        }
+        if let Some(when) = armed_crash {
+            let down_for = if when.is_empty() {
+                nanos(self.config.faults.down_for)
+            } else {
+                self.random_between(Duration::ZERO, self.config.faults.quick_down_max)
+            };
+            self.take_down(id, down_for, when);
         }
     }
 
@@ -1355,8 +1549,33 @@ impl World {
             self.trace
                 .role(self.time.now(), id, plugin.role, plugin.term, status.epoch);
             let is_leader = plugin.role == "leader";
+            self.counters_last.insert(id, plugin.counters.clone());
+            if status.epoch == 1 {
+                self.max_term = self.max_term.max(plugin.term);
+            }
             // Terms start over in every epoch (a swap starts a new protocol).
             let term = (status.epoch, plugin.term);
+            if is_leader && self.strong && self.config.nodes > 1 {
+                match self.term_leaders.get(&term) {
+                    Some(&first) if first != id => {
+                        let previous_is_first =
+                            self.last_leader.is_some_and(|(last_term, leader)| {
+                                last_term == term && leader == first
+                            });
+                        // Consecutive leaders are reported below already.
+                        if !previous_is_first {
+                            self.violation(format!(
+                                "two leaders in term {} of epoch {}: nodes {first} and {id}",
+                                term.1, term.0
+                            ));
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.term_leaders.insert(term, id);
+                    }
+                }
+            }
             let previous = self.leaders.insert(id, (term, is_leader));
             if is_leader && previous != Some((term, true)) {
                 if let Some((last_term, leader)) = self.last_leader
@@ -1446,7 +1665,7 @@ impl World {
                     ReadLevel::Linearizable
                 },
                 reply,
-                timeout: CLIENT_TIMEOUT,
+                timeout: self.config.faults.client_timeout,
             },
             OpInput::Put { value } => {
                 let command = KvCommand::Put {
@@ -1457,7 +1676,7 @@ impl World {
                     keys: vec![conflict_key(command.key())],
                     command: command.encode(),
                     reply,
-                    timeout: CLIENT_TIMEOUT,
+                    timeout: self.config.faults.client_timeout,
                 }
             }
             OpInput::Cas { expected, new } => {
@@ -1470,7 +1689,7 @@ impl World {
                     keys: vec![conflict_key(command.key())],
                     command: command.encode(),
                     reply,
-                    timeout: CLIENT_TIMEOUT,
+                    timeout: self.config.faults.client_timeout,
                 }
             }
             OpInput::Delete => return,
@@ -1506,7 +1725,7 @@ impl World {
             op,
             node: target,
             reply: receiver,
-            deadline: now + nanos(CLIENT_TIMEOUT),
+            deadline: now + nanos(self.config.faults.client_timeout),
         });
     }
 
@@ -1519,7 +1738,7 @@ impl World {
             let answer = match in_flight.reply.try_recv() {
                 Ok(answer) => Some(answer),
                 Err(oneshot::error::TryRecvError::Empty) if now < in_flight.deadline => None,
-                Err(_) => Some(Err(ClientError::Timeout(CLIENT_TIMEOUT))),
+                Err(_) => Some(Err(ClientError::Timeout(self.config.faults.client_timeout))),
             };
             let Some(answer) = answer else { continue };
             let (op, node) = (in_flight.op, in_flight.node);
@@ -1648,7 +1867,9 @@ impl World {
     /// delivery and clock drift) before the end.
     fn check_pending_requests_drained(&mut self) {
         let margin = nanos(Duration::from_millis(500));
-        let recent_from = self.end.saturating_sub(nanos(CLIENT_TIMEOUT) + margin);
+        let recent_from = self
+            .end
+            .saturating_sub(nanos(self.config.faults.client_timeout) + margin);
         let mut leaks = Vec::new();
         for (id, node) in &self.nodes {
             let Some(runtime) = &node.runtime else {
@@ -1672,6 +1893,11 @@ impl World {
     }
 
     fn finish(mut self) -> SimReport {
+        if self.stopped {
+            // The run ended early: the end-of-run checks would only repeat
+            // that it did not finish.
+            return self.report(0);
+        }
         self.check_pending_requests_drained();
         let nodes_switched = self.nodes_switched();
         if self.config.swap_to.is_some() && nodes_switched < self.config.nodes {
@@ -1683,6 +1909,14 @@ impl World {
         // Liveness: once healed, a strong protocol must serve clients.
         if self.config.clients > 0 && self.ok_in_quiet == 0 {
             self.violation("no client operation completed after the faults stopped".into());
+        }
+        // Liveness: terms must not run far ahead of the leaders elected.
+        if self.strong && self.config.nodes > 1 {
+            let leader_terms = self.term_leaders.keys().filter(|(e, _)| *e == 1).count() as u64;
+            let bound = super::oracles::LivenessBound::for_run(self.config.fault_phase);
+            if let Some(why) = super::oracles::term_churn(self.max_term, leader_terms, &bound) {
+                self.violation(why);
+            }
         }
         // Convergence: every replica holds the same state.
         let mut digests = BTreeMap::new();
@@ -1708,7 +1942,7 @@ impl World {
         if !self.strong {
             self.check_acknowledged_writes();
         }
-        let history: Vec<Operation> = self
+        let mut history: Vec<Operation> = self
             .operations
             .iter()
             .enumerate()
@@ -1717,6 +1951,21 @@ impl World {
             .collect();
         let ok = history.iter().filter(|op| op.ret != UNKNOWN_RETURN).count() as u64;
         let unknown = history.len() as u64 - ok;
+        if self.strong && distinct.len() == 1 {
+            // Acknowledged writes survive: the converged state is read once
+            // more, after everything, so a write acknowledged and then lost
+            // makes the history non-linearizable even if no client read
+            // the key again.
+            let reads = super::oracles::final_reads(
+                &history,
+                self.end,
+                self.nodes
+                    .values()
+                    .find_map(|node| node.runtime.as_ref())
+                    .map(|runtime| runtime.host.replica().core().state()),
+            );
+            history.extend(reads);
+        }
         if self.strong {
             match check_linearizable(&history, &CheckOptions::default()) {
                 Outcome::Linearizable => {}
@@ -1733,12 +1982,32 @@ impl World {
                 }
             }
         }
+        let mut report = self.report(nodes_switched);
+        report.operations_ok = ok;
+        report.operations_unknown = unknown;
+        report
+    }
+
+    fn report(self, nodes_switched: u64) -> SimReport {
+        let mut counters = self.counters_done;
+        for last in self.counters_last.into_values() {
+            for (name, value) in last {
+                *counters.entry(name).or_default() += value;
+            }
+        }
         SimReport {
+            counters,
+            max_term: self.max_term,
+            leader_terms: self
+                .term_leaders
+                .keys()
+                .filter(|(epoch, _)| *epoch == 1)
+                .count() as u64,
             seed: self.seed,
             violations: self.violations,
-            operations_ok: ok,
-            operations_unknown: unknown,
-            virtual_seconds: self.end as f64 / 1e9,
+            operations_ok: 0,
+            operations_unknown: 0,
+            virtual_seconds: self.time.now() as f64 / 1e9,
             leader_changes: self.leader_changes,
             steps: self.steps,
             trace_hash: self.trace.hash(),

@@ -89,6 +89,8 @@ pub mod entry;
 mod log_index;
 pub mod membership;
 pub mod message;
+#[cfg(feature = "mutants")]
+pub mod mutants;
 pub mod params;
 mod progress;
 mod raft;

@@ -29,6 +29,22 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// A mutation point: with feature `mutants`, whether this replica runs the
+/// named deliberate bug (counted as reached when it does); without the
+/// feature the constant `false`, so no mutant code is compiled in.
+#[cfg(feature = "mutants")]
+macro_rules! mutant {
+    ($self:ident, $name:ident) => {
+        $self.mutant_is(crate::mutants::Mutant::$name)
+    };
+}
+#[cfg(not(feature = "mutants"))]
+macro_rules! mutant {
+    ($self:ident, $name:ident) => {
+        false
+    };
+}
+
 use synod_guest_sdk::{
     Batch, Commands, Host, InitConfig, Level, Membership, NodeId, PeerProgress, ReadLevel, Reads,
     Rejection, RequestId, Role, SealProgress, SnapshotOffer, Status, StorageError, TimerId,
@@ -303,6 +319,12 @@ pub struct Raft {
     /// AppendEntries of the current callback, sent with `send-eager`.
     eager_outbox: BTreeMap<NodeId, Batch>,
     pub(crate) counters: Counters,
+    /// The deliberate bug this replica runs, and how often its mutation
+    /// points were reached (feature `mutants` only).
+    #[cfg(feature = "mutants")]
+    mutant: Option<crate::mutants::Mutant>,
+    #[cfg(feature = "mutants")]
+    mutant_reached: std::cell::Cell<u64>,
 }
 
 impl Raft {
@@ -317,6 +339,11 @@ impl Raft {
         for warning in &warnings {
             host.log(Level::Warn, &format!("raft: {warning}"));
         }
+        #[cfg(feature = "mutants")]
+        let mutant = crate::mutants::Mutant::from_params(&init.params).unwrap_or_else(|error| {
+            host.log(Level::Error, &format!("raft: {error}; running unmutated"));
+            None
+        });
         let now = host.now();
         let initial = Config::from_membership(&init.membership);
         let hard: HardState = host
@@ -385,7 +412,14 @@ impl Raft {
             outbox: BTreeMap::new(),
             eager_outbox: BTreeMap::new(),
             counters: Counters::default(),
+            #[cfg(feature = "mutants")]
+            mutant,
+            #[cfg(feature = "mutants")]
+            mutant_reached: std::cell::Cell::new(0),
         };
+        if init.recovering && mutant!(raft, ForgetVoteOnRestart) {
+            raft.voted_for = None;
+        }
         raft.rebuild_log_index(host);
         if let Some(bytes) = host.kv_get(SEALED_KEY) {
             let sealed: u64 = postcard::from_bytes(&bytes)
@@ -434,7 +468,7 @@ impl Raft {
         // stopped: it must not vote for another candidate within that
         // leader's lease, so the fence starts full. A fresh instance (a new
         // region, or a new epoch after a swap) never acknowledged anyone.
-        raft.vote_fence_until = if init.recovering {
+        raft.vote_fence_until = if init.recovering && !mutant!(raft, NoVoteFenceOnRestart) {
             now + raft.params.election_timeout_nanos
         } else {
             now
@@ -578,6 +612,28 @@ impl Raft {
         self.counters.messages_sent += 1;
     }
 
+    /// Whether this replica runs `which`; counts the mutation point.
+    #[cfg(feature = "mutants")]
+    fn mutant_is(&self, which: crate::mutants::Mutant) -> bool {
+        let hit = self.mutant == Some(which);
+        if hit {
+            self.mutant_reached.set(self.mutant_reached.get() + 1);
+        }
+        hit
+    }
+
+    /// A mutant's eager send of a message that must wait for durability.
+    fn send_eager_unchecked(&mut self, to: NodeId, message: &Message) {
+        if to == self.id {
+            return;
+        }
+        self.eager_outbox
+            .entry(to)
+            .or_default()
+            .push(&message.encode());
+        self.counters.messages_sent += 1;
+    }
+
     /// Queues an AppendEntries for `send-eager` (see the module docs).
     fn send_eager(&mut self, to: NodeId, message: &Message) {
         assert!(matches!(message, Message::Append { .. }));
@@ -614,7 +670,9 @@ impl Raft {
         if term > self.term {
             self.term = term;
             self.voted_for = None;
-            self.persist_hard_state(host);
+            if !mutant!(self, NoPersistTermOnFollow) {
+                self.persist_hard_state(host);
+            }
         }
         if self.role == RaftRole::Leader {
             self.leave_leadership(host, leader);
@@ -651,6 +709,11 @@ impl Raft {
         self.votes.clear();
         self.votes.insert(self.id, true);
         self.counters.pre_votes_started += 1;
+        if mutant!(self, PreVoteRaisesTerm) {
+            self.term += 1;
+            self.voted_for = None;
+            self.persist_hard_state(host);
+        }
         self.reset_election_deadline(host);
         if self.tally() == Poll::Won {
             self.campaign(host, false);
@@ -974,6 +1037,21 @@ impl Raft {
                 _ => self.become_follower(host, term, None),
             }
         } else if term < self.term {
+            if matches!(message, Message::Append { .. })
+                && matches!(self.role, RaftRole::Follower | RaftRole::Learner)
+                && mutant!(self, StaleTermAppendAccepted)
+            {
+                if let Message::Append {
+                    prev_index,
+                    prev_term,
+                    entries,
+                    ..
+                } = message
+                {
+                    self.handle_append(host, from, prev_index, prev_term, entries.into_batch());
+                }
+                return;
+            }
             self.answer_stale(from, &message);
             return;
         }
@@ -1148,10 +1226,12 @@ impl Raft {
         transfer: bool,
     ) {
         let can_vote = self.voted_for == Some(from)
-            || (self.voted_for.is_none()
+            || ((self.voted_for.is_none() || mutant!(self, VoteTwiceInTerm))
                 && self.leader.is_none()
                 && (transfer || !self.in_lease()));
-        let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
+        let granted = can_vote
+            && (self.log.is_up_to_date(last_index, last_term)
+                || mutant!(self, VoteIgnoresLogRecency));
         if granted {
             if self.voted_for != Some(from) {
                 // The vote is durable before the answer can leave.
@@ -1160,13 +1240,15 @@ impl Raft {
             }
             self.reset_election_deadline(host);
         }
-        self.send(
-            from,
-            &Message::VoteResponse {
-                term: self.term,
-                granted,
-            },
-        );
+        let reply = Message::VoteResponse {
+            term: self.term,
+            granted,
+        };
+        if granted && mutant!(self, VoteReplyEager) {
+            self.send_eager_unchecked(from, &reply);
+        } else {
+            self.send(from, &reply);
+        }
     }
 
     fn handle_vote_response<H: Host>(&mut self, host: &mut H, from: NodeId, granted: bool) {
@@ -1221,7 +1303,9 @@ impl Raft {
             check_index = self.commit;
             check_term = entry::term_of(at_commit);
         }
-        if self.log.term(check_index) != Some(check_term) {
+        if self.log.term(check_index) != Some(check_term)
+            && !(check_index <= self.log.last_index() && mutant!(self, NoLogMatchingCheck))
+        {
             let (hint_index, hint_term) = self
                 .log
                 .find_conflict_by_term(prev_index.min(self.log.last_index()), prev_term);
@@ -1278,6 +1362,20 @@ impl Raft {
                 return;
             }
             self.index_appended(host, index, &suffix);
+        }
+        if mutant!(self, FollowerAppliesOnAppend) {
+            self.commit_to(host, last_new.min(self.log.last_index()));
+        }
+        if mutant!(self, AppendAckEager) {
+            let ack = Message::AppendResponse {
+                term: self.term,
+                success: true,
+                index: last_new,
+                hint_index: 0,
+                hint_term: 0,
+            };
+            self.send_eager_unchecked(from, &ack);
+            return;
         }
         self.send_append_success(from, last_new);
     }
@@ -1397,6 +1495,11 @@ impl Raft {
         // Only an append or snapshot of this term is acknowledged, and
         // while the term was not known durable those were sent normally.
         self.lead.term_durable = true;
+        let index = if index < last_index && mutant!(self, MatchIndexOffByOne) {
+            index + 1
+        } else {
+            index
+        };
         let Some(progress) = self.lead.progress.get_mut(&from) else {
             return;
         };
@@ -1590,7 +1693,9 @@ impl Raft {
             .collect();
         matches.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_index = matches[self.config.quorum() - 1];
-        if quorum_index > self.commit && self.log.term(quorum_index) == Some(self.term) {
+        if quorum_index > self.commit
+            && (self.log.term(quorum_index) == Some(self.term) || mutant!(self, Figure8Commit))
+        {
             self.commit = quorum_index;
             self.after_commit(host);
             return true;
@@ -1846,8 +1951,13 @@ impl Raft {
     /// only once the log this commit index counted is durable).
     fn send_commit_updates(&mut self) {
         let mut updates = Vec::new();
+        let beyond = mutant!(self, HeartbeatCommitBeyondMatch);
         for (&peer, progress) in self.lead.progress.iter_mut() {
-            let commit = progress.match_index.min(self.commit);
+            let commit = if beyond {
+                self.commit
+            } else {
+                progress.match_index.min(self.commit)
+            };
             if commit > progress.commit_sent {
                 progress.commit_sent = commit;
                 updates.push((peer, commit));
@@ -1861,7 +1971,11 @@ impl Raft {
                 commit,
                 round: 0,
             };
-            self.send(peer, &message);
+            if mutant!(self, CommitUpdateEager) {
+                self.send_eager_unchecked(peer, &message);
+            } else {
+                self.send(peer, &message);
+            }
         }
     }
 
@@ -1880,8 +1994,13 @@ impl Raft {
             self.lead.round_starts.pop_front();
         }
         let mut heartbeats = Vec::with_capacity(self.lead.progress.len());
+        let beyond = mutant!(self, HeartbeatCommitBeyondMatch);
         for (&peer, progress) in self.lead.progress.iter_mut() {
-            let commit = progress.match_index.min(self.commit);
+            let commit = if beyond {
+                self.commit
+            } else {
+                progress.match_index.min(self.commit)
+            };
             progress.commit_sent = progress.commit_sent.max(commit);
             heartbeats.push((peer, commit));
         }
@@ -1904,7 +2023,8 @@ impl Raft {
     }
 
     fn committed_in_term(&self) -> bool {
-        self.lead.term_start_index > 0 && self.commit >= self.lead.term_start_index
+        (self.lead.term_start_index > 0 && self.commit >= self.lead.term_start_index)
+            || mutant!(self, ReadBeforeTermCommit)
     }
 
     /// Highest heartbeat round acknowledged by a quorum of voters.
@@ -1953,7 +2073,11 @@ impl Raft {
                     // other leader can exist before `start + election
                     // timeout` by their clocks; `clock-drift-ms` covers
                     // clocks running at different rates.
-                    let until = start + self.params.lease_nanos();
+                    let until = if mutant!(self, LeaseFromAck) {
+                        self.now + self.params.lease_nanos()
+                    } else {
+                        start + self.params.lease_nanos()
+                    };
                     self.lead.lease_until_nanos = self.lead.lease_until_nanos.max(until);
                 }
                 self.lead.round_starts.retain(|(r, _)| *r >= acked);
@@ -1984,7 +2108,8 @@ impl Raft {
     fn lease_is_valid(&self) -> bool {
         self.params.lease_reads
             && !self.lead.lease_forbidden
-            && self.now < self.lead.lease_until_nanos
+            && (self.now < self.lead.lease_until_nanos
+                || (self.lead.lease_until_nanos > 0 && mutant!(self, LeaseNeverExpires)))
     }
 
     fn maybe_complete_reads<H: Host>(&mut self, host: &mut H) {
@@ -2041,6 +2166,11 @@ impl Raft {
             } else {
                 linearizable.extend(lease);
             }
+        }
+        if !linearizable.is_empty() && mutant!(self, ReadIndexNoQuorum) {
+            self.lead.reads_ready.push_back((self.commit, linearizable));
+            self.maybe_complete_reads(host);
+            return;
         }
         // ReadIndex (thesis §6.4): the read index is the commit index when
         // the round starts, which is at least the commit index when the
@@ -2156,7 +2286,8 @@ impl Raft {
         );
         // If our entry at the snapshot index matches, the entries after it
         // may be kept (§7); otherwise the whole log is from another history.
-        let keep = self.log.term(meta.index) == Some(meta.term);
+        let keep = self.log.term(meta.index) == Some(meta.term)
+            || mutant!(self, SnapshotKeepsConflictingTail);
         let bounds = host.log_bounds();
         if !keep && !bounds.is_empty() {
             truncate_or_panic(host, bounds.first);
@@ -2503,6 +2634,8 @@ impl Raft {
             })
             .collect();
         let mut counters = self.counters.list();
+        #[cfg(feature = "mutants")]
+        counters.push(("mutant-reached".into(), self.mutant_reached.get()));
         counters.push(("last-index".into(), self.log.last_index()));
         counters.push(("snapshot-index".into(), self.log.snapshot_index()));
         counters.push((
