@@ -217,6 +217,12 @@ mod overeager {
         fn apply(&mut self, commands: &Applies, position: u64) {
             self.host.apply(commands, position)
         }
+        fn apply_stamped(&mut self, commands: &Applies, stamps: &[Stamp], position: u64) {
+            self.host.apply_stamped(commands, stamps, position)
+        }
+        fn compact_tombstones(&mut self, below: u64) {
+            self.host.compact_tombstones(below)
+        }
         fn query(&mut self, query: &[u8]) -> Vec<u8> {
             self.host.query(query)
         }
