@@ -387,6 +387,47 @@ impl KvStateMachine {
         (outcome, undo)
     }
 
+    /// Joins `other` into this state by last-writer-wins, key by key (a
+    /// state-shipping catch-up of a leaderless protocol): every key ends
+    /// with the greater stamp's value or tombstone, so nothing either side
+    /// held is lost and the result does not depend on which side merges.
+    /// Unversioned values are kept where this state has the key. The
+    /// applied position stays this state's: positions of a leaderless
+    /// protocol count what each replica applied itself.
+    pub fn merge(&mut self, other: KvStateMachine) {
+        for (key, value) in other.map {
+            let stamp = other.stamps.get(&key).copied();
+            let current = self.stamp_of(&key);
+            let wins = match (stamp, current) {
+                (Some(stamp), Some(current)) => stamp > current,
+                (Some(_), None) => true,
+                (None, _) => !self.map.contains_key(&key) && current.is_none(),
+            };
+            if wins {
+                self.set_key_state(
+                    key,
+                    KeyState {
+                        value: Some(value),
+                        stamp,
+                        tombstone: None,
+                    },
+                );
+            }
+        }
+        for (key, stamp) in other.tombstones {
+            if self.stamp_of(&key).is_none_or(|current| stamp > current) {
+                self.set_key_state(
+                    key,
+                    KeyState {
+                        value: None,
+                        stamp: None,
+                        tombstone: Some(stamp),
+                    },
+                );
+            }
+        }
+    }
+
     /// Drops every tombstone whose stamp time is below `below`.
     pub fn compact_tombstones(&mut self, below: u64) -> TombstoneUndo {
         let mut undo = TombstoneUndo::default();
@@ -724,6 +765,40 @@ mod tests {
         assert_eq!(sm.tombstones(), 0);
         sm.undo_compaction(undo);
         assert_eq!(sm, before);
+    }
+
+    /// Goal: merging two states gives the state of applying both sides'
+    /// writes, whichever side merges into which.
+    #[test]
+    fn merge_is_the_join_of_both_sides() {
+        let mine = vec![
+            (put("a", "mine"), stamp(10, 1)),
+            (delete("b"), stamp(7, 1)),
+            (put("c", "only mine"), stamp(1, 1)),
+        ];
+        let theirs = vec![
+            (put("a", "theirs"), stamp(9, 2)),
+            (put("b", "theirs"), stamp(8, 2)),
+            (delete("d"), stamp(3, 2)),
+        ];
+        let build = |writes: &[(Vec<u8>, Stamp)]| {
+            let mut sm = KvStateMachine::default();
+            for (position, (payload, stamp)) in writes.iter().enumerate() {
+                sm.apply_stamped(payload, *stamp, position as u64 + 1);
+            }
+            sm
+        };
+        let mut all = mine.clone();
+        all.extend(theirs.clone());
+        let mut left = build(&mine);
+        left.merge(build(&theirs));
+        let mut right = build(&theirs);
+        right.merge(build(&mine));
+        let both = build(&all);
+        assert_eq!(left.versioned(), both.versioned());
+        assert_eq!(right.versioned(), both.versioned());
+        assert_eq!(left.get(b"b"), Some(&b"theirs"[..]));
+        assert_eq!(left.applied_position(), 3);
     }
 
     #[test]
