@@ -25,6 +25,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("synod-plugin-standalone", "STANDALONE"),
     ("synod-plugin-misbehave", "MISBEHAVE"),
     ("synod-plugin-raft", "RAFT"),
+    ("synod-plugin-multi-master", "MULTI_MASTER"),
 ];
 /// The same for [`WASI_TARGET`].
 const WASI_PLUGINS: &[(&str, &str)] = &[("synod-plugin-wasi-probe", "WASI_PROBE")];
@@ -45,6 +46,7 @@ fn main() -> Result<()> {
         "plugins/misbehave",
         "plugins/wasi-probe",
         "plugins/raft",
+        "plugins/multi-master",
         "Cargo.toml",
     ] {
         println!(
