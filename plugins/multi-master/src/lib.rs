@@ -353,6 +353,16 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         (entries, bytes, oldest)
     }
 
+    /// Whether a peer's backlog of own writes is past the budget, or
+    /// needs writes no longer in the log.
+    fn over_budget(&self, peer: &Peer) -> bool {
+        let (entries, bytes, _) = self.backlog(peer);
+        let front = self.own.front().map_or(self.held(self.self_id) + 1, |e| e.seq);
+        entries > self.params.backlog_entries
+            || bytes > self.params.backlog_bytes
+            || (entries > 0 && peer.acked(self.self_id) + 1 < front)
+    }
+
     /// Sends `origin`'s writes `from..=to` to `peer` from the log; false if
     /// some of them are no longer in the log.
     fn send_range<H: Host>(&mut self, host: &mut H, peer: NodeId, origin: NodeId, from: u64, to: u64) -> bool {
@@ -410,6 +420,20 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 continue;
             };
             let silent = now.saturating_sub(peer.heard_nanos) > self.params.silent_nanos;
+            if peer.carrier == Carrier::Log && peer.acked.is_some() && self.over_budget(&peer) {
+                // Stop keeping writes for it, dead or alive: it gets the
+                // state when it answers.
+                if let Some(p) = self.peers.get_mut(&to) {
+                    p.carrier = Carrier::State {
+                        shipped_nanos: None,
+                        covers: BTreeMap::new(),
+                    };
+                }
+                self.compact(host);
+            }
+            let Some(peer) = self.peers.get(&to).cloned() else {
+                continue;
+            };
             if peer.acked.is_none() || silent {
                 // Unknown or silent: probe only, so a dead peer costs a
                 // message per `resend-ms`.
@@ -432,16 +456,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 }
                 continue;
             }
-            let (entries, bytes, _) = self.backlog(&peer);
-            let acked_own = peer.acked(self.self_id);
-            let front = self.own.front().map_or(self.held(self.self_id) + 1, |e| e.seq);
-            if entries > self.params.backlog_entries
-                || bytes > self.params.backlog_bytes
-                || (entries > 0 && acked_own + 1 < front)
-            {
-                self.ship_state(host, to, now);
-                continue;
-            }
+
             let resend = now.saturating_sub(peer.last_sent_nanos) >= self.params.resend_nanos;
             let mut origins: Vec<NodeId> = vec![self.self_id];
             for (&origin, &held) in &self.have {

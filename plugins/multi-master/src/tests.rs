@@ -216,6 +216,8 @@ fn a_replica_past_the_backlog_budget_comes_back_by_state_shipping() {
     let status = cluster.status(1);
     assert_eq!(status["peer-3-carrier-state"], 1, "{status:?}");
     assert!(status["peer-3-lag-entries"] >= 25, "{status:?}");
+    // Nothing is kept for the dead replica past the budget.
+    assert!(status["log-entries"] <= 20, "{status:?}");
     cluster.down.clear();
     cluster.run(60, 20);
     assert_converged(&cluster, 51);
@@ -356,4 +358,29 @@ fn strong_reads_are_refused_and_local_ones_answered() {
     assert_eq!(host.completed_reads, vec![1]);
     assert!(matches!(&host.rejected[..], [(3, Rejection::Invalid(_))]));
     assert_eq!(MultiMaster::info().consistency, Consistency::Eventual);
+}
+
+/// Goal: the backlog for a replica that went silent before it fell behind
+/// is still bounded (the budget is checked for dead peers too).
+#[test]
+fn nothing_is_kept_past_the_budget_for_a_silent_replica() {
+    let mut cluster = Cluster::new(
+        3,
+        &[("backlog-entries", "20"), ("snapshot-interval", "10"), ("peer-silent-ms", "100")],
+    );
+    cluster.write(1, "before");
+    cluster.run(5, 10);
+    cluster.down.insert(3);
+    cluster.run(20, 20); // 3 is silent now.
+    for i in 0..60 {
+        cluster.write(1, &format!("w{i}"));
+        cluster.run(1, 20);
+    }
+    let status = cluster.status(1);
+    assert_eq!(status["peer-3-carrier-state"], 1, "{status:?}");
+    assert!(status["log-entries"] <= 20, "{status:?}");
+    cluster.down.clear();
+    cluster.run(60, 20);
+    assert_converged(&cluster, 61);
+    assert_eq!(cluster.status(1)["peer-3-carrier-state"], 0);
 }
