@@ -192,6 +192,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             have: vector(&self.have),
             hlc: self.hlc,
             reply,
+            offset: self.offset,
         }
     }
 
@@ -310,6 +311,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             *held = (*held).max(seq);
         }
         self.hlc = self.hlc.max(shipped.hlc);
+        self.offset = self.offset.max(shipped.offset);
         self.counters.states_merged += 1;
         self.snapshot_now(host);
         let message = self.vector_message(false);
@@ -325,6 +327,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         let shipped = ShippedState {
             have: self.base.have.clone(),
             hlc: self.base.hlc,
+            offset: self.offset,
         };
         host.send_snapshot(to, &encode(&shipped));
         self.counters.states_shipped += 1;
@@ -615,11 +618,18 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         self.apply_entries(host, &accepted, true);
     }
 
-    fn on_vector(&mut self, from: NodeId, have: &Vector, hlc: u64) {
+    fn on_vector(&mut self, from: NodeId, have: &Vector, hlc: u64, offset: u64) {
         let own = self.self_id;
         let Some(peer) = self.peers.get_mut(&from) else {
             return;
         };
+        if offset < self.offset && peer.carrier == Carrier::Log {
+            // It joined at a swap without the state this replica started from.
+            peer.carrier = Carrier::State {
+                shipped_nanos: None,
+                covers: BTreeMap::new(),
+            };
+        }
         let acked = peer.acked.get_or_insert_with(BTreeMap::new);
         for (origin, seq) in have {
             let slot = acked.entry(*origin).or_insert(0);
@@ -638,6 +648,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             }
         }
         if let Carrier::State { covers, shipped_nanos: Some(_) } = &peer.carrier
+            && offset >= self.offset
             && covers.iter().all(|(origin, seq)| acked.get(origin).copied().unwrap_or(0) >= *seq)
         {
             peer.carrier = Carrier::Log;
@@ -887,8 +898,13 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
                     self.accept_entries(host, &data, &ends);
                     answer.insert(*from);
                 }
-                Message::Vector { have, hlc, reply } => {
-                    self.on_vector(*from, &have, hlc);
+                Message::Vector {
+                    have,
+                    hlc,
+                    reply,
+                    offset,
+                } => {
+                    self.on_vector(*from, &have, hlc, offset);
                     if reply {
                         answer.insert(*from);
                     }
@@ -947,7 +963,8 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
         if let Some(peer) = self.peers.get_mut(&offer.sender) {
             peer.heard_nanos = host.now();
         }
-        let lacking = shipped.have.iter().any(|(origin, seq)| *seq > self.held(*origin));
+        let lacking = shipped.offset > self.offset
+            || shipped.have.iter().any(|(origin, seq)| *seq > self.held(*origin));
         if lacking {
             // Its vector is claimed only in the next callback, once the
             // host has saved and merged the image: this callback's replies

@@ -21,7 +21,15 @@ pub enum Message {
     /// eagerly): an acknowledgement of every write it covers, and a probe.
     /// `hlc` is the sender's clock: its later writes are stamped above it.
     /// `reply` asks for the receiver's vector back.
-    Vector { have: Vector, hlc: u64, reply: bool },
+    /// `offset` is the sender's applied position before the protocol's
+    /// first write: a peer with a smaller one lacks the state this one
+    /// started from (it joined at a swap) and is caught up by state.
+    Vector {
+        have: Vector,
+        hlc: u64,
+        reply: bool,
+        offset: u64,
+    },
 }
 
 impl Message {
@@ -73,11 +81,13 @@ pub struct Base {
     pub offset: u64,
 }
 
-/// Metadata of a shipped snapshot: the vector and clock the image covers.
+/// Metadata of a shipped snapshot: the vector, clock and offset the image
+/// covers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShippedState {
     pub have: Vector,
     pub hlc: u64,
+    pub offset: u64,
 }
 
 pub const BASE_KEY: &[u8] = b"mm/base";
@@ -106,6 +116,7 @@ mod tests {
                 have: vec![(1, 5), (2, 0)],
                 hlc: 9,
                 reply: true,
+                offset: 4,
             },
         ] {
             assert_eq!(Message::decode(&message.encode()), Some(message));

@@ -384,3 +384,37 @@ fn nothing_is_kept_past_the_budget_for_a_silent_replica() {
     assert_converged(&cluster, 61);
     assert_eq!(cluster.status(1)["peer-3-carrier-state"], 0);
 }
+
+/// Goal: replicas that join at a swap without the state the protocol
+/// started from (a larger `applied-position` elsewhere) get it by state.
+#[test]
+fn replicas_joining_at_a_swap_get_the_starting_state() {
+    let members = [1, 2, 3];
+    let mut nodes = BTreeMap::new();
+    for id in members {
+        let mut host = MemoryHost::new(id);
+        // Node 1 held the old protocol's state (position 40); 2 and 3 are new.
+        let applied = if id == 1 { 40 } else { 0 };
+        host.applied_position = applied;
+        if id == 1 {
+            host.stamped.insert(Stamp { time: 0, origin: 0 }, (0, b"old state".to_vec()));
+        }
+        let protocol = MultiMaster::init(&mut host, config(id, &members, &[], false, applied));
+        nodes.insert(id, Node { host, protocol: Some(protocol) });
+    }
+    let mut cluster = Cluster {
+        nodes,
+        down: BTreeSet::new(),
+        params: Vec::new(),
+        next_id: 0,
+        duplicate: false,
+    };
+    cluster.write(2, "new");
+    cluster.run(40, 20);
+    assert_converged(&cluster, 2);
+    for id in members {
+        let node = cluster.nodes.get_mut(&id).expect("node");
+        let status = node.protocol.as_mut().expect("running").status(&mut node.host);
+        assert_eq!(status.applied_position, 41, "node {id}: same canonical position");
+    }
+}
