@@ -130,6 +130,10 @@ struct Peer {
     behind_since: BTreeMap<NodeId, u64>,
     /// The peer's own (sequence, clock) reports, oldest first.
     reports: VecDeque<(u64, u64)>,
+    /// Its latest report said it is sealed.
+    sealed: bool,
+    /// Its latest reported vector, as it was (not merged with older ones).
+    reported: Option<BTreeMap<NodeId, u64>>,
 }
 
 impl Peer {
@@ -143,6 +147,8 @@ impl Peer {
             carrier,
             behind_since: BTreeMap::new(),
             reports: VecDeque::new(),
+            sealed: false,
+            reported: None,
         }
     }
 
@@ -193,6 +199,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             hlc: self.hlc,
             reply,
             offset: self.offset,
+            sealed: self.sealed,
         }
     }
 
@@ -668,21 +675,20 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         self.peers.entry(peer).or_insert_with(|| Peer::new(now, carrier));
     }
 
-    /// The seal is reached when every peer heard from recently holds
-    /// exactly what this replica holds (and it holds what they do).
+    /// The seal is reached when every peer heard from recently has
+    /// reported itself sealed with exactly the writes this replica holds:
+    /// sealed origins take no more writes, so that set is final.
     fn seal_reached(&self, now: u64) -> bool {
+        let nonzero = |v: &BTreeMap<NodeId, u64>| -> BTreeMap<NodeId, u64> {
+            v.iter().filter(|(_, s)| **s > 0).map(|(o, s)| (*o, *s)).collect()
+        };
+        let mine = nonzero(&self.have);
         self.pending_merge.is_none()
             && self.peers.values().all(|peer| {
                 let silent = now.saturating_sub(peer.heard_nanos) > self.params.silent_nanos;
                 silent
-                    || peer.acked.as_ref().is_some_and(|acked| {
-                        let mut theirs: BTreeMap<NodeId, u64> =
-                            acked.iter().filter(|(_, s)| **s > 0).map(|(o, s)| (*o, *s)).collect();
-                        theirs.retain(|_, s| *s > 0);
-                        let mine: BTreeMap<NodeId, u64> =
-                            self.have.iter().filter(|(_, s)| **s > 0).map(|(o, s)| (*o, *s)).collect();
-                        theirs == mine
-                    })
+                    || (peer.sealed
+                        && peer.reported.as_ref().is_some_and(|theirs| nonzero(theirs) == mine))
             })
     }
 
@@ -903,7 +909,12 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
                     hlc,
                     reply,
                     offset,
+                    sealed,
                 } => {
+                    if let Some(peer) = self.peers.get_mut(from) {
+                        peer.sealed = sealed;
+                        peer.reported = Some(unvector(&have));
+                    }
                     self.on_vector(*from, &have, hlc, offset);
                     if reply {
                         answer.insert(*from);

@@ -24,11 +24,14 @@ pub enum Message {
     /// `offset` is the sender's applied position before the protocol's
     /// first write: a peer with a smaller one lacks the state this one
     /// started from (it joined at a swap) and is caught up by state.
+    /// `sealed`: the sender accepts no more writes of its own, so `have`
+    /// bounds its origin for good (the seal waits for every live peer's).
     Vector {
         have: Vector,
         hlc: u64,
         reply: bool,
         offset: u64,
+        sealed: bool,
     },
 }
 
@@ -117,6 +120,7 @@ mod tests {
                 hlc: 9,
                 reply: true,
                 offset: 4,
+                sealed: false,
             },
         ] {
             assert_eq!(Message::decode(&message.encode()), Some(message));
