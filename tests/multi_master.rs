@@ -33,7 +33,10 @@ async fn region(cluster: &LocalCluster, name: &str, params: &[(&str, &str)]) {
             .await
             .is_ok_and(|status| status["plugin"]["role"] == "replica")
         {
-            assert!(tokio::time::Instant::now() < deadline, "node {id} never ran {name}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} never ran {name}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -71,7 +74,12 @@ async fn write_everywhere(
                         Ok(stamp) => (stamp, None),
                         Err(error) => (None, Some(error.to_string())),
                     };
-                    puts.push(Put { key, value, stamp, error });
+                    puts.push(Put {
+                        key,
+                        value,
+                        stamp,
+                        error,
+                    });
                 }
                 puts
             }));
@@ -94,7 +102,11 @@ async fn assert_last_writer_won(cluster: &LocalCluster, region: &str, nodes: &[u
             *best = put;
         }
     }
-    assert!(winners.len() == KEYS, "every key was written: {}", winners.len());
+    assert!(
+        winners.len() == KEYS,
+        "every key was written: {}",
+        winners.len()
+    );
     for node in nodes {
         let client = cluster.client(*node).expect("client");
         for (key, winner) in &winners {
@@ -159,10 +171,18 @@ async fn writes_to_all_three_nodes_at_once_converge_by_last_writer_wins() {
     region(&cluster, "mm", &[]).await;
     let puts = write_everywhere(clients(&cluster, &[1, 2, 3]), "mm", 3, 60).await;
     let failed: Vec<_> = puts.iter().filter(|p| p.stamp.is_none()).collect();
-    assert!(failed.is_empty(), "every put was acknowledged with a stamp: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "every put was acknowledged with a stamp: {failed:?}"
+    );
     assert_converged(&cluster, "mm", &[1, 2, 3]).await;
     assert_last_writer_won(&cluster, "mm", &[1, 2, 3], &puts).await;
-    let status = cluster.client(2).expect("client").region_status("mm").await.expect("status");
+    let status = cluster
+        .client(2)
+        .expect("client")
+        .region_status("mm")
+        .await
+        .expect("status");
     assert_eq!(status["protocol"]["consistency"], "eventual");
     assert_eq!(status["plugin"]["role"], "replica");
 }
@@ -171,13 +191,21 @@ async fn writes_to_all_three_nodes_at_once_converge_by_last_writer_wins() {
 async fn kill_9_and_restart_a_replica_under_writes() {
     let (mut cluster, _dir) = support::start(node_binary!(), 3).await;
     region(&cluster, "mm", &[("snapshot-interval", "50")]).await;
-    let load = tokio::spawn(write_everywhere(clients(&cluster, &[1, 2, 3]), "mm", 2, 120));
+    let load = tokio::spawn(write_everywhere(
+        clients(&cluster, &[1, 2, 3]),
+        "mm",
+        2,
+        120,
+    ));
     tokio::time::sleep(Duration::from_millis(700)).await;
     cluster.kill(3).expect("kill -9");
     tokio::time::sleep(Duration::from_millis(700)).await;
     cluster.restart(3).await.expect("restart");
     let puts = load.await.expect("load");
-    assert!(puts.iter().filter(|p| p.stamp.is_some()).count() > 300, "writes went on");
+    assert!(
+        puts.iter().filter(|p| p.stamp.is_some()).count() > 300,
+        "writes went on"
+    );
     assert_converged(&cluster, "mm", &[1, 2, 3]).await;
     assert_last_writer_won(&cluster, "mm", &[1, 2, 3], &puts).await;
 }
@@ -190,7 +218,11 @@ async fn a_replica_down_past_the_backlog_budget_comes_back_by_state_shipping() {
     region(
         &cluster,
         "mm",
-        &[("backlog-entries", "40"), ("snapshot-interval", "30"), ("peer-silent-ms", "300")],
+        &[
+            ("backlog-entries", "40"),
+            ("snapshot-interval", "30"),
+            ("peer-silent-ms", "300"),
+        ],
     )
     .await;
     write_everywhere(clients(&cluster, &[1, 2, 3]), "mm", 1, 10).await;
@@ -198,9 +230,16 @@ async fn a_replica_down_past_the_backlog_budget_comes_back_by_state_shipping() {
     cluster.kill(3).expect("kill -9");
     let puts = write_everywhere(clients(&cluster, &[1, 2]), "mm", 2, 60).await;
     let failed: Vec<_> = puts.iter().filter(|p| p.stamp.is_none()).collect();
-    assert!(failed.is_empty(), "a dead replica blocks no write: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "a dead replica blocks no write: {failed:?}"
+    );
     let down = wait_for_counter(&cluster, 1, "mm", "peer-3-carrier-state", |v| v == 1).await;
-    assert!(counter(&down, "peer-3-lag-entries").unwrap_or(0) > 40, "{}", down["plugin"]);
+    assert!(
+        counter(&down, "peer-3-lag-entries").unwrap_or(0) > 40,
+        "{}",
+        down["plugin"]
+    );
     cluster.restart(3).await.expect("restart");
     wait_for_counter(&cluster, 3, "mm", "states-merged", |v| v >= 1).await;
     wait_for_counter(&cluster, 1, "mm", "peer-3-carrier-state", |v| v == 0).await;
@@ -208,15 +247,35 @@ async fn a_replica_down_past_the_backlog_budget_comes_back_by_state_shipping() {
     assert_last_writer_won(&cluster, "mm", &[1, 2, 3], &puts).await;
     // Back on the log: a new write reaches it without another state.
     let merged = counter(
-        &cluster.client(3).expect("client").region_status("mm").await.expect("status"),
+        &cluster
+            .client(3)
+            .expect("client")
+            .region_status("mm")
+            .await
+            .expect("status"),
         "states-merged",
     );
-    cluster.client(1).expect("client").put("mm", "after", "v").await.expect("put");
+    cluster
+        .client(1)
+        .expect("client")
+        .put("mm", "after", "v")
+        .await
+        .expect("put");
     assert_converged(&cluster, "mm", &[1, 2, 3]).await;
-    let status = cluster.client(3).expect("client").region_status("mm").await.expect("status");
+    let status = cluster
+        .client(3)
+        .expect("client")
+        .region_status("mm")
+        .await
+        .expect("status");
     assert_eq!(counter(&status, "states-merged"), merged);
     assert_eq!(
-        cluster.client(3).expect("client").get("mm", "after", "local").await.expect("read"),
+        cluster
+            .client(3)
+            .expect("client")
+            .get("mm", "after", "local")
+            .await
+            .expect("read"),
         Some("v".into())
     );
 }
@@ -227,14 +286,25 @@ async fn cas_and_strong_reads_are_refused_clearly() {
     region(&cluster, "mm", &[]).await;
     let client = cluster.client(1).expect("client");
     client.put("mm", "k", "v").await.expect("put");
-    let error = client.cas("mm", "k", Some("v"), Some("w")).await.expect_err("refused");
+    let error = client
+        .cas("mm", "k", Some("v"), Some("w"))
+        .await
+        .expect_err("refused");
     assert_eq!(error.status(), Some(400), "{error}");
     assert_eq!(error.code(), Some("invalid_request"), "{error}");
-    assert!(error.to_string().contains("compare-and-swap is not supported"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("compare-and-swap is not supported"),
+        "{error}"
+    );
     for level in ["linearizable", "lease"] {
         let error = client.get("mm", "k", level).await.expect_err("refused");
         assert_eq!(error.status(), Some(400), "{error}");
         assert!(error.to_string().contains("consistency=local"), "{error}");
     }
-    assert_eq!(client.get("mm", "k", "local").await.expect("local"), Some("v".into()));
+    assert_eq!(
+        client.get("mm", "k", "local").await.expect("local"),
+        Some("v".into())
+    );
 }

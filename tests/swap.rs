@@ -37,7 +37,10 @@ async fn create(cluster: &LocalCluster, region: &str, protocol: &str, replicas: 
                 .await
                 .is_ok_and(|status| !status["plugin"].is_null())
             {
-                assert!(tokio::time::Instant::now() < deadline, "node {id} never ran {region}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {id} never ran {region}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -662,7 +665,12 @@ async fn weak_swap(cluster: &LocalCluster, from: &str, before: &[u64], to: &str,
     if from != "multi-master" {
         for i in 0..8 {
             let (key, value) = (format!("k{i}"), format!("pre-final-{i}"));
-            cluster.client(before[0]).expect("client").put("w", &key, &value).await.expect("put");
+            cluster
+                .client(before[0])
+                .expect("client")
+                .put("w", &key, &value)
+                .await
+                .expect("put");
             survivors.insert(key, (None, value));
         }
     }
@@ -697,7 +705,11 @@ async fn weak_swap(cluster: &LocalCluster, from: &str, before: &[u64], to: &str,
     let record = settled(cluster, "w", Duration::from_secs(10)).await;
     assert_eq!(assert_one_epoch(cluster, "w", &record).await, after);
     assert_converged(cluster, "w", after).await;
-    let level = if to == "multi-master" { "local" } else { "linearizable" };
+    let level = if to == "multi-master" {
+        "local"
+    } else {
+        "linearizable"
+    };
     for (key, (_, survivor)) in &survivors {
         let held = cluster
             .client(after[0])
@@ -711,10 +723,19 @@ async fn weak_swap(cluster: &LocalCluster, from: &str, before: &[u64], to: &str,
             "{from} -> {to}: {key} holds {held:?}, not {survivor:?} or a later put"
         );
     }
-    cluster.client(after[0]).expect("client").put("w", "after", "v").await.expect("put");
+    cluster
+        .client(after[0])
+        .expect("client")
+        .put("w", "after", "v")
+        .await
+        .expect("put");
     assert_converged(cluster, "w", after).await;
     for id in after {
-        let held = cluster.client(*id).expect("client").get("w", "after", "local").await;
+        let held = cluster
+            .client(*id)
+            .expect("client")
+            .get("w", "after", "local")
+            .await;
         assert_eq!(held.expect("read"), Some("v".to_string()), "node {id}");
     }
 }
@@ -750,7 +771,11 @@ async fn standalone_to_multi_master_under_puts_then_two_replicas_join() {
         .await
         .expect("membership");
     assert_converged(&cluster, "w", &[1, 2, 3]).await;
-    let held = cluster.client(3).expect("client").get("w", "after", "local").await;
+    let held = cluster
+        .client(3)
+        .expect("client")
+        .get("w", "after", "local")
+        .await;
     assert_eq!(held.expect("read"), Some("v".to_string()));
 }
 
@@ -762,20 +787,42 @@ async fn a_swap_away_from_multi_master_waits_for_an_unreachable_replica_unless_f
     let (mut cluster, _dir) = cluster(3).await;
     for region in ["held", "forced"] {
         create(&cluster, region, "multi-master", &[1, 2, 3]).await;
-        cluster.client(1).expect("client").put(region, "k", "v").await.expect("put");
+        cluster
+            .client(1)
+            .expect("client")
+            .put(region, "k", "v")
+            .await
+            .expect("put");
         assert_converged(&cluster, region, &[1, 2, 3]).await;
     }
     cluster.kill(3).expect("kill -9");
     let client = cluster.client(1).expect("client");
     let waiting = client
-        .swap_region("held", "raft", None, Some(&[1, 2]), false, Duration::from_secs(3))
+        .swap_region(
+            "held",
+            "raft",
+            None,
+            Some(&[1, 2]),
+            false,
+            Duration::from_secs(3),
+        )
         .await
         .expect("swap");
     assert_eq!(waiting["done"], false, "{waiting}");
     let why = record(&cluster, "held").await["swap_waiting_for"].to_string();
-    assert!(why.contains("eventually consistent") && why.contains("3"), "{why}");
+    assert!(
+        why.contains("eventually consistent") && why.contains("3"),
+        "{why}"
+    );
     let forced = client
-        .swap_region("forced", "raft", None, Some(&[1, 2]), true, Duration::from_secs(30))
+        .swap_region(
+            "forced",
+            "raft",
+            None,
+            Some(&[1, 2]),
+            true,
+            Duration::from_secs(30),
+        )
         .await
         .expect("swap");
     assert_eq!(forced["epoch"], 2, "{forced}");

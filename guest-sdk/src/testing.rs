@@ -221,7 +221,12 @@ impl Host for MemoryHost {
             position,
             self.applied_position
         );
-        for ((id, payload), stamp) in commands.ids.iter().zip(commands.payloads.iter()).zip(stamps) {
+        for ((id, payload), stamp) in commands
+            .ids
+            .iter()
+            .zip(commands.payloads.iter())
+            .zip(stamps)
+        {
             if !self.stamped.contains_key(stamp) {
                 self.stamped.insert(*stamp, (*id, payload.to_vec()));
                 self.applied.push((*id, payload.to_vec()));

@@ -160,7 +160,11 @@ struct SnapshotImage {
 struct StampedImage {
     applied_position: u64,
     /// Key, value, and the value's stamp if it has one.
-    entries: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf, Option<(u64, u64)>)>,
+    entries: Vec<(
+        serde_bytes::ByteBuf,
+        serde_bytes::ByteBuf,
+        Option<(u64, u64)>,
+    )>,
     /// Deleted keys and their tombstones' stamps.
     tombstones: Vec<(serde_bytes::ByteBuf, (u64, u64))>,
 }
@@ -306,7 +310,13 @@ impl KvStateMachine {
         let mut all: Vec<(&[u8], Option<&[u8]>, Option<Stamp>)> = self
             .map
             .iter()
-            .map(|(k, v)| (k.as_slice(), Some(v.as_slice()), self.stamps.get(k).copied()))
+            .map(|(k, v)| {
+                (
+                    k.as_slice(),
+                    Some(v.as_slice()),
+                    self.stamps.get(k).copied(),
+                )
+            })
             .chain(
                 self.tombstones
                     .iter()
@@ -324,7 +334,12 @@ impl KvStateMachine {
 
     /// Applies one encoded command by last-writer-wins (see the module
     /// docs); `position` becomes the applied position.
-    pub fn apply_stamped(&mut self, payload: &[u8], stamp: Stamp, position: u64) -> (KvOutcome, Undo) {
+    pub fn apply_stamped(
+        &mut self,
+        payload: &[u8],
+        stamp: Stamp,
+        position: u64,
+    ) -> (KvOutcome, Undo) {
         let mut undo = Undo {
             key: None,
             applied_position: self.applied_position,
@@ -710,8 +725,16 @@ mod tests {
             }
         }
         let sm = reference.expect("ran");
-        assert_eq!(sm.get(b"a"), Some(&b"2"[..]), "(10, 2) beats (10, 1) and (9, 3)");
-        assert_eq!(sm.get(b"b"), None, "the delete at 6 beats the puts at 4 and 5");
+        assert_eq!(
+            sm.get(b"a"),
+            Some(&b"2"[..]),
+            "(10, 2) beats (10, 1) and (9, 3)"
+        );
+        assert_eq!(
+            sm.get(b"b"),
+            None,
+            "the delete at 6 beats the puts at 4 and 5"
+        );
         assert_eq!(sm.stamp_of(b"b"), Some(stamp(6, 2)));
         assert_eq!(sm.tombstones(), 1);
     }
@@ -721,14 +744,26 @@ mod tests {
         let mut sm = KvStateMachine::default();
         assert_eq!(
             sm.apply_stamped(&put("a", "1"), stamp(5, 1), 1).0,
-            KvOutcome::WrittenStamped { time: 5, origin: 1, superseded: false }
+            KvOutcome::WrittenStamped {
+                time: 5,
+                origin: 1,
+                superseded: false
+            }
         );
         assert_eq!(
             sm.apply_stamped(&put("a", "0"), stamp(4, 2), 2).0,
-            KvOutcome::WrittenStamped { time: 4, origin: 2, superseded: true }
+            KvOutcome::WrittenStamped {
+                time: 4,
+                origin: 2,
+                superseded: true
+            }
         );
         assert_eq!(sm.get(b"a"), Some(&b"1"[..]));
-        let cas = KvCommand::Cas { key: b"a".to_vec(), expected: value("1"), new: value("2") };
+        let cas = KvCommand::Cas {
+            key: b"a".to_vec(),
+            expected: value("1"),
+            new: value("2"),
+        };
         assert_eq!(
             sm.apply_stamped(&cas.encode(), stamp(6, 1), 3).0,
             KvOutcome::Invalid(CAS_UNDER_LWW.into())
@@ -827,7 +862,10 @@ mod tests {
             entries: vec![(b"x".to_vec().into(), b"1".to_vec().into())],
         })
         .expect("encode");
-        assert_eq!(image, legacy, "a state without stamps keeps the plain image");
+        assert_eq!(
+            image, legacy,
+            "a state without stamps keeps the plain image"
+        );
         let mut sm = KvStateMachine::default();
         sm.apply(&put("plain", "p"), 1);
         sm.apply_stamped(&put("a", "1"), stamp(5, 1), 2);

@@ -162,9 +162,9 @@ pub fn check_lww_convergence(
                 // Absent with its tombstone collected (or a value with no
                 // stamp): only a delete at or after the floor explains it.
                 let deleted_later = held.is_none()
-                    && writes.iter().any(|w| {
-                        w.value.is_none() && w.stamp.is_none_or(|stamp| stamp >= floor)
-                    });
+                    && writes
+                        .iter()
+                        .any(|w| w.value.is_none() && w.stamp.is_none_or(|stamp| stamp >= floor));
                 if !deleted_later {
                     return Err(lost());
                 }
@@ -350,7 +350,10 @@ mod tests {
         );
         // A later write of unknown outcome may win.
         let c = lww(&[("k", Some("c"), Some((30, 3))), ("d", None, None)]);
-        assert_eq!(check_lww_convergence(&[(1, c.clone()), (2, c)], &writes), Ok(()));
+        assert_eq!(
+            check_lww_convergence(&[(1, c.clone()), (2, c)], &writes),
+            Ok(())
+        );
     }
 
     #[test]

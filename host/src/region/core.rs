@@ -14,7 +14,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_bytes::ByteBuf;
 use synod_guest_sdk::{
-    Applies, Batch, Host, Level, LogBounds, NodeId, Rejection, RequestId, Stamp, StorageError, TimerId,
+    Applies, Batch, Host, Level, LogBounds, NodeId, Rejection, RequestId, Stamp, StorageError,
+    TimerId,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -880,7 +881,12 @@ impl Host for RegionCore {
         if !self.check_apply("state-machine.apply-stamped", commands, position) {
             return;
         }
-        for ((id, payload), stamp) in commands.ids.iter().zip(commands.payloads.iter()).zip(stamps) {
+        for ((id, payload), stamp) in commands
+            .ids
+            .iter()
+            .zip(commands.payloads.iter())
+            .zip(stamps)
+        {
             let (outcome, undo) = self.state.apply_stamped(payload, *stamp, position);
             self.undo.push(Undo::State(undo));
             self.staged.outputs.push(Output::Reply {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use synod_guest_sdk::{
-    Batch, Commands, Consistency, Messages, NodeId, ReadLevel, Reads, Rejection, RequestId, SnapshotOffer,
-    Status, TimerId,
+    Batch, Commands, Consistency, Messages, NodeId, ReadLevel, Reads, Rejection, RequestId,
+    SnapshotOffer, Status, TimerId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 

@@ -67,9 +67,13 @@ mod tests {
         }
         .encode();
         let weak = info(Consistency::Eventual);
-        assert!(matches!(refuse_write(&weak, &cas), Some(Rejection::Invalid(why)) if why.contains("compare-and-swap")));
+        assert!(
+            matches!(refuse_write(&weak, &cas), Some(Rejection::Invalid(why)) if why.contains("compare-and-swap"))
+        );
         assert_eq!(refuse_write(&weak, &put), None);
-        assert!(matches!(refuse_read(&weak, ReadLevel::Linearizable), Some(Rejection::Invalid(why)) if why.contains("consistency=local")));
+        assert!(
+            matches!(refuse_read(&weak, ReadLevel::Linearizable), Some(Rejection::Invalid(why)) if why.contains("consistency=local"))
+        );
         assert!(refuse_read(&weak, ReadLevel::Lease).is_some());
         assert_eq!(refuse_read(&weak, ReadLevel::Local), None);
         let strong = info(Consistency::Linearizable);

@@ -1549,7 +1549,10 @@ impl World {
                 .map(|(key, value, stamp)| {
                     (
                         String::from_utf8_lossy(key).into_owned(),
-                        (value.map(|v| String::from_utf8_lossy(v).into_owned()), stamp),
+                        (
+                            value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                            stamp,
+                        ),
                     )
                 })
                 .collect();

@@ -76,10 +76,18 @@ pub async fn measure(
     workload.value_bytes = args.value_bytes;
     let mut endpoints: Vec<Endpoint> = Vec::new();
     if args.api_is_wire() {
-        for i in 0..args.connections().min(clients).max(nodes.len().min(clients)) {
+        for i in 0..args
+            .connections()
+            .min(clients)
+            .max(nodes.len().min(clients))
+        {
             let node = nodes[i % nodes.len()];
             let api = cluster.node(node)?.api.clone();
-            endpoints.push(WireClient::connect(&api, Duration::from_secs(30)).await?.into());
+            endpoints.push(
+                WireClient::connect(&api, Duration::from_secs(30))
+                    .await?
+                    .into(),
+            );
         }
     } else {
         for node in nodes {

@@ -101,6 +101,8 @@ struct OwnEntry {
     seq: u64,
     position: u64,
     bytes: u64,
+    /// Bytes of every retained own entry up to and including this one.
+    total_bytes: u64,
     accepted_nanos: u64,
 }
 
@@ -262,13 +264,19 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                     offset: self.offset,
                 };
                 if let Err(error) = host.kv_put(BASE_KEY, &encode(&self.base)) {
-                    host.log(Level::Warn, &format!("multi-master: recording the snapshot failed: {error}"));
+                    host.log(
+                        Level::Warn,
+                        &format!("multi-master: recording the snapshot failed: {error}"),
+                    );
                 }
                 self.since_snapshot = 0;
                 self.counters.snapshots += 1;
                 self.compact(host);
             }
-            Err(error) => host.log(Level::Warn, &format!("multi-master: snapshot failed: {error}")),
+            Err(error) => host.log(
+                Level::Warn,
+                &format!("multi-master: snapshot failed: {error}"),
+            ),
         }
     }
 
@@ -287,10 +295,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             if peer.carrier != Carrier::Log {
                 continue;
             }
-            let next = peer.acked(self.self_id) + 1;
-            if let Some(entry) = self.own.iter().find(|e| e.seq >= next)
-                && entry.seq == next
-            {
+            if let Some(entry) = self.own_entry(peer.acked(self.self_id) + 1) {
                 through = through.min(entry.position - 1);
             }
         }
@@ -298,7 +303,10 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             return;
         }
         if let Err(error) = host.log_compact_prefix(through) {
-            host.log(Level::Warn, &format!("multi-master: log compaction failed: {error}"));
+            host.log(
+                Level::Warn,
+                &format!("multi-master: log compaction failed: {error}"),
+            );
             return;
         }
         self.log_first = through + 1;
@@ -351,23 +359,43 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
     fn backlog(&self, peer: &Peer) -> (u64, u64, Option<u64>) {
         let acked = peer.acked(self.self_id);
         let entries = self.held(self.self_id).saturating_sub(acked);
-        let mut bytes = 0;
-        let mut oldest = None;
-        for entry in self.own.iter().rev() {
-            if entry.seq <= acked {
-                break;
-            }
-            bytes += entry.bytes;
-            oldest = Some(entry.accepted_nanos);
-        }
-        (entries, bytes, oldest)
+        let (Some(front), Some(back)) = (self.own.front(), self.own.back()) else {
+            return (entries, 0, None);
+        };
+        // Constant time: entries are dense by seq and carry running sums.
+        let first = acked.max(front.seq - 1) + 1;
+        let Some(oldest) = self.own.get((first - front.seq) as usize) else {
+            return (entries, 0, None);
+        };
+        let bytes = back.total_bytes - (oldest.total_bytes - oldest.bytes);
+        (entries, bytes, Some(oldest.accepted_nanos))
+    }
+
+    /// The retained own entry with sequence `seq`.
+    fn own_entry(&self, seq: u64) -> Option<&OwnEntry> {
+        let front = self.own.front()?.seq;
+        self.own.get(usize::try_from(seq.checked_sub(front)?).ok()?)
+    }
+
+    fn push_own(&mut self, seq: u64, position: u64, bytes: u64, accepted_nanos: u64) {
+        let total_bytes = self.own.back().map_or(0, |e| e.total_bytes) + bytes;
+        self.own.push_back(OwnEntry {
+            seq,
+            position,
+            bytes,
+            total_bytes,
+            accepted_nanos,
+        });
     }
 
     /// Whether a peer's backlog of own writes is past the budget, or
     /// needs writes no longer in the log.
     fn over_budget(&self, peer: &Peer) -> bool {
         let (entries, bytes, _) = self.backlog(peer);
-        let front = self.own.front().map_or(self.held(self.self_id) + 1, |e| e.seq);
+        let front = self
+            .own
+            .front()
+            .map_or(self.held(self.self_id) + 1, |e| e.seq);
         entries > self.params.backlog_entries
             || bytes > self.params.backlog_bytes
             || (entries > 0 && peer.acked(self.self_id) + 1 < front)
@@ -375,7 +403,14 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
 
     /// Sends `origin`'s writes `from..=to` to `peer` from the log; false if
     /// some of them are no longer in the log.
-    fn send_range<H: Host>(&mut self, host: &mut H, peer: NodeId, origin: NodeId, from: u64, to: u64) -> bool {
+    fn send_range<H: Host>(
+        &mut self,
+        host: &mut H,
+        peer: NodeId,
+        origin: NodeId,
+        from: u64,
+        to: u64,
+    ) -> bool {
         let positions: Option<(u64, u64)> = if origin == self.self_id {
             let front = match self.own.front() {
                 Some(front) => front.seq,
@@ -456,12 +491,20 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                         peer.last_probe_nanos = Some(now);
                     }
                 }
-                if !matches!(peer.carrier, Carrier::State { shipped_nanos: None, .. }) {
+                if !matches!(
+                    peer.carrier,
+                    Carrier::State {
+                        shipped_nanos: None,
+                        ..
+                    }
+                ) {
                     continue;
                 }
             }
             if let Carrier::State { shipped_nanos, .. } = &peer.carrier {
-                if shipped_nanos.is_none_or(|at| now.saturating_sub(at) >= self.params.state_retry_nanos) {
+                if shipped_nanos
+                    .is_none_or(|at| now.saturating_sub(at) >= self.params.state_retry_nanos)
+                {
                     self.ship_state(host, to, now);
                 }
                 continue;
@@ -493,7 +536,9 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                     sent = acked;
                     self.counters.resends += 1;
                 }
-                let to_seq = self.held(origin).min(acked + self.params.max_inflight_entries);
+                let to_seq = self
+                    .held(origin)
+                    .min(acked + self.params.max_inflight_entries);
                 if sent >= to_seq {
                     continue;
                 }
@@ -542,7 +587,8 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         for &origin in &self.members {
             let mut everywhere = self.held(origin);
             for peer in self.peers.values() {
-                everywhere = everywhere.min(peer.acked.as_ref()?.get(&origin).copied().unwrap_or(0));
+                everywhere =
+                    everywhere.min(peer.acked.as_ref()?.get(&origin).copied().unwrap_or(0));
             }
             let reports = if origin == self.self_id {
                 &self.own_reports
@@ -594,7 +640,9 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 self.counters.duplicates += 1;
                 continue;
             }
-            let held = *next.entry(entry.origin).or_insert_with(|| self.have.get(&entry.origin).copied().unwrap_or(0));
+            let held = *next
+                .entry(entry.origin)
+                .or_insert_with(|| self.have.get(&entry.origin).copied().unwrap_or(0));
             if entry.seq <= held {
                 self.counters.duplicates += 1;
                 continue;
@@ -611,12 +659,16 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             return;
         }
         if let Err(error) = self.append(host, &batch) {
-            host.log(Level::Warn, &format!("multi-master: storing peers' writes failed: {error}"));
+            host.log(
+                Level::Warn,
+                &format!("multi-master: storing peers' writes failed: {error}"),
+            );
             return;
         }
         let first = self.log_last + 1 - accepted.len() as u64;
         for (offset, entry) in accepted.iter().enumerate() {
-            self.index.insert((entry.origin, entry.seq), first + offset as u64);
+            self.index
+                .insert((entry.origin, entry.seq), first + offset as u64);
             self.hlc = self.hlc.max(entry.time);
         }
         for (origin, seq) in next {
@@ -648,15 +700,24 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             *sent = (*sent).max(*seq);
         }
         let theirs = acked.get(&from).copied().unwrap_or(0);
-        if peer.reports.back().is_none_or(|(seq, clock)| *seq != theirs || *clock != hlc) {
+        if peer
+            .reports
+            .back()
+            .is_none_or(|(seq, clock)| *seq != theirs || *clock != hlc)
+        {
             peer.reports.push_back((theirs, hlc));
             if peer.reports.len() > REPORTS_MAX {
                 peer.reports.pop_front();
             }
         }
-        if let Carrier::State { covers, shipped_nanos: Some(_) } = &peer.carrier
+        if let Carrier::State {
+            covers,
+            shipped_nanos: Some(_),
+        } = &peer.carrier
             && offset >= self.offset
-            && covers.iter().all(|(origin, seq)| acked.get(origin).copied().unwrap_or(0) >= *seq)
+            && covers
+                .iter()
+                .all(|(origin, seq)| acked.get(origin).copied().unwrap_or(0) >= *seq)
         {
             peer.carrier = Carrier::Log;
         }
@@ -672,7 +733,9 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         } else {
             Carrier::Log
         };
-        self.peers.entry(peer).or_insert_with(|| Peer::new(now, carrier));
+        self.peers
+            .entry(peer)
+            .or_insert_with(|| Peer::new(now, carrier));
     }
 
     /// The seal is reached when every peer heard from recently has
@@ -680,7 +743,10 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
     /// sealed origins take no more writes, so that set is final.
     fn seal_reached(&self, now: u64) -> bool {
         let nonzero = |v: &BTreeMap<NodeId, u64>| -> BTreeMap<NodeId, u64> {
-            v.iter().filter(|(_, s)| **s > 0).map(|(o, s)| (*o, *s)).collect()
+            v.iter()
+                .filter(|(_, s)| **s > 0)
+                .map(|(o, s)| (*o, *s))
+                .collect()
         };
         let mine = nonzero(&self.have);
         self.pending_merge.is_none()
@@ -688,7 +754,10 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 let silent = now.saturating_sub(peer.heard_nanos) > self.params.silent_nanos;
                 silent
                     || (peer.sealed
-                        && peer.reported.as_ref().is_some_and(|theirs| nonzero(theirs) == mine))
+                        && peer
+                            .reported
+                            .as_ref()
+                            .is_some_and(|theirs| nonzero(theirs) == mine))
             })
     }
 
@@ -748,7 +817,10 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
         if bounds.last < base.log_position {
             // An empty log after the snapshot (a swap start): continue after it.
             if let Err(error) = host.log_compact_prefix(base.log_position) {
-                panic!("multi-master: cannot start the log after {}: {error}", base.log_position);
+                panic!(
+                    "multi-master: cannot start the log after {}: {error}",
+                    base.log_position
+                );
             }
             bounds = host.log_bounds();
         }
@@ -802,7 +874,12 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
         };
         let mut stamps = Vec::with_capacity(commands.len());
         let mut scratch = Vec::new();
-        for (offset, (id, payload)) in commands.ids.iter().zip(commands.payloads.iter()).enumerate() {
+        for (offset, (id, payload)) in commands
+            .ids
+            .iter()
+            .zip(commands.payloads.iter())
+            .enumerate()
+        {
             self.hlc = (self.hlc + 1).max(now);
             let entry = Entry {
                 origin: self.self_id,
@@ -822,12 +899,13 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             return;
         }
         for (offset, payload) in commands.payloads.iter().enumerate() {
-            self.own.push_back(OwnEntry {
-                seq: first_seq + offset as u64,
-                position: first_position + offset as u64,
-                bytes: payload.len() as u64,
-                accepted_nanos: now,
-            });
+            let offset = offset as u64;
+            self.push_own(
+                first_seq + offset,
+                first_position + offset,
+                payload.len() as u64,
+                now,
+            );
         }
         let count = commands.len() as u64;
         self.have.insert(self.self_id, first_seq - 1 + count);
@@ -851,7 +929,13 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             if peer.carrier == Carrier::Log
                 && peer.acked.is_some()
                 && live
-                && peer.sent.get(&self.self_id).copied().unwrap_or(0).max(acked) == first_seq - 1
+                && peer
+                    .sent
+                    .get(&self.self_id)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(acked)
+                    == first_seq - 1
                 && last_seq <= acked + self.params.max_inflight_entries
             {
                 host.send(*to, &Batch::from_items([message.as_slice()]));
@@ -893,7 +977,10 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
                 continue;
             }
             let Some(message) = Message::decode(payload) else {
-                host.log(Level::Warn, &format!("multi-master: undecodable message from {from}"));
+                host.log(
+                    Level::Warn,
+                    &format!("multi-master: undecodable message from {from}"),
+                );
                 continue;
             };
             if let Some(peer) = self.peers.get_mut(from) {
@@ -941,9 +1028,18 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
         }
     }
 
-    fn on_membership<H: Host>(&mut self, host: &mut H, membership: Membership) -> Result<(), String> {
+    fn on_membership<H: Host>(
+        &mut self,
+        host: &mut H,
+        membership: Membership,
+    ) -> Result<(), String> {
         self.finish_merge(host);
-        let target: BTreeSet<NodeId> = membership.voters.iter().chain(&membership.learners).copied().collect();
+        let target: BTreeSet<NodeId> = membership
+            .voters
+            .iter()
+            .chain(&membership.learners)
+            .copied()
+            .collect();
         if target.is_empty() {
             return Err("multi-master needs at least one replica".into());
         }
@@ -959,8 +1055,11 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             }
         }
         self.members = target;
-        host.kv_put(MEMBERS_KEY, &encode(&self.members.iter().copied().collect::<Vec<_>>()))
-            .map_err(|error| format!("recording the membership failed: {error}"))?;
+        host.kv_put(
+            MEMBERS_KEY,
+            &encode(&self.members.iter().copied().collect::<Vec<_>>()),
+        )
+        .map_err(|error| format!("recording the membership failed: {error}"))?;
         self.ship(host, now);
         Ok(())
     }
@@ -968,14 +1067,23 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
     fn on_snapshot<H: Host>(&mut self, host: &mut H, offer: SnapshotOffer) -> bool {
         self.finish_merge(host);
         let Some(shipped) = decode::<ShippedState>(&offer.metadata) else {
-            host.log(Level::Warn, &format!("multi-master: undecodable snapshot metadata from {}", offer.sender));
+            host.log(
+                Level::Warn,
+                &format!(
+                    "multi-master: undecodable snapshot metadata from {}",
+                    offer.sender
+                ),
+            );
             return false;
         };
         if let Some(peer) = self.peers.get_mut(&offer.sender) {
             peer.heard_nanos = host.now();
         }
         let lacking = shipped.offset > self.offset
-            || shipped.have.iter().any(|(origin, seq)| *seq > self.held(*origin));
+            || shipped
+                .have
+                .iter()
+                .any(|(origin, seq)| *seq > self.held(*origin));
         if lacking {
             // Its vector is claimed only in the next callback, once the
             // host has saved and merged the image: this callback's replies
@@ -1016,7 +1124,10 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             ("states-merged".into(), self.counters.states_merged),
             ("snapshots".into(), self.counters.snapshots),
             ("tombstones-below".into(), self.gc_below),
-            ("log-entries".into(), (self.log_last + 1).saturating_sub(self.log_first)),
+            (
+                "log-entries".into(),
+                (self.log_last + 1).saturating_sub(self.log_first),
+            ),
         ];
         let mut peers = Vec::new();
         for (&id, peer) in &self.peers {
@@ -1042,7 +1153,11 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             });
         }
         Status {
-            role: if self.sealed { Role::Sealed } else { Role::Replica },
+            role: if self.sealed {
+                Role::Sealed
+            } else {
+                Role::Replica
+            },
             leader: None,
             term: 0,
             commit_position: self.position(),
@@ -1071,12 +1186,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                     panic!("multi-master: log entry {position} is not an entry");
                 };
                 if entry.origin == self.self_id {
-                    self.own.push_back(OwnEntry {
-                        seq: entry.seq,
-                        position,
-                        bytes: entry.command.len() as u64,
-                        accepted_nanos: now,
-                    });
+                    self.push_own(entry.seq, position, entry.command.len() as u64, now);
                 } else {
                     self.index.insert((entry.origin, entry.seq), position);
                 }

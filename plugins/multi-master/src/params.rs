@@ -72,7 +72,9 @@ impl Params {
                 "max-batch-bytes" => {
                     match value.trim().parse::<u32>() {
                         Ok(bytes) if bytes > 0 => parsed.max_batch_bytes = bytes.min(64 << 20),
-                        _ => warnings.push(format!("{name} = {value:?} is not a positive u32; using the default")),
+                        _ => warnings.push(format!(
+                            "{name} = {value:?} is not a positive u32; using the default"
+                        )),
                     }
                     None
                 }

@@ -24,7 +24,13 @@ struct Cluster {
     duplicate: bool,
 }
 
-fn config(id: NodeId, members: &[NodeId], params: &[(String, String)], recovering: bool, applied: u64) -> InitConfig {
+fn config(
+    id: NodeId,
+    members: &[NodeId],
+    params: &[(String, String)],
+    recovering: bool,
+    applied: u64,
+) -> InitConfig {
     InitConfig {
         self_id: id,
         membership: Membership {
@@ -39,14 +45,22 @@ fn config(id: NodeId, members: &[NodeId], params: &[(String, String)], recoverin
 
 impl Cluster {
     fn new(n: u64, params: &[(&str, &str)]) -> Cluster {
-        let params: Vec<(String, String)> =
-            params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let params: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let members: Vec<NodeId> = (1..=n).collect();
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             let mut host = MemoryHost::new(id);
             let protocol = MultiMaster::init(&mut host, config(id, &members, &params, false, 0));
-            nodes.insert(id, Node { host, protocol: Some(protocol) });
+            nodes.insert(
+                id,
+                Node {
+                    host,
+                    protocol: Some(protocol),
+                },
+            );
         }
         Cluster {
             nodes,
@@ -71,7 +85,12 @@ impl Cluster {
     fn run(&mut self, rounds: usize, advance_ms: u64) {
         for _ in 0..rounds {
             let mut mail: Vec<(NodeId, NodeId, Vec<u8>)> = Vec::new();
-            let mut ships: Vec<(NodeId, NodeId, Vec<u8>, BTreeMap<Stamp, (RequestId, Vec<u8>)>)> = Vec::new();
+            let mut ships: Vec<(
+                NodeId,
+                NodeId,
+                Vec<u8>,
+                BTreeMap<Stamp, (RequestId, Vec<u8>)>,
+            )> = Vec::new();
             for (&id, node) in self.nodes.iter_mut() {
                 for (to, payload) in node.host.sent.drain(..) {
                     mail.push((id, to, payload));
@@ -85,8 +104,12 @@ impl Cluster {
                 if self.down.contains(&from) || self.down.contains(&to) {
                     continue;
                 }
-                let Some(node) = self.nodes.get_mut(&to) else { continue };
-                let Some(protocol) = node.protocol.as_mut() else { continue };
+                let Some(node) = self.nodes.get_mut(&to) else {
+                    continue;
+                };
+                let Some(protocol) = node.protocol.as_mut() else {
+                    continue;
+                };
                 let copies = if self.duplicate { 2 } else { 1 };
                 for _ in 0..copies {
                     let mut messages = Messages::default();
@@ -99,8 +122,12 @@ impl Cluster {
                 if self.down.contains(&from) || self.down.contains(&to) {
                     continue;
                 }
-                let Some(node) = self.nodes.get_mut(&to) else { continue };
-                let Some(protocol) = node.protocol.as_mut() else { continue };
+                let Some(node) = self.nodes.get_mut(&to) else {
+                    continue;
+                };
+                let Some(protocol) = node.protocol.as_mut() else {
+                    continue;
+                };
                 let offer = SnapshotOffer {
                     sender: from,
                     position: 0,
@@ -130,7 +157,11 @@ impl Cluster {
 
     fn status(&mut self, id: NodeId) -> BTreeMap<String, u64> {
         let node = self.nodes.get_mut(&id).expect("node");
-        let status = node.protocol.as_mut().expect("running").status(&mut node.host);
+        let status = node
+            .protocol
+            .as_mut()
+            .expect("running")
+            .status(&mut node.host);
         status.counters.into_iter().collect()
     }
 
@@ -140,7 +171,10 @@ impl Cluster {
         node.host.sent.clear();
         node.host.timers.clear();
         let applied = node.host.applied_position;
-        let protocol = MultiMaster::init(&mut node.host, config(id, &members, &self.params, true, applied));
+        let protocol = MultiMaster::init(
+            &mut node.host,
+            config(id, &members, &self.params, true, applied),
+        );
         node.protocol = Some(protocol);
     }
 }
@@ -202,7 +236,11 @@ fn lost_messages_are_resent_and_duplicates_are_not_applied_twice() {
 fn a_replica_past_the_backlog_budget_comes_back_by_state_shipping() {
     let mut cluster = Cluster::new(
         3,
-        &[("backlog-entries", "20"), ("snapshot-interval", "10"), ("peer-silent-ms", "100")],
+        &[
+            ("backlog-entries", "20"),
+            ("snapshot-interval", "10"),
+            ("peer-silent-ms", "100"),
+        ],
     );
     cluster.write(1, "before");
     cluster.run(5, 10);
@@ -210,7 +248,10 @@ fn a_replica_past_the_backlog_budget_comes_back_by_state_shipping() {
     for i in 0..50 {
         let id = cluster.write(1 + (i % 2), &format!("w{i}"));
         let at = 1 + (i % 2);
-        assert!(cluster.nodes[&at].host.applied_ids().contains(&id), "never blocked");
+        assert!(
+            cluster.nodes[&at].host.applied_ids().contains(&id),
+            "never blocked"
+        );
     }
     cluster.run(30, 20);
     let status = cluster.status(1);
@@ -223,7 +264,10 @@ fn a_replica_past_the_backlog_budget_comes_back_by_state_shipping() {
     assert_converged(&cluster, 51);
     assert!(cluster.status(3)["states-merged"] >= 1);
     let status = cluster.status(1);
-    assert_eq!(status["peer-3-carrier-state"], 0, "back on the log: {status:?}");
+    assert_eq!(
+        status["peer-3-carrier-state"], 0,
+        "back on the log: {status:?}"
+    );
     assert_eq!(status["peer-3-lag-entries"], 0, "{status:?}");
     // Later writes reach it by the log.
     let merged = cluster.status(3)["states-merged"];
@@ -280,7 +324,10 @@ fn writes_of_a_dead_origin_are_relayed_and_seal_agrees() {
             let protocol = node.protocol.as_mut().expect("running");
             positions.push(protocol.seal(&mut node.host));
         }
-        if positions.iter().all(|p| matches!(p, SealProgress::Sealed(_))) {
+        if positions
+            .iter()
+            .all(|p| matches!(p, SealProgress::Sealed(_)))
+        {
             break;
         }
         cluster.run(1, 20);
@@ -306,7 +353,13 @@ fn a_new_replica_starts_by_state_shipping() {
     let mut host = MemoryHost::new(3);
     let members = [1, 2, 3];
     let protocol = MultiMaster::init(&mut host, config(3, &members, &cluster.params, false, 0));
-    cluster.nodes.insert(3, Node { host, protocol: Some(protocol) });
+    cluster.nodes.insert(
+        3,
+        Node {
+            host,
+            protocol: Some(protocol),
+        },
+    );
     let target = Membership {
         voters: members.to_vec(),
         learners: vec![],
@@ -332,17 +385,30 @@ fn tombstones_are_collected_once_every_replica_holds_everything() {
     }
     cluster.run(80, 20);
     assert_converged(&cluster, 6);
-    let newest = cluster.stamped(1).iter().map(|s| s.time).max().expect("writes");
+    let newest = cluster
+        .stamped(1)
+        .iter()
+        .map(|s| s.time)
+        .max()
+        .expect("writes");
     for id in 1..=3 {
         let below = cluster.nodes[&id].host.tombstones_below;
-        assert!(below > newest, "node {id}: bound {below} <= newest stamp {newest}");
+        assert!(
+            below > newest,
+            "node {id}: bound {below} <= newest stamp {newest}"
+        );
     }
     // While a replica is down, the bound stops at what it acknowledged.
     cluster.down.insert(3);
     let before = cluster.nodes[&1].host.tombstones_below;
     cluster.write(1, "unseen by 3");
     cluster.run(40, 20);
-    let stamp = cluster.stamped(1).iter().map(|s| s.time).max().expect("writes");
+    let stamp = cluster
+        .stamped(1)
+        .iter()
+        .map(|s| s.time)
+        .max()
+        .expect("writes");
     assert!(cluster.nodes[&1].host.tombstones_below <= stamp.max(before));
 }
 
@@ -366,7 +432,11 @@ fn strong_reads_are_refused_and_local_ones_answered() {
 fn nothing_is_kept_past_the_budget_for_a_silent_replica() {
     let mut cluster = Cluster::new(
         3,
-        &[("backlog-entries", "20"), ("snapshot-interval", "10"), ("peer-silent-ms", "100")],
+        &[
+            ("backlog-entries", "20"),
+            ("snapshot-interval", "10"),
+            ("peer-silent-ms", "100"),
+        ],
     );
     cluster.write(1, "before");
     cluster.run(5, 10);
@@ -397,10 +467,17 @@ fn replicas_joining_at_a_swap_get_the_starting_state() {
         let applied = if id == 1 { 40 } else { 0 };
         host.applied_position = applied;
         if id == 1 {
-            host.stamped.insert(Stamp { time: 0, origin: 0 }, (0, b"old state".to_vec()));
+            host.stamped
+                .insert(Stamp { time: 0, origin: 0 }, (0, b"old state".to_vec()));
         }
         let protocol = MultiMaster::init(&mut host, config(id, &members, &[], false, applied));
-        nodes.insert(id, Node { host, protocol: Some(protocol) });
+        nodes.insert(
+            id,
+            Node {
+                host,
+                protocol: Some(protocol),
+            },
+        );
     }
     let mut cluster = Cluster {
         nodes,
@@ -414,7 +491,14 @@ fn replicas_joining_at_a_swap_get_the_starting_state() {
     assert_converged(&cluster, 2);
     for id in members {
         let node = cluster.nodes.get_mut(&id).expect("node");
-        let status = node.protocol.as_mut().expect("running").status(&mut node.host);
-        assert_eq!(status.applied_position, 41, "node {id}: same canonical position");
+        let status = node
+            .protocol
+            .as_mut()
+            .expect("running")
+            .status(&mut node.host);
+        assert_eq!(
+            status.applied_position, 41,
+            "node {id}: same canonical position"
+        );
     }
 }
