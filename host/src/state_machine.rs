@@ -160,14 +160,20 @@ struct SnapshotImage {
 struct StampedImage {
     applied_position: u64,
     /// Key, value, and the value's stamp if it has one.
-    entries: Vec<(
-        serde_bytes::ByteBuf,
-        serde_bytes::ByteBuf,
-        Option<(u64, u64)>,
-    )>,
+    entries: Vec<StampedEntry>,
     /// Deleted keys and their tombstones' stamps.
     tombstones: Vec<(serde_bytes::ByteBuf, (u64, u64))>,
 }
+
+/// Key, value, and the value's stamp if it has one.
+type StampedEntry = (
+    serde_bytes::ByteBuf,
+    serde_bytes::ByteBuf,
+    Option<(u64, u64)>,
+);
+
+/// One key as `versioned` lists it: key, value (`None`: a tombstone), stamp.
+pub type Versioned<'a> = (&'a [u8], Option<&'a [u8]>, Option<Stamp>);
 
 /// Ten 0xff bytes: never the start of a plain image, whose first field is a
 /// u64 varint (at most ten bytes, the tenth below 0x02).
@@ -306,8 +312,8 @@ impl KvStateMachine {
 
     /// Every key the state versions or holds, in key order: its value
     /// (`None` for a tombstone) and its stamp (`None` for an ordered write).
-    pub fn versioned(&self) -> Vec<(&[u8], Option<&[u8]>, Option<Stamp>)> {
-        let mut all: Vec<(&[u8], Option<&[u8]>, Option<Stamp>)> = self
+    pub fn versioned(&self) -> Vec<Versioned<'_>> {
+        let mut all: Vec<Versioned<'_>> = self
             .map
             .iter()
             .map(|(k, v)| {
@@ -695,7 +701,7 @@ mod tests {
     /// duplicates, give one state (values, stamps, tombstones).
     #[test]
     fn stamped_writes_converge_in_any_order() {
-        let writes = vec![
+        let writes = [
             (put("a", "1"), stamp(10, 1)),
             (put("a", "2"), stamp(10, 2)),
             (delete("a"), stamp(9, 3)),

@@ -318,7 +318,9 @@ mod tests {
         }
     }
 
-    fn lww(pairs: &[(&str, Option<&str>, Option<(u64, u64)>)]) -> LwwState {
+    type Row<'a> = (&'a str, Option<&'a str>, Option<(u64, u64)>);
+
+    fn lww(pairs: &[Row<'_>]) -> LwwState {
         pairs
             .iter()
             .map(|(k, v, s)| {

@@ -220,7 +220,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         for entry in entries {
             if FLAW == 1 && remote {
                 self.flaw_count += 1;
-                if self.flaw_count % 5 == 0 {
+                if self.flaw_count.is_multiple_of(5) {
                     continue;
                 }
             }
@@ -554,10 +554,10 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                     p.sent.insert(origin, to_seq);
                 }
             }
-            if let Some(p) = self.peers.get_mut(&to) {
-                if sent_any || resend {
-                    p.last_sent_nanos = now;
-                }
+            if let Some(p) = self.peers.get_mut(&to)
+                && (sent_any || resend)
+            {
+                p.last_sent_nanos = now;
             }
             if resend {
                 // A heartbeat: the peer learns this vector and clock.

@@ -9,6 +9,15 @@ use synod_guest_sdk::*;
 
 use super::*;
 
+/// A shipped snapshot in flight: from, to, metadata, and the image (the
+/// sender's stamped writes when it was sent).
+type Shipment = (
+    NodeId,
+    NodeId,
+    Vec<u8>,
+    BTreeMap<Stamp, (RequestId, Vec<u8>)>,
+);
+
 struct Node {
     host: MemoryHost,
     protocol: Option<MultiMaster>,
@@ -85,12 +94,7 @@ impl Cluster {
     fn run(&mut self, rounds: usize, advance_ms: u64) {
         for _ in 0..rounds {
             let mut mail: Vec<(NodeId, NodeId, Vec<u8>)> = Vec::new();
-            let mut ships: Vec<(
-                NodeId,
-                NodeId,
-                Vec<u8>,
-                BTreeMap<Stamp, (RequestId, Vec<u8>)>,
-            )> = Vec::new();
+            let mut ships: Vec<Shipment> = Vec::new();
             for (&id, node) in self.nodes.iter_mut() {
                 for (to, payload) in node.host.sent.drain(..) {
                     mail.push((id, to, payload));
