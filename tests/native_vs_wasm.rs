@@ -180,3 +180,41 @@ async fn native_and_wasm_regions_converge_on_a_node() {
     assert_eq!(native["protocol"]["id"], "native:standalone");
     node.stop().await.expect("stop");
 }
+
+/// The standalone component as built against contract 0.1.0, before 0.1.1
+/// added `apply-stamped` (checked in, so later contract changes cannot
+/// rebuild it).
+const STANDALONE_CONTRACT_0_1_0: &[u8] = include_bytes!("fixtures/standalone-contract-0.1.0.wasm");
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+/// Goal: a component built against 0.1.0 still loads on a 0.1.1 host (its
+/// imports `…@0.1.0` are satisfied by the host's 0.1.1 ones, and its export
+/// `synod:protocol/protocol@0.1.0` is found by the host's 0.1.1 bindings:
+/// wasmtime matches names semver-compatibly both ways) and runs exactly like
+/// the same protocol built today.
+#[test]
+fn a_component_built_against_contract_0_1_0_still_loads_and_runs() {
+    assert!(contains(
+        STANDALONE_CONTRACT_0_1_0,
+        "synod:protocol/protocol@0.1.0"
+    ));
+    assert!(!contains(STANDALONE_CONTRACT_0_1_0, "@0.1.1"));
+    assert!(!contains(STANDALONE_CONTRACT_0_1_0, "apply-stamped"));
+    assert!(contains(
+        synod_plugin_artifacts::STANDALONE_WASM,
+        "synod:protocol/protocol@0.1.1"
+    ));
+    let engine = Arc::new(PluginEngine::new(SandboxLimits::default(), None).expect("engine"));
+    let component = engine.load(STANDALONE_CONTRACT_0_1_0).expect("load 0.1.0");
+    let old = run(&PluginSource::Wasm { engine, component });
+    let native = run(&PluginSource::native::<synod_plugin_standalone::Standalone>());
+    assert!(old.0.len() > 500, "the workload produced replies");
+    assert_eq!(old.0, native.0, "replies");
+    assert_eq!(old.1, native.1, "journal records");
+    assert_eq!(old.2, native.2, "state digest");
+}

@@ -27,7 +27,24 @@ async fn create(cluster: &LocalCluster, region: &str, protocol: &str, replicas: 
         .create_region_on(region, protocol, &[], Some(replicas))
         .await
         .expect("create region");
-    if protocol != "standalone" {
+    if protocol == "multi-master" {
+        // Leaderless: wait until every replica runs.
+        for id in replicas {
+            let client = cluster.client(*id).expect("client");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while !client
+                .region_status(region)
+                .await
+                .is_ok_and(|status| !status["plugin"].is_null())
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {id} never ran {region}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    } else if protocol != "standalone" {
         cluster
             .wait_for_leader(region, Duration::from_secs(20))
             .await
@@ -591,5 +608,239 @@ async fn a_replica_down_during_a_swap_catches_up_into_the_new_epoch() {
             Some(0),
             "node {id}: {listed}"
         );
+    }
+}
+
+/// Puts `rounds` unique values on 8 keys through every node of `nodes`
+/// (concurrently per node); returns (key, value, stamp or None, acknowledged).
+async fn put_everywhere(
+    cluster: &LocalCluster,
+    region: &str,
+    nodes: &[u64],
+    rounds: usize,
+    tag: &str,
+) -> Vec<(String, String, Option<(u64, u64)>, bool)> {
+    let mut tasks = Vec::new();
+    for id in nodes {
+        let client = cluster.client(*id).expect("client");
+        let (region, tag, id) = (region.to_string(), tag.to_string(), *id);
+        tasks.push(tokio::spawn(async move {
+            let mut puts = Vec::new();
+            for i in 0..rounds {
+                let key = format!("k{}", (i + id as usize) % 8);
+                let value = format!("{tag}-n{id}-{i}");
+                let answer = client.put_stamped(&region, &key, &value).await;
+                let acked = answer.is_ok();
+                puts.push((key, value, answer.ok().flatten(), acked));
+            }
+            puts
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("writer"));
+    }
+    all
+}
+
+/// Swaps a region between multi-master and an ordered protocol under puts
+/// on every node. Before the swap no load runs, so each key's survivor is
+/// known (the greatest stamp under multi-master, the last put otherwise);
+/// after it, every key holds that survivor or a put made during the swap,
+/// the members converge, and a put after the swap is read back everywhere.
+async fn weak_swap(cluster: &LocalCluster, from: &str, before: &[u64], to: &str, after: &[u64]) {
+    create(cluster, "w", from, before).await;
+    let mut survivors: std::collections::BTreeMap<String, (Option<(u64, u64)>, String)> =
+        std::collections::BTreeMap::new();
+    for (key, value, stamp, acked) in put_everywhere(cluster, "w", before, 40, "pre").await {
+        assert!(acked, "{from} acknowledges puts");
+        let entry = survivors.entry(key).or_insert((stamp, value.clone()));
+        // Ordered protocols: puts of one node come in order, and the nodes'
+        // puts to a key interleave; only the stamp (or a final sequential
+        // put) decides. Without stamps, overwrite with one sequential put.
+        if stamp > entry.0 {
+            *entry = (stamp, value);
+        }
+    }
+    if from != "multi-master" {
+        for i in 0..8 {
+            let (key, value) = (format!("k{i}"), format!("pre-final-{i}"));
+            cluster
+                .client(before[0])
+                .expect("client")
+                .put("w", &key, &value)
+                .await
+                .expect("put");
+            survivors.insert(key, (None, value));
+        }
+    }
+    let during = {
+        let cluster_nodes: Vec<u64> = before.to_vec();
+        let clients: Vec<_> = cluster_nodes
+            .iter()
+            .map(|id| cluster.client(*id).expect("client"))
+            .collect();
+        tokio::spawn(async move {
+            let mut values = Vec::new();
+            for i in 0..60 {
+                let client = &clients[i % clients.len()];
+                let value = format!("during-{i}");
+                let _ = client.put("w", &format!("k{}", i % 8), &value).await;
+                values.push(value);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            values
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let outcome = cluster
+        .client(1)
+        .expect("client")
+        .swap_region("w", to, None, Some(after), false, Duration::from_secs(30))
+        .await
+        .expect("swap");
+    assert_eq!(outcome["epoch"], 2, "{outcome}");
+    assert_eq!(outcome["rolled_back"], false, "{outcome}");
+    let during = during.await.expect("load");
+    let record = settled(cluster, "w", Duration::from_secs(10)).await;
+    assert_eq!(assert_one_epoch(cluster, "w", &record).await, after);
+    assert_converged(cluster, "w", after).await;
+    let level = if to == "multi-master" {
+        "local"
+    } else {
+        "linearizable"
+    };
+    for (key, (_, survivor)) in &survivors {
+        let held = cluster
+            .client(after[0])
+            .expect("client")
+            .get("w", key, level)
+            .await
+            .expect("read");
+        let held = held.unwrap_or_default();
+        assert!(
+            held == *survivor || during.contains(&held),
+            "{from} -> {to}: {key} holds {held:?}, not {survivor:?} or a later put"
+        );
+    }
+    cluster
+        .client(after[0])
+        .expect("client")
+        .put("w", "after", "v")
+        .await
+        .expect("put");
+    assert_converged(cluster, "w", after).await;
+    for id in after {
+        let held = cluster
+            .client(*id)
+            .expect("client")
+            .get("w", "after", "local")
+            .await;
+        assert_eq!(held.expect("read"), Some("v".to_string()), "node {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_master_to_raft_under_puts() {
+    let (cluster, _dir) = cluster(3).await;
+    weak_swap(&cluster, "multi-master", &[1, 2, 3], "raft", &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_to_multi_master_under_puts() {
+    let (cluster, _dir) = cluster(3).await;
+    weak_swap(&cluster, "raft", &[1, 2, 3], "multi-master", &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_master_to_standalone_under_puts() {
+    let (cluster, _dir) = cluster(3).await;
+    weak_swap(&cluster, "multi-master", &[1, 2, 3], "standalone", &[1]).await;
+}
+
+/// Standalone swaps onto its own node; replicas added afterwards start by
+/// state shipping and converge.
+#[tokio::test(flavor = "multi_thread")]
+async fn standalone_to_multi_master_under_puts_then_two_replicas_join() {
+    let (cluster, _dir) = cluster(3).await;
+    weak_swap(&cluster, "standalone", &[1], "multi-master", &[1]).await;
+    cluster
+        .client(1)
+        .expect("client")
+        .change_membership("w", &[1, 2, 3], &[])
+        .await
+        .expect("membership");
+    assert_converged(&cluster, "w", &[1, 2, 3]).await;
+    let held = cluster
+        .client(3)
+        .expect("client")
+        .get("w", "after", "local")
+        .await;
+    assert_eq!(held.expect("read"), Some("v".to_string()));
+}
+
+/// Goal: a swap away from multi-master with an unreachable replica waits
+/// and says why (that replica may hold writes no other has); `force`
+/// proceeds without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swap_away_from_multi_master_waits_for_an_unreachable_replica_unless_forced() {
+    let (mut cluster, _dir) = cluster(3).await;
+    for region in ["held", "forced"] {
+        create(&cluster, region, "multi-master", &[1, 2, 3]).await;
+        cluster
+            .client(1)
+            .expect("client")
+            .put(region, "k", "v")
+            .await
+            .expect("put");
+        assert_converged(&cluster, region, &[1, 2, 3]).await;
+    }
+    cluster.kill(3).expect("kill -9");
+    let client = cluster.client(1).expect("client");
+    let waiting = client
+        .swap_region(
+            "held",
+            "raft",
+            None,
+            Some(&[1, 2]),
+            false,
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("swap");
+    assert_eq!(waiting["done"], false, "{waiting}");
+    let why = record(&cluster, "held").await["swap_waiting_for"].to_string();
+    assert!(
+        why.contains("eventually consistent") && why.contains("3"),
+        "{why}"
+    );
+    let forced = client
+        .swap_region(
+            "forced",
+            "raft",
+            None,
+            Some(&[1, 2]),
+            true,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("swap");
+    assert_eq!(forced["epoch"], 2, "{forced}");
+    assert_eq!(forced["rolled_back"], false, "{forced}");
+    let record = settled(&cluster, "forced", Duration::from_secs(10)).await;
+    assert_eq!(record["record"]["spec"]["epoch"], 2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.get("forced", "k", "linearizable").await {
+            Ok(value) => {
+                assert_eq!(value, Some("v".into()));
+                break;
+            }
+            Err(error) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "raft never served the forced region: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

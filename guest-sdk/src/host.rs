@@ -1,7 +1,7 @@
 //! The effects a protocol may have: one method per host import.
 
 use crate::types::{
-    Applies, Batch, Level, LogBounds, NodeId, Rejection, RequestId, StorageError, TimerId,
+    Applies, Batch, Level, LogBounds, NodeId, Rejection, RequestId, Stamp, StorageError, TimerId,
 };
 
 /// Everything a protocol can ask of the host. Inside a Wasm component each
@@ -46,6 +46,13 @@ pub trait Host {
 
     /// Executes commands in order; `position` must increase.
     fn apply(&mut self, commands: &Applies, position: u64);
+    /// Executes commands by last-writer-wins per key: `stamps[i]` versions
+    /// command `i`, and a write takes effect only over an older stamp
+    /// (WIT `apply-stamped`, contract 0.1.1). `position` must increase.
+    fn apply_stamped(&mut self, commands: &Applies, stamps: &[Stamp], position: u64);
+    /// Drops tombstones whose stamp time is below `below`; only safe once
+    /// every replica holds every write stamped below it.
+    fn compact_tombstones(&mut self, below: u64);
     fn query(&mut self, query: &[u8]) -> Vec<u8>;
     /// Durably snapshots the state; returns the position it covers.
     fn snapshot(&mut self) -> Result<u64, StorageError>;

@@ -10,6 +10,12 @@ use crate::types::*;
 /// A recording, in-memory host. The "state machine" is the list of applied
 /// commands; `query` returns the payloads of every applied command joined,
 /// which is enough to compare replicas in tests.
+///
+/// Stamped applies (`apply_stamped`) are kept as the set of distinct
+/// stamped writes, `stamped`: the key-value rule itself is the host's, and
+/// payloads are opaque here, so two replicas converged when they hold the
+/// same set. A stamp seen again is a duplicate and is not applied twice;
+/// `digest` then covers that set, so it is independent of arrival order.
 #[derive(Debug, Default)]
 pub struct MemoryHost {
     pub self_id: NodeId,
@@ -29,6 +35,10 @@ pub struct MemoryHost {
     pub completed_reads: Vec<RequestId>,
     pub rejected: Vec<(RequestId, Rejection)>,
     pub snapshots_taken: Vec<u64>,
+    /// Distinct stamped writes applied: stamp → (request id, payload).
+    pub stamped: BTreeMap<Stamp, (RequestId, Vec<u8>)>,
+    /// The highest `compact_tombstones` bound passed.
+    pub tombstones_below: u64,
     pub snapshots_sent: Vec<(NodeId, Vec<u8>)>,
     pub log_lines: Vec<(Level, String)>,
     random_state: u64,
@@ -199,6 +209,36 @@ impl Host for MemoryHost {
         self.applied_position = self.applied_position.max(position);
     }
 
+    fn apply_stamped(&mut self, commands: &Applies, stamps: &[Stamp], position: u64) {
+        assert_eq!(
+            commands.len(),
+            stamps.len(),
+            "apply-stamped needs one stamp per command"
+        );
+        assert!(
+            position > self.applied_position || commands.is_empty(),
+            "apply position must increase: {} after {}",
+            position,
+            self.applied_position
+        );
+        for ((id, payload), stamp) in commands
+            .ids
+            .iter()
+            .zip(commands.payloads.iter())
+            .zip(stamps)
+        {
+            if !self.stamped.contains_key(stamp) {
+                self.stamped.insert(*stamp, (*id, payload.to_vec()));
+                self.applied.push((*id, payload.to_vec()));
+            }
+        }
+        self.applied_position = self.applied_position.max(position);
+    }
+
+    fn compact_tombstones(&mut self, below: u64) {
+        self.tombstones_below = self.tombstones_below.max(below);
+    }
+
     fn query(&mut self, _query: &[u8]) -> Vec<u8> {
         self.applied.iter().flat_map(|(_, p)| p.clone()).collect()
     }
@@ -213,9 +253,14 @@ impl Host for MemoryHost {
     }
 
     fn digest(&mut self) -> Vec<u8> {
-        // FNV-1a over applied payloads.
+        // FNV-1a over applied payloads (stamped ones in stamp order).
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for (_, payload) in &self.applied {
+        let payloads: Vec<&Vec<u8>> = if self.stamped.is_empty() {
+            self.applied.iter().map(|(_, p)| p).collect()
+        } else {
+            self.stamped.values().map(|(_, p)| p).collect()
+        };
+        for payload in payloads {
             for byte in payload {
                 hash ^= u64::from(*byte);
                 hash = hash.wrapping_mul(0x0100_0000_01b3);

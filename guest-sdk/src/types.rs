@@ -138,6 +138,16 @@ impl Applies {
     }
 }
 
+/// Version of one write under last-writer-wins (WIT `stamp`, since 0.1.1).
+/// The derived order is the rule's: `time` first, then `origin`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    /// Hybrid logical clock value.
+    pub time: u64,
+    /// The node that accepted the write.
+    pub origin: NodeId,
+}
+
 /// The consistency a client asks for on a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReadLevel {

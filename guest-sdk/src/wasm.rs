@@ -17,24 +17,25 @@ pub mod bindings {
         export_macro_name: "__synod_export_plugin",
         default_bindings_module: "::synod_guest_sdk::wasm::bindings",
         with: {
-            "synod:protocol/types@0.1.0/batch": crate::types::Batch,
-            "synod:protocol/types@0.1.0/commands": crate::types::Commands,
-            "synod:protocol/types@0.1.0/applies": crate::types::Applies,
-            "synod:protocol/types@0.1.0/read-level": crate::types::ReadLevel,
-            "synod:protocol/types@0.1.0/reads": crate::types::Reads,
-            "synod:protocol/types@0.1.0/messages": crate::types::Messages,
-            "synod:protocol/types@0.1.0/membership": crate::types::Membership,
-            "synod:protocol/types@0.1.0/init-config": crate::types::InitConfig,
-            "synod:protocol/types@0.1.0/consistency": crate::types::Consistency,
-            "synod:protocol/types@0.1.0/rejection": crate::types::Rejection,
-            "synod:protocol/types@0.1.0/role": crate::types::Role,
-            "synod:protocol/types@0.1.0/peer-progress": crate::types::PeerProgress,
-            "synod:protocol/types@0.1.0/replica-status": crate::types::Status,
-            "synod:protocol/types@0.1.0/seal-progress": crate::types::SealProgress,
-            "synod:protocol/types@0.1.0/storage-error": crate::types::StorageError,
-            "synod:protocol/types@0.1.0/log-bounds": crate::types::LogBounds,
-            "synod:protocol/types@0.1.0/snapshot-offer": crate::types::SnapshotOffer,
-            "synod:protocol/types@0.1.0/level": crate::types::Level,
+            "synod:protocol/types@0.1.1/batch": crate::types::Batch,
+            "synod:protocol/types@0.1.1/commands": crate::types::Commands,
+            "synod:protocol/types@0.1.1/applies": crate::types::Applies,
+            "synod:protocol/types@0.1.1/read-level": crate::types::ReadLevel,
+            "synod:protocol/types@0.1.1/reads": crate::types::Reads,
+            "synod:protocol/types@0.1.1/messages": crate::types::Messages,
+            "synod:protocol/types@0.1.1/membership": crate::types::Membership,
+            "synod:protocol/types@0.1.1/init-config": crate::types::InitConfig,
+            "synod:protocol/types@0.1.1/consistency": crate::types::Consistency,
+            "synod:protocol/types@0.1.1/rejection": crate::types::Rejection,
+            "synod:protocol/types@0.1.1/role": crate::types::Role,
+            "synod:protocol/types@0.1.1/peer-progress": crate::types::PeerProgress,
+            "synod:protocol/types@0.1.1/replica-status": crate::types::Status,
+            "synod:protocol/types@0.1.1/seal-progress": crate::types::SealProgress,
+            "synod:protocol/types@0.1.1/storage-error": crate::types::StorageError,
+            "synod:protocol/types@0.1.1/log-bounds": crate::types::LogBounds,
+            "synod:protocol/types@0.1.1/snapshot-offer": crate::types::SnapshotOffer,
+            "synod:protocol/types@0.1.1/level": crate::types::Level,
+            "synod:protocol/types@0.1.1/stamp": crate::types::Stamp,
         },
     });
 }
@@ -92,6 +93,12 @@ impl Host for ImportHost {
     }
     fn apply(&mut self, commands: &Applies, position: u64) {
         imports::state_machine::apply(commands, position)
+    }
+    fn apply_stamped(&mut self, commands: &Applies, stamps: &[Stamp], position: u64) {
+        imports::state_machine::apply_stamped(commands, stamps, position)
+    }
+    fn compact_tombstones(&mut self, below: u64) {
+        imports::state_machine::compact_tombstones(below)
     }
     fn query(&mut self, query: &[u8]) -> Vec<u8> {
         imports::state_machine::query(query)

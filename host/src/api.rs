@@ -785,6 +785,17 @@ async fn put_key(
     };
     match write(&node, &region, &uri, command).await? {
         KvOutcome::Written => Ok(Json(json!({ "key": key, "written": true })).into_response()),
+        KvOutcome::WrittenStamped {
+            time,
+            origin,
+            superseded,
+        } => Ok(Json(json!({
+            "key": key,
+            "written": true,
+            "stamp": { "time": time, "origin": origin },
+            "superseded": superseded,
+        }))
+        .into_response()),
         other => Err(unexpected(other)),
     }
 }
@@ -802,6 +813,18 @@ async fn delete_key(
         KvOutcome::Deleted { existed } => {
             Ok(Json(json!({ "key": key, "deleted": existed })).into_response())
         }
+        KvOutcome::DeletedStamped {
+            existed,
+            time,
+            origin,
+            superseded,
+        } => Ok(Json(json!({
+            "key": key,
+            "deleted": existed,
+            "stamp": { "time": time, "origin": origin },
+            "superseded": superseded,
+        }))
+        .into_response()),
         other => Err(unexpected(other)),
     }
 }

@@ -363,6 +363,22 @@ impl ApiClient {
         Ok(())
     }
 
+    /// Writes a key; returns the `(time, origin)` stamp a last-writer-wins
+    /// protocol gave the write (`None` for ordered protocols).
+    pub async fn put_stamped(
+        &self,
+        region: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<(u64, u64)>, ApiClientError> {
+        let url = self.url(&Self::key_path(region, key));
+        let body: Value = self
+            .send(self.http.put(&url).json(&json!({ "value": value })), url)
+            .await?;
+        let stamp = &body["stamp"];
+        Ok(stamp["time"].as_u64().zip(stamp["origin"].as_u64()))
+    }
+
     /// Reads a key at `consistency` (linearizable, lease or local).
     pub async fn get(
         &self,

@@ -25,6 +25,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("synod-plugin-standalone", "STANDALONE"),
     ("synod-plugin-misbehave", "MISBEHAVE"),
     ("synod-plugin-raft", "RAFT"),
+    ("synod-plugin-multi-master", "MULTI_MASTER"),
 ];
 /// The same for [`WASI_TARGET`].
 const WASI_PLUGINS: &[(&str, &str)] = &[("synod-plugin-wasi-probe", "WASI_PROBE")];
@@ -45,6 +46,7 @@ fn main() -> Result<()> {
         "plugins/misbehave",
         "plugins/wasi-probe",
         "plugins/raft",
+        "plugins/multi-master",
         "Cargo.toml",
     ] {
         println!(
@@ -79,7 +81,7 @@ fn main() -> Result<()> {
     }
 
     let wit = fs::read_to_string(workspace.join("wit/synod.wit"))?;
-    let future_major = wit.replace("synod:protocol@0.1.0", "synod:protocol@9.0.0");
+    let future_major = wit.replace("synod:protocol@0.1.1", "synod:protocol@9.0.0");
     let path = out_dir.join("future_major.wasm");
     fs::write(&path, dummy_component(&future_major, "plugin")?)?;
     emit_constants(&mut generated, "FUTURE_MAJOR", &path);

@@ -13,7 +13,9 @@ pub mod convergence;
 pub mod history;
 pub mod linearizability;
 
-pub use convergence::{ConvergenceError, check_convergence};
+pub use convergence::{
+    ConvergenceError, LwwState, LwwWrite, check_convergence, check_lww_convergence,
+};
 pub use history::{
     History, HistoryError, OpId, OpInput, OpOutput, Operation, UNKNOWN_RETURN, validate_history,
 };

@@ -185,6 +185,32 @@ impl state_machine::Host for StoreData {
         self.check()
     }
 
+    fn apply_stamped(
+        &mut self,
+        commands: types::Applies,
+        stamps: Vec<types::Stamp>,
+        position: u64,
+    ) -> Trappable<()> {
+        let applies = synod_guest_sdk::Applies {
+            ids: commands.ids,
+            payloads: batch_from_wit(commands.payloads),
+        };
+        let stamps: Vec<synod_guest_sdk::Stamp> = stamps
+            .into_iter()
+            .map(|s| synod_guest_sdk::Stamp {
+                time: s.time,
+                origin: s.origin,
+            })
+            .collect();
+        self.core.apply_stamped(&applies, &stamps, position);
+        self.check()
+    }
+
+    fn compact_tombstones(&mut self, below: u64) -> Trappable<()> {
+        self.core.compact_tombstones(below);
+        Ok(())
+    }
+
     fn query(&mut self, query: Vec<u8>) -> Trappable<Vec<u8>> {
         Ok(self.core.query(&query))
     }

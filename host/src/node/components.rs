@@ -37,6 +37,7 @@ pub fn builtin_components() -> Vec<(&'static str, &'static [u8])> {
     vec![
         ("standalone", synod_plugin_artifacts::STANDALONE_WASM),
         ("raft", synod_plugin_artifacts::RAFT_WASM),
+        ("multi-master", synod_plugin_artifacts::MULTI_MASTER_WASM),
     ]
 }
 
@@ -53,6 +54,10 @@ fn native_protocols() -> HashMap<&'static str, PluginSource> {
             PluginSource::native::<synod_plugin_standalone::Standalone>(),
         ),
         ("raft", PluginSource::native::<synod_plugin_raft::Raft>()),
+        (
+            "multi-master",
+            PluginSource::native::<synod_plugin_multi_master::MultiMaster>(),
+        ),
     ])
 }
 

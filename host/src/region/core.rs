@@ -14,7 +14,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_bytes::ByteBuf;
 use synod_guest_sdk::{
-    Applies, Batch, Host, Level, LogBounds, NodeId, Rejection, RequestId, StorageError, TimerId,
+    Applies, Batch, Host, Level, LogBounds, NodeId, Rejection, RequestId, Stamp, StorageError,
+    TimerId,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -120,6 +121,7 @@ enum Undo {
         previous: Option<Vec<u8>>,
     },
     State(state_machine::Undo),
+    Tombstones(state_machine::TombstoneUndo),
     StateReplaced(Box<KvStateMachine>),
     /// A timer id the callback armed (it was not armed before).
     TimerArmed(TimerId),
@@ -493,6 +495,7 @@ impl RegionCore {
                     }
                 },
                 Undo::State(undo) => self.state.undo(undo),
+                Undo::Tombstones(undo) => self.state.undo_compaction(undo),
                 Undo::StateReplaced(previous) => self.state = *previous,
                 Undo::TimerArmed(id) => {
                     self.armed_timers.remove(&id);
@@ -574,6 +577,43 @@ impl RegionCore {
             self.violate(format!("{what}: batch offsets are not within its data"));
             false
         }
+    }
+}
+
+impl RegionCore {
+    /// The checks both apply imports make: a well-formed batch and an
+    /// advancing position; charges the replies. False: nothing to apply
+    /// (empty, or a violation was recorded).
+    fn check_apply(&mut self, import: &str, commands: &Applies, position: u64) -> bool {
+        if !self.check_batch(import, &commands.payloads) {
+            return false;
+        }
+        if commands.ids.len() != commands.payloads.len() {
+            self.violate(format!(
+                "{import}: {} ids for {} payloads",
+                commands.ids.len(),
+                commands.payloads.len()
+            ));
+            return false;
+        }
+        if commands.is_empty() {
+            return false;
+        }
+        let applied = self.state.applied_position();
+        if position == u64::MAX {
+            self.violate(format!(
+                "{import} at position {position}: no position could follow it, so the region could never apply again"
+            ));
+            return false;
+        }
+        if position <= applied {
+            self.violate(format!(
+                "{import}: position {position} does not advance past {applied}"
+            ));
+            return false;
+        }
+        // Each command leaves a reply (its payload is not kept).
+        self.charge_output(import, OUTPUT_OVERHEAD_BYTES as usize * commands.len())
     }
 }
 
@@ -816,38 +856,7 @@ impl Host for RegionCore {
     }
 
     fn apply(&mut self, commands: &Applies, position: u64) {
-        if !self.check_batch("state-machine.apply", &commands.payloads) {
-            return;
-        }
-        if commands.ids.len() != commands.payloads.len() {
-            self.violate(format!(
-                "state-machine.apply: {} ids for {} payloads",
-                commands.ids.len(),
-                commands.payloads.len()
-            ));
-            return;
-        }
-        if commands.is_empty() {
-            return;
-        }
-        let applied = self.state.applied_position();
-        if position == u64::MAX {
-            self.violate(format!(
-                "state-machine.apply at position {position}: no position could follow it, so the region could never apply again"
-            ));
-            return;
-        }
-        if position <= applied {
-            self.violate(format!(
-                "state-machine.apply: position {position} does not advance past {applied}"
-            ));
-            return;
-        }
-        // Each command leaves a reply (its payload is not kept).
-        if !self.charge_output(
-            "state-machine.apply",
-            OUTPUT_OVERHEAD_BYTES as usize * commands.len(),
-        ) {
+        if !self.check_apply("state-machine.apply", commands, position) {
             return;
         }
         for (id, payload) in commands.ids.iter().zip(commands.payloads.iter()) {
@@ -858,6 +867,38 @@ impl Host for RegionCore {
                 reply: Reply::Outcome(outcome),
             });
         }
+    }
+
+    fn apply_stamped(&mut self, commands: &Applies, stamps: &[Stamp], position: u64) {
+        if stamps.len() != commands.ids.len() {
+            self.violate(format!(
+                "state-machine.apply-stamped: {} stamps for {} commands",
+                stamps.len(),
+                commands.ids.len()
+            ));
+            return;
+        }
+        if !self.check_apply("state-machine.apply-stamped", commands, position) {
+            return;
+        }
+        for ((id, payload), stamp) in commands
+            .ids
+            .iter()
+            .zip(commands.payloads.iter())
+            .zip(stamps)
+        {
+            let (outcome, undo) = self.state.apply_stamped(payload, *stamp, position);
+            self.undo.push(Undo::State(undo));
+            self.staged.outputs.push(Output::Reply {
+                id: *id,
+                reply: Reply::Outcome(outcome),
+            });
+        }
+    }
+
+    fn compact_tombstones(&mut self, below: u64) {
+        let undo = self.state.compact_tombstones(below);
+        self.undo.push(Undo::Tombstones(undo));
     }
 
     fn query(&mut self, query: &[u8]) -> Vec<u8> {

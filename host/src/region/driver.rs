@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use synod_guest_sdk::{
-    Batch, Commands, Messages, NodeId, ReadLevel, Reads, Rejection, RequestId, SnapshotOffer,
-    Status, TimerId,
+    Batch, Commands, Consistency, Messages, NodeId, ReadLevel, Reads, Rejection, RequestId,
+    SnapshotOffer, Status, TimerId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -795,6 +795,11 @@ impl ReplicaHost {
                     reply,
                     timeout,
                 } => {
+                    if let Some(refusal) = super::weak::refuse_write(self.replica.info(), &command)
+                    {
+                        let _ = reply.send(Err(ClientError::Rejected(refusal)));
+                        continue;
+                    }
                     let id = self.allocate_request(false);
                     self.pending.insert(id, reply, self.now_nanos(), timeout);
                     if self.epoch.is_holding() {
@@ -809,6 +814,10 @@ impl ReplicaHost {
                     reply,
                     timeout,
                 } => {
+                    if let Some(refusal) = super::weak::refuse_read(self.replica.info(), level) {
+                        let _ = reply.send(Err(ClientError::Rejected(refusal)));
+                        continue;
+                    }
                     let id = self.allocate_request(true);
                     self.pending.insert(id, reply, self.now_nanos(), timeout);
                     if self.epoch.is_holding() && level != ReadLevel::Local {
@@ -975,6 +984,17 @@ impl ReplicaHost {
                 if self.storage_failure.is_some() {
                     return;
                 }
+                // A leaderless protocol's catch-up joins the image into
+                // the state by last-writer-wins: what this replica held and
+                // the sender lacked survives (contract 0.1.1).
+                let (state, image) = if self.replica.info().consistency == Consistency::Eventual {
+                    let mut merged = self.replica.core().state().clone();
+                    merged.merge(state);
+                    let image = merged.snapshot();
+                    (merged, image)
+                } else {
+                    (state, image)
+                };
                 // (b) Save the image.
                 let saved = blocking(|| {
                     self.wait_durable(self.last_ticket).and_then(|()| {

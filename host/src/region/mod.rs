@@ -22,6 +22,7 @@ pub mod replica;
 #[cfg(test)]
 mod snapshot_tests;
 pub mod spec_limits;
+pub mod weak;
 
 use std::fmt;
 use std::sync::Arc;

@@ -29,6 +29,7 @@ use super::trace::kinds::batch_kinds;
 use super::trace::model::{Fate, MarkKind, NodeChange, OpOutcome, Sending};
 use crate::checker::{
     CheckOptions, OpInput, OpOutput, Operation, Outcome, UNKNOWN_RETURN, check_linearizable,
+    convergence::{LwwState, LwwWrite, check_lww_convergence},
 };
 use crate::journal::{JournalRecord, RecoveredNode, RecoveredRegion};
 use crate::plugin::PluginSource;
@@ -37,7 +38,7 @@ use crate::region::driver::{ClientError, ClientReply, DriverContext, RegionEvent
 use crate::region::epoch::SealReport;
 use crate::region::replica::{FailurePolicy, RegionReplica};
 use crate::region::{ProtocolRef, RegionName, RegionSpec};
-use crate::state_machine::{KvCommand, KvOutcome, KvQuery, KvStateMachine, conflict_key};
+use crate::state_machine::{KvCommand, KvOutcome, KvQuery, KvStateMachine, Stamp, conflict_key};
 use crate::storage::commit::CommitLog;
 use crate::storage::disk::{Disk, MemDisk};
 use crate::storage::snapshot::SnapshotStore;
@@ -201,6 +202,8 @@ pub struct World {
     nodes: BTreeMap<NodeId, SimNode>,
     clients: Vec<SimClient>,
     operations: Vec<Operation>,
+    /// Weak protocols: the stamp each acknowledged write's reply named.
+    write_stamps: HashMap<usize, Stamp>,
     /// Operations known not to have happened (refused), excluded from checks.
     dropped: HashSet<usize>,
     /// When and to which node each request was sent (the leak check).
@@ -334,6 +337,7 @@ impl World {
             nodes,
             clients,
             operations: Vec::new(),
+            write_stamps: HashMap::new(),
             dropped: HashSet::new(),
             sent_requests: Vec::new(),
             blocked: BTreeSet::new(),
@@ -1135,8 +1139,12 @@ impl World {
         for (request, reply) in &taps {
             let what = match reply {
                 Reply::Outcome(KvOutcome::Value(_)) => "read",
-                Reply::Outcome(KvOutcome::Written) => "apply put",
-                Reply::Outcome(KvOutcome::Deleted { .. }) => "apply delete",
+                Reply::Outcome(KvOutcome::Written | KvOutcome::WrittenStamped { .. }) => {
+                    "apply put"
+                }
+                Reply::Outcome(KvOutcome::Deleted { .. } | KvOutcome::DeletedStamped { .. }) => {
+                    "apply delete"
+                }
                 Reply::Outcome(KvOutcome::Cas {
                     succeeded: true, ..
                 }) => "apply cas ok",
@@ -1613,13 +1621,9 @@ impl World {
         }
         let keys = self.config.keys.max(1) as u64;
         let roll = self.rng.next_u64();
-        // Weak protocols: one writer per key, so "the last acknowledged
-        // write" is well defined for the end-of-run check.
-        let key = if self.strong {
-            format!("k{}", roll % keys)
-        } else {
-            format!("c{index}k{}", roll % keys)
-        };
+        // Every client writes every key, also under weak protocols: their
+        // check judges the survivor by the stamps the replies name.
+        let key = format!("k{}", roll % keys);
         let client_count = self.clients.len() as u64;
         let client = &mut self.clients[index];
         client.sequence += 1;
@@ -1643,6 +1647,8 @@ impl World {
                 },
                 Some(()),
             ),
+            // Weak protocols delete instead of compare-and-swap.
+            3 => (OpInput::Delete, Some(())),
             _ => (
                 OpInput::Put {
                     value: value.clone(),
@@ -1692,7 +1698,17 @@ impl World {
                     timeout: self.config.faults.client_timeout,
                 }
             }
-            OpInput::Delete => return,
+            OpInput::Delete => {
+                let command = KvCommand::Delete {
+                    key: key.clone().into_bytes(),
+                };
+                RegionEvent::Write {
+                    keys: vec![conflict_key(command.key())],
+                    command: command.encode(),
+                    reply,
+                    timeout: self.config.faults.client_timeout,
+                }
+            }
         };
         let _ = event_for;
         let op = self.operations.len();
@@ -1748,6 +1764,19 @@ impl World {
                 Ok(outcome) => {
                     let output = match outcome {
                         KvOutcome::Written => OpOutput::Ok,
+                        KvOutcome::WrittenStamped { time, origin, .. } => {
+                            self.write_stamps.insert(op, Stamp { time, origin });
+                            OpOutput::Ok
+                        }
+                        KvOutcome::DeletedStamped {
+                            existed,
+                            time,
+                            origin,
+                            ..
+                        } => {
+                            self.write_stamps.insert(op, Stamp { time, origin });
+                            OpOutput::Deleted { existed }
+                        }
                         KvOutcome::Value(value) => {
                             OpOutput::Value(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
                         }
@@ -1813,51 +1842,65 @@ impl World {
         }
     }
 
-    /// Weak protocols: once quiet, every replica holds each key's last
-    /// acknowledged write (or a later write whose outcome is unknown).
+    /// Weak protocols: once quiet, every replica holds the same values
+    /// with the same stamps, and each key's survivor is its acknowledged
+    /// write with the greatest stamp, or one after it by the rule
+    /// (`checker::check_lww_convergence`). An acknowledged write whose reply
+    /// names no stamp cannot be judged, and is itself a violation.
     fn check_acknowledged_writes(&mut self) {
-        let mut allowed: BTreeMap<String, (u64, BTreeSet<String>)> = BTreeMap::new();
+        let mut writes = Vec::new();
+        let mut unstamped = Vec::new();
         for (index, op) in self.operations.iter().enumerate() {
-            let OpInput::Put { value } = &op.input else {
-                continue;
+            let value = match &op.input {
+                OpInput::Put { value } => Some(value.clone()),
+                OpInput::Delete => None,
+                _ => continue,
             };
             if self.dropped.contains(&index) {
                 continue;
             }
-            let entry = allowed
-                .entry(op.key.clone())
-                .or_insert((0, BTreeSet::new()));
-            if op.ret != UNKNOWN_RETURN {
-                // Keys have one writer, so acknowledgements come in order.
-                if op.call >= entry.0 {
-                    *entry = (op.call.max(1), BTreeSet::from([value.clone()]));
-                }
-            } else if op.call >= entry.0 {
-                entry.1.insert(value.clone());
+            let stamp = self.write_stamps.get(&index).copied();
+            if op.ret != UNKNOWN_RETURN && stamp.is_none() {
+                unstamped.push(op.key.clone());
             }
+            writes.push(LwwWrite {
+                key: op.key.clone(),
+                value,
+                stamp,
+            });
         }
-        let mut problems = Vec::new();
+        let mut replicas = Vec::new();
         for (id, node) in &self.nodes {
             let Some(runtime) = &node.runtime else {
                 continue;
             };
-            let state = runtime.host.replica().core().state();
-            for (key, (acknowledged_at, values)) in &allowed {
-                if *acknowledged_at == 0 {
-                    continue;
-                }
-                let found = state
-                    .get(key.as_bytes())
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
-                if !found.as_ref().is_some_and(|v| values.contains(v)) {
-                    problems.push(format!(
-                        "node {id} lost the acknowledged write to {key} (holds {found:?})"
-                    ));
-                }
-            }
+            let state: LwwState = runtime
+                .host
+                .replica()
+                .core()
+                .state()
+                .versioned()
+                .into_iter()
+                .map(|(key, value, stamp)| {
+                    (
+                        String::from_utf8_lossy(key).into_owned(),
+                        (
+                            value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                            stamp,
+                        ),
+                    )
+                })
+                .collect();
+            replicas.push((*id, state));
         }
-        for problem in problems.into_iter().take(5) {
-            self.violation(problem);
+        if let Some(key) = unstamped.first() {
+            self.violation(format!(
+                "an eventually consistent protocol acknowledged a write to {key} without a last-writer-wins stamp ({} such writes): apply writes with state-machine.apply-stamped",
+                unstamped.len()
+            ));
+        }
+        if let Err(error) = check_lww_convergence(&replicas, &writes) {
+            self.violation(format!("weak consistency: {error}"));
         }
     }
 

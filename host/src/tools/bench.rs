@@ -544,8 +544,6 @@ const ETCD_REFERENCE: [(usize, f64); 2] = [(1, 945.0), (1000, 10_400.0)];
 
 async fn cluster_bench(args: &BenchArgs) -> Result<()> {
     use crate::tools::cluster::LocalCluster;
-    use crate::tools::workload::{Endpoint, Workload};
-    use crate::wire::WireClient;
 
     let dir = tempfile::tempdir()?;
     let fsync = fsync_cost(dir.path())?;
@@ -571,65 +569,36 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
     entry
         .create_region("bench", &args.protocol, &params)
         .await?;
-    let leader = cluster
-        .wait_for_leader("bench", Duration::from_secs(20))
-        .await?;
-    let leader_api = cluster.node(leader)?.api.clone();
+    // A leaderless protocol takes writes on every node: spread the writers.
+    let leaderless = super::bench_mm::wait_for_replicas(&cluster, "bench").await?;
+    let nodes: Vec<u64> = if leaderless {
+        cluster.nodes.keys().copied().collect()
+    } else {
+        vec![
+            cluster
+                .wait_for_leader("bench", Duration::from_secs(20))
+                .await?,
+        ]
+    };
     let over = if args.api == "wire" {
         format!("the wire protocol ({} connections)", args.connections)
     } else {
         "HTTP (a connection each)".to_string()
     };
+    let to = if leaderless {
+        "spread over every node"
+    } else {
+        "to the leader"
+    };
     println!(
-        "== 3-process cluster, a {} region, fsync on, {} B values, closed-loop writers over {over} ==",
+        "== 3-process cluster, a {} region, fsync on, {} B values, closed-loop writers {to} over {over} ==",
         args.protocol, args.value_bytes
     );
+    let mut points = Vec::new();
     for &clients in &args.clients {
-        let mut workload = Workload::new("bench", clients);
-        workload.read_percent = 0;
-        workload.cas_percent = 0;
-        workload.keys = 10_000;
-        workload.value_bytes = args.value_bytes;
-        // Clients talk to the leader, as a leader-aware client library would.
-        let endpoints: Vec<Endpoint> = if args.api == "wire" {
-            let mut endpoints = Vec::new();
-            for _ in 0..args.connections.min(clients) {
-                let client = WireClient::connect(&leader_api, Duration::from_secs(30)).await?;
-                endpoints.push(client.into());
-            }
-            endpoints
-        } else {
-            vec![
-                crate::client::ApiClient::with_pool(&format!("http://{leader_api}"), clients + 16)
-                    .into(),
-            ]
-        };
-        // Warm up connections and the leader's pipeline.
-        crate::tools::workload::run(
-            endpoints.clone(),
-            workload.clone(),
-            Duration::from_millis(500),
-            None,
-        )
-        .await;
-        let report = crate::tools::workload::run(
-            endpoints,
-            workload,
-            Duration::from_secs_f64(args.seconds),
-            None,
-        )
-        .await;
-        let seconds = report.elapsed.as_secs_f64().max(1e-9);
-        let writes_per_second = report.completed() as f64 / seconds;
-        let p50 = report.percentile_ms(0.50);
-        println!(
-            "  {clients:>5} clients: {writes_per_second:>8.0} writes/s   p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms   ({} errors)   p50/floor {:.2}x",
-            p50,
-            report.percentile_ms(0.99),
-            report.percentile_ms(0.999),
-            report.errors,
-            p50 / (floor.as_secs_f64() * 1e3)
-        );
+        let point = super::bench_mm::measure(&cluster, "bench", &nodes, clients, args).await?;
+        point.print(clients, floor);
+        points.push((clients, point.clone()));
         if let Some((etcd_clients, etcd_writes)) =
             ETCD_REFERENCE.iter().find(|(c, _)| *c == clients)
         {
@@ -638,10 +607,28 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
             println!(
                 "         vs etcd's {etcd_writes:.0} writes/s at {etcd_clients} clients (the brief's figure for this machine): {:.1}x the writes/s; \
                  etcd's mean latency there is {etcd_mean_ms:.1} ms (clients / writes/s), {:.1}x this run's p99",
-                writes_per_second / etcd_writes,
-                etcd_mean_ms / report.percentile_ms(0.99).max(1e-9)
+                point.writes_per_second / etcd_writes,
+                etcd_mean_ms / point.p99_ms.max(1e-9)
             );
         }
     }
+    if leaderless {
+        let mut cluster = cluster;
+        super::bench_mm::beside_raft_and_one_down(&mut cluster, &points, args, floor).await?;
+    }
     Ok(())
+}
+
+impl BenchArgs {
+    pub(crate) fn api_is_wire(&self) -> bool {
+        self.api == "wire"
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.connections
+    }
+
+    pub(crate) fn seconds(&self) -> f64 {
+        self.seconds
+    }
 }

@@ -4,6 +4,7 @@
 //! (`control`, `node`, `region`, `storage`, …) depends on this module.
 
 pub mod bench;
+pub mod bench_mm;
 pub mod cli;
 pub mod cluster;
 pub mod demo;

@@ -242,7 +242,7 @@ impl WireClient {
 
     pub async fn put(&self, region: &str, key: &[u8], value: &[u8]) -> Result<(), WireClientError> {
         match self.call(region, &Op::put(key, value)).await? {
-            KvOutcome::Written => Ok(()),
+            KvOutcome::Written | KvOutcome::WrittenStamped { .. } => Ok(()),
             other => Err(WireClientError::Unexpected(other)),
         }
     }
@@ -250,7 +250,9 @@ impl WireClient {
     /// Whether the key existed.
     pub async fn delete(&self, region: &str, key: &[u8]) -> Result<bool, WireClientError> {
         match self.call(region, &Op::delete(key)).await? {
-            KvOutcome::Deleted { existed } => Ok(existed),
+            KvOutcome::Deleted { existed } | KvOutcome::DeletedStamped { existed, .. } => {
+                Ok(existed)
+            }
             other => Err(WireClientError::Unexpected(other)),
         }
     }

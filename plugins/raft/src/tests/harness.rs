@@ -213,6 +213,12 @@ impl Host for SimHost {
     fn apply(&mut self, commands: &Applies, position: u64) {
         self.mem.apply(commands, position)
     }
+    fn apply_stamped(&mut self, commands: &Applies, stamps: &[Stamp], position: u64) {
+        self.mem.apply_stamped(commands, stamps, position)
+    }
+    fn compact_tombstones(&mut self, below: u64) {
+        self.mem.compact_tombstones(below)
+    }
     fn query(&mut self, query: &[u8]) -> Vec<u8> {
         self.mem.query(query)
     }
