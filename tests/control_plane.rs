@@ -86,12 +86,20 @@ async fn kill_9_right_after_the_create_and_delete_records() {
         .wait_for_leader("r", Duration::from_secs(20))
         .await
         .expect("leader");
-    cluster
-        .client(2)
-        .expect("client")
-        .put("r", "k", "v")
-        .await
-        .expect("put");
+    // Node 2 is fresh from a restart: until it hears from the leader it
+    // answers `not_leader` with no hint, which a client retries.
+    let client = cluster.client(2).expect("client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.put("r", "k", "v").await {
+            Ok(()) => break,
+            Err(error) if std::time::Instant::now() < deadline => {
+                eprintln!("put through the restarted node: {error}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("put: {error}"),
+        }
+    }
     assert_converged(&cluster, "r", &[1, 2, 3]).await;
     // Node 3 records the deletion, then dies before deleting its data.
     let answer = cluster

@@ -376,7 +376,10 @@ async fn a_damaged_component_file_is_refused_by_name_and_never_runs() {
     let count = std::fs::read_dir(dir.path().join("components"))
         .expect("dir")
         .count();
-    assert_eq!(count, 3, "standalone, raft and misbehave only");
+    assert_eq!(
+        count, 4,
+        "the built-in components only (standalone, raft, multi-master, misbehave)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
