@@ -274,17 +274,31 @@ impl KvStateMachine {
         self.map.is_empty()
     }
 
-    /// Applies one encoded command; `position` becomes the applied position.
-    pub fn apply(&mut self, payload: &[u8], position: u64) -> (KvOutcome, Undo) {
-        let mut undo = Undo {
+    /// What every apply does first: move the applied position (recording
+    /// how to undo that) and decode the command. A payload that does not
+    /// decode is answered `invalid`, deterministically on every replica.
+    fn begin_apply(
+        &mut self,
+        payload: &[u8],
+        position: u64,
+    ) -> Result<(KvCommand, Undo), (KvOutcome, Undo)> {
+        let undo = Undo {
             key: None,
             applied_position: self.applied_position,
         };
         self.applied_position = position;
         self.applied_commands += 1;
-        let command: KvCommand = match postcard::from_bytes(payload) {
-            Ok(command) => command,
-            Err(error) => return (KvOutcome::Invalid(format!("bad command: {error}")), undo),
+        match postcard::from_bytes(payload) {
+            Ok(command) => Ok((command, undo)),
+            Err(error) => Err((KvOutcome::Invalid(format!("bad command: {error}")), undo)),
+        }
+    }
+
+    /// Applies one encoded command; `position` becomes the applied position.
+    pub fn apply(&mut self, payload: &[u8], position: u64) -> (KvOutcome, Undo) {
+        let (command, mut undo) = match self.begin_apply(payload, position) {
+            Ok(begun) => begun,
+            Err(refused) => return refused,
         };
         let state = self.key_state(command.key());
         let previous = state.value.clone();
@@ -403,15 +417,9 @@ impl KvStateMachine {
         stamp: Stamp,
         position: u64,
     ) -> (KvOutcome, Undo) {
-        let mut undo = Undo {
-            key: None,
-            applied_position: self.applied_position,
-        };
-        self.applied_position = position;
-        self.applied_commands += 1;
-        let command: KvCommand = match postcard::from_bytes(payload) {
-            Ok(command) => command,
-            Err(error) => return (KvOutcome::Invalid(format!("bad command: {error}")), undo),
+        let (command, mut undo) = match self.begin_apply(payload, position) {
+            Ok(begun) => begun,
+            Err(refused) => return refused,
         };
         let state = self.key_state(command.key());
         // An unversioned value (from an ordered apply) is older than any stamp.
