@@ -281,24 +281,24 @@ impl KvStateMachine {
         &mut self,
         payload: &[u8],
         position: u64,
-    ) -> Result<(KvCommand, Undo), (KvOutcome, Undo)> {
+    ) -> (Result<KvCommand, KvOutcome>, Undo) {
         let undo = Undo {
             key: None,
             applied_position: self.applied_position,
         };
         self.applied_position = position;
         self.applied_commands += 1;
-        match postcard::from_bytes(payload) {
-            Ok(command) => Ok((command, undo)),
-            Err(error) => Err((KvOutcome::Invalid(format!("bad command: {error}")), undo)),
-        }
+        let command = postcard::from_bytes(payload)
+            .map_err(|error| KvOutcome::Invalid(format!("bad command: {error}")));
+        (command, undo)
     }
 
     /// Applies one encoded command; `position` becomes the applied position.
     pub fn apply(&mut self, payload: &[u8], position: u64) -> (KvOutcome, Undo) {
-        let (command, mut undo) = match self.begin_apply(payload, position) {
-            Ok(begun) => begun,
-            Err(refused) => return refused,
+        let (command, mut undo) = self.begin_apply(payload, position);
+        let command = match command {
+            Ok(command) => command,
+            Err(refused) => return (refused, undo),
         };
         let state = self.key_state(command.key());
         let previous = state.value.clone();
@@ -417,9 +417,10 @@ impl KvStateMachine {
         stamp: Stamp,
         position: u64,
     ) -> (KvOutcome, Undo) {
-        let (command, mut undo) = match self.begin_apply(payload, position) {
-            Ok(begun) => begun,
-            Err(refused) => return refused,
+        let (command, mut undo) = self.begin_apply(payload, position);
+        let command = match command {
+            Ok(command) => command,
+            Err(refused) => return (refused, undo),
         };
         let state = self.key_state(command.key());
         // An unversioned value (from an ordered apply) is older than any stamp.
