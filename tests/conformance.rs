@@ -28,3 +28,16 @@ fn raft_component() {
         Harness::wasm_file(synod_plugin_artifacts::RAFT_PATH).expect("the raft component loads");
     conforms(harness.nodes(3));
 }
+
+#[test]
+fn epaxos_native() {
+    conforms(Harness::native::<synod_plugin_epaxos::Epaxos>().nodes(3));
+}
+
+/// The built EPaxos component, in the sandbox.
+#[test]
+fn epaxos_component() {
+    let harness = Harness::wasm_file(synod_plugin_artifacts::EPAXOS_PATH)
+        .expect("the epaxos component loads");
+    conforms(harness.nodes(3));
+}

@@ -377,8 +377,8 @@ async fn a_damaged_component_file_is_refused_by_name_and_never_runs() {
         .expect("dir")
         .count();
     assert_eq!(
-        count, 4,
-        "the built-in components only (standalone, raft, multi-master, misbehave)"
+        count, 5,
+        "the built-in components only (standalone, raft, multi-master, epaxos, misbehave)"
     );
 }
 

@@ -26,6 +26,22 @@ const PLUGINS: &[(&str, &str)] = &[
     ("synod-plugin-misbehave", "MISBEHAVE"),
     ("synod-plugin-raft", "RAFT"),
     ("synod-plugin-multi-master", "MULTI_MASTER"),
+    ("synod-plugin-epaxos", "EPAXOS"),
+];
+/// Test fixtures: (crate, cargo feature, constant prefix). Each is the
+/// crate built again with one deliberate defect switched on by a feature,
+/// in its own nested build so the feature never reaches the shipped one.
+const FEATURE_FIXTURES: &[(&str, &str, &str)] = &[
+    (
+        "synod-plugin-epaxos",
+        "fixture-majority-fast-quorum",
+        "EPAXOS_MAJORITY_FAST_QUORUM",
+    ),
+    (
+        "synod-plugin-epaxos",
+        "fixture-no-last-voted-ballot",
+        "EPAXOS_NO_LAST_VOTED_BALLOT",
+    ),
 ];
 /// The same for [`WASI_TARGET`].
 const WASI_PLUGINS: &[(&str, &str)] = &[("synod-plugin-wasi-probe", "WASI_PROBE")];
@@ -47,6 +63,7 @@ fn main() -> Result<()> {
         "plugins/wasi-probe",
         "plugins/raft",
         "plugins/multi-master",
+        "plugins/epaxos",
         "Cargo.toml",
     ] {
         println!(
@@ -59,21 +76,26 @@ fn main() -> Result<()> {
     ensure_target(WASI_TARGET)?;
     let mut generated = String::new();
 
-    let modules = build_plugins(&workspace, &out_dir, TARGET, PLUGINS)?;
+    let modules = build_plugins(&workspace, &out_dir, TARGET, PLUGINS, None)?;
     for ((_, prefix), module) in PLUGINS.iter().zip(modules) {
-        let bytes = fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
-        let component = wit_component::ComponentEncoder::default()
-            .module(&bytes)
-            .with_context(|| format!("{} is not a valid plugin module", module.display()))?
-            .validate(true)
-            .encode()
-            .with_context(|| format!("encoding {} as a component", module.display()))?;
-        let path = out_dir.join(format!("{}.wasm", prefix.to_lowercase()));
-        fs::write(&path, component)?;
-        emit_constants(&mut generated, prefix, &path);
+        encode_component(&mut generated, &out_dir, prefix, &module)?;
+    }
+    // One build per fixture, each encoded before the next overwrites the
+    // module (only the fixture crate itself recompiles).
+    for (package, feature, prefix) in FEATURE_FIXTURES {
+        let modules = build_plugins(
+            &workspace,
+            &out_dir,
+            TARGET,
+            &[(*package, *prefix)],
+            Some(feature),
+        )?;
+        for module in modules {
+            encode_component(&mut generated, &out_dir, prefix, &module)?;
+        }
     }
 
-    let components = build_plugins(&workspace, &out_dir, WASI_TARGET, WASI_PLUGINS)?;
+    let components = build_plugins(&workspace, &out_dir, WASI_TARGET, WASI_PLUGINS, None)?;
     for ((_, prefix), component) in WASI_PLUGINS.iter().zip(components) {
         let path = out_dir.join(format!("{}.wasm", prefix.to_lowercase()));
         fs::copy(&component, &path).with_context(|| format!("copying {}", component.display()))?;
@@ -92,6 +114,26 @@ fn main() -> Result<()> {
     emit_constants(&mut generated, "OTHER_WORLD", &path);
 
     fs::write(out_dir.join("artifacts.rs"), generated)?;
+    Ok(())
+}
+
+/// Encodes the core module at `module` as a component named after `prefix`.
+fn encode_component(
+    generated: &mut String,
+    out_dir: &Path,
+    prefix: &str,
+    module: &Path,
+) -> Result<()> {
+    let bytes = fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .with_context(|| format!("{} is not a valid plugin module", module.display()))?
+        .validate(true)
+        .encode()
+        .with_context(|| format!("encoding {} as a component", module.display()))?;
+    let path = out_dir.join(format!("{}.wasm", prefix.to_lowercase()));
+    fs::write(&path, component)?;
+    emit_constants(generated, prefix, &path);
     Ok(())
 }
 
@@ -133,12 +175,14 @@ fn ensure_target(target: &str) -> Result<()> {
 }
 
 /// Runs the nested cargo build for `target`; returns each plugin's output
-/// (a core module, or a component for WASI targets).
+/// (a core module, or a component for WASI targets). `feature`, if given,
+/// is enabled on every listed package.
 fn build_plugins(
     workspace: &Path,
     out_dir: &Path,
     target: &str,
     plugins: &[(&str, &str)],
+    feature: Option<&str>,
 ) -> Result<Vec<PathBuf>> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = out_dir.join("wasm-target");
@@ -156,6 +200,9 @@ fn build_plugins(
         .arg(&target_dir);
     for (package, _) in plugins {
         command.args(["-p", package]);
+    }
+    if let Some(feature) = feature {
+        command.args(["--features", feature]);
     }
     // The outer build's flags are for the host, not for wasm.
     for variable in [

@@ -38,6 +38,7 @@ pub fn builtin_components() -> Vec<(&'static str, &'static [u8])> {
         ("standalone", synod_plugin_artifacts::STANDALONE_WASM),
         ("raft", synod_plugin_artifacts::RAFT_WASM),
         ("multi-master", synod_plugin_artifacts::MULTI_MASTER_WASM),
+        ("epaxos", synod_plugin_artifacts::EPAXOS_WASM),
     ]
 }
 
@@ -57,6 +58,10 @@ fn native_protocols() -> HashMap<&'static str, PluginSource> {
         (
             "multi-master",
             PluginSource::native::<synod_plugin_multi_master::MultiMaster>(),
+        ),
+        (
+            "epaxos",
+            PluginSource::native::<synod_plugin_epaxos::Epaxos>(),
         ),
     ])
 }

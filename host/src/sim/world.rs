@@ -220,6 +220,13 @@ pub struct World {
     violations: Vec<String>,
     results: HashMap<RequestId, Reply>,
     digests_at: HashMap<u64, [u8; 32]>,
+    /// A node reported the leaderless role `replica`: such a protocol
+    /// (EPaxos) applies commuting commands in different orders on different
+    /// replicas, so equal states at equal positions is not its invariant.
+    leaderless: bool,
+    /// Prefix divergences (time, what), reported at the end unless the
+    /// protocol turned out to be leaderless.
+    prefix_divergences: Vec<(u64, String)>,
     leaders: BTreeMap<NodeId, ((u64, u64), bool)>,
     leader_changes: u64,
     last_leader: Option<((u64, u64), NodeId)>,
@@ -348,6 +355,8 @@ impl World {
             clients_stop: end.saturating_sub(nanos(DRAIN)),
             quiet_from,
             ok_in_quiet: 0,
+            leaderless: false,
+            prefix_divergences: Vec::new(),
             violations: Vec::new(),
             results: HashMap::new(),
             digests_at: HashMap::new(),
@@ -636,8 +645,15 @@ impl World {
                 message,
             } => self.deliver(to, envelope, message),
             Event::Wake { node } => {
+                let now = self.now();
                 if let Some(n) = self.nodes.get_mut(&node) {
-                    n.wake_at = None;
+                    // Only the wake-up for the recorded time clears it: a
+                    // stale one (superseded, or a second at the same time)
+                    // must not, or each would schedule its own successor
+                    // and wake-up chains would multiply with every timer.
+                    if n.wake_at.is_some_and(|w| w <= now) {
+                        n.wake_at = None;
+                    }
                     if !n.paused
                         && let Some(runtime) = n.runtime.as_mut()
                     {
@@ -1183,9 +1199,9 @@ impl World {
                     continue;
                 }
                 match self.digests_at.get(&position) {
-                    Some(known) if *known != digest => self.violation(format!(
+                    Some(known) if *known != digest => self.prefix_divergences.push((now, format!(
                         "applied prefixes diverge: node {id} at position {position} holds a different state"
-                    )),
+                    ))),
                     Some(_) => {}
                     None => {
                         self.digests_at.insert(position, digest);
@@ -1557,6 +1573,7 @@ impl World {
             self.trace
                 .role(self.time.now(), id, plugin.role, plugin.term, status.epoch);
             let is_leader = plugin.role == "leader";
+            self.leaderless |= plugin.role == "replica";
             self.counters_last.insert(id, plugin.counters.clone());
             if status.epoch == 1 {
                 self.max_term = self.max_term.max(plugin.term);
@@ -1936,6 +1953,7 @@ impl World {
     }
 
     fn finish(mut self) -> SimReport {
+        self.report_prefix_divergences();
         if self.stopped {
             // The run ended early: the end-of-run checks would only repeat
             // that it did not finish.
@@ -2029,6 +2047,20 @@ impl World {
         report.operations_ok = ok;
         report.operations_unknown = unknown;
         report
+    }
+
+    /// The prefix oracle's findings, for protocols that apply in one order.
+    fn report_prefix_divergences(&mut self) {
+        if self.leaderless {
+            return;
+        }
+        for (at, what) in std::mem::take(&mut self.prefix_divergences) {
+            if self.violations.len() < 20 {
+                self.violations
+                    .push(format!("t={:.6}s {what}", at as f64 / 1e9));
+            }
+            self.trace.mark(at, 0, MarkKind::Violation, what);
+        }
     }
 
     fn report(self, nodes_switched: u64) -> SimReport {
