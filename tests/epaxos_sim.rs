@@ -45,15 +45,19 @@ fn run(config: &SimConfig, seed: u64) -> SimReport {
 /// Every seed passes, clients made progress, and each replica led
 /// commands (the clients really wrote through every node).
 fn assert_passes(nodes: u64, faults: &str, seeds: std::ops::Range<u64>) {
-    let config = config("native:epaxos", nodes, faults);
+    assert_config_passes(&config("native:epaxos", nodes, faults), seeds);
+}
+
+fn assert_config_passes(config: &SimConfig, seeds: std::ops::Range<u64>) {
+    let nodes = config.nodes;
     let mut failures = Vec::new();
     for seed in seeds {
-        let report = run(&config, seed);
+        let report = run(config, seed);
         if !report.violations.is_empty() {
             failures.push(format!(
                 "seed {seed}: {:?}\n  replay: {}",
                 report.violations,
-                synod::sim::replay_command("native:epaxos", &config, seed)
+                synod::sim::replay_command("native:epaxos", config, seed)
             ));
         }
         assert!(report.operations_ok > 20, "seed {seed}: clients made progress");
@@ -87,7 +91,11 @@ fn five_nodes_under_chaos() {
 
 #[test]
 fn seven_nodes_under_chaos() {
-    assert_passes(7, "chaos", 1..2);
+    let mut config = config("native:epaxos", 7, "chaos");
+    // A shorter run: seven replicas' graphs make each event dearer.
+    config.fault_phase = Duration::from_millis(1500);
+    config.quiet_phase = Duration::from_secs(2);
+    assert_config_passes(&config, 1..2);
 }
 
 #[test]
@@ -100,12 +108,18 @@ fn three_nodes_with_crash_restarts() {
     assert_passes(3, "crashes", 1..3);
 }
 
+/// Slow (15-50 s of wall time): under crash-restarts the dependency
+/// graphs of 5 and 7 replicas grow to thousands of instances before they
+/// execute, and nothing is compacted yet (no GC). Run with `--ignored`.
 #[test]
+#[ignore = "slow until executed instances are compacted (15-50 s)"]
 fn five_nodes_with_crash_restarts() {
     assert_passes(5, "crashes", 1..2);
 }
 
 #[test]
+#[ignore = "slow until executed instances are compacted (15-50 s)"]
 fn seven_nodes_with_crash_restarts() {
     assert_passes(7, "crashes", 1..2);
 }
+

@@ -558,6 +558,16 @@ impl Epaxos {
         now + timeout + host.random() % timeout.max(1)
     }
 
+    /// Makes sure an uncommitted instance execution waits for is either
+    /// driven by a lead here or has a recovery deadline.
+    fn arm_recovery<H: Host>(&mut self, host: &mut H, instance: InstanceId) {
+        if !self.deadlines.contains_key(&instance) && !self.leads.contains_key(&instance) {
+            let now = host.now();
+            let deadline = self.recovery_deadline(host, now);
+            self.deadlines.insert(instance, deadline);
+        }
+    }
+
     /// Pushes back the recovery of `instance` (it made progress).
     fn touch<H: Host>(&mut self, host: &mut H, instance: InstanceId) {
         let committed = self
@@ -653,8 +663,10 @@ impl Epaxos {
         };
         let promised = self.records.get(&instance).map(|r| r.promised);
         if promised != Some(lead.ballot) {
-            // Promised to a recovery with a higher ballot: it decides now.
+            // Promised to a recovery with a higher ballot: it decides now,
+            // and this replica recovers again if that one fails too.
             self.leads.remove(&instance);
+            self.touch(host, instance);
             return;
         }
         let initial = lead.ballot.is_initial_for(instance);
@@ -696,8 +708,10 @@ impl Epaxos {
             return;
         }
         if record.promised > ballot {
-            // Someone with a higher ballot took over.
+            // Someone with a higher ballot took over; recover again if it
+            // fails too.
             self.leads.remove(&instance);
+            self.touch(host, instance);
             return;
         }
         record.status = Status::Accepted;
@@ -1739,22 +1753,20 @@ impl Epaxos {
                 if !self.pending.contains(&start) {
                     continue;
                 }
-                if let Some(missing) = self.blocked.get(&start)
-                    && !self.records.get(missing).is_some_and(Record::is_committed)
+                if let Some(&missing) = self.blocked.get(&start)
+                    && !self.records.get(&missing).is_some_and(Record::is_committed)
                 {
+                    // Still waiting: whoever drove the dependency may have
+                    // given up (superseded, nacked) after its recovery
+                    // deadline was spent, so keep one armed.
+                    self.arm_recovery(host, missing);
                     continue;
                 }
                 match components(start, |v| self.edges(v)) {
                     Walk::Blocked(missing) => {
                         self.counters.execution_blocked += 1;
                         self.blocked.insert(start, missing);
-                        if !self.deadlines.contains_key(&missing)
-                            && !self.leads.contains_key(&missing)
-                        {
-                            let now = host.now();
-                            let deadline = self.recovery_deadline(host, now);
-                            self.deadlines.insert(missing, deadline);
-                        }
+                        self.arm_recovery(host, missing);
                     }
                     Walk::Components(list) => {
                         let walked: usize = list.iter().map(Vec::len).sum();
