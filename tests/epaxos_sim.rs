@@ -123,3 +123,4 @@ fn seven_nodes_with_crash_restarts() {
     assert_passes(7, "crashes", 1..2);
 }
 
+

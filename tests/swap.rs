@@ -27,7 +27,7 @@ async fn create(cluster: &LocalCluster, region: &str, protocol: &str, replicas: 
         .create_region_on(region, protocol, &[], Some(replicas))
         .await
         .expect("create region");
-    if protocol == "multi-master" {
+    if protocol == "multi-master" || protocol == "epaxos" {
         // Leaderless: wait until every replica runs.
         for id in replicas {
             let client = cluster.client(*id).expect("client");
@@ -174,6 +174,24 @@ async fn swap_under_load(
 async fn standalone_to_raft_on_its_node_under_load() {
     let (cluster, _dir) = cluster(3).await;
     swap_under_load(&cluster, "standalone", &[1], "raft", &[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_to_epaxos_under_load() {
+    let (cluster, _dir) = cluster(3).await;
+    swap_under_load(&cluster, "raft", &[1, 2, 3], "epaxos", &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn epaxos_to_raft_under_load() {
+    let (cluster, _dir) = cluster(3).await;
+    swap_under_load(&cluster, "epaxos", &[1, 2, 3], "raft", &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standalone_to_epaxos_on_its_node_under_load() {
+    let (cluster, _dir) = cluster(3).await;
+    swap_under_load(&cluster, "standalone", &[1], "epaxos", &[1]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

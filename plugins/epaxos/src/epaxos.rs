@@ -417,6 +417,9 @@ impl Protocol for Epaxos {
 }
 
 const NANOS_PER_MS: u64 = 1_000_000;
+/// How many slots past a missing dependency one blocked walk arms recovery
+/// for.
+const CATCH_UP_SLOTS: u64 = 1024;
 
 impl Epaxos {
     /// This replica's id.
@@ -556,6 +559,29 @@ impl Epaxos {
     fn recovery_deadline<H: Host>(&self, host: &mut H, now: u64) -> u64 {
         let timeout = self.params.recovery_timeout_ms * NANOS_PER_MS;
         now + timeout + host.random() % timeout.max(1)
+    }
+
+    /// Arms recovery for `missing` and for every later uncommitted slot of
+    /// its space this replica knows of (at most [`CATCH_UP_SLOTS`]): a
+    /// replica back from a partition misses a run of slots, and recovering
+    /// them one timeout after another would take minutes.
+    fn arm_space_recovery<H: Host>(&mut self, host: &mut H, missing: InstanceId) {
+        let known = self
+            .meta
+            .max_slot
+            .get(&missing.space)
+            .copied()
+            .unwrap_or(missing.slot);
+        let last = known.min(missing.slot.saturating_add(CATCH_UP_SLOTS));
+        for slot in missing.slot..=last.max(missing.slot) {
+            let instance = InstanceId {
+                space: missing.space,
+                slot,
+            };
+            if !self.records.get(&instance).is_some_and(Record::is_committed) {
+                self.arm_recovery(host, instance);
+            }
+        }
     }
 
     /// Makes sure an uncommitted instance execution waits for is either
@@ -1766,7 +1792,7 @@ impl Epaxos {
                     Walk::Blocked(missing) => {
                         self.counters.execution_blocked += 1;
                         self.blocked.insert(start, missing);
-                        self.arm_recovery(host, missing);
+                        self.arm_space_recovery(host, missing);
                     }
                     Walk::Components(list) => {
                         let walked: usize = list.iter().map(Vec::len).sum();
