@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use synod::tools::cluster::LocalCluster;
 use synod::tools::workload::Recorder;
-use synod_tests::cluster::{self as support, assert_converged, assert_linearizable, start_workload};
+use synod_tests::cluster::{
+    self as support, assert_converged, assert_linearizable, start_workload,
+};
 use synod_tests::node_binary;
 
 /// Creates an EPaxos region and waits until every node runs its replica.

@@ -60,7 +60,10 @@ fn assert_config_passes(config: &SimConfig, seeds: std::ops::Range<u64>) {
                 synod::sim::replay_command("native:epaxos", config, seed)
             ));
         }
-        assert!(report.operations_ok > 20, "seed {seed}: clients made progress");
+        assert!(
+            report.operations_ok > 20,
+            "seed {seed}: clients made progress"
+        );
         assert!(
             report.counters.get("instances-led").copied().unwrap_or(0) >= nodes,
             "seed {seed}: commands were led"
@@ -122,5 +125,3 @@ fn five_nodes_with_crash_restarts() {
 fn seven_nodes_with_crash_restarts() {
     assert_passes(7, "crashes", 1..2);
 }
-
-
