@@ -578,7 +578,11 @@ impl Epaxos {
                 space: missing.space,
                 slot,
             };
-            if !self.records.get(&instance).is_some_and(Record::is_committed) {
+            if !self
+                .records
+                .get(&instance)
+                .is_some_and(Record::is_committed)
+            {
                 self.arm_recovery(host, instance);
             }
         }
