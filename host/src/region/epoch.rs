@@ -310,6 +310,8 @@ impl ReplicaHost {
     /// wait for it. Equivalent to a crash between the two steps of a switch
     /// (the old epoch restarts from it). Returns the position saved.
     pub fn save_boundary(&mut self) -> Result<u64, ClientError> {
+        // A periodic save still in flight must not land over the boundary.
+        self.join_snapshot_save();
         let started = std::time::Instant::now();
         let state = self.replica.core().state();
         let position = state.applied_position();
@@ -469,6 +471,7 @@ impl ReplicaHost {
             self.epoch.seal = Seal::Idle;
             return;
         }
+        self.refresh_snapshot_refusal();
         match self.replica.deliver(Call::Seal) {
             Delivery::Done(CallResult::Seal(SealProgress::Sealed(position)), effects) => {
                 self.stage(effects);
@@ -579,6 +582,10 @@ impl ReplicaHost {
             return Err(ClientError::Unavailable(format!("storage failed: {why}")));
         }
         self.release();
+        // A save of the old epoch in flight finishes first; its
+        // notification is not delivered (the new instance did not ask).
+        self.join_snapshot_save();
+        self.finish_snapshot_save(false);
         // (1) The boundary image (unless saved after the seal already). If
         // it cannot be saved the replica stays in the old epoch (an atomic
         // write leaves the previous file).
@@ -641,6 +648,7 @@ impl ReplicaHost {
             ))));
         }
         self.timers.clear();
+        self.refresh_snapshot_refusal();
         match self.replica.switch_protocol(source, init) {
             Ok(effects) => self.stage(effects),
             // The replica is fenced and rebuilt like after any failure.

@@ -21,6 +21,7 @@ pub mod quota;
 pub mod replica;
 #[cfg(test)]
 mod snapshot_tests;
+mod snapshot_save;
 pub mod spec_limits;
 pub mod weak;
 
