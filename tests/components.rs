@@ -46,7 +46,7 @@ fn a_component_of_another_world_is_refused() {
     assert!(matches!(error, LoadError::WrongWorld { .. }), "{error}");
     let message = error.to_string();
     assert!(
-        message.contains("synod:protocol/protocol@0.1.1"),
+        message.contains("synod:protocol/protocol@0.1.2"),
         "{message}"
     );
     assert!(
@@ -67,7 +67,7 @@ fn an_incompatible_major_version_is_refused() {
     );
     let message = error.to_string();
     assert!(
-        message.contains("9.0.0") && message.contains("0.1.1"),
+        message.contains("9.0.0") && message.contains("0.1.2"),
         "{message}"
     );
 }

@@ -27,7 +27,7 @@ use crate::region::core::RegionCore;
 
 /// The contract this host implements.
 pub const WIT_PACKAGE: &str = "synod:protocol";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 1);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 2);
 
 /// How often the engine's epoch advances; the per-call deadline is counted
 /// in these ticks.
