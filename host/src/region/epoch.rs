@@ -165,6 +165,10 @@ enum Seal {
     Sealed {
         position: u64,
         ticket: u64,
+        /// The state's digest and applied position when it sealed, computed
+        /// while the WAL syncs the seal rather than after.
+        digest: [u8; 32],
+        digest_at: u64,
     },
 }
 
@@ -479,9 +483,14 @@ impl ReplicaHost {
                 // far (its seal marker included) is durable.
                 self.submit_round_records();
                 tracing::info!(region = %self.name, epoch = self.spec.epoch, position, "protocol sealed");
+                // The state no longer changes: its digest is computed now,
+                // while the commit thread syncs the seal.
+                let state = self.replica.core().state();
                 self.epoch.seal = Seal::Sealed {
                     position,
                     ticket: self.last_ticket,
+                    digest: state.digest(),
+                    digest_at: state.applied_position(),
                 };
             }
             Delivery::Done(_, effects) => self.stage(effects),
@@ -493,7 +502,13 @@ impl ReplicaHost {
 
     /// The seal report, once the plugin sealed and its writes are durable.
     pub fn seal_report(&self) -> Option<Result<SealReport, ClientError>> {
-        let Seal::Sealed { position, ticket } = self.epoch.seal else {
+        let Seal::Sealed {
+            position,
+            ticket,
+            digest,
+            digest_at,
+        } = self.epoch.seal
+        else {
             return None;
         };
         if ticket > self.context.commit.durable_ticket() {
@@ -506,10 +521,17 @@ impl ReplicaHost {
                 state.applied_position()
             ))));
         }
+        // The state changed since the seal only if something replaced it
+        // (a shipped snapshot): then the digest is taken again.
+        let digest = if state.applied_position() == digest_at {
+            digest
+        } else {
+            state.digest()
+        };
         Some(Ok(SealReport {
             epoch: self.spec.epoch,
             position,
-            digest: state.digest().to_vec(),
+            digest: digest.to_vec(),
         }))
     }
 

@@ -545,7 +545,8 @@ fn a_failed_snapshot_save_keeps_later_records_out_of_the_wal() {
 /// batch is logged and applied, then a save is asked for (one at a time);
 /// when the host reports it durable, the position is recorded in kv and the
 /// log compacted through it. At start it re-applies the log after
-/// `applied-position`. Every message batch ships the snapshot to node 2.
+/// `applied-position`. Every message batch ships the snapshot to node 2,
+/// then asks for a save too.
 struct AsyncProbe {
     position: u64,
     saving: Option<u64>,
@@ -602,6 +603,11 @@ impl Protocol for AsyncProbe {
 
     fn on_messages<H: Host>(&mut self, host: &mut H, _messages: synod_guest_sdk::Messages) {
         host.send_snapshot(2, b"the snapshot I know of");
+        if self.saving.is_none()
+            && let Ok(position) = host.snapshot_async(ASYNC_NOTIFY)
+        {
+            self.saving = Some(position);
+        }
     }
 
     fn on_timers<H: Host>(&mut self, host: &mut H, timers: Vec<u64>) {
@@ -759,4 +765,24 @@ fn a_failed_async_save_stops_the_region_and_keeps_the_log() {
     node.boot();
     assert!(node.has_key("a"));
     assert_eq!(node.saved_position(), 0);
+}
+
+/// Goal: no snapshot save starts while a swap holds the region (it would
+/// delay the seal and the boundary image); once released, one does.
+#[test]
+fn no_snapshot_save_starts_while_a_swap_holds_the_region() {
+    let mut node = async_probe();
+    node.write("a");
+    node.sync();
+    node.round(Vec::new());
+    node.sync();
+    assert_eq!(node.counter("recorded"), Some(1));
+    node.host().hold(16);
+    node.write("b");
+    poke(&mut node);
+    assert_eq!(node.host().snapshot_save_in_flight(), None, "a save started under the hold");
+    node.host().release_held();
+    node.round(Vec::new());
+    poke(&mut node);
+    assert_eq!(node.host().snapshot_save_in_flight(), Some(2));
 }
