@@ -106,6 +106,8 @@ pub struct SnapshotRequest {
     pub position: u64,
     pub image: Arc<Vec<u8>>,
     pub notify: TimerId,
+    /// How long capturing the image took (on the pipeline).
+    pub capture: std::time::Duration,
 }
 
 /// The staged effects of one successful callback.
@@ -933,9 +935,15 @@ impl Host for RegionCore {
 
     fn snapshot(&mut self) -> Result<u64, StorageError> {
         let position = self.state.applied_position();
+        let image = Arc::new(self.state.snapshot());
+        // An async request earlier in this callback saves this newer image
+        // (it covers at least its position), after the synchronous save.
+        if let Some(request) = self.staged.snapshot_request.as_mut() {
+            request.image = image.clone();
+        }
         self.staged.snapshot = Some(StagedSnapshot {
             position,
-            image: Arc::new(self.state.snapshot()),
+            image,
             records_before: self.staged.records.len(),
         });
         Ok(position)
@@ -953,10 +961,13 @@ impl Host for RegionCore {
             )));
         }
         let position = self.state.applied_position();
+        let started = std::time::Instant::now();
+        let image = Arc::new(self.state.snapshot());
         self.staged.snapshot_request = Some(SnapshotRequest {
             position,
-            image: Arc::new(self.state.snapshot()),
+            image,
             notify,
+            capture: started.elapsed(),
         });
         Ok(position)
     }

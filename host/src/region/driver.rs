@@ -1100,9 +1100,6 @@ impl ReplicaHost {
         }
         // Before this callback's own snapshot replaces the file.
         self.pin_snapshot_images(&mut outputs);
-        if let Some(request) = snapshot_request {
-            self.request_snapshot_save(request);
-        }
         if let Some(snapshot) = snapshot {
             // An older image in flight must not land after this one.
             self.join_snapshot_save();
@@ -1150,6 +1147,11 @@ impl ReplicaHost {
             }
         }
         self.round_records.extend(records);
+        // After the callback's records (its save waits for all of them) and
+        // after its synchronous snapshot, if any (never older over newer).
+        if let Some(request) = snapshot_request {
+            self.request_snapshot_save(request);
+        }
         for output in outputs {
             match output {
                 Output::SendEager { .. } if self.storage_failure.is_none() => self.emit(output),

@@ -92,16 +92,30 @@ impl ReplicaHost {
     /// Starts the requested save (the round's records are submitted, so
     /// `last_ticket` covers every effect up to the requesting callback).
     pub(super) fn start_snapshot_save(&mut self) {
+        if self.snapshot_save.is_some() {
+            // The core refuses requests while a save is in flight or not
+            // yet reported, so this cannot happen; if it did, the request
+            // waits for the save before it rather than replacing it.
+            if self.save_requested.is_some() {
+                tracing::error!(region = %self.name, "a snapshot save was requested while one is in flight; it waits");
+            }
+            return;
+        }
         let Some(Requested { request, owner }) = self.save_requested.take() else {
             return;
         };
         if self.storage_failure.is_some() {
             return;
         }
-        // A save in flight is never replaced: the core refuses a request
-        // then, so this is only a safety net.
-        self.join_snapshot_save();
         let ticket = self.last_ticket;
+        tracing::debug!(
+            region = %self.name,
+            position = request.position,
+            ticket,
+            bytes = request.image.len(),
+            capture_ms = request.capture.as_secs_f64() * 1e3,
+            "snapshot save started (image captured on the pipeline)"
+        );
         let state = match &self.save_wake {
             Some(wake) => {
                 let (answer, done) = mpsc::channel();
@@ -129,7 +143,6 @@ impl ReplicaHost {
                 image: request.image,
             },
         };
-        tracing::debug!(region = %self.name, position = request.position, ticket, "snapshot save started");
         self.snapshot_save = Some(InFlight {
             position: request.position,
             notify: request.notify,
