@@ -316,9 +316,15 @@ fn run_raft(source: &PluginSource) -> RaftRun {
 /// compacts only after the notification. Both reach the same state.
 #[test]
 fn a_component_built_against_contract_0_1_1_still_snapshots_synchronously() {
-    assert!(contains(RAFT_CONTRACT_0_1_1, "synod:protocol/protocol@0.1.1"));
+    assert!(contains(
+        RAFT_CONTRACT_0_1_1,
+        "synod:protocol/protocol@0.1.1"
+    ));
     assert!(!contains(RAFT_CONTRACT_0_1_1, "snapshot-async"));
-    assert!(contains(synod_plugin_artifacts::RAFT_WASM, "snapshot-async"));
+    assert!(contains(
+        synod_plugin_artifacts::RAFT_WASM,
+        "snapshot-async"
+    ));
     let engine = Arc::new(PluginEngine::new(SandboxLimits::default(), None).expect("engine"));
     let component = engine.load(RAFT_CONTRACT_0_1_1).expect("load 0.1.1");
     let old = run_raft(&PluginSource::Wasm {
@@ -329,11 +335,19 @@ fn a_component_built_against_contract_0_1_1_still_snapshots_synchronously() {
         .load(synod_plugin_artifacts::RAFT_WASM)
         .expect("load today's raft");
     let new = run_raft(&PluginSource::Wasm { engine, component });
-    assert!(old.sync_snapshots >= 3, "old: {} snapshots", old.sync_snapshots);
+    assert!(
+        old.sync_snapshots >= 3,
+        "old: {} snapshots",
+        old.sync_snapshots
+    );
     assert_eq!(old.async_requests, 0);
     assert_eq!(old.compactions, old.sync_snapshots);
     assert_eq!(new.sync_snapshots, 0);
-    assert!(new.async_requests >= 3, "new: {} requests", new.async_requests);
+    assert!(
+        new.async_requests >= 3,
+        "new: {} requests",
+        new.async_requests
+    );
     assert_eq!(new.compactions, new.async_requests);
     assert_eq!(old.digest, new.digest, "state digest");
 }

@@ -414,8 +414,7 @@ mod tests {
     /// bytes, new inode and ctime) is hashed once, trusted, and its seal
     /// renewed, so the next load is fast again.
     #[test]
-    fn an_intact_copy_is_hashed_once_and_trusted_again() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn an_intact_copy_is_hashed_once_and_trusted_again() -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path();
         load_fresh(dir)?;

@@ -220,7 +220,10 @@ impl state_machine::Host for StoreData {
     }
 
     fn snapshot_async(&mut self, notify: u64) -> Trappable<Result<u64, types::StorageError>> {
-        Ok(self.core.snapshot_async(notify).map_err(storage_error_to_wit))
+        Ok(self
+            .core
+            .snapshot_async(notify)
+            .map_err(storage_error_to_wit))
     }
 
     fn send_snapshot(&mut self, to: u64, metadata: Vec<u8>) -> Trappable<()> {

@@ -19,9 +19,9 @@ mod log;
 pub mod pending;
 pub mod quota;
 pub mod replica;
+mod snapshot_save;
 #[cfg(test)]
 mod snapshot_tests;
-mod snapshot_save;
 pub mod spec_limits;
 pub mod weak;
 

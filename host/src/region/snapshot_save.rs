@@ -48,7 +48,10 @@ pub(super) struct InFlight {
 enum SaveState {
     /// Written by the driver once `ticket` is durable (no background
     /// threads: the simulator).
-    Deferred { ticket: u64, image: Arc<Vec<u8>> },
+    Deferred {
+        ticket: u64,
+        image: Arc<Vec<u8>>,
+    },
     /// Being written on a blocking thread, which answers here.
     Background {
         done: mpsc::Receiver<Result<(), String>>,
@@ -205,7 +208,11 @@ impl ReplicaHost {
                 commit
                     .wait_durable(*ticket)
                     .map_err(|e| e.to_string())
-                    .and_then(|()| snapshots.save(name.as_str(), image).map_err(|e| e.to_string()))
+                    .and_then(|()| {
+                        snapshots
+                            .save(name.as_str(), image)
+                            .map_err(|e| e.to_string())
+                    })
             })),
             SaveState::Background { done } => Some(blocking(|| {
                 done.recv()

@@ -683,7 +683,11 @@ fn an_async_snapshot_survives_a_crash_at_every_step() {
         node.write("b");
         assert_eq!(node.position(), 2);
         assert_eq!(node.host().snapshot_save_in_flight(), Some(1));
-        assert_eq!(node.saved_position(), 0, "written before the WAL was durable");
+        assert_eq!(
+            node.saved_position(),
+            0,
+            "written before the WAL was durable"
+        );
         node.sync();
         if crash_at == 0 {
             // The log is durable, the save not started (the driver writes
@@ -701,11 +705,18 @@ fn an_async_snapshot_survives_a_crash_at_every_step() {
         }
         node.crash();
         node.boot();
-        assert!(node.has_key("a") && node.has_key("b"), "crash at {crash_at}");
+        assert!(
+            node.has_key("a") && node.has_key("b"),
+            "crash at {crash_at}"
+        );
         assert_eq!(node.position(), 2, "crash at {crash_at}");
         let (saved, recorded) = [(0, 0), (1, 0), (1, 1)][crash_at];
         assert_eq!(node.saved_position(), saved, "crash at {crash_at}");
-        assert_eq!(node.counter("recorded"), Some(recorded), "crash at {crash_at}");
+        assert_eq!(
+            node.counter("recorded"),
+            Some(recorded),
+            "crash at {crash_at}"
+        );
     }
 }
 
@@ -730,7 +741,11 @@ fn send_snapshot_ships_nothing_while_a_save_is_in_flight() {
     let mut node = async_probe();
     node.write("a");
     node.write("b");
-    assert_eq!(node.host().snapshot_save_in_flight(), Some(1), "one at a time");
+    assert_eq!(
+        node.host().snapshot_save_in_flight(),
+        Some(1),
+        "one at a time"
+    );
     poke(&mut node);
     node.sync();
     assert!(shipped(&mut node).is_empty(), "shipped while in flight");
@@ -758,7 +773,11 @@ fn a_failed_async_save_stops_the_region_and_keeps_the_log() {
         !matches!(answer.try_recv(), Ok(Ok(_))),
         "acknowledged a write after a failed save"
     );
-    assert_eq!(node.counter("recorded"), Some(0), "notified of a failed save");
+    assert_eq!(
+        node.counter("recorded"),
+        Some(0),
+        "notified of a failed save"
+    );
     assert_eq!(node.counter("log-first"), Some(1));
     node.disk.fail_atomic_writes.store(false, Ordering::Relaxed);
     node.crash();
@@ -780,7 +799,11 @@ fn no_snapshot_save_starts_while_a_swap_holds_the_region() {
     node.host().hold(16);
     node.write("b");
     poke(&mut node);
-    assert_eq!(node.host().snapshot_save_in_flight(), None, "a save started under the hold");
+    assert_eq!(
+        node.host().snapshot_save_in_flight(),
+        None,
+        "a save started under the hold"
+    );
     node.host().release_held();
     node.round(Vec::new());
     poke(&mut node);

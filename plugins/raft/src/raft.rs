@@ -1807,7 +1807,10 @@ impl Raft {
             Err(error) => {
                 // Refused for now (a swap holds the region): retried after
                 // the next apply.
-                host.log(Level::Debug, &format!("raft: snapshot not started: {error}"));
+                host.log(
+                    Level::Debug,
+                    &format!("raft: snapshot not started: {error}"),
+                );
                 return;
             }
         };
