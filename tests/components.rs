@@ -46,7 +46,7 @@ fn a_component_of_another_world_is_refused() {
     assert!(matches!(error, LoadError::WrongWorld { .. }), "{error}");
     let message = error.to_string();
     assert!(
-        message.contains("synod:protocol/protocol@0.1.1"),
+        message.contains("synod:protocol/protocol@0.1.2"),
         "{message}"
     );
     assert!(
@@ -67,7 +67,7 @@ fn an_incompatible_major_version_is_refused() {
     );
     let message = error.to_string();
     assert!(
-        message.contains("9.0.0") && message.contains("0.1.1"),
+        message.contains("9.0.0") && message.contains("0.1.2"),
         "{message}"
     );
 }
@@ -81,12 +81,16 @@ fn valid_plugins_load_with_their_info_and_hit_the_cache() {
         .load(synod_plugin_artifacts::STANDALONE_WASM)
         .expect("loads");
     assert_eq!(loaded.info.name, "standalone");
-    let cached: Vec<_> = std::fs::read_dir(cache.path())
+    let mut cached: Vec<_> = std::fs::read_dir(cache.path())
         .expect("cache dir")
+        .map(|entry| entry.expect("entry").path())
         .collect();
-    assert_eq!(cached.len(), 1, "one precompiled artifact");
+    cached.sort();
+    assert_eq!(cached.len(), 2, "one precompiled artifact and its seal");
+    assert!(cached[1].to_string_lossy().ends_with(".cwasm.sum"));
     // A corrupt cache entry is ignored and recompiled, not trusted.
-    let entry = cached[0].as_ref().expect("entry").path();
+    let entry = cached[0].clone();
+    assert!(entry.to_string_lossy().ends_with(".cwasm"));
     std::fs::write(&entry, b"garbage").expect("corrupt the cache");
     let second =
         PluginEngine::new(SandboxLimits::default(), Some(cache.path().into())).expect("engine");

@@ -192,9 +192,9 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|window| window == needle.as_bytes())
 }
 
-/// Goal: a component built against 0.1.0 still loads on a 0.1.1 host (its
-/// imports `…@0.1.0` are satisfied by the host's 0.1.1 ones, and its export
-/// `synod:protocol/protocol@0.1.0` is found by the host's 0.1.1 bindings:
+/// Goal: a component built against 0.1.0 still loads on a 0.1.2 host (its
+/// imports `…@0.1.0` are satisfied by the host's 0.1.2 ones, and its export
+/// `synod:protocol/protocol@0.1.0` is found by the host's 0.1.2 bindings:
 /// wasmtime matches names semver-compatibly both ways) and runs exactly like
 /// the same protocol built today.
 #[test]
@@ -207,7 +207,7 @@ fn a_component_built_against_contract_0_1_0_still_loads_and_runs() {
     assert!(!contains(STANDALONE_CONTRACT_0_1_0, "apply-stamped"));
     assert!(contains(
         synod_plugin_artifacts::STANDALONE_WASM,
-        "synod:protocol/protocol@0.1.1"
+        "synod:protocol/protocol@0.1.2"
     ));
     let engine = Arc::new(PluginEngine::new(SandboxLimits::default(), None).expect("engine"));
     let component = engine.load(STANDALONE_CONTRACT_0_1_0).expect("load 0.1.0");
@@ -217,4 +217,137 @@ fn a_component_built_against_contract_0_1_0_still_loads_and_runs() {
     assert_eq!(old.0, native.0, "replies");
     assert_eq!(old.1, native.1, "journal records");
     assert_eq!(old.2, native.2, "state digest");
+}
+
+/// The Raft component as built against contract 0.1.1, before 0.1.2 added
+/// `snapshot-async` (checked in, so later contract changes cannot rebuild
+/// it). It snapshots with the synchronous `snapshot()`.
+const RAFT_CONTRACT_0_1_1: &[u8] = include_bytes!("fixtures/raft-contract-0.1.1.wasm");
+
+/// What a single-voter Raft did over `workload()`: callbacks that took a
+/// synchronous snapshot, callbacks that asked for an async one, the log
+/// compactions, and the final state digest.
+struct RaftRun {
+    sync_snapshots: usize,
+    async_requests: usize,
+    compactions: usize,
+    digest: [u8; 32],
+}
+
+fn run_raft(source: &PluginSource) -> RaftRun {
+    let mut core = RegionCore::new(
+        RegionName::new("raft").expect("name"),
+        1,
+        RegionLog::default(),
+        BTreeMap::new(),
+        KvStateMachine::default(),
+        Arc::new(SystemClock::new()),
+        7,
+    );
+    let mut instance = source.instantiate().expect("instantiate");
+    let init = InitConfig {
+        self_id: 1,
+        membership: Membership {
+            voters: vec![1],
+            learners: vec![],
+        },
+        params: vec![
+            ("snapshot-interval".into(), "25".into()),
+            ("synod.first-leader".into(), "1".into()),
+        ],
+        recovering: false,
+        applied_position: 0,
+    };
+    let mut run = RaftRun {
+        sync_snapshots: 0,
+        async_requests: 0,
+        compactions: 0,
+        digest: [0; 32],
+    };
+    let mut notify = Vec::new();
+    let mut tally = |effects: synod::region::core::Effects, notify: &mut Vec<u64>| {
+        run.sync_snapshots += usize::from(effects.snapshot.is_some());
+        if let Some(request) = &effects.snapshot_request {
+            run.async_requests += 1;
+            // The host would save it, then fire the timer.
+            notify.push(request.notify);
+        }
+        run.compactions += effects
+            .records
+            .iter()
+            .filter(|r| matches!(r, JournalRecord::LogCompact { .. }))
+            .count();
+    };
+    instance.call(&mut core, Call::Init(init)).expect("init");
+    tally(core.commit_callback(), &mut notify);
+    // The election timer: a single voter elects itself.
+    instance
+        .call(&mut core, Call::Timers(vec![1]))
+        .expect("election");
+    tally(core.commit_callback(), &mut notify);
+    let mut next_id = 0u64;
+    for batch in workload() {
+        let mut commands = Commands::default();
+        for payload in &batch {
+            next_id += 1;
+            commands.ids.push(next_id);
+            commands.payloads.push(payload);
+            commands.key_ends.push(0);
+        }
+        instance
+            .call(&mut core, Call::Commands(commands))
+            .expect("commands");
+        tally(core.commit_callback(), &mut notify);
+        // Timers Raft armed at 0 (apply continuation) and notifications.
+        let mut timers = std::mem::take(&mut notify);
+        timers.push(3);
+        instance
+            .call(&mut core, Call::Timers(timers))
+            .expect("timers");
+        tally(core.commit_callback(), &mut notify);
+    }
+    run.digest = core.state().digest();
+    run
+}
+
+/// Goal: a component built against 0.1.1 (Raft, before `snapshot-async`)
+/// loads on a 0.1.2 host and snapshots exactly as before: synchronously,
+/// compacting in the same callback; today's build asks for async saves and
+/// compacts only after the notification. Both reach the same state.
+#[test]
+fn a_component_built_against_contract_0_1_1_still_snapshots_synchronously() {
+    assert!(contains(
+        RAFT_CONTRACT_0_1_1,
+        "synod:protocol/protocol@0.1.1"
+    ));
+    assert!(!contains(RAFT_CONTRACT_0_1_1, "snapshot-async"));
+    assert!(contains(
+        synod_plugin_artifacts::RAFT_WASM,
+        "snapshot-async"
+    ));
+    let engine = Arc::new(PluginEngine::new(SandboxLimits::default(), None).expect("engine"));
+    let component = engine.load(RAFT_CONTRACT_0_1_1).expect("load 0.1.1");
+    let old = run_raft(&PluginSource::Wasm {
+        engine: engine.clone(),
+        component,
+    });
+    let component = engine
+        .load(synod_plugin_artifacts::RAFT_WASM)
+        .expect("load today's raft");
+    let new = run_raft(&PluginSource::Wasm { engine, component });
+    assert!(
+        old.sync_snapshots >= 3,
+        "old: {} snapshots",
+        old.sync_snapshots
+    );
+    assert_eq!(old.async_requests, 0);
+    assert_eq!(old.compactions, old.sync_snapshots);
+    assert_eq!(new.sync_snapshots, 0);
+    assert!(
+        new.async_requests >= 3,
+        "new: {} requests",
+        new.async_requests
+    );
+    assert_eq!(new.compactions, new.async_requests);
+    assert_eq!(old.digest, new.digest, "state digest");
 }

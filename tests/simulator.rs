@@ -237,6 +237,9 @@ mod overeager {
         fn snapshot(&mut self) -> Result<u64, StorageError> {
             self.host.snapshot()
         }
+        fn snapshot_async(&mut self, notify: TimerId) -> Result<u64, StorageError> {
+            self.host.snapshot_async(notify)
+        }
         fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
             self.host.send_snapshot(to, metadata)
         }

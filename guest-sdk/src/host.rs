@@ -56,6 +56,12 @@ pub trait Host {
     fn query(&mut self, query: &[u8]) -> Vec<u8>;
     /// Durably snapshots the state; returns the position it covers.
     fn snapshot(&mut self) -> Result<u64, StorageError>;
+    /// Asks for a snapshot of the state as of the returned position, made
+    /// durable off the region's pipeline; the host then fires
+    /// `on_timers([notify])` on this instance, and only then may the log be
+    /// compacted through the position (WIT `snapshot-async`, contract
+    /// 0.1.2). `Err` while a save is in flight or a swap holds the region.
+    fn snapshot_async(&mut self, notify: TimerId) -> Result<u64, StorageError>;
     fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]);
     fn digest(&mut self) -> Vec<u8>;
 

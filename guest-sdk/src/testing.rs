@@ -35,6 +35,9 @@ pub struct MemoryHost {
     pub completed_reads: Vec<RequestId>,
     pub rejected: Vec<(RequestId, Rejection)>,
     pub snapshots_taken: Vec<u64>,
+    /// The `snapshot_async` in flight, `(position, notify timer)`: a test
+    /// completes it with [`MemoryHost::finish_snapshot_save`].
+    pub snapshot_requested: Option<(u64, TimerId)>,
     /// Distinct stamped writes applied: stamp → (request id, payload).
     pub stamped: BTreeMap<Stamp, (RequestId, Vec<u8>)>,
     /// The highest `compact_tombstones` bound passed.
@@ -57,6 +60,15 @@ impl MemoryHost {
     /// Ids of applied commands in order.
     pub fn applied_ids(&self) -> Vec<RequestId> {
         self.applied.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Completes the `snapshot_async` in flight as the host does once the
+    /// image is durable: records it as taken and returns the timer to fire
+    /// (`on_timers([id])`), or `None` when no save is in flight.
+    pub fn finish_snapshot_save(&mut self) -> Option<TimerId> {
+        let (position, notify) = self.snapshot_requested.take()?;
+        self.snapshots_taken.push(position);
+        Some(notify)
     }
 
     /// Advances the clock and returns the timers that are now due (disarmed).
@@ -245,6 +257,14 @@ impl Host for MemoryHost {
 
     fn snapshot(&mut self) -> Result<u64, StorageError> {
         self.snapshots_taken.push(self.applied_position);
+        Ok(self.applied_position)
+    }
+
+    fn snapshot_async(&mut self, notify: TimerId) -> Result<u64, StorageError> {
+        if self.snapshot_requested.is_some() {
+            return Err(StorageError::Failed("a snapshot save is in flight".into()));
+        }
+        self.snapshot_requested = Some((self.applied_position, notify));
         Ok(self.applied_position)
     }
 

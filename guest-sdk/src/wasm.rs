@@ -17,25 +17,25 @@ pub mod bindings {
         export_macro_name: "__synod_export_plugin",
         default_bindings_module: "::synod_guest_sdk::wasm::bindings",
         with: {
-            "synod:protocol/types@0.1.1/batch": crate::types::Batch,
-            "synod:protocol/types@0.1.1/commands": crate::types::Commands,
-            "synod:protocol/types@0.1.1/applies": crate::types::Applies,
-            "synod:protocol/types@0.1.1/read-level": crate::types::ReadLevel,
-            "synod:protocol/types@0.1.1/reads": crate::types::Reads,
-            "synod:protocol/types@0.1.1/messages": crate::types::Messages,
-            "synod:protocol/types@0.1.1/membership": crate::types::Membership,
-            "synod:protocol/types@0.1.1/init-config": crate::types::InitConfig,
-            "synod:protocol/types@0.1.1/consistency": crate::types::Consistency,
-            "synod:protocol/types@0.1.1/rejection": crate::types::Rejection,
-            "synod:protocol/types@0.1.1/role": crate::types::Role,
-            "synod:protocol/types@0.1.1/peer-progress": crate::types::PeerProgress,
-            "synod:protocol/types@0.1.1/replica-status": crate::types::Status,
-            "synod:protocol/types@0.1.1/seal-progress": crate::types::SealProgress,
-            "synod:protocol/types@0.1.1/storage-error": crate::types::StorageError,
-            "synod:protocol/types@0.1.1/log-bounds": crate::types::LogBounds,
-            "synod:protocol/types@0.1.1/snapshot-offer": crate::types::SnapshotOffer,
-            "synod:protocol/types@0.1.1/level": crate::types::Level,
-            "synod:protocol/types@0.1.1/stamp": crate::types::Stamp,
+            "synod:protocol/types@0.1.2/batch": crate::types::Batch,
+            "synod:protocol/types@0.1.2/commands": crate::types::Commands,
+            "synod:protocol/types@0.1.2/applies": crate::types::Applies,
+            "synod:protocol/types@0.1.2/read-level": crate::types::ReadLevel,
+            "synod:protocol/types@0.1.2/reads": crate::types::Reads,
+            "synod:protocol/types@0.1.2/messages": crate::types::Messages,
+            "synod:protocol/types@0.1.2/membership": crate::types::Membership,
+            "synod:protocol/types@0.1.2/init-config": crate::types::InitConfig,
+            "synod:protocol/types@0.1.2/consistency": crate::types::Consistency,
+            "synod:protocol/types@0.1.2/rejection": crate::types::Rejection,
+            "synod:protocol/types@0.1.2/role": crate::types::Role,
+            "synod:protocol/types@0.1.2/peer-progress": crate::types::PeerProgress,
+            "synod:protocol/types@0.1.2/replica-status": crate::types::Status,
+            "synod:protocol/types@0.1.2/seal-progress": crate::types::SealProgress,
+            "synod:protocol/types@0.1.2/storage-error": crate::types::StorageError,
+            "synod:protocol/types@0.1.2/log-bounds": crate::types::LogBounds,
+            "synod:protocol/types@0.1.2/snapshot-offer": crate::types::SnapshotOffer,
+            "synod:protocol/types@0.1.2/level": crate::types::Level,
+            "synod:protocol/types@0.1.2/stamp": crate::types::Stamp,
         },
     });
 }
@@ -105,6 +105,9 @@ impl Host for ImportHost {
     }
     fn snapshot(&mut self) -> Result<u64, StorageError> {
         imports::state_machine::snapshot()
+    }
+    fn snapshot_async(&mut self, notify: TimerId) -> Result<u64, StorageError> {
+        imports::state_machine::snapshot_async(notify)
     }
     fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
         imports::state_machine::send_snapshot(to, metadata)

@@ -103,7 +103,18 @@ fn main() -> Result<()> {
     }
 
     let wit = fs::read_to_string(workspace.join("wit/synod.wit"))?;
-    let future_major = wit.replace("synod:protocol@0.1.1", "synod:protocol@9.0.0");
+    // Whatever the current version, the package line becomes 9.0.0.
+    let future_major = wit
+        .lines()
+        .map(|line| {
+            if line.starts_with("package synod:protocol@") {
+                "package synod:protocol@9.0.0;"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     let path = out_dir.join("future_major.wasm");
     fs::write(&path, dummy_component(&future_major, "plugin")?)?;
     emit_constants(&mut generated, "FUTURE_MAJOR", &path);

@@ -219,6 +219,13 @@ impl state_machine::Host for StoreData {
         Ok(self.core.snapshot().map_err(storage_error_to_wit))
     }
 
+    fn snapshot_async(&mut self, notify: u64) -> Trappable<Result<u64, types::StorageError>> {
+        Ok(self
+            .core
+            .snapshot_async(notify)
+            .map_err(storage_error_to_wit))
+    }
+
     fn send_snapshot(&mut self, to: u64, metadata: Vec<u8>) -> Trappable<()> {
         self.core.send_snapshot(to, &metadata);
         Ok(())

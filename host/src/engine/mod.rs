@@ -27,7 +27,7 @@ use crate::region::core::RegionCore;
 
 /// The contract this host implements.
 pub const WIT_PACKAGE: &str = "synod:protocol";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 1);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 2);
 
 /// How often the engine's epoch advances; the per-call deadline is counted
 /// in these ticks.
@@ -248,13 +248,15 @@ impl PluginEngine {
     fn compile(&self, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
         let cache_path = self.cache_path(digest);
         if let Some(path) = &cache_path
-            && let Some(artifact) = cache::read_verified(path, &self.cache_stats)
+            && cache::verified(path, &self.cache_stats)
         {
-            // SAFETY: `artifact` matches the sha256 stored with it when this
-            // engine code wrote it, so these are the bytes wasmtime produced;
-            // the file name includes the engine's compatibility hash, so they
-            // were produced by a compatible engine.
-            match unsafe { Component::deserialize(&self.engine, &artifact) } {
+            // SAFETY: the file at `path` passed the cache's trust rule: it is
+            // the file this node wrote (same identity, crc32 intact) or its
+            // sha256 matches what was written, so these are the bytes
+            // wasmtime produced; the file name includes the engine's
+            // compatibility hash, so a compatible engine produced them. The
+            // node never modifies a cache file after writing it.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
                 Ok(component) => {
                     self.cache_stats
                         .hits

@@ -28,6 +28,9 @@ use crate::region::quota::{
 use crate::region::{LogUndo, POSITION_MAX, RegionLog, RegionName};
 use crate::state_machine::{self, KvOutcome, KvStateMachine};
 
+/// Why `snapshot-async` is refused while a save is in flight.
+pub const SAVE_IN_FLIGHT: &str = "a snapshot save is in flight";
+
 /// Bounds on the plugin KV area: hard state and metadata, not user data.
 pub const META_KEY_BYTES_MAX: usize = 1024;
 pub const META_VALUE_BYTES_MAX: usize = 1 << 20;
@@ -95,6 +98,18 @@ pub struct StagedSnapshot {
     pub records_before: usize,
 }
 
+/// A `snapshot-async` request (contract 0.1.2): the image captured in the
+/// callback, saved off the pipeline once the records up to and including
+/// the callback are durable; `notify` is fired on the instance afterwards.
+#[derive(Debug)]
+pub struct SnapshotRequest {
+    pub position: u64,
+    pub image: Arc<Vec<u8>>,
+    pub notify: TimerId,
+    /// How long capturing the image took (on the pipeline).
+    pub capture: std::time::Duration,
+}
+
 /// The staged effects of one successful callback.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -102,6 +117,7 @@ pub struct Effects {
     pub outputs: Vec<Output>,
     pub timers: Vec<TimerChange>,
     pub snapshot: Option<StagedSnapshot>,
+    pub snapshot_request: Option<SnapshotRequest>,
 }
 
 impl Effects {
@@ -110,6 +126,7 @@ impl Effects {
             && self.outputs.is_empty()
             && self.timers.is_empty()
             && self.snapshot.is_none()
+            && self.snapshot_request.is_none()
     }
 }
 
@@ -199,6 +216,9 @@ pub struct RegionCore {
     /// When the newest quota refusal happened (clock time) and what it said.
     last_refusal: Option<(Duration, String)>,
     refusals_total: u64,
+    /// Why `snapshot-async` is refused now (a save in flight, a swap's
+    /// hold), set by the driver before each callback.
+    snapshot_refusal: Option<&'static str>,
 }
 
 impl Default for RegionCore {
@@ -253,6 +273,7 @@ impl RegionCore {
             callback_output_bytes: 0,
             last_refusal: None,
             refusals_total: 0,
+            snapshot_refusal: None,
         }
     }
 
@@ -300,6 +321,13 @@ impl RegionCore {
     /// [`LOG_ENTRY_OVERHEAD_BYTES`] per entry.
     fn log_charge(&self) -> u64 {
         self.log.byte_len() as u64 + LOG_ENTRY_OVERHEAD_BYTES * self.log.len() as u64
+    }
+
+    /// Sets why `snapshot-async` is refused (`None`: it is allowed). While
+    /// set, `send-snapshot` of the saved file ships nothing either: a save
+    /// in flight may replace the file at any moment.
+    pub fn set_snapshot_refusal(&mut self, why: Option<&'static str>) {
+        self.snapshot_refusal = why;
     }
 
     /// The driver submitted every record staged so far as one WAL entry.
@@ -907,10 +935,39 @@ impl Host for RegionCore {
 
     fn snapshot(&mut self) -> Result<u64, StorageError> {
         let position = self.state.applied_position();
+        let image = Arc::new(self.state.snapshot());
+        // An async request earlier in this callback saves this newer image
+        // (it covers at least its position), after the synchronous save.
+        if let Some(request) = self.staged.snapshot_request.as_mut() {
+            request.image = image.clone();
+        }
         self.staged.snapshot = Some(StagedSnapshot {
             position,
-            image: Arc::new(self.state.snapshot()),
+            image,
             records_before: self.staged.records.len(),
+        });
+        Ok(position)
+    }
+
+    fn snapshot_async(&mut self, notify: TimerId) -> Result<u64, StorageError> {
+        let refusal = self.snapshot_refusal.or(self
+            .staged
+            .snapshot_request
+            .as_ref()
+            .map(|_| SAVE_IN_FLIGHT));
+        if let Some(why) = refusal {
+            return Err(StorageError::Failed(format!(
+                "state-machine.snapshot-async: {why}; ask again later"
+            )));
+        }
+        let position = self.state.applied_position();
+        let started = std::time::Instant::now();
+        let image = Arc::new(self.state.snapshot());
+        self.staged.snapshot_request = Some(SnapshotRequest {
+            position,
+            image,
+            notify,
+            capture: started.elapsed(),
         });
         Ok(position)
     }
@@ -921,6 +978,14 @@ impl Host for RegionCore {
             // of: one taken earlier in this callback, else the saved one.
             let image = match &self.staged.snapshot {
                 Some(staged) => PinnedImage::Pinned(staged.image.clone()),
+                None if self.snapshot_refusal == Some(SAVE_IN_FLIGHT)
+                    || self.staged.snapshot_request.is_some() =>
+                {
+                    // The file may turn into the save in flight at any
+                    // moment: no metadata could describe what would ship.
+                    tracing::debug!(region = %self.name, to, "send-snapshot dropped: a snapshot save is in flight");
+                    return;
+                }
                 None => PinnedImage::LatestSaved,
             };
             self.staged.outputs.push(Output::SendSnapshot {

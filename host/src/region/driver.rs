@@ -57,7 +57,7 @@ pub(super) fn blocking<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// A snapshot write taking longer than this is logged as a warning.
-const SNAPSHOT_SLOW: std::time::Duration = std::time::Duration::from_millis(50);
+pub(super) const SNAPSHOT_SLOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why a client request got no outcome.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -488,6 +488,12 @@ pub struct ReplicaHost {
     pub(super) storage_failure: Option<String>,
     /// Shipped snapshots installed (the simulator crashes nodes right after).
     snapshots_installed: u64,
+    /// A `snapshot-async` save requested this round, started at its end.
+    pub(super) save_requested: Option<super::snapshot_save::Requested>,
+    /// The `snapshot-async` save in flight.
+    pub(super) snapshot_save: Option<super::snapshot_save::InFlight>,
+    /// Set when saves run on blocking threads (tokio): wakes the driver.
+    pub(super) save_wake: Option<Arc<tokio::sync::Notify>>,
     /// Who to tell once a requested shutdown has flushed.
     stopped: Option<oneshot::Sender<()>>,
     /// Every released reply, when observed (the simulator's invariants).
@@ -503,6 +509,8 @@ pub struct RegionDriver {
     inbox_message_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// The runtime the driver was spawned on, where an inline region runs.
     home: tokio::runtime::Handle,
+    /// Signalled when a snapshot save off the pipeline finishes.
+    save_done: Arc<tokio::sync::Notify>,
 }
 
 impl RegionDriver {
@@ -516,7 +524,9 @@ impl RegionDriver {
         recovering: bool,
     ) -> RegionHandle {
         let (sender, inbox) = mpsc::channel(INBOX_CAPACITY);
-        let host = ReplicaHost::new(spec, replica, context);
+        let mut host = ReplicaHost::new(spec, replica, context);
+        let save_done = Arc::new(tokio::sync::Notify::new());
+        host.use_background_saves(save_done.clone());
         let shared_spec = host.shared_spec.clone();
         let name: Arc<str> = Arc::from(host.name.as_str());
         let inbox_message_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -526,6 +536,7 @@ impl RegionDriver {
             durable,
             inbox_message_bytes: inbox_message_bytes.clone(),
             home: tokio::runtime::Handle::current(),
+            save_done,
         };
         tokio::spawn(async move {
             driver.host.start(recovering);
@@ -580,6 +591,9 @@ impl RegionDriver {
                 }
                 () = tokio::time::sleep(sleep) => {
                     self.host.on_wakeup();
+                }
+                () = self.save_done.notified() => {
+                    // `end_round` below reports the finished save.
                 }
             }
             self.host.end_round();
@@ -644,6 +658,9 @@ impl ReplicaHost {
             next_request: request_prefix,
             storage_failure: None,
             snapshots_installed: 0,
+            save_requested: None,
+            snapshot_save: None,
+            save_wake: None,
             stopped: None,
             tap: None,
         }
@@ -689,6 +706,7 @@ impl ReplicaHost {
 
     /// Starts the plugin (`init`) and ends that first round.
     pub fn start(&mut self, recovering: bool) {
+        self.refresh_snapshot_refusal();
         match self.replica.start(recovering) {
             Ok(effects) => self.stage(effects),
             Err(failure) => {
@@ -732,6 +750,10 @@ impl ReplicaHost {
     /// Answers every pending request as stopped and signals a waiting
     /// shutdown.
     pub fn finish(&mut self) {
+        // A save still writing must not outlive the driver (a deleted
+        // region's file would come back); its notification is not sent.
+        self.join_snapshot_save();
+        self.finish_snapshot_save(false);
         self.epoch.stop();
         self.fail_all_pending(ClientError::Stopped);
         if let Some(done) = self.stopped.take() {
@@ -923,6 +945,7 @@ impl ReplicaHost {
             self.fail_requests(requests, &error);
             return false;
         }
+        self.refresh_snapshot_refusal();
         match self.replica.deliver(call) {
             Delivery::Done(_, effects) => {
                 self.stage(effects);
@@ -972,6 +995,7 @@ impl ReplicaHost {
             position: state.applied_position(),
             metadata,
         };
+        self.refresh_snapshot_refusal();
         match self.replica.deliver(Call::Snapshot(offer)) {
             Delivery::Done(CallResult::Snapshot(true), effects) => {
                 // (a) The accepting callback's records join the round (a
@@ -995,7 +1019,9 @@ impl ReplicaHost {
                 } else {
                     (state, image)
                 };
-                // (b) Save the image.
+                // (b) Save the image, after any save in flight (an older
+                // image must not land over it).
+                self.join_snapshot_save();
                 let saved = blocking(|| {
                     self.wait_durable(self.last_ticket).and_then(|()| {
                         self.context
@@ -1020,6 +1046,7 @@ impl ReplicaHost {
     }
 
     fn control(&mut self, call: Call) -> Result<CallResult, String> {
+        self.refresh_snapshot_refusal();
         match self.replica.deliver(call) {
             Delivery::Done(result, effects) => {
                 self.stage(effects);
@@ -1059,6 +1086,7 @@ impl ReplicaHost {
             mut outputs,
             timers,
             snapshot,
+            snapshot_request,
         } = effects;
         for change in timers {
             match change {
@@ -1073,6 +1101,8 @@ impl ReplicaHost {
         // Before this callback's own snapshot replaces the file.
         self.pin_snapshot_images(&mut outputs);
         if let Some(snapshot) = snapshot {
+            // An older image in flight must not land after this one.
+            self.join_snapshot_save();
             let after = records.split_off(snapshot.records_before.min(records.len()));
             self.round_records.extend(records);
             self.submit_round_records();
@@ -1117,6 +1147,11 @@ impl ReplicaHost {
             }
         }
         self.round_records.extend(records);
+        // After the callback's records (its save waits for all of them) and
+        // after its synchronous snapshot, if any (never older over newer).
+        if let Some(request) = snapshot_request {
+            self.request_snapshot_save(request);
+        }
         for output in outputs {
             match output {
                 Output::SendEager { .. } if self.storage_failure.is_none() => self.emit(output),
@@ -1201,9 +1236,11 @@ impl ReplicaHost {
 
     /// Submits the round's records and holds its outputs behind them.
     pub fn end_round(&mut self) {
+        self.poll_snapshot_save();
         self.poll_seal();
         self.release_when_ready();
         self.submit_round_records();
+        self.start_snapshot_save();
         let outputs = std::mem::take(&mut self.round_outputs);
         if !outputs.is_empty() {
             if self.storage_failure.is_some() {
@@ -1328,6 +1365,7 @@ impl ReplicaHost {
     }
 
     fn maybe_restart(&mut self) {
+        self.refresh_snapshot_refusal();
         match self.replica.poll_restart() {
             Some(Ok(effects)) => self.stage(effects),
             Some(Err(failure)) => {

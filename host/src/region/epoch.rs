@@ -165,6 +165,10 @@ enum Seal {
     Sealed {
         position: u64,
         ticket: u64,
+        /// The state's digest and applied position when it sealed, computed
+        /// while the WAL syncs the seal rather than after.
+        digest: [u8; 32],
+        digest_at: u64,
     },
 }
 
@@ -310,6 +314,8 @@ impl ReplicaHost {
     /// wait for it. Equivalent to a crash between the two steps of a switch
     /// (the old epoch restarts from it). Returns the position saved.
     pub fn save_boundary(&mut self) -> Result<u64, ClientError> {
+        // A periodic save still in flight must not land over the boundary.
+        self.join_snapshot_save();
         let started = std::time::Instant::now();
         let state = self.replica.core().state();
         let position = state.applied_position();
@@ -469,6 +475,7 @@ impl ReplicaHost {
             self.epoch.seal = Seal::Idle;
             return;
         }
+        self.refresh_snapshot_refusal();
         match self.replica.deliver(Call::Seal) {
             Delivery::Done(CallResult::Seal(SealProgress::Sealed(position)), effects) => {
                 self.stage(effects);
@@ -476,9 +483,14 @@ impl ReplicaHost {
                 // far (its seal marker included) is durable.
                 self.submit_round_records();
                 tracing::info!(region = %self.name, epoch = self.spec.epoch, position, "protocol sealed");
+                // The state no longer changes: its digest is computed now,
+                // while the commit thread syncs the seal.
+                let state = self.replica.core().state();
                 self.epoch.seal = Seal::Sealed {
                     position,
                     ticket: self.last_ticket,
+                    digest: state.digest(),
+                    digest_at: state.applied_position(),
                 };
             }
             Delivery::Done(_, effects) => self.stage(effects),
@@ -490,7 +502,13 @@ impl ReplicaHost {
 
     /// The seal report, once the plugin sealed and its writes are durable.
     pub fn seal_report(&self) -> Option<Result<SealReport, ClientError>> {
-        let Seal::Sealed { position, ticket } = self.epoch.seal else {
+        let Seal::Sealed {
+            position,
+            ticket,
+            digest,
+            digest_at,
+        } = self.epoch.seal
+        else {
             return None;
         };
         if ticket > self.context.commit.durable_ticket() {
@@ -503,10 +521,17 @@ impl ReplicaHost {
                 state.applied_position()
             ))));
         }
+        // The state changed since the seal only if something replaced it
+        // (a shipped snapshot): then the digest is taken again.
+        let digest = if state.applied_position() == digest_at {
+            digest
+        } else {
+            state.digest()
+        };
         Some(Ok(SealReport {
             epoch: self.spec.epoch,
             position,
-            digest: state.digest().to_vec(),
+            digest: digest.to_vec(),
         }))
     }
 
@@ -579,6 +604,10 @@ impl ReplicaHost {
             return Err(ClientError::Unavailable(format!("storage failed: {why}")));
         }
         self.release();
+        // A save of the old epoch in flight finishes first; its
+        // notification is not delivered (the new instance did not ask).
+        self.join_snapshot_save();
+        self.finish_snapshot_save(false);
         // (1) The boundary image (unless saved after the seal already). If
         // it cannot be saved the replica stays in the old epoch (an atomic
         // write leaves the previous file).
@@ -641,6 +670,7 @@ impl ReplicaHost {
             ))));
         }
         self.timers.clear();
+        self.refresh_snapshot_refusal();
         match self.replica.switch_protocol(source, init) {
             Ok(effects) => self.stage(effects),
             // The replica is fenced and rebuilt like after any failure.

@@ -19,6 +19,7 @@ mod log;
 pub mod pending;
 pub mod quota;
 pub mod replica;
+mod snapshot_save;
 #[cfg(test)]
 mod snapshot_tests;
 pub mod spec_limits;

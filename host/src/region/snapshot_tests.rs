@@ -540,3 +540,272 @@ fn a_failed_snapshot_save_keeps_later_records_out_of_the_wal() {
         "the metadata of a snapshot that was never saved is durable"
     );
 }
+
+/// A test protocol on `snapshot-async` (contract 0.1.2): every command
+/// batch is logged and applied, then a save is asked for (one at a time);
+/// when the host reports it durable, the position is recorded in kv and the
+/// log compacted through it. At start it re-applies the log after
+/// `applied-position`. Every message batch ships the snapshot to node 2,
+/// then asks for a save too.
+struct AsyncProbe {
+    position: u64,
+    saving: Option<u64>,
+}
+
+const ASYNC_NOTIFY: u64 = 7;
+
+impl Protocol for AsyncProbe {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "async-snapshot-probe".into(),
+            version: "0".into(),
+            consistency: Consistency::Eventual,
+            capabilities: Default::default(),
+        }
+    }
+
+    fn init<H: Host>(host: &mut H, config: InitConfig) -> Self {
+        let mut probe = AsyncProbe {
+            position: config.applied_position,
+            saving: None,
+        };
+        let bounds = host.log_bounds();
+        if !bounds.is_empty() && bounds.last > probe.position {
+            let first = (probe.position + 1).max(bounds.first);
+            let entries = host.log_read(first, bounds.last, u32::MAX).expect("log");
+            for (offset, payload) in entries.iter().enumerate() {
+                let mut applies = Applies::default();
+                applies.push(0, payload);
+                host.apply(&applies, first + offset as u64);
+            }
+            probe.position = bounds.last;
+        }
+        probe
+    }
+
+    fn on_commands<H: Host>(&mut self, host: &mut H, commands: Commands) {
+        for (id, payload) in commands.ids.iter().zip(commands.payloads.iter()) {
+            self.position += 1;
+            host.log_append(self.position, &Batch::from_items([payload]))
+                .expect("log append");
+            let mut applies = Applies::default();
+            applies.push(*id, payload);
+            host.apply(&applies, self.position);
+        }
+        if self.saving.is_none()
+            && let Ok(position) = host.snapshot_async(ASYNC_NOTIFY)
+        {
+            self.saving = Some(position);
+        }
+    }
+
+    fn on_reads<H: Host>(&mut self, _host: &mut H, _reads: Reads) {}
+
+    fn on_messages<H: Host>(&mut self, host: &mut H, _messages: synod_guest_sdk::Messages) {
+        host.send_snapshot(2, b"the snapshot I know of");
+        if self.saving.is_none()
+            && let Ok(position) = host.snapshot_async(ASYNC_NOTIFY)
+        {
+            self.saving = Some(position);
+        }
+    }
+
+    fn on_timers<H: Host>(&mut self, host: &mut H, timers: Vec<u64>) {
+        if timers.contains(&ASYNC_NOTIFY)
+            && let Some(position) = self.saving.take()
+        {
+            host.kv_put(PROBE_META, &position.to_le_bytes())
+                .expect("kv put");
+            host.log_compact_prefix(position).expect("compact");
+        }
+    }
+
+    fn seal<H: Host>(&mut self, _host: &mut H) -> SealProgress {
+        SealProgress::Pending
+    }
+
+    fn status<H: Host>(&mut self, host: &mut H) -> Status {
+        let recorded = host
+            .kv_get(PROBE_META)
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        Status {
+            role: Role::Replica,
+            leader: None,
+            term: 0,
+            commit_position: self.position,
+            applied_position: self.position,
+            peers: Vec::new(),
+            counters: vec![
+                ("recorded".into(), recorded),
+                ("log-first".into(), host.log_bounds().first),
+            ],
+        }
+    }
+}
+
+fn async_probe() -> TestNode {
+    TestNode::new(1, PluginSource::native::<AsyncProbe>(), &[1, 2])
+}
+
+impl TestNode {
+    /// The position of the snapshot file on disk, 0 if there is none.
+    fn saved_position(&self) -> u64 {
+        let disk: Arc<dyn Disk> = Arc::new(self.disk.clone());
+        SnapshotStore::new(disk, "snapshots")
+            .load(REGION)
+            .expect("snapshot readable")
+            .map_or(0, |image| {
+                KvStateMachine::restore(&image)
+                    .expect("image")
+                    .applied_position()
+            })
+    }
+
+    fn has_key(&self, key: &str) -> bool {
+        let host = &self.runtime.as_ref().expect("node is up").0;
+        host.replica().core().state().get(key.as_bytes()).is_some()
+    }
+}
+
+/// Goal: `snapshot-async` saves the image only after the WAL holds every
+/// record up to the request, off the callback (no file yet when the round
+/// ends), and notifies the plugin only once the file is there; a crash at
+/// any point loses no write: before the save (log intact, no file), after
+/// the save but before the plugin's compaction is durable (new file, log
+/// intact, old metadata), and after it (file, compacted log, metadata).
+#[test]
+fn an_async_snapshot_survives_a_crash_at_every_step() {
+    for crash_at in 0..3 {
+        let mut node = async_probe();
+        node.write("a");
+        node.write("b");
+        assert_eq!(node.position(), 2);
+        assert_eq!(node.host().snapshot_save_in_flight(), Some(1));
+        assert_eq!(
+            node.saved_position(),
+            0,
+            "written before the WAL was durable"
+        );
+        node.sync();
+        if crash_at == 0 {
+            // The log is durable, the save not started (the driver writes
+            // it at its next round end).
+            assert_eq!(node.saved_position(), 0);
+        } else {
+            node.round(Vec::new());
+            assert_eq!(node.saved_position(), 1, "saved once the WAL is durable");
+            assert_eq!(node.host().snapshot_save_in_flight(), None);
+            assert_eq!(node.counter("recorded"), Some(1), "notified");
+            assert_eq!(node.counter("log-first"), Some(2), "compacted once durable");
+            if crash_at == 2 {
+                node.sync();
+            }
+        }
+        node.crash();
+        node.boot();
+        assert!(
+            node.has_key("a") && node.has_key("b"),
+            "crash at {crash_at}"
+        );
+        assert_eq!(node.position(), 2, "crash at {crash_at}");
+        let (saved, recorded) = [(0, 0), (1, 0), (1, 1)][crash_at];
+        assert_eq!(node.saved_position(), saved, "crash at {crash_at}");
+        assert_eq!(
+            node.counter("recorded"),
+            Some(recorded),
+            "crash at {crash_at}"
+        );
+    }
+}
+
+/// Goal: while a save is in flight, `send-snapshot` ships nothing (the file
+/// may change under any metadata); once notified, it ships the new image.
+/// A second request while one is in flight is refused.
+#[test]
+fn send_snapshot_ships_nothing_while_a_save_is_in_flight() {
+    let shipped = |node: &mut TestNode| -> Vec<u64> {
+        node.sent()
+            .into_iter()
+            .filter_map(|envelope| match envelope.payload {
+                Payload::Snapshot { image, .. } => Some(
+                    KvStateMachine::restore(&image)
+                        .expect("image")
+                        .applied_position(),
+                ),
+                Payload::Messages(_) => None,
+            })
+            .collect()
+    };
+    let mut node = async_probe();
+    node.write("a");
+    node.write("b");
+    assert_eq!(
+        node.host().snapshot_save_in_flight(),
+        Some(1),
+        "one at a time"
+    );
+    poke(&mut node);
+    node.sync();
+    assert!(shipped(&mut node).is_empty(), "shipped while in flight");
+    node.round(Vec::new());
+    node.sync();
+    assert_eq!(node.counter("recorded"), Some(1));
+    poke(&mut node);
+    node.sync();
+    assert_eq!(shipped(&mut node), vec![1]);
+}
+
+/// Goal: a failed async save fails the region's storage: no notification,
+/// so the plugin never compacts past a snapshot that is not on disk, and no
+/// later write is acknowledged; after a restart the log replays everything.
+#[test]
+fn a_failed_async_save_stops_the_region_and_keeps_the_log() {
+    let mut node = async_probe();
+    node.disk.fail_atomic_writes.store(true, Ordering::Relaxed);
+    node.write("a");
+    node.sync();
+    node.round(Vec::new());
+    let mut answer = node.write("b");
+    node.sync();
+    assert!(
+        !matches!(answer.try_recv(), Ok(Ok(_))),
+        "acknowledged a write after a failed save"
+    );
+    assert_eq!(
+        node.counter("recorded"),
+        Some(0),
+        "notified of a failed save"
+    );
+    assert_eq!(node.counter("log-first"), Some(1));
+    node.disk.fail_atomic_writes.store(false, Ordering::Relaxed);
+    node.crash();
+    node.boot();
+    assert!(node.has_key("a"));
+    assert_eq!(node.saved_position(), 0);
+}
+
+/// Goal: no snapshot save starts while a swap holds the region (it would
+/// delay the seal and the boundary image); once released, one does.
+#[test]
+fn no_snapshot_save_starts_while_a_swap_holds_the_region() {
+    let mut node = async_probe();
+    node.write("a");
+    node.sync();
+    node.round(Vec::new());
+    node.sync();
+    assert_eq!(node.counter("recorded"), Some(1));
+    node.host().hold(16);
+    node.write("b");
+    poke(&mut node);
+    assert_eq!(
+        node.host().snapshot_save_in_flight(),
+        None,
+        "a save started under the hold"
+    );
+    node.host().release_held();
+    node.round(Vec::new());
+    poke(&mut node);
+    assert_eq!(node.host().snapshot_save_in_flight(), Some(2));
+}

@@ -78,6 +78,8 @@ pub const TIMER_HEARTBEAT: TimerId = 2;
 /// Continues applying committed entries left over by a callback that hit
 /// [`APPLY_ENTRIES_PER_CALLBACK_MAX`].
 pub const TIMER_APPLY: TimerId = 3;
+/// Fired by the host once a `snapshot-async` save is durable.
+pub const TIMER_SNAPSHOT_DURABLE: TimerId = 4;
 
 /// Bytes read from the host log per call while applying. A larger single
 /// entry is still read (the host returns at least one entry).
@@ -212,6 +214,7 @@ pub(crate) struct Counters {
     pub(crate) commands_rejected: u64,
     pub(crate) snapshots_taken: u64,
     pub(crate) snapshots_sent: u64,
+    pub(crate) snapshot_sends_deferred: u64,
     pub(crate) snapshots_installed: u64,
     pub(crate) snapshot_offers_refused: u64,
     pub(crate) replication_stalls: u64,
@@ -244,6 +247,7 @@ impl Counters {
             ("commands-rejected", self.commands_rejected),
             ("snapshots-taken", self.snapshots_taken),
             ("snapshots-sent", self.snapshots_sent),
+            ("snapshot-sends-deferred", self.snapshot_sends_deferred),
             ("snapshots-installed", self.snapshots_installed),
             ("snapshot-offers-refused", self.snapshot_offers_refused),
             ("replication-stalls", self.replication_stalls),
@@ -297,6 +301,9 @@ pub struct Raft {
     pub(crate) host_applied: u64,
     /// `applied` when the last snapshot was attempted.
     snapshot_attempt_applied: u64,
+    /// The metadata of the snapshot the host is saving (`snapshot-async`),
+    /// recorded and compacted through once the host says it is durable.
+    pub(crate) snapshot_saving: Option<SnapshotMeta>,
     /// Clock reading at the start of the current callback.
     now: u64,
     /// Followers, candidates and learners: when to campaign. Leader: when
@@ -401,6 +408,7 @@ impl Raft {
             applied,
             host_applied: applied,
             snapshot_attempt_applied: meta.index,
+            snapshot_saving: None,
             snapshot_meta: meta,
             now,
             election_deadline: now,
@@ -1781,24 +1789,32 @@ impl Raft {
         }
     }
 
-    /// Every `snapshot-interval` applied entries: snapshot the host state
-    /// machine, record what it covers, then compact the log through it.
-    /// The metadata is written after `snapshot()` so that it never becomes
-    /// durable before the snapshot itself (the host saves a snapshot after
-    /// the writes that precede it and before those that follow).
+    /// Every `snapshot-interval` applied entries: ask the host for a
+    /// snapshot saved off the pipeline (`snapshot-async`). The log is left
+    /// intact until the host reports the snapshot durable
+    /// ([`Raft::snapshot_durable`]): a crash before that finds the whole
+    /// log behind whichever snapshot is on disk.
     fn maybe_snapshot<H: Host>(&mut self, host: &mut H) {
         let interval = self.params.snapshot_interval_entries;
-        if interval == 0 || self.applied < self.snapshot_attempt_applied + interval {
+        if interval == 0
+            || self.snapshot_saving.is_some()
+            || self.applied < self.snapshot_attempt_applied + interval
+        {
             return;
         }
-        self.snapshot_attempt_applied = self.applied;
-        let position = match host.snapshot() {
+        let position = match host.snapshot_async(TIMER_SNAPSHOT_DURABLE) {
             Ok(position) => position,
             Err(error) => {
-                host.log(Level::Warn, &format!("raft: snapshot failed: {error}"));
+                // Refused for now (a swap holds the region): retried after
+                // the next apply.
+                host.log(
+                    Level::Debug,
+                    &format!("raft: snapshot not started: {error}"),
+                );
                 return;
             }
         };
+        self.snapshot_attempt_applied = self.applied;
         assert_eq!(
             position, self.host_applied,
             "host snapshot position differs from the applied position"
@@ -1810,12 +1826,25 @@ impl Raft {
             .log
             .term(position)
             .expect("the snapshot position is in the log");
-        let meta = SnapshotMeta {
+        self.snapshot_saving = Some(SnapshotMeta {
             index: position,
             term,
             config: self.config_at(position),
             sealed: self.sealed_index.filter(|&seal| seal <= position),
+        });
+    }
+
+    /// The host saved the snapshot asked for in [`Raft::maybe_snapshot`]:
+    /// record what it covers, then compact the log through it. A snapshot
+    /// installed from the leader meanwhile supersedes it.
+    fn snapshot_durable<H: Host>(&mut self, host: &mut H) {
+        let Some(meta) = self.snapshot_saving.take() else {
+            return;
         };
+        let position = meta.index;
+        if position <= self.log.snapshot_index() {
+            return;
+        }
         if let Err(error) = host.kv_put(SNAPSHOT_KEY, &encode(&meta)) {
             host.log(
                 Level::Warn,
@@ -1829,7 +1858,7 @@ impl Raft {
                 &format!("raft: log compaction failed: {error}"),
             );
         }
-        self.log.compact_through(position, term);
+        self.log.compact_through(position, meta.term);
         self.configs.retain(|(index, _)| *index > position);
         self.snapshot_meta = meta;
         self.counters.snapshots_taken += 1;
@@ -1933,6 +1962,12 @@ impl Raft {
     /// it (or the shipment is retried after
     /// [`SNAPSHOT_RESEND_ELECTION_TIMEOUTS`]).
     fn send_snapshot<H: Host>(&mut self, host: &mut H, to: NodeId) {
+        if self.snapshot_saving.is_some() {
+            // The host ships nothing while a save is in flight (the file
+            // may change under it); the next heartbeat or ack retries.
+            self.counters.snapshot_sends_deferred += 1;
+            return;
+        }
         let index = self.log.snapshot_index();
         assert!(index > 0, "entries are missing but there is no snapshot");
         if let Some(progress) = self.lead.progress.get_mut(&to) {
@@ -2721,6 +2756,7 @@ impl synod_guest_sdk::Protocol for Raft {
                 TIMER_ELECTION => self.tick_election(host),
                 TIMER_HEARTBEAT => self.tick_heartbeat(host),
                 TIMER_APPLY => self.maybe_apply(host),
+                TIMER_SNAPSHOT_DURABLE => self.snapshot_durable(host),
                 // Timers of a failed predecessor instance.
                 _ => {}
             }

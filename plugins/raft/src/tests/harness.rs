@@ -57,6 +57,10 @@ pub struct SimHost {
     /// Snapshot shipments waiting for the next sync, with the image pinned
     /// when `send-snapshot` was called (as the driver pins it).
     held_snapshots: Vec<(NodeId, Vec<u8>, Option<StateImage>)>,
+    /// A `snapshot-async` save in flight: its image and the timer to fire
+    /// once saved (`None` after the instance that asked is gone). It is
+    /// written at the node's next sync, after the writes before it.
+    saving: Option<(StateImage, Option<TimerId>)>,
 }
 
 /// How to revert one storage change.
@@ -86,6 +90,19 @@ impl SimHost {
             unsynced: Vec::new(),
             held_messages: Vec::new(),
             held_snapshots: Vec::new(),
+            saving: None,
+        }
+    }
+
+    /// Writes the save in flight (its writes are durable) and arms its
+    /// notification, as the driver does after a save off the pipeline.
+    fn finish_save(&mut self) {
+        if let Some((image, notify)) = self.saving.take() {
+            self.snapshot_image = Some(image);
+            self.mem.finish_snapshot_save();
+            if let Some(id) = notify {
+                self.mem.timers.insert(id, self.mem.now_nanos);
+            }
         }
     }
 
@@ -223,13 +240,24 @@ impl Host for SimHost {
         self.mem.query(query)
     }
     fn snapshot(&mut self) -> Result<u64, StorageError> {
-        // The host saves a snapshot once the writes before it are durable.
+        // The host saves a snapshot once the writes before it are durable,
+        // after the save in flight (the driver joins it).
         self.sync_storage();
+        self.finish_save();
         let position = self.mem.snapshot()?;
         self.snapshot_image = Some((position, self.mem.applied.clone()));
         Ok(position)
     }
+    fn snapshot_async(&mut self, notify: TimerId) -> Result<u64, StorageError> {
+        let position = self.mem.snapshot_async(notify)?;
+        self.saving = Some(((position, self.mem.applied.clone()), Some(notify)));
+        Ok(position)
+    }
     fn send_snapshot(&mut self, to: NodeId, metadata: &[u8]) {
+        if self.saving.is_some() {
+            // The driver ships nothing while a save is in flight.
+            return;
+        }
         let image = self.snapshot_image.clone();
         self.held_snapshots.push((to, metadata.to_vec(), image));
     }
@@ -319,6 +347,8 @@ pub struct Cluster {
     /// Outside `tick`, whether every callback syncs at once (otherwise the
     /// test calls [`Cluster::sync`]).
     pub auto_sync: bool,
+    /// While set, `snapshot-async` saves stay in flight (a slow disk).
+    pub hold_saves: bool,
 }
 
 pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -362,6 +392,7 @@ impl Cluster {
             committed: BTreeMap::new(),
             in_tick: false,
             auto_sync: true,
+            hold_saves: false,
         };
         for id in 1..=node_count {
             let mut host = SimHost::new(id);
@@ -453,6 +484,9 @@ impl Cluster {
     pub fn sync(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.host.sync_storage();
+        if !self.hold_saves {
+            node.host.finish_save();
+        }
         let messages = std::mem::take(&mut node.host.held_messages);
         let shipped = std::mem::take(&mut node.host.held_snapshots);
         for (to, bytes) in messages {
@@ -611,6 +645,7 @@ impl Cluster {
             // is replaced, all before the next event.
             self.sync(to);
             let host = &mut self.nodes.get_mut(&to).expect("node").host;
+            host.finish_save();
             host.snapshot_image = Some(image.clone());
             host.mem.applied_position = image.0;
             host.mem.applied = image.1;
@@ -682,7 +717,14 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.raft = None;
         node.host.mem.timers.clear();
+        // A save in flight completes without telling the new instance; a
+        // node restart loses it (it had not reached the disk).
+        if let Some((_, notify)) = node.host.saving.as_mut() {
+            *notify = None;
+        }
         if !keep_state {
+            node.host.saving = None;
+            node.host.mem.snapshot_requested = None;
             node.host.lose_unsynced();
             let (position, applied) = node.host.snapshot_image.clone().unwrap_or_default();
             node.host.mem.applied_position = position;

@@ -8,7 +8,7 @@ use synod_guest_sdk::testing::commands;
 use synod_guest_sdk::*;
 
 use crate::message::Message;
-use crate::raft::{HARD_STATE_KEY, Raft, RaftRole};
+use crate::raft::{HARD_STATE_KEY, Raft, RaftRole, SNAPSHOT_KEY};
 use harness::{Cluster, Faults, Verdict, fast_params};
 
 fn member(ids: &[NodeId]) -> Membership {
@@ -426,6 +426,63 @@ fn lagging_follower_catches_up_from_the_log() {
         cluster.host(leader).applied_ids()
     );
     assert_eq!(cluster.raft(follower).counters.snapshots_installed, 0);
+}
+
+/// Goal: a periodic snapshot is asked for with `snapshot-async` (contract
+/// 0.1.2) and the log is compacted only once the host reports the save
+/// durable; until then the log stays whole, a node restarted meanwhile
+/// (its save lost) replays everything from its log, and no snapshot is
+/// shipped from a file that is about to change. Method: 3 nodes,
+/// `snapshot-interval = 10`, saves held in flight while 30 writes commit,
+/// a follower crashed and restarted, then the saves released.
+#[test]
+fn a_periodic_snapshot_compacts_the_log_only_once_durable() {
+    let mut cluster = Cluster::new(3, 3, fast_params(&[("snapshot-interval", "10")]), 11);
+    let leader = cluster.wait_for_leader(2000);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    cluster.hold_saves = true;
+    let mut last = 0;
+    for i in 0..30 {
+        last = cluster.propose(leader, format!("v{i}").as_bytes());
+        cluster.tick(1);
+    }
+    wait_applied(&mut cluster, &[1, 2, 3], last, 2000);
+    cluster.tick(50);
+    for id in 1..=3 {
+        let (position, _) = cluster
+            .host(id)
+            .snapshot_requested
+            .expect("a save was asked for");
+        assert!(position >= 10, "node {id}: save at {position}");
+        assert_eq!(
+            cluster.host(id).log_first,
+            1,
+            "node {id}: log not compacted"
+        );
+        assert_eq!(cluster.raft(id).log.snapshot_index(), 0);
+        assert_eq!(cluster.raft(id).counters.snapshots_taken, 0);
+        assert!(!cluster.host(id).kv.contains_key(SNAPSHOT_KEY));
+    }
+    // A restart before the save is durable loses the save, not a write.
+    cluster.crash(follower, false);
+    cluster.restart(follower);
+    let again = cluster.propose(leader, b"again");
+    wait_applied(&mut cluster, &[1, 2, 3], again, 2000);
+    assert_eq!(
+        cluster.host(follower).applied_ids(),
+        cluster.host(leader).applied_ids()
+    );
+    // Durable: each node records the snapshot and compacts through it.
+    cluster.hold_saves = false;
+    cluster.tick(30);
+    for id in 1..=3 {
+        let raft = cluster.raft(id);
+        assert!(raft.counters.snapshots_taken >= 1, "node {id}");
+        let index = raft.log.snapshot_index();
+        assert!(index >= 10, "node {id}: compacted through {index}");
+        assert_eq!(cluster.host(id).log_first, index + 1, "node {id}");
+        assert_eq!(raft.snapshot_meta.index, index);
+    }
 }
 
 /// Goal: a follower whose missing entries were compacted catches up by a
