@@ -89,6 +89,9 @@ pub struct SimReport {
     /// was observed (epoch 1): the liveness oracle compares them.
     pub max_term: u64,
     pub leader_terms: u64,
+    /// CPU time the seed took on its thread (`run_seed` measures it): the
+    /// simulator's speed is `virtual_seconds / cpu` per core.
+    pub cpu: Duration,
     pub trace: Option<Trace>,
 }
 
@@ -2055,6 +2058,7 @@ impl World {
             steps: self.steps,
             trace_hash: self.trace.hash(),
             nodes_switched,
+            cpu: Duration::ZERO,
             trace: self.trace.into_recorded(),
         }
     }
