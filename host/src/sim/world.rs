@@ -1054,8 +1054,8 @@ impl World {
     /// After any step: end rounds, schedule fsyncs and wake-ups, route
     /// what nodes sent, and check invariants.
     fn settle_all(&mut self) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
+        // The nodes are 1..=nodes (`World::new`), in the map's order.
+        for id in 1..=self.config.nodes {
             self.settle(id);
         }
     }
@@ -1155,7 +1155,8 @@ impl World {
                 Reply::Outcome(KvOutcome::Invalid(_)) => "apply invalid",
                 Reply::Rejected(_) => "reject",
             };
-            self.trace.record(now, id, format!("{what} {request:#x}"));
+            self.trace
+                .record_args(now, id, format_args!("{what} {request:#x}"));
         }
         if let Some(why) = failure {
             self.violation(format!("node {id}: {why}"));
@@ -1236,26 +1237,32 @@ impl World {
             self.trace
                 .send(now, sending, Fate::CutAtSend, || kind(&envelope.payload));
             self.trace
-                .record(self.now(), from, format!("→ n{to} cut by partition"));
+                .record_args(self.now(), from, format_args!("→ n{to} cut by partition"));
             return;
         }
         if self.faults_on && self.chance(self.config.faults.loss) {
             self.trace
                 .send(now, sending, Fate::Lost, || kind(&envelope.payload));
-            self.trace.record(self.now(), from, format!("→ n{to} lost"));
+            self.trace
+                .record_args(self.now(), from, format_args!("→ n{to} lost"));
             return;
         }
         let message = self
             .trace
             .send(now, sending, Fate::InFlight, || kind(&envelope.payload));
         let delay = self.random_between(self.config.faults.delay_min, self.config.faults.delay_max);
-        let describe = match &envelope.payload {
-            Payload::Messages(batch) => {
-                format!("→ n{to} {} msg, {} B", batch.len(), batch.byte_len())
-            }
-            Payload::Snapshot { image, .. } => format!("→ n{to} snapshot, {} B", image.len()),
-        };
-        self.trace.record(self.now(), from, describe);
+        match &envelope.payload {
+            Payload::Messages(batch) => self.trace.record_args(
+                now,
+                from,
+                format_args!("→ n{to} {} msg, {} B", batch.len(), batch.byte_len()),
+            ),
+            Payload::Snapshot { image, .. } => self.trace.record_args(
+                now,
+                from,
+                format_args!("→ n{to} snapshot, {} B", image.len()),
+            ),
+        }
         if self.faults_on && self.chance(self.config.faults.duplicate) {
             let copy = Envelope {
                 from,
@@ -1318,6 +1325,9 @@ impl World {
     /// with equal (position, digest) — anything else is a violation —
     /// record epoch 2 and switch every replica as soon as it is reachable.
     fn drive_swap(&mut self) {
+        if matches!(self.swap, Swap::Idle) {
+            return;
+        }
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let now = self.now();
         match &mut self.swap {
@@ -1542,8 +1552,7 @@ impl World {
     }
 
     fn observe(&mut self) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
+        for id in 1..=self.config.nodes {
             let Some(node) = self.nodes.get_mut(&id) else {
                 continue;
             };
@@ -1554,13 +1563,14 @@ impl World {
                 continue;
             };
             let status = runtime.host.status();
-            let Some(plugin) = status.plugin else {
+            let Some(mut plugin) = status.plugin else {
                 continue;
             };
             self.trace
                 .role(self.time.now(), id, plugin.role, plugin.term, status.epoch);
             let is_leader = plugin.role == "leader";
-            self.counters_last.insert(id, plugin.counters.clone());
+            self.counters_last
+                .insert(id, std::mem::take(&mut plugin.counters));
             if status.epoch == 1 {
                 self.max_term = self.max_term.max(plugin.term);
             }
