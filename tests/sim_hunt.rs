@@ -138,3 +138,24 @@ fn key_mutants_are_each_caught_within_a_small_seed_budget() {
     }
     assert!(by_own_oracles >= 4, "{by_own_oracles} of 5 by own oracles");
 }
+
+/// Goal: a seed that already failed is reported in seconds: the checker
+/// does not spend minutes proving a diverged history non-linearizable
+/// (this seed took 44 s of a loaded machine with the full bound).
+#[test]
+fn a_seed_that_already_failed_is_not_held_up_by_the_checker() {
+    let mut config = base();
+    config.faults = FaultProfile::named("clocks").expect("profile");
+    config
+        .params
+        .push(("mutant".into(), "match-index-off-by-one".into()));
+    let started = std::time::Instant::now();
+    let report = run_seed(&config, 1);
+    let elapsed = started.elapsed();
+    assert!(
+        report.violations[0].contains("did not converge"),
+        "{:?}",
+        report.violations
+    );
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+}

@@ -42,7 +42,7 @@ fn formatted_events_hash_as_their_text_kept_or_not() {
     }
     assert_eq!(streamed.hash(), text.hash());
     assert_eq!(kept.hash(), text.hash());
-    assert_eq!(kept.events()[1].what, "apply put 0x1000002a");
+    assert_eq!(kept.events()[1].what, "apply put 0x10000002a");
     let mut other = Trace::new(false);
     other.record_args(7, 1, format_args!("→ n{} lost", to + 1));
     assert_ne!(other.hash(), Trace::new(false).hash());
