@@ -172,7 +172,7 @@ fn soak(target: &Target, profile: FaultProfile, args: &Args) -> Row {
                 u64::try_from(report.cpu.as_nanos()).unwrap_or(u64::MAX),
                 Ordering::Relaxed,
             ) + u64::try_from(report.cpu.as_nanos()).unwrap_or(u64::MAX);
-            if n % every == 0 || n == args.seeds {
+            if n.is_multiple_of(every) || n == args.seeds {
                 let virtual_seconds = n as f64 * per_seed;
                 eprintln!(
                     "{label}: {n}/{} seeds, {} failing, {:.0}s wall, {:.0} virtual s per CPU s",
