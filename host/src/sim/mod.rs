@@ -29,9 +29,30 @@ pub use limits::SeedLimits;
 pub use trace::Trace;
 pub use world::{SimConfig, SimReport, World};
 
-/// Runs one seed.
+/// Runs one seed (and notes the CPU time it took on this thread).
 pub fn run_seed(config: &SimConfig, seed: u64) -> SimReport {
-    World::new(config.clone(), seed).run()
+    let started = crate::region::cpu::thread_cpu_time();
+    let mut report = World::new(config.clone(), seed).run();
+    report.cpu = crate::region::cpu::thread_cpu_time().saturating_sub(started);
+    report
+}
+
+/// One hash over the trace hashes of `reports` in seed order: two builds
+/// (or two machines) ran the same seeds identically iff it is equal.
+pub fn run_hash(reports: &[SimReport]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for report in reports {
+        for byte in report
+            .seed
+            .to_le_bytes()
+            .into_iter()
+            .chain(report.trace_hash.to_le_bytes())
+        {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 /// The command that replays exactly `seed` of a run (and writes its trace).

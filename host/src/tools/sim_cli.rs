@@ -212,6 +212,16 @@ pub fn run(args: SimArgs) -> Result<()> {
         "  wall time            {wall:.1}s ({:.1} seeds/s)",
         reports.len() as f64 / wall.max(1e-9)
     );
+    let cpu: f64 = reports.iter().map(|r| r.cpu.as_secs_f64()).sum();
+    println!(
+        "  speed                {:.0} virtual s per CPU s of the seeds' threads ({:.0} per wall s)",
+        virtual_seconds / cpu.max(1e-9),
+        virtual_seconds / wall.max(1e-9)
+    );
+    println!(
+        "  run hash             {:016x} (equal iff every seed ran identically)",
+        crate::sim::run_hash(&reports)
+    );
     for report in &failing {
         println!("\nseed {} FAILED:", report.seed);
         for violation in &report.violations {

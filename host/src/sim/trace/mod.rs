@@ -55,18 +55,30 @@ impl Trace {
 
     pub fn record(&mut self, nanos: u64, node: NodeId, what: String) {
         // FNV-1a over every event, kept or not, so any divergence shows.
-        for byte in nanos
-            .to_le_bytes()
-            .iter()
-            .chain(node.to_le_bytes().iter())
-            .chain(what.as_bytes())
-        {
-            self.hash ^= u64::from(*byte);
-            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        let mut hasher = Fnv(self.hash);
+        hasher.bytes(&nanos.to_le_bytes());
+        hasher.bytes(&node.to_le_bytes());
+        hasher.bytes(what.as_bytes());
+        self.hash = hasher.0;
         if self.keep {
             self.events.push(TraceEvent { nanos, node, what });
         }
+    }
+
+    /// [`Trace::record`] of formatted text, which is only built when the
+    /// trace is kept: otherwise the text streams into the hash (the same
+    /// hash), so an untraced run allocates nothing per event.
+    pub fn record_args(&mut self, nanos: u64, node: NodeId, what: std::fmt::Arguments<'_>) {
+        if self.keep {
+            self.record(nanos, node, what.to_string());
+            return;
+        }
+        let mut hasher = Fnv(self.hash);
+        hasher.bytes(&nanos.to_le_bytes());
+        hasher.bytes(&node.to_le_bytes());
+        // Writing to the hasher cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut hasher, what);
+        self.hash = hasher.0;
     }
 
     pub fn hash(&self) -> u64 {
@@ -260,7 +272,7 @@ impl Trace {
 
     /// A plugin's `logging.log` line (`level: text`), also a text event.
     pub fn plugin_log(&mut self, nanos: u64, node: NodeId, line: String) {
-        self.record(nanos, node, format!("plugin {line}"));
+        self.record_args(nanos, node, format_args!("plugin {line}"));
         if self.keep {
             self.model.logs.push(LogLine { nanos, node, line });
         }
@@ -287,3 +299,22 @@ impl Trace {
 
 #[cfg(test)]
 mod tests;
+
+/// FNV-1a, fed byte by byte (so text can stream into it).
+struct Fnv(u64);
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.bytes(text.as_bytes());
+        Ok(())
+    }
+}

@@ -25,6 +25,34 @@ fn cas(output: OpOutput) -> Operation {
     }
 }
 
+/// Goal: formatted events stream into the hash without being built when
+/// the trace is dropped, and hash exactly as the built text would (replay
+/// hashes do not change with the optimisation).
+#[test]
+fn formatted_events_hash_as_their_text_kept_or_not() {
+    let mut text = Trace::new(false);
+    let mut streamed = Trace::new(false);
+    let mut kept = Trace::new(true);
+    let (to, request) = (3u64, 0x1_0000_002au64);
+    text.record(7, 1, format!("→ n{to} lost"));
+    text.record(8, 2, format!("apply put {request:#x}"));
+    for trace in [&mut streamed, &mut kept] {
+        trace.record_args(7, 1, format_args!("→ n{to} lost"));
+        trace.record_args(8, 2, format_args!("apply put {request:#x}"));
+    }
+    assert_eq!(streamed.hash(), text.hash());
+    assert_eq!(kept.hash(), text.hash());
+    assert_eq!(kept.events()[1].what, "apply put 0x10000002a");
+    let mut other = Trace::new(false);
+    other.record_args(7, 1, format_args!("→ n{} lost", to + 1));
+    assert_ne!(other.hash(), Trace::new(false).hash());
+    assert_ne!(other.hash(), {
+        let mut first = Trace::new(false);
+        first.record(7, 1, format!("→ n{to} lost"));
+        first.hash()
+    });
+}
+
 #[test]
 fn an_untraced_run_keeps_nothing_but_hashes_the_same() {
     let mut kept = Trace::new(true);
