@@ -126,10 +126,16 @@ struct Peer {
     sent: BTreeMap<NodeId, u64>,
     last_sent_nanos: u64,
     last_probe_nanos: Option<u64>,
+    /// When this replica last told the peer its vector.
+    last_vector_nanos: u64,
     heard_nanos: u64,
     carrier: Carrier,
-    /// Per other origin: since when the peer lacks writes held here.
-    behind_since: BTreeMap<NodeId, u64>,
+    /// Per other origin: (since when, up to which sequence) the peer has
+    /// lacked writes held here. The mark moves on once the peer holds
+    /// everything up to that sequence, so a peer that keeps receiving an
+    /// origin's writes while new ones arrive is never counted behind for
+    /// long: only writes missing for `relay-after-ms` are relayed.
+    behind: BTreeMap<NodeId, (u64, u64)>,
     /// The peer's own (sequence, clock) reports, oldest first.
     reports: VecDeque<(u64, u64)>,
     /// Its latest report said it is sealed.
@@ -145,9 +151,10 @@ impl Peer {
             sent: BTreeMap::new(),
             last_sent_nanos: now,
             last_probe_nanos: None,
+            last_vector_nanos: now,
             heard_nanos: now,
             carrier,
-            behind_since: BTreeMap::new(),
+            behind: BTreeMap::new(),
             reports: VecDeque::new(),
             sealed: false,
             reported: None,
@@ -511,34 +518,39 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             }
 
             let resend = now.saturating_sub(peer.last_sent_nanos) >= self.params.resend_nanos;
-            let mut origins: Vec<NodeId> = vec![self.self_id];
+            // (origin, highest sequence to send): own writes up to all held,
+            // another origin's only up to what the peer has lacked too long.
+            let mut origins: Vec<(NodeId, u64)> = vec![(self.self_id, self.held(self.self_id))];
             for (&origin, &held) in &self.have {
                 if origin == self.self_id || origin == to {
                     continue;
                 }
-                if held > peer.acked(origin) {
-                    let since = match self.peers.get_mut(&to) {
-                        Some(p) => *p.behind_since.entry(origin).or_insert(now),
-                        None => now,
-                    };
-                    if now.saturating_sub(since) >= self.params.relay_nanos {
-                        origins.push(origin);
-                    }
-                } else if let Some(p) = self.peers.get_mut(&to) {
-                    p.behind_since.remove(&origin);
+                let acked = peer.acked(origin);
+                let Some(p) = self.peers.get_mut(&to) else {
+                    continue;
+                };
+                if held <= acked {
+                    p.behind.remove(&origin);
+                    continue;
+                }
+                let mark = p.behind.entry(origin).or_insert((now, held));
+                if acked >= mark.1 {
+                    // It caught up with the old mark: newer writes are new.
+                    *mark = (now, held);
+                }
+                if now.saturating_sub(mark.0) >= self.params.relay_nanos {
+                    origins.push((origin, mark.1));
                 }
             }
             let mut sent_any = false;
-            for origin in origins {
+            for (origin, up_to) in origins {
                 let acked = peer.acked(origin);
                 let mut sent = peer.sent.get(&origin).copied().unwrap_or(0).max(acked);
                 if resend && sent > acked {
                     sent = acked;
                     self.counters.resends += 1;
                 }
-                let to_seq = self
-                    .held(origin)
-                    .min(acked + self.params.max_inflight_entries);
+                let to_seq = up_to.min(acked + self.params.max_inflight_entries);
                 if sent >= to_seq {
                     continue;
                 }
@@ -559,10 +571,16 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             {
                 p.last_sent_nanos = now;
             }
-            if resend {
-                // A heartbeat: the peer learns this vector and clock.
+            if resend || now.saturating_sub(peer.last_vector_nanos) >= self.params.resend_nanos {
+                // A heartbeat, also while entries flow (they do not carry
+                // the vector): the peer learns this vector and clock, so
+                // its view of what this replica holds is never older than
+                // `resend-ms` and it relays nothing this replica has.
                 Self::send(host, to, &self.vector_message(false));
                 self.record_own_report();
+                if let Some(p) = self.peers.get_mut(&to) {
+                    p.last_vector_nanos = now;
+                }
             }
         }
     }
@@ -1014,6 +1032,9 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             let message = self.vector_message(false);
             for to in answer {
                 Self::send(host, to, &message);
+                if let Some(peer) = self.peers.get_mut(&to) {
+                    peer.last_vector_nanos = now;
+                }
             }
             self.record_own_report();
         }

@@ -347,6 +347,30 @@ fn writes_of_a_dead_origin_are_relayed_and_seal_agrees() {
     assert_eq!(node.host.rejected, vec![(999, Rejection::Sealed)]);
 }
 
+/// Goal: while every origin is alive and shipping, nothing is relayed.
+/// Under steady writes a peer is always a little behind on some origin
+/// (its acknowledgement trails the newest write); only writes missing for
+/// `relay-after-ms` count, not the time since the peer was last fully up
+/// to date, or every replica relays every other origin's writes. (The
+/// relay delay is above the heartbeat, `resend-ms` 200: a quiet peer's
+/// vector reaches the third replica only by heartbeats.)
+#[test]
+fn live_origins_under_steady_writes_are_never_relayed() {
+    let mut cluster = Cluster::new(3, &[("relay-after-ms", "300")]);
+    for i in 0..60 {
+        cluster.write(1, &format!("a{i}"));
+        cluster.write(3, &format!("c{i}"));
+        cluster.run(1, 10);
+    }
+    cluster.run(20, 10);
+    assert_converged(&cluster, 120);
+    for id in [1, 2, 3] {
+        let status = cluster.status(id);
+        assert_eq!(status["relayed"], 0, "node {id}: {status:?}");
+        assert_eq!(status["duplicates"], 0, "node {id}: {status:?}");
+    }
+}
+
 #[test]
 fn a_new_replica_starts_by_state_shipping() {
     let mut cluster = Cluster::new(2, &[]);
