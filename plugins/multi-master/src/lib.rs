@@ -76,6 +76,9 @@ pub struct MultiMasterWith<const FLAW: u8> {
     /// (own sequence, clock) as reported to peers, for tombstone bounds.
     own_reports: VecDeque<(u64, u64)>,
     last_gc_nanos: u64,
+    /// When `ship` last ran: it runs at least every `tick-ms` while this
+    /// replica runs, so a longer gap is time this replica stalled.
+    last_ship_nanos: u64,
     gc_below: u64,
     counters: Counters,
     /// Writes seen by a flawed fixture (which one to break).
@@ -124,7 +127,13 @@ struct Peer {
     acked: Option<BTreeMap<NodeId, u64>>,
     /// Highest sequence sent per origin.
     sent: BTreeMap<NodeId, u64>,
-    last_sent_nanos: u64,
+    /// Since when its acknowledgements have not moved while writes sent to
+    /// it are outstanding: when it last acknowledged more, or this replica
+    /// last resent, or last sent with nothing outstanding. Resends wait for
+    /// `resend-ms` of this, not of silence from this side, so a replica
+    /// whose own rounds stalled does not resend what its peers acknowledged
+    /// meanwhile.
+    progress_nanos: u64,
     last_probe_nanos: Option<u64>,
     /// When this replica last told the peer its vector.
     last_vector_nanos: u64,
@@ -149,7 +158,7 @@ impl Peer {
         Peer {
             acked: None,
             sent: BTreeMap::new(),
-            last_sent_nanos: now,
+            progress_nanos: now,
             last_probe_nanos: None,
             last_vector_nanos: now,
             heard_nanos: now,
@@ -466,6 +475,16 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
     /// Everything each peer should get now: own writes in a window past
     /// what it acknowledged, resends after `resend-ms`, relays, state.
     fn ship<H: Host>(&mut self, host: &mut H, now: u64) {
+        // Time this replica stalled does not count towards a peer's
+        // resend clock: the peer's answers were waiting here meanwhile.
+        let gap = now.saturating_sub(self.last_ship_nanos);
+        if gap > self.params.tick_nanos {
+            let paused = gap - self.params.tick_nanos;
+            for peer in self.peers.values_mut() {
+                peer.progress_nanos = peer.progress_nanos.saturating_add(paused).min(now);
+            }
+        }
+        self.last_ship_nanos = now;
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for to in peers {
             let Some(peer) = self.peers.get(&to).cloned() else {
@@ -517,7 +536,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 continue;
             }
 
-            let resend = now.saturating_sub(peer.last_sent_nanos) >= self.params.resend_nanos;
+            let resend = now.saturating_sub(peer.progress_nanos) >= self.params.resend_nanos;
             // (origin, highest sequence to send): own writes up to all held,
             // another origin's only up to what the peer has lacked too long.
             let mut origins: Vec<(NodeId, u64)> = vec![(self.self_id, self.held(self.self_id))];
@@ -542,12 +561,16 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                     origins.push((origin, mark.1));
                 }
             }
-            let mut sent_any = false;
+            let outstanding = origins
+                .iter()
+                .any(|(origin, _)| peer.sent.get(origin).copied().unwrap_or(0) > peer.acked(*origin));
+            let mut resent = false;
             for (origin, up_to) in origins {
                 let acked = peer.acked(origin);
                 let mut sent = peer.sent.get(&origin).copied().unwrap_or(0).max(acked);
                 if resend && sent > acked {
                     sent = acked;
+                    resent = true;
                     self.counters.resends += 1;
                 }
                 let to_seq = up_to.min(acked + self.params.max_inflight_entries);
@@ -561,15 +584,14 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 if origin != self.self_id {
                     self.counters.relayed += to_seq - sent;
                 }
-                sent_any = true;
                 if let Some(p) = self.peers.get_mut(&to) {
                     p.sent.insert(origin, to_seq);
                 }
             }
             if let Some(p) = self.peers.get_mut(&to)
-                && (sent_any || resend)
+                && (resent || !outstanding)
             {
-                p.last_sent_nanos = now;
+                p.progress_nanos = now;
             }
             if resend || now.saturating_sub(peer.last_vector_nanos) >= self.params.resend_nanos {
                 // A heartbeat, also while entries flow (they do not carry
@@ -695,7 +717,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         self.apply_entries(host, &accepted, true);
     }
 
-    fn on_vector(&mut self, from: NodeId, have: &Vector, hlc: u64, offset: u64) {
+    fn on_vector(&mut self, from: NodeId, have: &Vector, hlc: u64, offset: u64, now: u64) {
         let own = self.self_id;
         let Some(peer) = self.peers.get_mut(&from) else {
             return;
@@ -708,9 +730,14 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             };
         }
         let acked = peer.acked.get_or_insert_with(BTreeMap::new);
+        let mut progressed = false;
         for (origin, seq) in have {
             let slot = acked.entry(*origin).or_insert(0);
+            progressed |= *seq > *slot;
             *slot = (*slot).max(*seq);
+        }
+        if progressed {
+            peer.progress_nanos = now;
         }
         let acked = acked.clone();
         for (origin, seq) in &acked {
@@ -860,6 +887,7 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             sealed: false,
             own_reports: VecDeque::new(),
             last_gc_nanos: now,
+            last_ship_nanos: now,
             gc_below: 0,
             counters: Counters::default(),
             flaw_count: 0,
@@ -958,7 +986,10 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             {
                 host.send(*to, &Batch::from_items([message.as_slice()]));
                 peer.sent.insert(self.self_id, last_seq);
-                peer.last_sent_nanos = now;
+                if acked >= first_seq - 1 {
+                    // Nothing was outstanding: the resend clock starts now.
+                    peer.progress_nanos = now;
+                }
             }
         }
         self.maybe_snapshot(host);
@@ -1020,7 +1051,7 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
                         peer.sealed = sealed;
                         peer.reported = Some(unvector(&have));
                     }
-                    self.on_vector(*from, &have, hlc, offset);
+                    self.on_vector(*from, &have, hlc, offset, now);
                     if reply {
                         answer.insert(*from);
                     }

@@ -371,6 +371,37 @@ fn live_origins_under_steady_writes_are_never_relayed() {
     }
 }
 
+/// Goal: a replica whose own rounds stalled (here: its clock jumps past
+/// `resend-ms` while acknowledgements wait for it) does not resend what
+/// its peers acknowledged meanwhile; resends follow a peer whose
+/// acknowledgements stopped moving, not this side's silence.
+#[test]
+fn a_stalled_replica_does_not_resend_what_was_acknowledged_meanwhile() {
+    let mut cluster = Cluster::new(3, &[("resend-ms", "50")]);
+    cluster.write(1, "warm");
+    cluster.run(5, 10);
+    for round in 0..5 {
+        for i in 0..4 {
+            cluster.write(1, &format!("a{round}-{i}"));
+        }
+        // Delivered to 2 and 3; their acknowledgements wait in flight.
+        cluster.run(1, 0);
+        for i in 0..4 {
+            cluster.write(1, &format!("b{round}-{i}"));
+        }
+        // Node 1 stalls: 80 ms pass before it handles anything again (the
+        // waiting messages first, then its due timer).
+        cluster.nodes.get_mut(&1).expect("node").host.now_nanos += 80 * 1_000_000;
+        cluster.run(2, 0);
+    }
+    cluster.run(20, 10);
+    assert_converged(&cluster, 41);
+    assert_eq!(cluster.status(1)["resends"], 0, "{:?}", cluster.status(1));
+    for id in [2, 3] {
+        assert_eq!(cluster.status(id)["duplicates"], 0, "node {id}");
+    }
+}
+
 #[test]
 fn a_new_replica_starts_by_state_shipping() {
     let mut cluster = Cluster::new(2, &[]);
