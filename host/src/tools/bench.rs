@@ -595,7 +595,9 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
         args.protocol, args.value_bytes
     );
     let raft_beside = if leaderless {
-        println!("   (each point is followed by a raft region on the same cluster, writers to its leader)");
+        println!(
+            "   (each point is followed by a raft region on the same cluster, writers to its leader)"
+        );
         Some(super::bench_mm::raft_beside(&cluster).await?)
     } else {
         None

@@ -27,6 +27,7 @@
 pub mod entry;
 pub mod message;
 pub mod params;
+pub mod rto;
 
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ use synod_guest_sdk::*;
 use crate::entry::Entry;
 use crate::message::{BASE_KEY, Base, MEMBERS_KEY, Message, ShippedState, Vector, decode, encode};
 use crate::params::Params;
+use crate::rto::AckTimer;
 
 /// The one timer: shipping, resends, probes, relays, tombstone collection.
 const TICK: TimerId = 1;
@@ -134,6 +136,9 @@ struct Peer {
     /// whose own rounds stalled does not resend what its peers acknowledged
     /// meanwhile.
     progress_nanos: u64,
+    /// How long its acknowledgements of own writes take (the resend
+    /// timeout).
+    ack_timer: AckTimer,
     last_probe_nanos: Option<u64>,
     /// When this replica last told the peer its vector.
     last_vector_nanos: u64,
@@ -159,6 +164,7 @@ impl Peer {
             acked: None,
             sent: BTreeMap::new(),
             progress_nanos: now,
+            ack_timer: AckTimer::default(),
             last_probe_nanos: None,
             last_vector_nanos: now,
             heard_nanos: now,
@@ -536,7 +542,8 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 continue;
             }
 
-            let resend = now.saturating_sub(peer.progress_nanos) >= self.params.resend_nanos;
+            let resend = now.saturating_sub(peer.progress_nanos)
+                >= peer.ack_timer.timeout(self.params.resend_nanos);
             // (origin, highest sequence to send): own writes up to all held,
             // another origin's only up to what the peer has lacked too long.
             let mut origins: Vec<(NodeId, u64)> = vec![(self.self_id, self.held(self.self_id))];
@@ -561,9 +568,9 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                     origins.push((origin, mark.1));
                 }
             }
-            let outstanding = origins
-                .iter()
-                .any(|(origin, _)| peer.sent.get(origin).copied().unwrap_or(0) > peer.acked(*origin));
+            let outstanding = origins.iter().any(|(origin, _)| {
+                peer.sent.get(origin).copied().unwrap_or(0) > peer.acked(*origin)
+            });
             let mut resent = false;
             for (origin, up_to) in origins {
                 let acked = peer.acked(origin);
@@ -586,6 +593,13 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 }
                 if let Some(p) = self.peers.get_mut(&to) {
                     p.sent.insert(origin, to_seq);
+                    if origin == self.self_id {
+                        if resent {
+                            p.ack_timer.on_resend();
+                        } else {
+                            p.ack_timer.on_send(to_seq, now);
+                        }
+                    }
                 }
             }
             if let Some(p) = self.peers.get_mut(&to)
@@ -739,6 +753,8 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         if progressed {
             peer.progress_nanos = now;
         }
+        let own_acked = acked.get(&own).copied().unwrap_or(0);
+        peer.ack_timer.on_ack(own_acked, now);
         let acked = acked.clone();
         for (origin, seq) in &acked {
             let sent = peer.sent.entry(*origin).or_insert(0);
@@ -766,7 +782,6 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         {
             peer.carrier = Carrier::Log;
         }
-        let _ = own;
     }
 
     fn add_peer(&mut self, peer: NodeId, now: u64, by_state: bool) {
@@ -986,6 +1001,7 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             {
                 host.send(*to, &Batch::from_items([message.as_slice()]));
                 peer.sent.insert(self.self_id, last_seq);
+                peer.ack_timer.on_send(last_seq, now);
                 if acked >= first_seq - 1 {
                     // Nothing was outstanding: the resend clock starts now.
                     peer.progress_nanos = now;

@@ -402,6 +402,65 @@ fn a_stalled_replica_does_not_resend_what_was_acknowledged_meanwhile() {
     }
 }
 
+/// Delivers what `from` has sent, to whom it was sent.
+fn deliver_from(cluster: &mut Cluster, from: NodeId) {
+    let mail: Vec<(NodeId, Vec<u8>)> = cluster
+        .nodes
+        .get_mut(&from)
+        .expect("node")
+        .host
+        .sent
+        .drain(..)
+        .collect();
+    for (to, payload) in mail {
+        let node = cluster.nodes.get_mut(&to).expect("node");
+        let mut messages = Messages::default();
+        messages.senders.push(from);
+        messages.payloads.push(&payload);
+        let protocol = node.protocol.as_mut().expect("running");
+        protocol.on_messages(&mut node.host, messages);
+    }
+}
+
+/// Goal: a peer that is slow but alive (every answer 120 ms late, with
+/// `resend-ms` 50) is learnt: once its delay is measured, nothing more is
+/// resent to it (resending everything in flight to the slowest replica
+/// only doubled its work).
+#[test]
+fn a_slow_peer_is_not_resent_to_once_its_delay_is_learnt() {
+    let mut cluster = Cluster::new(2, &[("resend-ms", "50")]);
+    cluster.write(1, "warm");
+    cluster.run(5, 10);
+    let mut resends_after_warmup = 0;
+    for i in 0..40 {
+        cluster.write(1, &format!("w{i}"));
+        deliver_from(&mut cluster, 1);
+        for _ in 0..6 {
+            for node in cluster.nodes.values_mut() {
+                let due = node.host.advance(20 * 1_000_000);
+                if !due.is_empty() {
+                    node.protocol
+                        .as_mut()
+                        .expect("running")
+                        .on_timers(&mut node.host, due);
+                }
+            }
+            deliver_from(&mut cluster, 1);
+        }
+        deliver_from(&mut cluster, 2);
+        if i == 10 {
+            resends_after_warmup = cluster.status(1)["resends"];
+        }
+    }
+    cluster.run(20, 10);
+    assert_converged(&cluster, 41);
+    assert_eq!(
+        cluster.status(1)["resends"],
+        resends_after_warmup,
+        "resent to a slow peer after its delay was learnt"
+    );
+}
+
 #[test]
 fn a_new_replica_starts_by_state_shipping() {
     let mut cluster = Cluster::new(2, &[]);
