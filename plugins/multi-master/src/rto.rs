@@ -82,7 +82,7 @@ mod tests {
             timer.on_ack(i + 1, i * 1_000 * MS + 600 * MS);
         }
         let timeout = timer.timeout(200 * MS);
-        assert!(timeout >= 600 * MS && timeout <= 2_000 * MS, "{timeout}");
+        assert!((600 * MS..=2_000 * MS).contains(&timeout), "{timeout}");
         // Fast acknowledgements: back to the floor.
         for i in 20..60 {
             timer.on_send(i + 1, i * 1_000 * MS);
