@@ -347,6 +347,15 @@ impl KvStateMachine {
         }
     }
 
+    /// Removes `key`'s tombstone, if any (most states keep none).
+    fn take_tombstone(&mut self, key: &[u8]) -> Option<Stamp> {
+        if self.tombstones.is_empty() {
+            None
+        } else {
+            self.tombstones.remove(key)
+        }
+    }
+
     /// An ordered write makes the key unversioned again.
     fn clear_stamps(&mut self, key: &[u8]) {
         if !self.stamps.is_empty() {
@@ -422,24 +431,22 @@ impl KvStateMachine {
             Ok(command) => command,
             Err(refused) => return (refused, undo),
         };
-        let state = self.key_state(command.key());
-        // An unversioned value (from an ordered apply) is older than any stamp.
-        let wins = state
-            .stamp
-            .or(state.tombstone)
+        // An unversioned value (from an ordered apply) is older than any
+        // stamp. The previous state for the undo comes out of the maps'
+        // own insert and remove: no value is cloned and each map is
+        // searched once (every replica applies every write this way).
+        let wins = self
+            .stamp_of(command.key())
             .is_none_or(|current| stamp > current);
         let outcome = match command {
             KvCommand::Put { key, value } => {
                 if wins {
-                    let previous = state.clone();
-                    self.set_key_state(
-                        key.clone(),
-                        KeyState {
-                            value: Some(value),
-                            stamp: Some(stamp),
-                            tombstone: None,
-                        },
-                    );
+                    let tombstone = self.take_tombstone(&key);
+                    let previous = KeyState {
+                        stamp: self.stamps.insert(key.clone(), stamp),
+                        value: self.map.insert(key.clone(), value),
+                        tombstone,
+                    };
                     undo.key = Some((key, previous));
                 }
                 KvOutcome::WrittenStamped {
@@ -449,21 +456,23 @@ impl KvStateMachine {
                 }
             }
             KvCommand::Delete { key } => {
-                let existed = state.value.is_some();
+                let mut existed = false;
                 if wins {
-                    let previous = state.clone();
-                    self.set_key_state(
-                        key.clone(),
-                        KeyState {
-                            value: None,
-                            stamp: None,
-                            tombstone: Some(stamp),
-                        },
-                    );
+                    let stamp_before = if self.stamps.is_empty() {
+                        None
+                    } else {
+                        self.stamps.remove(&key)
+                    };
+                    let previous = KeyState {
+                        value: self.map.remove(&key),
+                        stamp: stamp_before,
+                        tombstone: self.tombstones.insert(key.clone(), stamp),
+                    };
+                    existed = previous.value.is_some();
                     undo.key = Some((key, previous));
                 }
                 KvOutcome::DeletedStamped {
-                    existed: existed && wins,
+                    existed,
                     time: stamp.time,
                     origin: stamp.origin,
                     superseded: !wins,

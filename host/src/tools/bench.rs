@@ -594,11 +594,23 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
         "== 3-process cluster, a {} region, fsync on, {} B values, closed-loop writers {to} over {over} ==",
         args.protocol, args.value_bytes
     );
+    let raft_beside = if leaderless {
+        println!(
+            "   (each point is followed by a raft region on the same cluster, writers to its leader)"
+        );
+        Some(super::bench_mm::raft_beside(&cluster).await?)
+    } else {
+        None
+    };
     let mut points = Vec::new();
     for &clients in &args.clients {
         let point = super::bench_mm::measure(&cluster, "bench", &nodes, clients, args).await?;
         point.print(clients, floor);
         points.push((clients, point.clone()));
+        if let Some(leader) = raft_beside {
+            super::bench_mm::measure_raft_beside(&cluster, leader, clients, &point, args, floor)
+                .await?;
+        }
         if let Some((etcd_clients, etcd_writes)) =
             ETCD_REFERENCE.iter().find(|(c, _)| *c == clients)
         {
@@ -614,7 +626,7 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
     }
     if leaderless {
         let mut cluster = cluster;
-        super::bench_mm::beside_raft_and_one_down(&mut cluster, &points, args, floor).await?;
+        super::bench_mm::one_down(&mut cluster, &points, args, floor).await?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The parts of `synod bench --cluster` for a leaderless protocol
 //! (`--protocol multi-master`): writers spread over every node, a Raft
-//! region on the same cluster for comparison, and the figure with one
-//! replica killed.
+//! region on the same cluster measured right after it at each client count
+//! for comparison, and the figure with one replica killed.
 
 use std::time::Duration;
 
@@ -122,34 +122,50 @@ pub async fn measure(
     })
 }
 
-/// A Raft region on the same cluster at the same client counts (writers
-/// to its leader, Raft's best case), the ratios, then node 3 killed and the
-/// leaderless region measured again with writers on the other two nodes.
-pub async fn beside_raft_and_one_down(
+/// A Raft region on the same cluster, measured at each client count right
+/// after the leaderless one (interleaved, so both see the same machine
+/// load): returns its leader, to which its writers go (Raft's best case).
+pub async fn raft_beside(cluster: &LocalCluster) -> Result<u64> {
+    cluster
+        .client(1)?
+        .create_region("bench-raft", "raft", &[])
+        .await?;
+    cluster
+        .wait_for_leader("bench-raft", Duration::from_secs(20))
+        .await
+}
+
+/// Measures the Raft region at `clients` and prints it beside `point`.
+pub async fn measure_raft_beside(
+    cluster: &LocalCluster,
+    leader: u64,
+    clients: usize,
+    point: &Point,
+    args: &BenchArgs,
+    floor: Duration,
+) -> Result<()> {
+    let raft = measure(cluster, "bench-raft", &[leader], clients, args).await?;
+    print!("    raft");
+    raft.print(clients, floor);
+    println!(
+        "         {}: {:.2}x raft's writes/s, p50 {:.2}x raft's, p50/floor {:.2}x",
+        args.protocol,
+        point.writes_per_second / raft.writes_per_second.max(1e-9),
+        point.p50_ms / raft.p50_ms.max(1e-9),
+        point.p50_ms / (floor.as_secs_f64() * 1e3)
+    );
+    Ok(())
+}
+
+/// Node 3 killed (kill -9): the leaderless region measured again at the
+/// largest client count with writers on the other two nodes, against the
+/// same count with all up.
+pub async fn one_down(
     cluster: &mut LocalCluster,
     points: &[(usize, Point)],
     args: &BenchArgs,
     floor: Duration,
 ) -> Result<()> {
-    cluster
-        .client(1)?
-        .create_region("bench-raft", "raft", &[])
-        .await?;
-    let leader = cluster
-        .wait_for_leader("bench-raft", Duration::from_secs(20))
-        .await?;
-    println!("== Beside it, a raft region on the same cluster, writers to its leader ==");
-    for (clients, point) in points {
-        let raft = measure(cluster, "bench-raft", &[leader], *clients, args).await?;
-        raft.print(*clients, floor);
-        println!(
-            "         {}: {:.2}x raft's writes/s, p50 {:.2}x raft's, p50/floor {:.2}x",
-            args.protocol,
-            point.writes_per_second / raft.writes_per_second.max(1e-9),
-            point.p50_ms / raft.p50_ms.max(1e-9),
-            point.p50_ms / (floor.as_secs_f64() * 1e3)
-        );
-    }
     let Some((clients, all_up)) = points.iter().max_by_key(|(c, _)| *c) else {
         return Ok(());
     };

@@ -442,11 +442,15 @@ impl LocalCluster {
         }
     }
 
-    /// State digests of `region` on every running node hosting it.
+    /// State digests of `region` on every running node hosting it. Each
+    /// node is asked about its own replica only: a node that does not host
+    /// one (yet) redirects the status to a node that does, and following
+    /// that redirect would report the other node's digest under this id.
     pub async fn digests(&self, region: &str) -> BTreeMap<NodeId, String> {
         let mut digests = BTreeMap::new();
         for node in self.nodes.values().filter(|n| n.is_running()) {
-            if let Ok(status) = node.client.region_status(region).await
+            let own = ApiClient::without_redirects(&format!("http://{}", node.api));
+            if let Ok(status) = own.region_status(region).await
                 && let Some(digest) = status["state_machine"]["digest"].as_str()
             {
                 digests.insert(node.id, digest.to_string());

@@ -27,6 +27,7 @@
 pub mod entry;
 pub mod message;
 pub mod params;
+pub mod rto;
 
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ use synod_guest_sdk::*;
 use crate::entry::Entry;
 use crate::message::{BASE_KEY, Base, MEMBERS_KEY, Message, ShippedState, Vector, decode, encode};
 use crate::params::Params;
+use crate::rto::AckTimer;
 
 /// The one timer: shipping, resends, probes, relays, tombstone collection.
 const TICK: TimerId = 1;
@@ -76,6 +78,9 @@ pub struct MultiMasterWith<const FLAW: u8> {
     /// (own sequence, clock) as reported to peers, for tombstone bounds.
     own_reports: VecDeque<(u64, u64)>,
     last_gc_nanos: u64,
+    /// When `ship` last ran: it runs at least every `tick-ms` while this
+    /// replica runs, so a longer gap is time this replica stalled.
+    last_ship_nanos: u64,
     gc_below: u64,
     counters: Counters,
     /// Writes seen by a flawed fixture (which one to break).
@@ -124,12 +129,27 @@ struct Peer {
     acked: Option<BTreeMap<NodeId, u64>>,
     /// Highest sequence sent per origin.
     sent: BTreeMap<NodeId, u64>,
-    last_sent_nanos: u64,
+    /// Since when its acknowledgements have not moved while writes sent to
+    /// it are outstanding: when it last acknowledged more, or this replica
+    /// last resent, or last sent with nothing outstanding. Resends wait for
+    /// `resend-ms` of this, not of silence from this side, so a replica
+    /// whose own rounds stalled does not resend what its peers acknowledged
+    /// meanwhile.
+    progress_nanos: u64,
+    /// How long its acknowledgements of own writes take (the resend
+    /// timeout).
+    ack_timer: AckTimer,
     last_probe_nanos: Option<u64>,
+    /// When this replica last told the peer its vector.
+    last_vector_nanos: u64,
     heard_nanos: u64,
     carrier: Carrier,
-    /// Per other origin: since when the peer lacks writes held here.
-    behind_since: BTreeMap<NodeId, u64>,
+    /// Per other origin: (since when, up to which sequence) the peer has
+    /// lacked writes held here. The mark moves on once the peer holds
+    /// everything up to that sequence, so a peer that keeps receiving an
+    /// origin's writes while new ones arrive is never counted behind for
+    /// long: only writes missing for `relay-after-ms` are relayed.
+    behind: BTreeMap<NodeId, (u64, u64)>,
     /// The peer's own (sequence, clock) reports, oldest first.
     reports: VecDeque<(u64, u64)>,
     /// Its latest report said it is sealed.
@@ -143,11 +163,13 @@ impl Peer {
         Peer {
             acked: None,
             sent: BTreeMap::new(),
-            last_sent_nanos: now,
+            progress_nanos: now,
+            ack_timer: AckTimer::default(),
             last_probe_nanos: None,
+            last_vector_nanos: now,
             heard_nanos: now,
             carrier,
-            behind_since: BTreeMap::new(),
+            behind: BTreeMap::new(),
             reports: VecDeque::new(),
             sealed: false,
             reported: None,
@@ -459,6 +481,16 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
     /// Everything each peer should get now: own writes in a window past
     /// what it acknowledged, resends after `resend-ms`, relays, state.
     fn ship<H: Host>(&mut self, host: &mut H, now: u64) {
+        // Time this replica stalled does not count towards a peer's
+        // resend clock: the peer's answers were waiting here meanwhile.
+        let gap = now.saturating_sub(self.last_ship_nanos);
+        if gap > self.params.tick_nanos {
+            let paused = gap - self.params.tick_nanos;
+            for peer in self.peers.values_mut() {
+                peer.progress_nanos = peer.progress_nanos.saturating_add(paused).min(now);
+            }
+        }
+        self.last_ship_nanos = now;
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for to in peers {
             let Some(peer) = self.peers.get(&to).cloned() else {
@@ -510,35 +542,45 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 continue;
             }
 
-            let resend = now.saturating_sub(peer.last_sent_nanos) >= self.params.resend_nanos;
-            let mut origins: Vec<NodeId> = vec![self.self_id];
+            let resend = now.saturating_sub(peer.progress_nanos)
+                >= peer.ack_timer.timeout(self.params.resend_nanos);
+            // (origin, highest sequence to send): own writes up to all held,
+            // another origin's only up to what the peer has lacked too long.
+            let mut origins: Vec<(NodeId, u64)> = vec![(self.self_id, self.held(self.self_id))];
             for (&origin, &held) in &self.have {
                 if origin == self.self_id || origin == to {
                     continue;
                 }
-                if held > peer.acked(origin) {
-                    let since = match self.peers.get_mut(&to) {
-                        Some(p) => *p.behind_since.entry(origin).or_insert(now),
-                        None => now,
-                    };
-                    if now.saturating_sub(since) >= self.params.relay_nanos {
-                        origins.push(origin);
-                    }
-                } else if let Some(p) = self.peers.get_mut(&to) {
-                    p.behind_since.remove(&origin);
+                let acked = peer.acked(origin);
+                let Some(p) = self.peers.get_mut(&to) else {
+                    continue;
+                };
+                if held <= acked {
+                    p.behind.remove(&origin);
+                    continue;
+                }
+                let mark = p.behind.entry(origin).or_insert((now, held));
+                if acked >= mark.1 {
+                    // It caught up with the old mark: newer writes are new.
+                    *mark = (now, held);
+                }
+                if now.saturating_sub(mark.0) >= self.params.relay_nanos {
+                    origins.push((origin, mark.1));
                 }
             }
-            let mut sent_any = false;
-            for origin in origins {
+            let outstanding = origins.iter().any(|(origin, _)| {
+                peer.sent.get(origin).copied().unwrap_or(0) > peer.acked(*origin)
+            });
+            let mut resent = false;
+            for (origin, up_to) in origins {
                 let acked = peer.acked(origin);
                 let mut sent = peer.sent.get(&origin).copied().unwrap_or(0).max(acked);
                 if resend && sent > acked {
                     sent = acked;
+                    resent = true;
                     self.counters.resends += 1;
                 }
-                let to_seq = self
-                    .held(origin)
-                    .min(acked + self.params.max_inflight_entries);
+                let to_seq = up_to.min(acked + self.params.max_inflight_entries);
                 if sent >= to_seq {
                     continue;
                 }
@@ -549,20 +591,32 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
                 if origin != self.self_id {
                     self.counters.relayed += to_seq - sent;
                 }
-                sent_any = true;
                 if let Some(p) = self.peers.get_mut(&to) {
                     p.sent.insert(origin, to_seq);
+                    if origin == self.self_id {
+                        if resent {
+                            p.ack_timer.on_resend();
+                        } else {
+                            p.ack_timer.on_send(to_seq, now);
+                        }
+                    }
                 }
             }
             if let Some(p) = self.peers.get_mut(&to)
-                && (sent_any || resend)
+                && (resent || !outstanding)
             {
-                p.last_sent_nanos = now;
+                p.progress_nanos = now;
             }
-            if resend {
-                // A heartbeat: the peer learns this vector and clock.
+            if resend || now.saturating_sub(peer.last_vector_nanos) >= self.params.resend_nanos {
+                // A heartbeat, also while entries flow (they do not carry
+                // the vector): the peer learns this vector and clock, so
+                // its view of what this replica holds is never older than
+                // `resend-ms` and it relays nothing this replica has.
                 Self::send(host, to, &self.vector_message(false));
                 self.record_own_report();
+                if let Some(p) = self.peers.get_mut(&to) {
+                    p.last_vector_nanos = now;
+                }
             }
         }
     }
@@ -677,7 +731,7 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         self.apply_entries(host, &accepted, true);
     }
 
-    fn on_vector(&mut self, from: NodeId, have: &Vector, hlc: u64, offset: u64) {
+    fn on_vector(&mut self, from: NodeId, have: &Vector, hlc: u64, offset: u64, now: u64) {
         let own = self.self_id;
         let Some(peer) = self.peers.get_mut(&from) else {
             return;
@@ -690,10 +744,17 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
             };
         }
         let acked = peer.acked.get_or_insert_with(BTreeMap::new);
+        let mut progressed = false;
         for (origin, seq) in have {
             let slot = acked.entry(*origin).or_insert(0);
+            progressed |= *seq > *slot;
             *slot = (*slot).max(*seq);
         }
+        if progressed {
+            peer.progress_nanos = now;
+        }
+        let own_acked = acked.get(&own).copied().unwrap_or(0);
+        peer.ack_timer.on_ack(own_acked, now);
         let acked = acked.clone();
         for (origin, seq) in &acked {
             let sent = peer.sent.entry(*origin).or_insert(0);
@@ -721,7 +782,6 @@ impl<const FLAW: u8> MultiMasterWith<FLAW> {
         {
             peer.carrier = Carrier::Log;
         }
-        let _ = own;
     }
 
     fn add_peer(&mut self, peer: NodeId, now: u64, by_state: bool) {
@@ -842,6 +902,7 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             sealed: false,
             own_reports: VecDeque::new(),
             last_gc_nanos: now,
+            last_ship_nanos: now,
             gc_below: 0,
             counters: Counters::default(),
             flaw_count: 0,
@@ -940,7 +1001,11 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             {
                 host.send(*to, &Batch::from_items([message.as_slice()]));
                 peer.sent.insert(self.self_id, last_seq);
-                peer.last_sent_nanos = now;
+                peer.ack_timer.on_send(last_seq, now);
+                if acked >= first_seq - 1 {
+                    // Nothing was outstanding: the resend clock starts now.
+                    peer.progress_nanos = now;
+                }
             }
         }
         self.maybe_snapshot(host);
@@ -1002,7 +1067,7 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
                         peer.sealed = sealed;
                         peer.reported = Some(unvector(&have));
                     }
-                    self.on_vector(*from, &have, hlc, offset);
+                    self.on_vector(*from, &have, hlc, offset, now);
                     if reply {
                         answer.insert(*from);
                     }
@@ -1014,6 +1079,9 @@ impl<const FLAW: u8> Protocol for MultiMasterWith<FLAW> {
             let message = self.vector_message(false);
             for to in answer {
                 Self::send(host, to, &message);
+                if let Some(peer) = self.peers.get_mut(&to) {
+                    peer.last_vector_nanos = now;
+                }
             }
             self.record_own_report();
         }

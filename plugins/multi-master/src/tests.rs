@@ -347,6 +347,120 @@ fn writes_of_a_dead_origin_are_relayed_and_seal_agrees() {
     assert_eq!(node.host.rejected, vec![(999, Rejection::Sealed)]);
 }
 
+/// Goal: while every origin is alive and shipping, nothing is relayed.
+/// Under steady writes a peer is always a little behind on some origin
+/// (its acknowledgement trails the newest write); only writes missing for
+/// `relay-after-ms` count, not the time since the peer was last fully up
+/// to date, or every replica relays every other origin's writes. (The
+/// relay delay is above the heartbeat, `resend-ms` 200: a quiet peer's
+/// vector reaches the third replica only by heartbeats.)
+#[test]
+fn live_origins_under_steady_writes_are_never_relayed() {
+    let mut cluster = Cluster::new(3, &[("relay-after-ms", "300")]);
+    for i in 0..60 {
+        cluster.write(1, &format!("a{i}"));
+        cluster.write(3, &format!("c{i}"));
+        cluster.run(1, 10);
+    }
+    cluster.run(20, 10);
+    assert_converged(&cluster, 120);
+    for id in [1, 2, 3] {
+        let status = cluster.status(id);
+        assert_eq!(status["relayed"], 0, "node {id}: {status:?}");
+        assert_eq!(status["duplicates"], 0, "node {id}: {status:?}");
+    }
+}
+
+/// Goal: a replica whose own rounds stalled (here: its clock jumps past
+/// `resend-ms` while acknowledgements wait for it) does not resend what
+/// its peers acknowledged meanwhile; resends follow a peer whose
+/// acknowledgements stopped moving, not this side's silence.
+#[test]
+fn a_stalled_replica_does_not_resend_what_was_acknowledged_meanwhile() {
+    let mut cluster = Cluster::new(3, &[("resend-ms", "50")]);
+    cluster.write(1, "warm");
+    cluster.run(5, 10);
+    for round in 0..5 {
+        for i in 0..4 {
+            cluster.write(1, &format!("a{round}-{i}"));
+        }
+        // Delivered to 2 and 3; their acknowledgements wait in flight.
+        cluster.run(1, 0);
+        for i in 0..4 {
+            cluster.write(1, &format!("b{round}-{i}"));
+        }
+        // Node 1 stalls: 80 ms pass before it handles anything again (the
+        // waiting messages first, then its due timer).
+        cluster.nodes.get_mut(&1).expect("node").host.now_nanos += 80 * 1_000_000;
+        cluster.run(2, 0);
+    }
+    cluster.run(20, 10);
+    assert_converged(&cluster, 41);
+    assert_eq!(cluster.status(1)["resends"], 0, "{:?}", cluster.status(1));
+    for id in [2, 3] {
+        assert_eq!(cluster.status(id)["duplicates"], 0, "node {id}");
+    }
+}
+
+/// Delivers what `from` has sent, to whom it was sent.
+fn deliver_from(cluster: &mut Cluster, from: NodeId) {
+    let mail: Vec<(NodeId, Vec<u8>)> = cluster
+        .nodes
+        .get_mut(&from)
+        .expect("node")
+        .host
+        .sent
+        .drain(..)
+        .collect();
+    for (to, payload) in mail {
+        let node = cluster.nodes.get_mut(&to).expect("node");
+        let mut messages = Messages::default();
+        messages.senders.push(from);
+        messages.payloads.push(&payload);
+        let protocol = node.protocol.as_mut().expect("running");
+        protocol.on_messages(&mut node.host, messages);
+    }
+}
+
+/// Goal: a peer that is slow but alive (every answer 120 ms late, with
+/// `resend-ms` 50) is learnt: once its delay is measured, nothing more is
+/// resent to it (resending everything in flight to the slowest replica
+/// only doubled its work).
+#[test]
+fn a_slow_peer_is_not_resent_to_once_its_delay_is_learnt() {
+    let mut cluster = Cluster::new(2, &[("resend-ms", "50")]);
+    cluster.write(1, "warm");
+    cluster.run(5, 10);
+    let mut resends_after_warmup = 0;
+    for i in 0..40 {
+        cluster.write(1, &format!("w{i}"));
+        deliver_from(&mut cluster, 1);
+        for _ in 0..6 {
+            for node in cluster.nodes.values_mut() {
+                let due = node.host.advance(20 * 1_000_000);
+                if !due.is_empty() {
+                    node.protocol
+                        .as_mut()
+                        .expect("running")
+                        .on_timers(&mut node.host, due);
+                }
+            }
+            deliver_from(&mut cluster, 1);
+        }
+        deliver_from(&mut cluster, 2);
+        if i == 10 {
+            resends_after_warmup = cluster.status(1)["resends"];
+        }
+    }
+    cluster.run(20, 10);
+    assert_converged(&cluster, 41);
+    assert_eq!(
+        cluster.status(1)["resends"],
+        resends_after_warmup,
+        "resent to a slow peer after its delay was learnt"
+    );
+}
+
 #[test]
 fn a_new_replica_starts_by_state_shipping() {
     let mut cluster = Cluster::new(2, &[]);
