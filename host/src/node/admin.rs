@@ -10,7 +10,9 @@ use synod_guest_sdk::NodeId;
 
 use super::{Node, NodeError};
 use crate::control::ControlError;
-use crate::control::record::{ControlCommand, NodeRecord, RegionPhase, RegionRecord};
+use crate::control::record::{
+    ControlCommand, ControlState, NodeRecord, RegionPhase, RegionRecord,
+};
 use crate::region::driver::RegionHandle;
 use crate::region::quota::QUOTA_PARAM_PREFIX;
 use crate::region::{MembershipTarget, RegionName, RegionSpec};
@@ -114,7 +116,17 @@ impl Node {
                         known.len()
                     )));
                 }
-                least_loaded(&state.regions, &known, count)
+                let chosen = least_loaded(&state, &known, count);
+                if chosen.len() < count {
+                    return Err(NodeError::Control(ControlError::Refused {
+                        code: crate::control::record::NODE_FULL.into(),
+                        message: format!(
+                            "{count} replicas asked, but only {} node(s) have room for another region (see [limits] regions_max)",
+                            chosen.len()
+                        ),
+                    }));
+                }
+                chosen
             }
         };
         voters.sort_unstable();
@@ -427,13 +439,13 @@ impl Node {
 }
 
 /// The `count` nodes hosting the fewest replicas (then lowest id).
-fn least_loaded(
-    regions: &BTreeMap<String, RegionRecord>,
-    known: &[NodeId],
-    count: usize,
-) -> Vec<NodeId> {
-    let mut load: BTreeMap<NodeId, usize> = known.iter().map(|id| (*id, 0)).collect();
-    for record in regions.values() {
+fn least_loaded(state: &ControlState, known: &[NodeId], count: usize) -> Vec<NodeId> {
+    let mut load: BTreeMap<NodeId, usize> = known
+        .iter()
+        .filter(|id| state.has_room(**id))
+        .map(|id| (*id, 0))
+        .collect();
+    for record in state.regions.values() {
         for id in record.all_hosts() {
             if let Some(n) = load.get_mut(&id) {
                 *n += 1;
@@ -500,6 +512,13 @@ impl Node {
                     peer: address.peer.clone(),
                 });
             }
+        }
+        let regions_max = super::admission::regions_max(&self.config);
+        if state.capacity.get(&self.config.node_id) != Some(&regions_max) {
+            commands.push(ControlCommand::SetCapacity {
+                id: self.config.node_id,
+                regions_max,
+            });
         }
         for (_, bytes) in super::builtin_components() {
             let digest = crate::engine::PluginEngine::digest(bytes);
