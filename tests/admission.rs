@@ -31,7 +31,11 @@ async fn assert_serving(node: &TestNode, region: &str, round: u32) {
         .put(region, "k", &value)
         .await
         .unwrap_or_else(|e| panic!("put to {region}: {e}"));
-    let got = node.client.get(region, "k", "linearizable").await.expect("get");
+    let got = node
+        .client
+        .get(region, "k", "linearizable")
+        .await
+        .expect("get");
     assert_eq!(got.as_deref(), Some(value.as_str()), "{region}");
 }
 
@@ -67,7 +71,9 @@ async fn a_full_node_refuses_the_region_and_a_restart_keeps_every_region() {
 
     // A lower limit after the restart admits nothing new but keeps every
     // region that ran.
-    let node = TestNode::start(config(dir.path(), 2)).await.expect("restart");
+    let node = TestNode::start(config(dir.path(), 2))
+        .await
+        .expect("restart");
     for name in ["r1", "r2", "r3"] {
         assert_serving(&node, name, 7).await;
     }
@@ -77,5 +83,60 @@ async fn a_full_node_refuses_the_region_and_a_restart_keeps_every_region() {
         .await
         .expect_err("still full");
     assert_eq!(refused.code(), Some("node_full"), "{refused}");
+    node.stop().await.expect("stop");
+}
+
+async fn hibernation(node: &TestNode, region: &str) -> serde_json::Value {
+    node.client.region_status(region).await.expect("status")["hibernation"].clone()
+}
+
+/// An idle replica drops its instance and keeps its state; the next
+/// request wakes it (a fresh instance and `init(recovering)`), across
+/// several cycles and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_hibernates_and_the_next_request_wakes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path(), 4);
+    config.hibernate_after = Some(Duration::from_millis(100));
+    let node = TestNode::start(config.clone()).await.expect("node");
+    node.client
+        .create_region("idle", "standalone", &[])
+        .await
+        .expect("create");
+    for round in 1..=3u32 {
+        let value = format!("v{round}");
+        node.client.put("idle", "k", &value).await.expect("put");
+        let mut asleep = false;
+        for _ in 0..100 {
+            if hibernation(&node, "idle").await["hibernated"] == true {
+                asleep = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            asleep,
+            "round {round}: {}",
+            hibernation(&node, "idle").await
+        );
+        let got = node
+            .client
+            .get("idle", "k", "linearizable")
+            .await
+            .expect("get");
+        assert_eq!(got.as_deref(), Some(value.as_str()), "round {round}");
+        let state = hibernation(&node, "idle").await;
+        assert_eq!(state["hibernated"], false, "{state}");
+        assert_eq!(state["wakes"], u64::from(round), "{state}");
+        println!("wake-up took {} µs", state["last_wake_us"]);
+    }
+    node.stop().await.expect("stop");
+    let node = TestNode::start(config).await.expect("restart");
+    let got = node
+        .client
+        .get("idle", "k", "linearizable")
+        .await
+        .expect("get");
+    assert_eq!(got.as_deref(), Some("v3"));
     node.stop().await.expect("stop");
 }

@@ -19,6 +19,7 @@
 //! memory_bytes_max = 268435456
 //! instances_max = 64
 //! regions_max = 64                     # region replicas admitted (default instances_max)
+//! hibernate_after_ms = 30000            # idle replicas drop their instance (default: never)
 //! region_log_bytes_max = 1073741824     # per region (quota.log-bytes)
 //! region_kv_bytes_max = 67108864        # per region (quota.kv-bytes)
 //! region_kv_keys_max = 65536            # per region (quota.kv-keys)
@@ -169,6 +170,7 @@ pub struct LimitsEntry {
     pub memory_bytes_max: Option<usize>,
     pub instances_max: Option<u32>,
     pub regions_max: Option<u32>,
+    pub hibernate_after_ms: Option<u64>,
     pub region_log_bytes_max: Option<u64>,
     pub region_kv_bytes_max: Option<u64>,
     pub region_kv_keys_max: Option<u64>,
@@ -350,6 +352,7 @@ impl ConfigFile {
             config.limits.instances_max = instances;
         }
         config.regions_max = limits.regions_max;
+        config.hibernate_after = limits.hibernate_after_ms.map(Duration::from_millis);
         let fairness = &self.fairness;
         if let Some(enabled) = fairness.enabled {
             config.cpu_policy.enabled = enabled;

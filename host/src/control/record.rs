@@ -390,7 +390,8 @@ impl ControlState {
                         format!("component sha256:{digest} is not published"),
                     );
                 }
-                let hosts: BTreeSet<NodeId> = spec.voters.iter().chain(&spec.learners).copied().collect();
+                let hosts: BTreeSet<NodeId> =
+                    spec.voters.iter().chain(&spec.learners).copied().collect();
                 if let Some(full) = self.refuse_full(&hosts) {
                     return full;
                 }

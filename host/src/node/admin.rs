@@ -10,9 +10,7 @@ use synod_guest_sdk::NodeId;
 
 use super::{Node, NodeError};
 use crate::control::ControlError;
-use crate::control::record::{
-    ControlCommand, ControlState, NodeRecord, RegionPhase, RegionRecord,
-};
+use crate::control::record::{ControlCommand, ControlState, NodeRecord, RegionPhase, RegionRecord};
 use crate::region::driver::RegionHandle;
 use crate::region::quota::QUOTA_PARAM_PREFIX;
 use crate::region::{MembershipTarget, RegionName, RegionSpec};

@@ -21,10 +21,7 @@ pub fn regions_max(config: &NodeConfig) -> u32 {
 pub fn engine_limits(config: &NodeConfig, recovered: usize) -> SandboxLimits {
     let recovered = u32::try_from(recovered).unwrap_or(u32::MAX);
     let mut limits = config.limits.clone();
-    limits.instances_max = limits
-        .instances_max
-        .max(regions_max(config))
-        .max(recovered);
+    limits.instances_max = limits.instances_max.max(regions_max(config)).max(recovered);
     limits
 }
 

@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// Region replicas this node admits (`None`: `limits.instances_max`).
     /// Announced to the control plane, which refuses creations past it.
     pub regions_max: Option<u32>,
+    /// An idle replica drops its Wasm instance after this long (`None`:
+    /// never; see `region::hibernate`).
+    pub hibernate_after: Option<Duration>,
     pub failure_policy: FailurePolicy,
     /// When a region's plugin calls move to the idle-priority lane.
     pub cpu_policy: CpuPolicy,
@@ -101,6 +104,7 @@ impl NodeConfig {
             data_dir,
             limits: SandboxLimits::default(),
             regions_max: None,
+            hibernate_after: None,
             failure_policy: FailurePolicy::default(),
             cpu_policy: CpuPolicy::default(),
             request_timeout: Duration::from_secs(10),
