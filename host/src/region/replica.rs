@@ -280,12 +280,14 @@ impl RegionReplica {
 
     /// Calls the plugin with one event.
     pub fn deliver(&mut self, call: Call) -> Delivery {
-        if self.instance.is_none() && self.hibernation.is_hibernated() && self.health.is_running() {
-            if let Err(failure) = self.wake() {
-                tracing::warn!(region = %self.core.name(), %failure, "hibernated replica failed to wake; replica fenced");
-                self.fail(&failure);
-                return Delivery::Failed(failure);
-            }
+        if self.instance.is_none()
+            && self.hibernation.is_hibernated()
+            && self.health.is_running()
+            && let Err(failure) = self.wake()
+        {
+            tracing::warn!(region = %self.core.name(), %failure, "hibernated replica failed to wake; replica fenced");
+            self.fail(&failure);
+            return Delivery::Failed(failure);
         }
         let Some(instance) = self.instance.as_mut() else {
             return Delivery::Refused(self.unavailable_reason());
