@@ -533,3 +533,35 @@ impl Node {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::record::ControlRequest;
+
+    #[test]
+    fn placement_by_count_skips_full_nodes() {
+        let mut state = ControlState::default();
+        let commands = (1..=3)
+            .map(|id| ControlCommand::SetNode {
+                id,
+                api: String::new(),
+                peer: String::new(),
+            })
+            .chain([ControlCommand::SetCapacity {
+                id: 1,
+                regions_max: 0,
+            }]);
+        for (nonce, command) in commands.enumerate() {
+            let request = ControlRequest {
+                actor: 1,
+                nonce: nonce as u64,
+                at_ms: 0,
+                command,
+            };
+            state.apply(nonce as u64 + 1, &request);
+        }
+        assert_eq!(least_loaded(&state, &[1, 2, 3], 2), vec![2, 3]);
+        assert_eq!(least_loaded(&state, &[1, 2, 3], 3).len(), 2);
+    }
+}
