@@ -214,6 +214,7 @@ fn control_error(error: &ControlError, message: String) -> ApiError {
                 "too_many_params" => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_params"),
                 "params_too_large" => (StatusCode::PAYLOAD_TOO_LARGE, "params_too_large"),
                 "too_many_replicas" => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_replicas"),
+                "node_full" => (StatusCode::SERVICE_UNAVAILABLE, "node_full"),
                 _ => (StatusCode::CONFLICT, "refused"),
             };
             ApiError::new(status, code, message)

@@ -18,6 +18,8 @@
 //! deadline_per_call_ms = 2000
 //! memory_bytes_max = 268435456
 //! instances_max = 64
+//! regions_max = 64                     # region replicas admitted (default instances_max)
+//! hibernate_after_ms = 30000            # idle replicas drop their instance (default: never)
 //! region_log_bytes_max = 1073741824     # per region (quota.log-bytes)
 //! region_kv_bytes_max = 67108864        # per region (quota.kv-bytes)
 //! region_kv_keys_max = 65536            # per region (quota.kv-keys)
@@ -167,6 +169,8 @@ pub struct LimitsEntry {
     pub deadline_per_call_ms: Option<u64>,
     pub memory_bytes_max: Option<usize>,
     pub instances_max: Option<u32>,
+    pub regions_max: Option<u32>,
+    pub hibernate_after_ms: Option<u64>,
     pub region_log_bytes_max: Option<u64>,
     pub region_kv_bytes_max: Option<u64>,
     pub region_kv_keys_max: Option<u64>,
@@ -347,6 +351,8 @@ impl ConfigFile {
         if let Some(instances) = limits.instances_max {
             config.limits.instances_max = instances;
         }
+        config.regions_max = limits.regions_max;
+        config.hibernate_after = limits.hibernate_after_ms.map(Duration::from_millis);
         let fairness = &self.fairness;
         if let Some(enabled) = fairness.enabled {
             config.cpu_policy.enabled = enabled;

@@ -18,6 +18,8 @@ use crate::region::{MembershipTarget, ProtocolRef, RegionSpec};
 pub const AUDIT_ENTRIES_MAX: usize = 1000;
 /// Past epochs kept per region.
 pub const EPOCHS_KEPT_MAX: usize = 256;
+/// The refusal code when a node admits no more region replicas.
+pub const NODE_FULL: &str = "node_full";
 /// Answers to recent requests kept for retries (see [`ControlRequest::nonce`]).
 pub const ANSWERS_KEPT_MAX: usize = 4096;
 
@@ -196,6 +198,12 @@ pub struct ControlState {
     /// first: a proposal retried after a lost reply gets its first answer
     /// instead of being applied twice.
     pub answers: VecDeque<((NodeId, u64), ControlResponse)>,
+    /// How many region replicas each node admits (`[limits] regions_max`,
+    /// announced by the node itself); a node not listed admits any number.
+    /// Checked when a command adds replicas, so every member refuses the
+    /// same creations and a node never holds more than it announced.
+    #[serde(default)]
+    pub capacity: BTreeMap<NodeId, u32>,
 }
 
 /// A command with who sent it and when (the proposer's wall clock, for
@@ -218,6 +226,11 @@ pub enum ControlCommand {
         peer: String,
     },
     Publish(ComponentRecord),
+    /// A node announces how many region replicas it admits.
+    SetCapacity {
+        id: NodeId,
+        regions_max: u32,
+    },
     CreateRegion {
         spec: RegionSpec,
         requested: String,
@@ -341,6 +354,10 @@ impl ControlState {
                 );
                 ControlResponse::Done
             }
+            ControlCommand::SetCapacity { id, regions_max } => {
+                self.capacity.insert(*id, *regions_max);
+                ControlResponse::Done
+            }
             ControlCommand::Publish(component) => {
                 // Publishing the same bytes again keeps the first record.
                 self.components
@@ -372,6 +389,11 @@ impl ControlState {
                         "unknown_component",
                         format!("component sha256:{digest} is not published"),
                     );
+                }
+                let hosts: BTreeSet<NodeId> =
+                    spec.voters.iter().chain(&spec.learners).copied().collect();
+                if let Some(full) = self.refuse_full(&hosts) {
+                    return full;
                 }
                 let first = EpochRecord {
                     epoch: spec.epoch,
@@ -434,11 +456,18 @@ impl ControlState {
                     return ControlResponse::refused(too_large.code(), too_large.to_string());
                 }
                 let before = record.all_hosts();
+                let now: BTreeSet<NodeId> = voters.iter().chain(learners.iter()).copied().collect();
+                let added: BTreeSet<NodeId> = now.difference(&before).copied().collect();
+                if let Some(full) = self.refuse_full(&added) {
+                    return full;
+                }
+                let Some(record) = self.active_region(region) else {
+                    return missing_region(region);
+                };
                 record.spec.voters = voters.clone();
                 record.spec.learners = learners.clone();
                 record.spec.membership_target = target.clone();
                 record.spec.version += 1;
-                let now: BTreeSet<NodeId> = voters.iter().chain(learners.iter()).copied().collect();
                 for gone in before.difference(&now) {
                     record.retired.insert(*gone);
                 }
@@ -493,6 +522,13 @@ impl ControlState {
                     );
                 }
                 let known = self.nodes.clone();
+                if let Some(record) = self.regions.get(region) {
+                    let hosts = record.all_hosts();
+                    let added = voters.iter().filter(|id| !hosts.contains(id)).copied();
+                    if let Some(full) = self.refuse_full(&added.collect()) {
+                        return full;
+                    }
+                }
                 let Some(record) = self.active_region(region) else {
                     return missing_region(region);
                 };
@@ -697,6 +733,47 @@ impl ControlState {
         }
     }
 
+    /// Region replicas `node` holds or still has to delete.
+    pub fn hosted_count(&self, node: NodeId) -> usize {
+        self.regions
+            .values()
+            .filter(|record| match &record.phase {
+                RegionPhase::Active => record.all_hosts().contains(&node),
+                RegionPhase::Deleting { pending } => pending.contains(&node),
+            })
+            .count()
+    }
+
+    /// Whether `node` admits one more region replica.
+    pub fn has_room(&self, node: NodeId) -> bool {
+        self.capacity
+            .get(&node)
+            .is_none_or(|max| self.hosted_count(node) < *max as usize)
+    }
+
+    /// The refusal when one of `adding` (nodes about to get a replica) is
+    /// full.
+    fn refuse_full(&self, adding: &BTreeSet<NodeId>) -> Option<ControlResponse> {
+        let full: Vec<String> = adding
+            .iter()
+            .filter(|node| !self.has_room(**node))
+            .map(|node| {
+                let max = self.capacity.get(node).copied().unwrap_or_default();
+                let holds = self.hosted_count(*node);
+                format!("node {node} (holds {holds}, regions_max {max})")
+            })
+            .collect();
+        (!full.is_empty()).then(|| {
+            ControlResponse::refused(
+                NODE_FULL,
+                format!(
+                    "no room for another region replica on {}: delete regions, place the region on other nodes, or raise [limits] regions_max there",
+                    full.join(", ")
+                ),
+            )
+        })
+    }
+
     fn active_region(&mut self, name: &str) -> Option<&mut RegionRecord> {
         self.regions
             .get_mut(name)
@@ -728,6 +805,9 @@ fn audit_line(command: &ControlCommand) -> Option<String> {
     Some(match command {
         ControlCommand::SetNode { id, api, peer } => {
             format!("node {id} at api {api}, peer {peer}")
+        }
+        ControlCommand::SetCapacity { id, regions_max } => {
+            format!("node {id} admits {regions_max} region replicas")
         }
         ControlCommand::Publish(c) => format!(
             "published {} {} (sha256:{}, {} bytes)",
@@ -828,6 +908,99 @@ mod tests {
             );
         }
         state
+    }
+
+    fn refused_code(response: &ControlResponse) -> Option<&str> {
+        match response {
+            ControlResponse::Refused { code, .. } => Some(code),
+            ControlResponse::Done => None,
+        }
+    }
+
+    #[test]
+    fn a_full_node_refuses_creations_until_a_deletion_completes() {
+        let mut state = with_nodes();
+        let cap = request(ControlCommand::SetCapacity {
+            id: 2,
+            regions_max: 1,
+        });
+        assert_eq!(state.apply(5, &cap), ControlResponse::Done);
+        let first = request(ControlCommand::CreateRegion {
+            spec: spec("a", vec![1, 2, 3]),
+            requested: "native:raft".into(),
+        });
+        assert_eq!(state.apply(6, &first), ControlResponse::Done);
+        let second = request(ControlCommand::CreateRegion {
+            spec: spec("b", vec![1, 2, 3]),
+            requested: "native:raft".into(),
+        });
+        let refused = state.apply(7, &second);
+        assert_eq!(refused_code(&refused), Some(NODE_FULL), "{refused:?}");
+        assert!(!state.regions.contains_key("b"));
+        // Nodes without a capacity admit any number.
+        let elsewhere = request(ControlCommand::CreateRegion {
+            spec: spec("c", vec![1, 3]),
+            requested: "native:raft".into(),
+        });
+        assert_eq!(state.apply(8, &elsewhere), ControlResponse::Done);
+        // The slot is held until node 2 confirms the deletion.
+        let delete = request(ControlCommand::DeleteRegion { region: "a".into() });
+        assert_eq!(state.apply(9, &delete), ControlResponse::Done);
+        let retry = request(second.command.clone());
+        assert_eq!(refused_code(&state.apply(10, &retry)), Some(NODE_FULL));
+        let confirmed = request(ControlCommand::ReplicaDeleted {
+            region: "a".into(),
+            node: 2,
+        });
+        assert_eq!(state.apply(11, &confirmed), ControlResponse::Done);
+        assert!(state.has_room(2));
+        let last = request(second.command.clone());
+        assert_eq!(state.apply(12, &last), ControlResponse::Done);
+    }
+
+    #[test]
+    fn adding_a_replica_to_a_full_node_is_refused() {
+        let mut state = with_nodes();
+        for (index, command) in [
+            ControlCommand::SetCapacity {
+                id: 3,
+                regions_max: 1,
+            },
+            ControlCommand::CreateRegion {
+                spec: spec("a", vec![1, 3]),
+                requested: "native:raft".into(),
+            },
+            ControlCommand::CreateRegion {
+                spec: spec("b", vec![1, 2]),
+                requested: "native:raft".into(),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(
+                state.apply(index as u64 + 1, &request(command)),
+                ControlResponse::Done
+            );
+        }
+        let add = request(ControlCommand::SetMembers {
+            region: "b".into(),
+            expect_version: 1,
+            voters: vec![1, 2],
+            learners: vec![3],
+            target: None,
+        });
+        assert_eq!(refused_code(&state.apply(10, &add)), Some(NODE_FULL));
+        assert_eq!(state.regions["b"].spec.version, 1, "nothing changed");
+        // Changing a region node 3 already hosts needs no new slot.
+        let same = request(ControlCommand::SetMembers {
+            region: "a".into(),
+            expect_version: 1,
+            voters: vec![1],
+            learners: vec![3],
+            target: None,
+        });
+        assert_eq!(state.apply(11, &same), ControlResponse::Done);
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 2);
 /// in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Pool slots kept beyond `instances_max` for the probe instance that
+/// loading a component makes (one at a time, see `PluginEngine::probing`):
+/// publishing never fails because regions use every instance.
+pub const PROBE_SLOTS: u32 = 1;
+
 /// Sandbox limits applied to every plugin instance.
 #[derive(Clone, Debug)]
 pub struct SandboxLimits {
@@ -42,7 +47,8 @@ pub struct SandboxLimits {
     pub deadline_per_call: Duration,
     /// Linear memory one instance may grow to.
     pub memory_bytes_max: usize,
-    /// Instances alive at once (sizes the pooling allocator).
+    /// Region instances alive at once (sizes the pooling allocator, which
+    /// holds [`PROBE_SLOTS`] more for loading components).
     pub instances_max: u32,
 }
 
@@ -113,6 +119,9 @@ pub struct PluginEngine {
     cache_stats: cache::CacheStats,
     /// Loaded components by digest: loading the same bytes twice is free.
     loaded: Mutex<HashMap<String, Arc<LoadedComponent>>>,
+    /// Held while a probe instance lives, so probes use at most
+    /// [`PROBE_SLOTS`] pool slots.
+    probing: Mutex<()>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -126,7 +135,7 @@ impl PluginEngine {
     /// `cache_dir` holds precompiled components; `None` disables the cache.
     pub fn new(limits: SandboxLimits, cache_dir: Option<PathBuf>) -> Result<Self, EngineError> {
         let mut pool = PoolingAllocationConfig::default();
-        let instances = limits.instances_max.max(1);
+        let instances = limits.instances_max.saturating_add(PROBE_SLOTS);
         // A component holds its module plus wit-component's small shim
         // modules (each with a table), hence the multipliers.
         pool.total_component_instances(instances)
@@ -179,6 +188,7 @@ impl PluginEngine {
             cache_dir,
             cache_stats: cache::CacheStats::default(),
             loaded: Mutex::new(HashMap::new()),
+            probing: Mutex::new(()),
             ticker_stop,
         })
     }
@@ -218,12 +228,19 @@ impl PluginEngine {
             uses_wasi,
             pre,
         };
-        let mut instance = self
-            .instantiate(&probe)
-            .map_err(|e| LoadError::Info(e.to_string()))?;
-        probe.info = instance
-            .info()
-            .map_err(|e| LoadError::Info(e.to_string()))?;
+        {
+            // A poisoned lock guards nothing but the slot count.
+            let _slot = self
+                .probing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut instance = self
+                .instantiate(&probe)
+                .map_err(|e| LoadError::Info(e.to_string()))?;
+            probe.info = instance
+                .info()
+                .map_err(|e| LoadError::Info(e.to_string()))?;
+        }
         let loaded = Arc::new(probe);
         self.lock_loaded().insert(digest, loaded.clone());
         Ok(loaded)

@@ -10,7 +10,7 @@ use synod_guest_sdk::NodeId;
 
 use super::{Node, NodeError};
 use crate::control::ControlError;
-use crate::control::record::{ControlCommand, NodeRecord, RegionPhase, RegionRecord};
+use crate::control::record::{ControlCommand, ControlState, NodeRecord, RegionPhase, RegionRecord};
 use crate::region::driver::RegionHandle;
 use crate::region::quota::QUOTA_PARAM_PREFIX;
 use crate::region::{MembershipTarget, RegionName, RegionSpec};
@@ -114,7 +114,17 @@ impl Node {
                         known.len()
                     )));
                 }
-                least_loaded(&state.regions, &known, count)
+                let chosen = least_loaded(&state, &known, count);
+                if chosen.len() < count {
+                    return Err(NodeError::Control(ControlError::Refused {
+                        code: crate::control::record::NODE_FULL.into(),
+                        message: format!(
+                            "{count} replicas asked, but only {} node(s) have room for another region (see [limits] regions_max)",
+                            chosen.len()
+                        ),
+                    }));
+                }
+                chosen
             }
         };
         voters.sort_unstable();
@@ -427,13 +437,13 @@ impl Node {
 }
 
 /// The `count` nodes hosting the fewest replicas (then lowest id).
-fn least_loaded(
-    regions: &BTreeMap<String, RegionRecord>,
-    known: &[NodeId],
-    count: usize,
-) -> Vec<NodeId> {
-    let mut load: BTreeMap<NodeId, usize> = known.iter().map(|id| (*id, 0)).collect();
-    for record in regions.values() {
+fn least_loaded(state: &ControlState, known: &[NodeId], count: usize) -> Vec<NodeId> {
+    let mut load: BTreeMap<NodeId, usize> = known
+        .iter()
+        .filter(|id| state.has_room(**id))
+        .map(|id| (*id, 0))
+        .collect();
+    for record in state.regions.values() {
         for id in record.all_hosts() {
             if let Some(n) = load.get_mut(&id) {
                 *n += 1;
@@ -501,6 +511,13 @@ impl Node {
                 });
             }
         }
+        let regions_max = super::admission::regions_max(&self.config);
+        if state.capacity.get(&self.config.node_id) != Some(&regions_max) {
+            commands.push(ControlCommand::SetCapacity {
+                id: self.config.node_id,
+                regions_max,
+            });
+        }
         for (_, bytes) in super::builtin_components() {
             let digest = crate::engine::PluginEngine::digest(bytes);
             if !state.components.contains_key(&digest) {
@@ -514,5 +531,37 @@ impl Node {
             self.control.propose(command).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::record::ControlRequest;
+
+    #[test]
+    fn placement_by_count_skips_full_nodes() {
+        let mut state = ControlState::default();
+        let commands = (1..=3)
+            .map(|id| ControlCommand::SetNode {
+                id,
+                api: String::new(),
+                peer: String::new(),
+            })
+            .chain([ControlCommand::SetCapacity {
+                id: 1,
+                regions_max: 0,
+            }]);
+        for (nonce, command) in commands.enumerate() {
+            let request = ControlRequest {
+                actor: 1,
+                nonce: nonce as u64,
+                at_ms: 0,
+                command,
+            };
+            state.apply(nonce as u64 + 1, &request);
+        }
+        assert_eq!(least_loaded(&state, &[1, 2, 3], 2), vec![2, 3]);
+        assert_eq!(least_loaded(&state, &[1, 2, 3], 3).len(), 2);
     }
 }

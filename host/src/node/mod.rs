@@ -8,6 +8,7 @@
 //! - [`inbound`]: routing frames from peers.
 
 mod admin;
+mod admission;
 mod components;
 mod inbound;
 mod replicas;
@@ -47,6 +48,12 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     pub data_dir: PathBuf,
     pub limits: SandboxLimits,
+    /// Region replicas this node admits (`None`: `limits.instances_max`).
+    /// Announced to the control plane, which refuses creations past it.
+    pub regions_max: Option<u32>,
+    /// An idle replica drops its Wasm instance after this long (`None`:
+    /// never; see `region::hibernate`).
+    pub hibernate_after: Option<Duration>,
     pub failure_policy: FailurePolicy,
     /// When a region's plugin calls move to the idle-priority lane.
     pub cpu_policy: CpuPolicy,
@@ -96,6 +103,8 @@ impl NodeConfig {
             node_id,
             data_dir,
             limits: SandboxLimits::default(),
+            regions_max: None,
+            hibernate_after: None,
             failure_policy: FailurePolicy::default(),
             cpu_policy: CpuPolicy::default(),
             request_timeout: Duration::from_secs(10),
@@ -370,8 +379,21 @@ impl Node {
                 .map_err(|e| NodeError::Storage(format!("{data_dir}: {e}")))?;
         }
 
+        // Every replica that ran before the restart gets an instance, even
+        // if `regions_max` was lowered meanwhile: a restart never changes
+        // which regions run.
+        let recovered_here = recovered
+            .regions
+            .values()
+            .filter(|region| {
+                region
+                    .spec
+                    .as_ref()
+                    .is_some_and(|spec| spec.hosted_on(config.node_id))
+            })
+            .count();
         let engine = Arc::new(PluginEngine::new(
-            config.limits.clone(),
+            admission::engine_limits(&config, recovered_here),
             Some(config.data_dir.join("cache")),
         )?);
         let snapshots = Arc::new(SnapshotStore::new(disk.clone(), "snapshots"));

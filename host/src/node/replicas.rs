@@ -300,6 +300,9 @@ impl Node {
             self.context.clock.clone(),
         );
         replica.set_cpu_policy(self.config.cpu_policy.clone());
+        replica.set_hibernate_policy(crate::region::hibernate::HibernatePolicy {
+            idle_after: self.config.hibernate_after,
+        });
         RegionDriver::spawn(
             spec,
             replica,

@@ -163,6 +163,7 @@ pub struct RegionStatus {
     /// The swap's seal: `none`, `sealing` or `sealed`.
     pub seal: &'static str,
     pub cpu: CpuStatus,
+    pub hibernation: super::hibernate::HibernationStatus,
 }
 
 /// Where the region's plugin calls run (see `region::cpu`).
@@ -597,6 +598,9 @@ impl RegionDriver {
                 }
             }
             self.host.end_round();
+            // Checked after every round too: status queries alone never
+            // let the idle sleep above run out.
+            self.host.maybe_hibernate();
             if let Some((lane, runtime)) = self.migration() {
                 self.host.replica.set_running_lane(lane);
                 tracing::info!(region = %self.host.name, lane = lane.name(), "region driver changes CPU lane");
@@ -707,6 +711,7 @@ impl ReplicaHost {
     /// Starts the plugin (`init`) and ends that first round.
     pub fn start(&mut self, recovering: bool) {
         self.refresh_snapshot_refusal();
+        self.replica.note_activity();
         match self.replica.start(recovering) {
             Ok(effects) => self.stage(effects),
             Err(failure) => {
@@ -721,6 +726,29 @@ impl ReplicaHost {
         self.fire_timers();
         self.maybe_restart();
         self.expire_pending();
+        self.maybe_hibernate();
+    }
+
+    /// Drops the instance if the replica has been idle long enough.
+    pub fn maybe_hibernate(&mut self) {
+        let quiet = self.is_quiet();
+        self.replica.maybe_hibernate(quiet);
+    }
+
+    /// Nothing armed, pending, held or under way: the replica may
+    /// hibernate (see `region::hibernate`).
+    fn is_quiet(&self) -> bool {
+        self.timers.is_empty()
+            && self.pending.is_empty()
+            && self.held.is_empty()
+            && self.round_outputs.is_empty()
+            && self.round_records.is_empty()
+            && !self.epoch.is_holding()
+            && self.epoch.seal_name() == "none"
+            && self.replica.core().pending_reads() == 0
+            // A save in flight ends with a notification to this instance.
+            && self.save_requested.is_none()
+            && self.snapshot_save.is_none()
     }
 
     /// Answers requests whose client has given up as timed out and drops
@@ -807,6 +835,14 @@ impl ReplicaHost {
     /// Handles one round of events; returns false when the driver should
     /// stop.
     pub fn handle_events(&mut self, events: Vec<RegionEvent>) -> bool {
+        // Reading the status is not activity: it neither wakes nor keeps
+        // awake a hibernating replica.
+        if events
+            .iter()
+            .any(|event| !matches!(event, RegionEvent::Status { .. }))
+        {
+            self.replica.note_activity();
+        }
         let mut batches = RoundBatches::default();
         let mut stopping = None;
         for event in events {
@@ -1376,20 +1412,25 @@ impl ReplicaHost {
     }
 
     pub fn status(&mut self) -> RegionStatus {
-        let plugin = match self.replica.deliver(Call::Status) {
-            Delivery::Done(CallResult::Status(status), effects) => {
-                self.stage(effects);
-                Some(PluginStatus::from(status))
-            }
-            Delivery::Done(_, effects) => {
-                self.stage(effects);
-                None
-            }
-            Delivery::Refused(_) => None,
-            Delivery::Failed(_) => {
-                self.timers.clear();
-                None
-            }
+        // A status query does not wake a hibernated replica.
+        let asleep = self.replica.hibernation().is_hibernated();
+        let plugin = match (!asleep).then(|| self.replica.deliver(Call::Status)) {
+            None => None,
+            Some(delivery) => match delivery {
+                Delivery::Done(CallResult::Status(status), effects) => {
+                    self.stage(effects);
+                    Some(PluginStatus::from(status))
+                }
+                Delivery::Done(_, effects) => {
+                    self.stage(effects);
+                    None
+                }
+                Delivery::Refused(_) => None,
+                Delivery::Failed(_) => {
+                    self.timers.clear();
+                    None
+                }
+            },
         };
         let info = self.replica.info();
         let health = self.replica.health();
@@ -1440,6 +1481,7 @@ impl ReplicaHost {
                 used_ms: u64::try_from(self.replica.cpu().total().as_millis()).unwrap_or(u64::MAX),
                 background_calls: self.replica.cpu().background_calls(),
             },
+            hibernation: self.replica.hibernation().status(),
         }
     }
 }

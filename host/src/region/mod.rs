@@ -15,6 +15,7 @@ pub mod driver;
 pub mod epoch;
 #[cfg(test)]
 mod epoch_tests;
+pub mod hibernate;
 mod log;
 pub mod pending;
 pub mod quota;

@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::plugin::{Call, CallResult, PluginFailure, PluginInstance, PluginSource};
 use crate::region::core::{Effects, RegionCore};
 use crate::region::cpu::{CpuAccount, CpuPolicy, Lane, measure};
+use crate::region::hibernate::{HibernatePolicy, Hibernation};
 
 /// When to rebuild a failed replica and when to give up.
 #[derive(Clone, Debug)]
@@ -101,6 +102,7 @@ pub struct RegionReplica {
     /// Where the driver runs this replica now (it moves when `cpu.lane()`
     /// says otherwise).
     running_lane: Lane,
+    hibernation: Hibernation,
 }
 
 impl RegionReplica {
@@ -129,7 +131,60 @@ impl RegionReplica {
             restarts: 0,
             cpu: CpuAccount::new(CpuPolicy::default()),
             running_lane: Lane::Inline,
+            hibernation: Hibernation::default(),
         }
+    }
+
+    /// When this replica drops its instance while idle (see
+    /// `region::hibernate`).
+    pub fn set_hibernate_policy(&mut self, policy: HibernatePolicy) {
+        self.hibernation.policy = policy;
+    }
+
+    pub fn hibernation(&self) -> &Hibernation {
+        &self.hibernation
+    }
+
+    /// Something other than a plain wake-up happened.
+    pub fn note_activity(&mut self) {
+        self.hibernation.active(self.clock.now());
+    }
+
+    /// Drops the instance if the replica is running and has been idle
+    /// (`quiet`: the driver holds nothing for it) long enough. The next
+    /// call re-instantiates it.
+    pub fn maybe_hibernate(&mut self, quiet: bool) -> bool {
+        if !self.health.is_running()
+            || self.instance.is_none()
+            || !self.hibernation.due(self.clock.now(), quiet)
+        {
+            return false;
+        }
+        self.instance = None;
+        self.hibernation.hibernated();
+        tracing::debug!(region = %self.core.name(), "replica hibernates");
+        true
+    }
+
+    /// Re-instantiates a hibernated replica: a fresh instance and
+    /// `init(recovering = true)`, whose effects join the current callback.
+    fn wake(&mut self) -> Result<(), PluginFailure> {
+        let started = std::time::Instant::now();
+        let mut instance = self.source.instantiate()?;
+        let mut config = self.init_template.clone();
+        config.recovering = true;
+        config.applied_position = self.core.state().applied_position();
+        let core = &mut self.core;
+        let (result, used) = measure(|| instance.call(core, Call::Init(config)));
+        self.cpu.charge(used, self.running_lane);
+        result?;
+        if let Some(why) = self.core.take_violation() {
+            return Err(PluginFailure::Contract(why));
+        }
+        self.instance = Some(instance);
+        self.hibernation.woke(started);
+        tracing::debug!(region = %self.core.name(), "replica woke");
+        Ok(())
     }
 
     /// Replaces the CPU fairness policy (node configuration).
@@ -183,6 +238,7 @@ impl RegionReplica {
     /// for the very first start of a new region replica.
     pub fn start(&mut self, recovering: bool) -> Result<Effects, PluginFailure> {
         self.instance = None;
+        self.hibernation.reset();
         // A new instance has armed no timers (the driver drops its own).
         self.core.clear_timers();
         let instance = match self.source.instantiate() {
@@ -224,6 +280,15 @@ impl RegionReplica {
 
     /// Calls the plugin with one event.
     pub fn deliver(&mut self, call: Call) -> Delivery {
+        if self.instance.is_none()
+            && self.hibernation.is_hibernated()
+            && self.health.is_running()
+            && let Err(failure) = self.wake()
+        {
+            tracing::warn!(region = %self.core.name(), %failure, "hibernated replica failed to wake; replica fenced");
+            self.fail(&failure);
+            return Delivery::Failed(failure);
+        }
         let Some(instance) = self.instance.as_mut() else {
             return Delivery::Refused(self.unavailable_reason());
         };
