@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::codec::FramedRead;
 
-use super::{ApiStream, CONNECTION_ERROR_ID, Consistency, Failure, Hello, MAGIC, Op, Response};
+use super::{ApiStream, CONNECTION_ERROR_ID, Consistency, Failure, Op, Response};
 use crate::client::Credentials;
 use crate::state_machine::KvOutcome;
 
@@ -143,11 +143,7 @@ impl Connection {
             }
             None => Box::new(tcp),
         };
-        let mut opening = MAGIC.to_vec();
-        let hello = Hello {
-            token: credentials.token.clone(),
-        };
-        super::encode_frame(&hello, &mut opening).map_err(WireClientError::Encode)?;
+        let opening = super::opening(credentials.token.as_deref());
         stream.write_all(&opening).await.map_err(failed)?;
         let (read, write) = tokio::io::split(stream);
         let shared = Arc::new(Shared {

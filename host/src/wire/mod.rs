@@ -184,6 +184,17 @@ impl Failure {
     }
 }
 
+/// What a client sends first: [`MAGIC`], then its [`Hello`] frame.
+pub fn opening(token: Option<&str>) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    let hello = Hello {
+        token: token.map(str::to_string),
+    };
+    // A hello of a string is always encodable.
+    let _ = encode_frame(&hello, &mut bytes);
+    bytes
+}
+
 /// Appends one frame (length prefix, then `value` in postcard) to `buffer`.
 fn encode_frame<T: Serialize>(value: &T, buffer: &mut Vec<u8>) -> Result<(), postcard::Error> {
     let start = buffer.len();
