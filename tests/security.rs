@@ -265,7 +265,8 @@ async fn every_route_refuses_missing_wrong_role_and_expired_tokens_and_changes_n
 async fn only_admin_publishes_and_the_record_names_the_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, _tokens) = secure_single_node(dir.path()).await;
-    let bytes = synod_plugin_artifacts::STANDALONE_WASM.to_vec();
+    // Not a built-in: the node has no record of it yet.
+    let bytes = synod_plugin_artifacts::WASI_PROBE_WASM.to_vec();
     node.client
         .publish_component(bytes)
         .await

@@ -51,6 +51,28 @@ pub fn permission_for(method: &Method, path: &str) -> Permission {
     }
 }
 
+/// Most bytes and time spent discarding a refused request's body.
+const DRAIN_BYTES_MAX: usize = crate::api::COMPONENT_BYTES_MAX;
+const DRAIN_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards a refused request's body (bounded in bytes and
+/// time, never buffered), so the client, still sending it, receives the
+/// refusal instead of a reset connection.
+async fn drain(request: Request) {
+    use futures_util::StreamExt;
+    let mut body = request.into_body().into_data_stream();
+    let mut seen = 0usize;
+    let discard = async {
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_BYTES_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME_MAX, discard).await;
+}
+
 /// The bearer token of a request, if any.
 fn bearer(request: &Request) -> Option<&str> {
     request
@@ -88,6 +110,7 @@ pub async fn authorize(State(node): State<Arc<Node>>, mut request: Request, next
                 code = error.code(),
                 "refused an API request"
             );
+            drain(request).await;
             ApiError::new(status, error.code(), error.to_string()).into_response()
         }
     }
