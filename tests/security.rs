@@ -180,13 +180,25 @@ async fn every_route_refuses_missing_wrong_role_and_expired_tokens_and_changes_n
         ];
         for (token, status, code) in attempts {
             let response = send(method, path, body.clone(), token).await.expect("sent");
-            expect(response, status, code, format!("{method} {path} with {code}")).await;
+            expect(
+                response,
+                status,
+                code,
+                format!("{method} {path} with {code}"),
+            )
+            .await;
         }
         if *admin {
             let response = send(method, path, body.clone(), Some(&tokens.writer))
                 .await
                 .expect("sent");
-            expect(response, 403, "forbidden", format!("{method} {path} as writer")).await;
+            expect(
+                response,
+                403,
+                "forbidden",
+                format!("{method} {path} as writer"),
+            )
+            .await;
         }
     }
     for path in reads {
@@ -206,7 +218,13 @@ async fn every_route_refuses_missing_wrong_role_and_expired_tokens_and_changes_n
     )
     .await
     .expect("sent");
-    expect(response, 403, "forbidden", "writer outside its prefix".into()).await;
+    expect(
+        response,
+        403,
+        "forbidden",
+        "writer outside its prefix".into(),
+    )
+    .await;
     let response = send(
         "PUT",
         "/v1/regions/app-data/kv/w",
@@ -215,7 +233,10 @@ async fn every_route_refuses_missing_wrong_role_and_expired_tokens_and_changes_n
     )
     .await
     .expect("sent");
-    assert!(response.status().is_success(), "the writer writes its regions");
+    assert!(
+        response.status().is_success(),
+        "the writer writes its regions"
+    );
     node.client
         .delete("app-data", "w")
         .await
@@ -254,8 +275,14 @@ async fn every_route_refuses_missing_wrong_role_and_expired_tokens_and_changes_n
         .into_iter()
         .filter(|r| r[0] != "other")
         .collect();
-    assert_eq!(regions_after, before["regions"].as_array().cloned().unwrap_or_default());
-    assert_eq!(after["components"], before["components"], "nothing published");
+    assert_eq!(
+        regions_after,
+        before["regions"].as_array().cloned().unwrap_or_default()
+    );
+    assert_eq!(
+        after["components"], before["components"],
+        "nothing published"
+    );
     assert_eq!(after["nodes"], before["nodes"], "no node re-pointed");
     assert_eq!(after["k"], before["k"], "the key is untouched");
     node.stop().await.expect("stop");
@@ -293,7 +320,11 @@ async fn the_wire_protocol_authenticates_once_and_authorizes_each_request() {
         .create_region("app-data", "standalone", &[])
         .await
         .expect("region");
-    let address = node.client.base().trim_start_matches("https://").to_string();
+    let address = node
+        .client
+        .base()
+        .trim_start_matches("https://")
+        .to_string();
     let ca = dir.path().join("secrets").join(init::CA_CERT);
     let with = |token: Option<&str>| Credentials {
         ca_pem: Some(std::fs::read(&ca).expect("ca")),
@@ -326,21 +357,30 @@ async fn the_wire_protocol_authenticates_once_and_authorizes_each_request() {
         .expect_err("a reader may not write");
     assert_eq!(code(error), "forbidden");
     assert_eq!(
-        reader.get("app-data", b"k", synod::wire::Consistency::Linearizable).await.expect("a reader reads"),
+        reader
+            .get("app-data", b"k", synod::wire::Consistency::Linearizable)
+            .await
+            .expect("a reader reads"),
         None,
         "nothing was written"
     );
     let writer = WireClient::connect_with(&address, TIMEOUT, &with(Some(&tokens.writer)))
         .await
         .expect("connects");
-    writer.put("app-data", b"k", b"ok").await.expect("the writer writes");
+    writer
+        .put("app-data", b"k", b"ok")
+        .await
+        .expect("the writer writes");
     // A plain-TCP wire client gets no answer from a TLS port.
     let plain = WireClient::connect(&address, Duration::from_secs(2)).await;
     if let Ok(plain) = plain {
         assert!(plain.put("app-data", b"k", b"evil").await.is_err());
     }
     assert_eq!(
-        node.client.get("app-data", "k", "linearizable").await.expect("get"),
+        node.client
+            .get("app-data", "k", "linearizable")
+            .await
+            .expect("get"),
         Some("ok".into())
     );
     node.stop().await.expect("stop");
@@ -358,7 +398,9 @@ async fn welcomed(port: u16, secrets: &Path, cert_id: u64, claim: u64, acceptor:
     let (cert, key) = init::node_files(secrets, cert_id);
     let tls = synod::security::NodeTls::load(&secrets.join(init::CA_CERT), &cert, &key)
         .expect("tls material");
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let name = rustls_pki_types::ServerName::try_from(synod::security::tls::node_name(acceptor))
         .expect("name");
     let Ok(mut stream) = tls.peer_connector().connect(name, tcp).await else {
@@ -431,7 +473,10 @@ async fn a_peer_cannot_join_as_another_node_or_with_another_cas_certificate() {
     );
     let status = node.client.status().await.expect("status");
     assert!(
-        status["transport"]["rejected_connections"].as_u64().unwrap_or(0) >= 4,
+        status["transport"]["rejected_connections"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 4,
         "every refusal is counted: {status}"
     );
     node.stop().await.expect("stop");
@@ -440,7 +485,9 @@ async fn a_peer_cannot_join_as_another_node_or_with_another_cas_certificate() {
 /// A TCP proxy from `listen` to `target` recording every byte both ways.
 async fn recording_proxy(listen: u16, target: u16) -> Arc<Mutex<Vec<u8>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind(("127.0.0.1", listen)).await.expect("bind");
+    let listener = TcpListener::bind(("127.0.0.1", listen))
+        .await
+        .expect("bind");
     let record = seen.clone();
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
@@ -533,7 +580,12 @@ async fn proxy_sees_the_canary(secure_nodes: bool) -> bool {
     // Both replicas hold it: it crossed the link.
     loop {
         let here = nodes[1].client.region_status("canary").await;
-        let both = nodes[0].client.get("canary", "k", "linearizable").await.ok().flatten()
+        let both = nodes[0]
+            .client
+            .get("canary", "k", "linearizable")
+            .await
+            .ok()
+            .flatten()
             == Some(canary.to_string())
             && here.is_ok_and(|s| s["state_machine"]["keys"].as_u64() == Some(1));
         if both {

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use synod::control::record::NodeRecord;
 use synod::node::NodeConfig;
 use synod::transport::{FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, TRANSPORT_VERSION};
-use synod::control::record::NodeRecord;
 use synod_tests::{TestNode, free_port, secure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -128,10 +128,7 @@ async fn bad_input_closes_the_connection_and_the_node_keeps_serving() {
         version: TRANSPORT_VERSION,
         node_id: 2,
     };
-    assert!(
-        closed_after(port, &framed(&hello.encode())).await,
-        "no TLS"
-    );
+    assert!(closed_after(port, &framed(&hello.encode())).await, "no TLS");
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = node.client.status().await.expect("status");

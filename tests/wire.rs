@@ -9,8 +9,7 @@ use std::time::Duration;
 use synod::node::NodeConfig;
 use synod::wire::{
     CONNECTION_ERROR_ID, Consistency, FRAME_BYTES_MAX, MAGIC, Op, Request, Response, WireClient,
-    opening,
-    WireClientError,
+    WireClientError, opening,
 };
 use synod_tests::{NodeProcess, TestNode, free_port, node_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

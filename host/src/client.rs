@@ -119,9 +119,8 @@ impl Credentials {
 
     /// A profile file written by `synod cluster init`.
     pub fn from_profile(path: &std::path::Path) -> Result<Self, ApiClientError> {
-        let profile = crate::security::init::Profile::load(path).map_err(|e| {
-            ApiClientError::Credentials(format!("profile {}: {e}", path.display()))
-        })?;
+        let profile = crate::security::init::Profile::load(path)
+            .map_err(|e| ApiClientError::Credentials(format!("profile {}: {e}", path.display())))?;
         Self::new(&profile.ca, &profile.token).map_err(|e| {
             ApiClientError::Credentials(format!("CA bundle {}: {e}", profile.ca.display()))
         })

@@ -459,8 +459,8 @@ impl ConfigFile {
         };
         let tls = crate::security::NodeTls::load(&entry.ca, &entry.cert, &entry.key)
             .map_err(|e| invalid(e.to_string()))?;
-        let tokens = crate::security::TokenStore::load(&entry.tokens)
-            .map_err(|e| invalid(e.to_string()))?;
+        let tokens =
+            crate::security::TokenStore::load(&entry.tokens).map_err(|e| invalid(e.to_string()))?;
         Ok(Some(crate::security::Security {
             tls: std::sync::Arc::new(tls),
             tokens: std::sync::Arc::new(tokens),

@@ -30,9 +30,7 @@ pub fn permission_for(method: &Method, path: &str) -> Permission {
     };
     let read = method == Method::GET || method == Method::HEAD;
     match segments.as_slice() {
-        ["v1", "status"] | ["v1", "cluster"] | ["v1", "components"] | ["v1", "regions"]
-            if read =>
-        {
+        ["v1", "status"] | ["v1", "cluster"] | ["v1", "components"] | ["v1", "regions"] if read => {
             Permission::Any
         }
         ["v1", "regions", name] | ["v1", "regions", name, "record"] if read => {
@@ -42,9 +40,7 @@ pub fn permission_for(method: &Method, path: &str) -> Permission {
         ["v1", "regions", name, "kv", ..] if method == Method::PUT || method == Method::DELETE => {
             Permission::Write(region(name))
         }
-        ["v1", "regions", name, "cas"] if method == Method::POST => {
-            Permission::Write(region(name))
-        }
+        ["v1", "regions", name, "cas"] if method == Method::POST => Permission::Write(region(name)),
         // Unknown paths answer 404 to any valid token.
         _ if read => Permission::Any,
         _ => Permission::Admin,
@@ -88,7 +84,11 @@ fn bearer(request: &Request) -> Option<&str> {
 /// let everything through) and hands the [`super::Principal`] to the
 /// handler as an extension. Refusals: 401 (`unauthenticated`,
 /// `invalid_token`, `token_expired`) or 403 (`forbidden`).
-pub async fn authorize(State(node): State<Arc<Node>>, mut request: Request, next: Next) -> Response {
+pub async fn authorize(
+    State(node): State<Arc<Node>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(security) = &node.config().security else {
         return next.run(request).await;
     };
@@ -137,9 +137,18 @@ mod tests {
             assert_eq!(permission_for(&method, path), Permission::Admin, "{path}");
         }
         let write = Permission::Write("a b".into());
-        assert_eq!(permission_for(&Method::PUT, "/v1/regions/a%20b/kv/k"), write);
-        assert_eq!(permission_for(&Method::DELETE, "/v1/regions/a%20b/kv/k/x"), write);
-        assert_eq!(permission_for(&Method::POST, "/v1/regions/a%20b/cas"), write);
+        assert_eq!(
+            permission_for(&Method::PUT, "/v1/regions/a%20b/kv/k"),
+            write
+        );
+        assert_eq!(
+            permission_for(&Method::DELETE, "/v1/regions/a%20b/kv/k/x"),
+            write
+        );
+        assert_eq!(
+            permission_for(&Method::POST, "/v1/regions/a%20b/cas"),
+            write
+        );
         let read = Permission::Read("r".into());
         assert_eq!(permission_for(&Method::GET, "/v1/regions/r/kv/k"), read);
         assert_eq!(permission_for(&Method::GET, "/v1/regions/r"), read);

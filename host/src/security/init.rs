@@ -54,11 +54,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), InitError> {
         .map_err(io(path))?;
     file.write_all(bytes).map_err(io(path))?;
     // An existing file keeps its old mode through open(2): set it.
-    std::fs::set_permissions(
-        path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .map_err(io(path))
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io(path))
 }
 
 /// A node's certificate and key paths in a cluster directory.
@@ -81,8 +78,7 @@ pub struct Profile {
 impl Profile {
     pub fn load(path: &Path) -> Result<Self, InitError> {
         let text = std::fs::read_to_string(path).map_err(io(path))?;
-        toml::from_str(&text)
-            .map_err(|e| InitError::Invalid(format!("{}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| InitError::Invalid(format!("{}: {e}", path.display())))
     }
 }
 
@@ -151,8 +147,7 @@ pub fn init(dir: &Path, nodes: &[NodeId], hosts: &[String]) -> Result<Initialize
         ca: dir.join(CA_CERT),
         token: admin_token.clone(),
     };
-    let profile_text =
-        toml::to_string(&profile).map_err(|e| InitError::Invalid(e.to_string()))?;
+    let profile_text = toml::to_string(&profile).map_err(|e| InitError::Invalid(e.to_string()))?;
     write_private(&dir.join(PROFILE), profile_text.as_bytes())?;
     Ok(Initialized {
         dir: dir.to_path_buf(),
@@ -249,11 +244,17 @@ mod tests {
             assert_eq!(mode(&cluster.join(file)), 0o600, "{file}");
         }
         let tokens = std::fs::read_to_string(&made.tokens).expect("tokens");
-        assert!(!tokens.contains(&made.admin_token), "the raw token is not stored");
+        assert!(
+            !tokens.contains(&made.admin_token),
+            "the raw token is not stored"
+        );
         let (cert, _) = node_files(&cluster, 2);
         let chain = super::super::tls::read_certificates(&cert).expect("cert");
         assert!(super::super::tls::certificate_names_node(&chain[0], 2));
         assert!(!super::super::tls::certificate_names_node(&chain[0], 1));
-        assert!(init(&cluster, &[1], &[]).is_err(), "a second init is refused");
+        assert!(
+            init(&cluster, &[1], &[]).is_err(),
+            "a second init is refused"
+        );
     }
 }

@@ -275,7 +275,9 @@ mod tests {
             Err("forbidden")
         );
         assert_eq!(
-            tokens.authorize(None, &Permission::Any).map_err(|e| e.code()),
+            tokens
+                .authorize(None, &Permission::Any)
+                .map_err(|e| e.code()),
             Err("unauthenticated")
         );
         assert_eq!(

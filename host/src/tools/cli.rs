@@ -406,18 +406,14 @@ async fn run(cli: Cli) -> Result<()> {
             tokio::task::spawn_blocking(move || crate::tools::sim_cli::run(args)).await?
         }
         Command::Region { command, target } => region(command, &target.client()?).await,
-        Command::Component { command, target } => {
-            component(command, &target.client()?).await
-        }
+        Command::Component { command, target } => component(command, &target.client()?).await,
         Command::Put {
             region,
             key,
             value,
             target,
         } => {
-            target.client()?
-                .put(&region, &key, &value)
-                .await?;
+            target.client()?.put(&region, &key, &value).await?;
             println!("ok");
             Ok(())
         }
@@ -427,10 +423,7 @@ async fn run(cli: Cli) -> Result<()> {
             consistency,
             target,
         } => {
-            match target.client()?
-                .get(&region, &key, &consistency)
-                .await?
-            {
+            match target.client()?.get(&region, &key, &consistency).await? {
                 Some(value) => println!("{value}"),
                 None => bail!("key {key:?} is not set in region {region}"),
             }
@@ -521,7 +514,10 @@ async fn cluster(command: ClusterCommand, target: &Target) -> Result<()> {
             });
             let token = init::add_token(&dir, &name, role, regions, expires_at)?;
             println!("{token}");
-            eprintln!("added token {name:?} to {}; restart the nodes to load it", dir.join(init::TOKENS).display());
+            eprintln!(
+                "added token {name:?} to {}; restart the nodes to load it",
+                dir.join(init::TOKENS).display()
+            );
             Ok(())
         }
     }
@@ -698,7 +694,9 @@ async fn cas(args: CasArgs) -> Result<()> {
     if args.new.is_none() && !args.delete {
         bail!("say what to write: --new VALUE or --delete");
     }
-    let outcome = args.target.client()?
+    let outcome = args
+        .target
+        .client()?
         .cas(
             &args.region,
             &args.key,

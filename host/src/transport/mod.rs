@@ -762,13 +762,8 @@ mod tests {
     -> anyhow::Result<()> {
         let port = crate::tools::cluster::free_port()?;
         let peer_address = format!("127.0.0.1:{port}");
-        let dialer = Transport::start(
-            1,
-            None,
-            "127.0.0.1:0".parse()?,
-            TransportLimits::default(),
-        )
-        .await?;
+        let dialer =
+            Transport::start(1, None, "127.0.0.1:0".parse()?, TransportLimits::default()).await?;
         dialer.set_peer(2, &peer_address);
         // Away for long enough that an unbounded doubling would wait ~2 s.
         tokio::time::sleep(Duration::from_millis(3_200)).await;

@@ -124,10 +124,11 @@ impl Connection {
         tcp.set_nodelay(true).map_err(failed)?;
         let mut stream: ApiStream = match &credentials.ca_pem {
             Some(ca) => {
-                let invalid =
-                    |why: String| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
-                let config = crate::security::tls::client_config(ca)
-                    .map_err(|e| invalid(e.to_string()))?;
+                let invalid = |why: String| {
+                    failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, why))
+                };
+                let config =
+                    crate::security::tls::client_config(ca).map_err(|e| invalid(e.to_string()))?;
                 let host = address
                     .rsplit_once(':')
                     .map_or(address, |(host, _)| host)
