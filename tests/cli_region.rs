@@ -9,12 +9,15 @@ use std::time::Duration;
 use synod::tools::cluster::LocalCluster;
 use synod_tests::node_binary;
 
-/// Runs `synod region ARGS --node URL`; returns (success, stdout, stderr).
-fn region(node: &str, args: &[&str]) -> (bool, String, String) {
+/// Runs `synod region ARGS --node URL` with the cluster's client profile
+/// (`URL PROFILE` in `node`); returns (success, stdout, stderr).
+fn region(node: &(String, std::path::PathBuf), args: &[&str]) -> (bool, String, String) {
     let output = Command::new(node_binary!())
         .arg("region")
         .args(args)
-        .args(["--node", node])
+        .args(["--node", &node.0])
+        .arg("--profile")
+        .arg(&node.1)
         .output()
         .expect("run the CLI");
     (
@@ -31,7 +34,10 @@ async fn swap_status_history_and_delete_from_the_cli() {
     let mut cluster = LocalCluster::start(&binary, dir.path(), 3)
         .await
         .expect("cluster starts");
-    let node = format!("http://{}", cluster.node(1).expect("node 1").api);
+    let node = (
+        cluster.url(1).expect("node 1"),
+        cluster.secrets().expect("a secure cluster").profile.clone(),
+    );
     let (ok, _, stderr) = region(&node, &["create", "r", "--protocol", "raft"]);
     assert!(ok, "create: {stderr}");
     cluster

@@ -9,7 +9,6 @@ use std::time::Duration;
 use synod::checker::{CheckOptions, Outcome, check_linearizable};
 use synod::tools::cluster::LocalCluster;
 use synod::tools::workload::{Recorder, Workload, WorkloadReport};
-use synod::wire::WireClient;
 use synod_tests::cluster::{
     self as support, assert_converged, assert_linearizable, assert_replica_deleted, start_workload,
 };
@@ -46,8 +45,9 @@ async fn start_wire_workload(
     recorder: &Arc<Recorder>,
 ) -> tokio::task::JoinHandle<WorkloadReport> {
     let mut endpoints = Vec::new();
-    for node in cluster.nodes.values() {
-        let client = WireClient::connect(&node.api, Duration::from_secs(5))
+    for id in cluster.nodes.keys() {
+        let client = cluster
+            .wire_client(*id, Duration::from_secs(5))
             .await
             .expect("wire connection");
         endpoints.push(client);

@@ -1,11 +1,13 @@
 //! Garbage, truncated, oversized and unauthenticated input on the node
 //! port closes that connection with a log line; the node keeps serving.
+//! Every node here runs mutual TLS, as every cluster does.
 
 use std::time::Duration;
 
+use synod::control::record::NodeRecord;
 use synod::node::NodeConfig;
 use synod::transport::{FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, TRANSPORT_VERSION};
-use synod_tests::{TestNode, free_port};
+use synod_tests::{TestNode, free_port, secure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,14 +16,44 @@ async fn node() -> (TestNode, tempfile::TempDir, u16) {
 }
 
 async fn node_with(adjust: impl FnOnce(&mut NodeConfig)) -> (TestNode, tempfile::TempDir, u16) {
+    secure_node(1, adjust).await
+}
+
+/// Node `id` with TLS and tokens from `<dir>/secrets` (certificates for
+/// nodes 1, 2, 3 and 5), knowing node 2 as a peer.
+async fn secure_node(
+    id: u64,
+    adjust: impl FnOnce(&mut NodeConfig),
+) -> (TestNode, tempfile::TempDir, u16) {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port().expect("port");
-    let mut config = NodeConfig::new(1, dir.path().to_path_buf());
+    let mut config = NodeConfig::new(id, dir.path().join("data"));
     adjust(&mut config);
     config.peer_listen = Some(format!("127.0.0.1:{port}").parse().expect("address"));
     config.peer_address = format!("127.0.0.1:{port}");
-    config.secret = b"the-right-secret".to_vec();
-    let node = TestNode::start(config).await.expect("node");
+    // Node 2 is a known peer that never comes; this node alone votes.
+    config.bootstrap = vec![
+        (
+            id,
+            NodeRecord {
+                api: "127.0.0.1:1".into(),
+                peer: config.peer_address.clone(),
+            },
+        ),
+        (
+            2,
+            NodeRecord {
+                api: "127.0.0.1:1".into(),
+                peer: "127.0.0.1:1".into(),
+            },
+        ),
+    ];
+    config.control.voters = vec![id];
+    let credentials =
+        secure(&mut config, &dir.path().join("secrets"), &[1, 2, 3, 5]).expect("secrets");
+    let node = TestNode::start_secure(config, "127.0.0.1:0", &credentials)
+        .await
+        .expect("node");
     (node, dir, port)
 }
 
@@ -91,16 +123,12 @@ async fn bad_input_closes_the_connection_and_the_node_keeps_serving() {
         stream.write_all(&truncated).await.expect("write");
         stream.shutdown().await.expect("shutdown");
     }
-    // A peer that does not know the secret gets no further than the proof.
+    // A peer without a certificate (a plain-TCP hello) gets nowhere.
     let hello = Frame::Hello {
         version: TRANSPORT_VERSION,
         node_id: 2,
-        nonce: [9; 32],
     };
-    let wrong_proof = Frame::Proof { proof: [0; 32] };
-    let mut bytes = framed(&hello.encode());
-    bytes.extend(framed(&wrong_proof.encode()));
-    assert!(closed_after(port, &bytes).await, "wrong secret");
+    assert!(closed_after(port, &framed(&hello.encode())).await, "no TLS");
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = node.client.status().await.expect("status");
@@ -204,16 +232,28 @@ async fn connections_over_the_handshake_cap_are_closed_at_once() {
     node.stop().await.expect("stop");
 }
 
-/// Completes the dialer's side of the handshake as node `me` knowing
-/// `secret`; returns the authenticated connection.
-async fn authenticated_peer(port: u16, me: u64, secret: &[u8]) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
+/// Completes the dialer's side of the handshake with node `acceptor` as
+/// node `me` (TLS with `me`'s certificate from `secrets`); returns the
+/// authenticated stream.
+pub async fn authenticated_peer(
+    port: u16,
+    me: u64,
+    acceptor: u64,
+    secrets: &std::path::Path,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use synod::security::init;
+    let (cert, key) = init::node_files(secrets, me);
+    let tls = synod::security::NodeTls::load(&secrets.join(init::CA_CERT), &cert, &key)
+        .expect("tls material");
+    let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(synod::security::tls::node_name(acceptor))
+        .expect("name");
+    let mut stream = tls.peer_connector().connect(name, tcp).await.expect("tls");
     let hello = Frame::Hello {
         version: TRANSPORT_VERSION,
         node_id: me,
-        nonce: [3; 32],
     };
     stream
         .write_all(&framed(&hello.encode()))
@@ -223,32 +263,22 @@ async fn authenticated_peer(port: u16, me: u64, secret: &[u8]) -> TcpStream {
     stream.read_exact(&mut length).await.expect("welcome");
     let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
     stream.read_exact(&mut body).await.expect("welcome");
-    let Frame::Welcome { nonce, .. } = Frame::decode(&body).expect("decodes") else {
+    let Frame::Welcome { node_id } = Frame::decode(&body).expect("decodes") else {
         panic!("expected a welcome");
     };
-    let proof = synod::transport::handshake_proof(secret, "dial", me, &nonce);
-    stream
-        .write_all(&framed(&Frame::Proof { proof }.encode()))
-        .await
-        .expect("proof");
+    assert_eq!(node_id, acceptor);
     stream
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn inbound_messages_over_a_regions_byte_bound_are_dropped_and_counted() {
     // Node 5 accepts from node 2 (the lower id dials).
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port().expect("port");
-    let mut config = NodeConfig::new(5, dir.path().to_path_buf());
-    config.peer_listen = Some(format!("127.0.0.1:{port}").parse().expect("address"));
-    config.peer_address = format!("127.0.0.1:{port}");
-    config.secret = b"the-right-secret".to_vec();
-    let node = TestNode::start(config).await.expect("node");
+    let (node, dir, port) = secure_node(5, |_| {}).await;
     node.client
         .create_region("r", "standalone", &[])
         .await
         .expect("region");
-    let mut peer = authenticated_peer(port, 2, b"the-right-secret").await;
+    let mut peer = authenticated_peer(port, 2, 5, &dir.path().join("secrets")).await;
     // One batch over the inbox's byte bound: refused, not queued.
     let bytes = synod::region::driver::INBOX_MESSAGE_BYTES_MAX + 1;
     let flood = Frame::Messages {

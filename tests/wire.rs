@@ -9,7 +9,7 @@ use std::time::Duration;
 use synod::node::NodeConfig;
 use synod::wire::{
     CONNECTION_ERROR_ID, Consistency, FRAME_BYTES_MAX, MAGIC, Op, Request, Response, WireClient,
-    WireClientError,
+    WireClientError, opening,
 };
 use synod_tests::{NodeProcess, TestNode, free_port, node_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -189,7 +189,7 @@ async fn garbage_ends_only_its_own_connection() {
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
-    stream.write_all(MAGIC).await.expect("magic");
+    stream.write_all(&opening(None)).await.expect("magic");
     stream
         .write_all(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
         .await
@@ -206,7 +206,7 @@ async fn garbage_ends_only_its_own_connection() {
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
-    stream.write_all(MAGIC).await.expect("magic");
+    stream.write_all(&opening(None)).await.expect("magic");
     let huge = u32::try_from(FRAME_BYTES_MAX + 1).expect("fits");
     stream.write_all(&huge.to_be_bytes()).await.expect("length");
     let response = read_response(&mut stream).await.expect("an error frame");
@@ -219,7 +219,7 @@ async fn garbage_ends_only_its_own_connection() {
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
-    stream.write_all(MAGIC).await.expect("magic");
+    stream.write_all(&opening(None)).await.expect("magic");
     let request = frame(&Request {
         id: 1,
         region: "kv".into(),
@@ -237,7 +237,7 @@ async fn garbage_ends_only_its_own_connection() {
         .expect("connect");
     stream.write_all(&MAGIC[..3]).await.expect("part");
     tokio::time::sleep(Duration::from_millis(30)).await;
-    stream.write_all(&MAGIC[3..]).await.expect("rest");
+    stream.write_all(&opening(None)[3..]).await.expect("rest");
     stream
         .write_all(&frame(&Request {
             id: 42,
@@ -383,7 +383,7 @@ async fn a_partial_frame_held_past_the_limit_is_closed() {
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
-    stream.write_all(MAGIC).await.expect("magic");
+    stream.write_all(&opening(None)).await.expect("magic");
     stream
         .write_all(&1000u32.to_be_bytes())
         .await
@@ -419,7 +419,7 @@ async fn an_idle_wire_connection_is_closed() {
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
-    stream.write_all(MAGIC).await.expect("magic");
+    stream.write_all(&opening(None)).await.expect("magic");
     let code = error_then_close(&mut stream, Duration::from_secs(3))
         .await
         .expect("an idle connection is closed");
@@ -435,7 +435,7 @@ async fn a_frame_larger_than_any_request_is_refused_before_its_body() {
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
-    stream.write_all(MAGIC).await.expect("magic");
+    stream.write_all(&opening(None)).await.expect("magic");
     let length = u32::try_from(limit + 1).expect("fits");
     stream
         .write_all(&length.to_be_bytes())
@@ -482,7 +482,7 @@ async fn a_connection_holds_at_most_its_in_flight_bytes() {
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
-    let mut burst = MAGIC.to_vec();
+    let mut burst = opening(None);
     for id in 1..=200u64 {
         burst.extend(frame(&Request {
             id,
@@ -524,7 +524,7 @@ async fn a_client_that_does_not_read_its_answers_is_closed() {
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connect");
-    let mut burst = MAGIC.to_vec();
+    let mut burst = opening(None);
     for id in 1..=64u64 {
         burst.extend(frame(&Request {
             id,

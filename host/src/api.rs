@@ -47,6 +47,14 @@ use crate::state_machine::{KvCommand, KvOutcome, KvQuery};
 /// Largest component accepted by `POST /v1/components`.
 pub const COMPONENT_BYTES_MAX: usize = 64 << 20;
 
+/// Largest body of a key-value write (`PUT .../kv/...`, `POST .../cas`):
+/// room for the largest value twice (a cas), JSON-escaped.
+pub const KV_BODY_BYTES_MAX: usize = 8 << 20;
+
+/// Largest body of the small admin routes (membership, move, leader
+/// transfer, restart, cluster nodes).
+pub const SMALL_BODY_BYTES_MAX: usize = 64 << 10;
+
 /// Largest body of `POST /v1/regions`: room for the largest params
 /// ([`crate::region::spec_limits::REGION_PARAMS_BYTES_MAX`]) even when JSON escapes
 /// them, and no more.
@@ -139,14 +147,19 @@ impl ApiError {
     }
 
     /// 307 to the same path on another node; clients re-send there.
-    fn redirect(node: NodeId, api: &str, uri: &axum::http::Uri, why: &str) -> Self {
+    fn redirect(from: &Node, node: NodeId, api: &str, uri: &axum::http::Uri, why: &str) -> Self {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut error = Self::new(
             StatusCode::TEMPORARY_REDIRECT,
             "redirect",
             format!("{why}; redirecting to node {node}"),
         );
-        error.location = Some(format!("http://{api}{path}"));
+        let scheme = if from.config().security.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        error.location = Some(format!("{scheme}://{api}{path}"));
         error
     }
 
@@ -273,7 +286,13 @@ async fn region_here(
     match node.region(region).await {
         Ok(handle) => Ok(handle),
         Err(error) => match node.region_host_elsewhere(region) {
-            Some((id, api)) => Err(ApiError::redirect(id, &api, uri, "region not hosted here")),
+            Some((id, api)) => Err(ApiError::redirect(
+                node,
+                id,
+                &api,
+                uri,
+                "region not hosted here",
+            )),
             None => Err(error.into()),
         },
     }
@@ -285,7 +304,7 @@ fn client_failure(node: &Node, error: ClientError, uri: &axum::http::Uri) -> Api
         && *leader != node.config().node_id
         && let Some(api) = node.api_address_of(*leader)
     {
-        return ApiError::redirect(*leader, &api, uri, "this replica is not the leader");
+        return ApiError::redirect(node, *leader, &api, uri, "this replica is not the leader");
     }
     error.into()
 }
@@ -321,26 +340,53 @@ pub fn router(node: Arc<Node>) -> Router {
             get(region_status).delete(delete_region),
         )
         .route("/v1/regions/{region}/record", get(region_record))
-        .route("/v1/regions/{region}/swap", post(swap_region))
-        .route("/v1/regions/{region}/restart", post(restart_region))
+        .route(
+            "/v1/regions/{region}/swap",
+            post(swap_region).layer(DefaultBodyLimit::max(REGION_BODY_BYTES_MAX)),
+        )
+        .route(
+            "/v1/regions/{region}/restart",
+            post(restart_region).layer(DefaultBodyLimit::max(SMALL_BODY_BYTES_MAX)),
+        )
         .route(
             "/v1/regions/{region}/kv/{*key}",
-            get(get_key).put(put_key).delete(delete_key),
+            get(get_key)
+                .put(put_key)
+                .delete(delete_key)
+                .layer(DefaultBodyLimit::max(KV_BODY_BYTES_MAX)),
         )
-        .route("/v1/regions/{region}/cas", post(cas))
-        .route("/v1/regions/{region}/membership", post(change_membership))
-        .route("/v1/regions/{region}/move", post(move_replica))
+        .route(
+            "/v1/regions/{region}/cas",
+            post(cas).layer(DefaultBodyLimit::max(KV_BODY_BYTES_MAX)),
+        )
+        .route(
+            "/v1/regions/{region}/membership",
+            post(change_membership).layer(DefaultBodyLimit::max(SMALL_BODY_BYTES_MAX)),
+        )
+        .route(
+            "/v1/regions/{region}/move",
+            post(move_replica).layer(DefaultBodyLimit::max(SMALL_BODY_BYTES_MAX)),
+        )
         .route(
             "/v1/regions/{region}/transfer-leader",
-            post(transfer_leader),
+            post(transfer_leader).layer(DefaultBodyLimit::max(SMALL_BODY_BYTES_MAX)),
         )
         .route("/v1/cluster", get(cluster))
-        .route("/v1/cluster/nodes", post(add_node))
+        .route(
+            "/v1/cluster/nodes",
+            post(add_node).layer(DefaultBodyLimit::max(SMALL_BODY_BYTES_MAX)),
+        )
         .route(
             "/v1/components",
             get(list_components).post(publish_component),
         )
         .fallback(not_found)
+        // Authentication and authorization come first: a refused request
+        // never reaches a handler or has its body read.
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            crate::security::http::authorize,
+        ))
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(COMPONENT_BYTES_MAX))
         .with_state(node)
@@ -901,6 +947,7 @@ async fn leader_redirect(
         && let Some(api) = node.api_address_of(leader)
     {
         return Err(ApiError::redirect(
+            node,
             leader,
             &api,
             uri,
@@ -1108,6 +1155,7 @@ async fn list_components(State(node): State<Arc<Node>>) -> Response {
 
 async fn publish_component(
     State(node): State<Arc<Node>>,
+    principal: Option<axum::Extension<crate::security::Principal>>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     if body.is_empty() {
@@ -1125,6 +1173,9 @@ async fn publish_component(
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })??
     };
+    // The audit record names the token that published it.
+    let mut stored = stored;
+    stored.published_by_token = principal.map(|axum::Extension(p)| p.name);
     let summary = node.publish_record(stored).await?;
     Ok((StatusCode::CREATED, Json(summary)).into_response())
 }

@@ -25,6 +25,8 @@ pub enum ApiClientError {
     },
     #[error("unexpected response from {url}: {why}")]
     Decode { url: String, why: String },
+    #[error("client credentials: {0}")]
+    Credentials(String),
 }
 
 /// Parameters as the JSON object the API takes.
@@ -84,10 +86,66 @@ pub struct CasOutcome {
     pub current: Option<String>,
 }
 
+/// What a client presents to a secured node: the CA bundle it trusts
+/// (PEM) and its bearer token. [`Credentials::none`] talks plain HTTP.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub ca_pem: Option<Vec<u8>>,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("Credentials")
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The CA bundle at `ca` and `token`.
+    pub fn new(ca: &std::path::Path, token: &str) -> std::io::Result<Self> {
+        Ok(Self {
+            ca_pem: Some(std::fs::read(ca)?),
+            token: Some(token.to_string()),
+        })
+    }
+
+    /// A profile file written by `synod cluster init`.
+    pub fn from_profile(path: &std::path::Path) -> Result<Self, ApiClientError> {
+        let profile = crate::security::init::Profile::load(path)
+            .map_err(|e| ApiClientError::Credentials(format!("profile {}: {e}", path.display())))?;
+        Self::new(&profile.ca, &profile.token).map_err(|e| {
+            ApiClientError::Credentials(format!("CA bundle {}: {e}", profile.ca.display()))
+        })
+    }
+
+    /// `http://` or `https://`, as these credentials talk.
+    pub fn scheme(&self) -> &'static str {
+        if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Redirects a client follows before giving up.
+const REDIRECTS_MAX: usize = 10;
+
 #[derive(Clone)]
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
+    follow_redirects: bool,
+    credentials: Credentials,
 }
 
 impl ApiClient {
@@ -99,29 +157,89 @@ impl ApiClient {
     /// A client keeping up to `idle_connections` open (one per concurrent
     /// caller avoids reconnecting under heavy load).
     pub fn with_pool(base: &str, idle_connections: usize) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(idle_connections)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            http,
-        }
+        Self::build(base, idle_connections, true, &Credentials::none())
+            .unwrap_or_else(|_| Self::fallback(base, true))
     }
 
     /// A client that reports a redirect (as an `Api` error with status
     /// 307) instead of following it: to ask one node about its own replica.
     pub fn without_redirects(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        Self::build(base, 64, false, &Credentials::none())
+            .unwrap_or_else(|_| Self::fallback(base, false))
+    }
+
+    /// A client presenting `credentials` (TLS with their CA, their token).
+    pub fn secure(base: &str, credentials: &Credentials) -> Result<Self, ApiClientError> {
+        Self::build(base, 64, true, credentials)
+    }
+
+    /// [`ApiClient::secure`] with a pool size.
+    pub fn secure_with_pool(
+        base: &str,
+        idle_connections: usize,
+        credentials: &Credentials,
+    ) -> Result<Self, ApiClientError> {
+        Self::build(base, idle_connections, true, credentials)
+    }
+
+    /// [`ApiClient::without_redirects`] presenting `credentials`.
+    pub fn secure_without_redirects(
+        base: &str,
+        credentials: &Credentials,
+    ) -> Result<Self, ApiClientError> {
+        Self::build(base, 64, false, credentials)
+    }
+
+    fn fallback(base: &str, follow_redirects: bool) -> Self {
         Self {
             base: base.trim_end_matches('/').to_string(),
-            http,
+            http: reqwest::Client::new(),
+            token: None,
+            follow_redirects,
+            credentials: Credentials::none(),
         }
+    }
+
+    /// Redirects are followed here, not by reqwest: reqwest drops the
+    /// `Authorization` header on a redirect to another port.
+    fn build(
+        base: &str,
+        idle_connections: usize,
+        follow_redirects: bool,
+        credentials: &Credentials,
+    ) -> Result<Self, ApiClientError> {
+        let timeout = if follow_redirects { 30 } else { 10 };
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(timeout))
+            .pool_max_idle_per_host(idle_connections)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &credentials.ca_pem {
+            let config = crate::security::tls::client_config(ca)
+                .map_err(|e| ApiClientError::Credentials(e.to_string()))?;
+            builder = builder.use_preconfigured_tls((*config).clone());
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ApiClientError::Credentials(e.to_string()))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            token: credentials.token.clone(),
+            follow_redirects,
+            credentials: credentials.clone(),
+        })
+    }
+
+    /// A client of another node (`host:port`) with the same credentials,
+    /// reporting redirects instead of following them.
+    pub fn sibling_without_redirects(&self, api: &str) -> Result<Self, ApiClientError> {
+        let base = format!("{}://{api}", self.credentials.scheme());
+        Self::build(&base, 64, false, &self.credentials)
+    }
+
+    /// The credentials this client presents.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     pub fn base(&self) -> &str {
@@ -137,10 +255,49 @@ impl ApiClient {
         request: reqwest::RequestBuilder,
         url: String,
     ) -> Result<T, ApiClientError> {
-        let response = request
-            .send()
-            .await
+        let mut request = request
+            .build()
             .map_err(|source| transport_error(&url, &source))?;
+        let mut url = url;
+        let mut redirects = 0;
+        let response = loop {
+            if let Some(token) = &self.token
+                && let Ok(value) = format!("Bearer {token}").parse()
+            {
+                request
+                    .headers_mut()
+                    .insert(reqwest::header::AUTHORIZATION, value);
+            }
+            let again = request.try_clone();
+            let response = self
+                .http
+                .execute(request)
+                .await
+                .map_err(|source| transport_error(&url, &source))?;
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| reqwest::Url::parse(l).ok());
+            match (response.status(), location, again) {
+                (reqwest::StatusCode::TEMPORARY_REDIRECT, Some(next), Some(mut again))
+                    if self.follow_redirects =>
+                {
+                    redirects += 1;
+                    if redirects > REDIRECTS_MAX {
+                        return Err(ApiClientError::Transport {
+                            url: next.to_string(),
+                            what: "too many redirects at",
+                            detail: format!("{REDIRECTS_MAX} redirects"),
+                        });
+                    }
+                    url = next.to_string();
+                    *again.url_mut() = next;
+                    request = again;
+                }
+                _ => break response,
+            }
+        };
         let status = response.status();
         let body = response
             .bytes()

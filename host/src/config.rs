@@ -5,7 +5,12 @@
 //! data_dir = "/var/lib/synod/n1"
 //! api = "127.0.0.1:7071"        # HTTP API
 //! peer = "127.0.0.1:7171"       # node-to-node transport
-//! secret = "a long random string shared by the cluster"
+//!
+//! [security]                    # TLS on both ports and bearer tokens
+//! ca = "/etc/synod/ca.pem"      # CA bundle: peers' certificates chain to it
+//! cert = "/etc/synod/node-1.pem"  # names this node: node-1.synod
+//! key = "/etc/synod/node-1.key"
+//! tokens = "/etc/synod/tokens.toml"  # hashed tokens and their roles
 //!
 //! # The initial cluster (bootstrap); include this node.
 //! [[nodes]]
@@ -76,7 +81,11 @@ pub struct ConfigFile {
     pub data_dir: PathBuf,
     pub api: SocketAddr,
     pub peer: SocketAddr,
-    pub secret: String,
+    /// TLS and tokens (`synod cluster init` writes them). Without it the
+    /// node runs in the clear without authentication, which is refused
+    /// unless both addresses are loopback ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityEntry>,
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
     #[serde(default)]
@@ -101,6 +110,16 @@ pub struct ConfigFile {
     /// Live swap limits.
     #[serde(default)]
     pub swap: SwapEntry,
+}
+
+/// `[security]`: file paths of the node's TLS material and tokens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityEntry {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub tokens: PathBuf,
 }
 
 /// `[control]`: see [`crate::control::ControlOptions`].
@@ -242,8 +261,11 @@ impl ConfigFile {
                 self.node_id
             )));
         }
-        if self.secret.len() < 8 {
-            return Err(invalid("secret must be at least 8 characters".into()));
+        if self.security.is_none() && !crate::security::all_loopback([&self.api, &self.peer]) {
+            return Err(invalid(format!(
+                "api {} / peer {} are not loopback addresses: a [security] section (TLS and tokens; `synod cluster init` writes them) is required",
+                self.api, self.peer
+            )));
         }
         self.limits
             .region_limits()
@@ -324,7 +346,6 @@ impl ConfigFile {
         config.api_address = self.api.to_string();
         config.peer_listen = Some(self.peer);
         config.peer_address = self.peer.to_string();
-        config.secret = self.secret.clone().into_bytes();
         config.bootstrap = self
             .nodes
             .iter()
@@ -432,6 +453,26 @@ impl ConfigFile {
         config
     }
 
+    /// Loads the TLS material and tokens `[security]` names (`None`
+    /// without the section).
+    pub fn load_security(&self) -> Result<Option<crate::security::Security>, ConfigError> {
+        let Some(entry) = &self.security else {
+            return Ok(None);
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: "[security]".into(),
+            message,
+        };
+        let tls = crate::security::NodeTls::load(&entry.ca, &entry.cert, &entry.key)
+            .map_err(|e| invalid(e.to_string()))?;
+        let tokens =
+            crate::security::TokenStore::load(&entry.tokens).map_err(|e| invalid(e.to_string()))?;
+        Ok(Some(crate::security::Security {
+            tls: std::sync::Arc::new(tls),
+            tokens: std::sync::Arc::new(tokens),
+        }))
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
@@ -446,7 +487,6 @@ node_id = 2
 data_dir = "/tmp/n2"
 api = "127.0.0.1:7072"
 peer = "127.0.0.1:7172"
-secret = "correct horse battery"
 
 [[nodes]]
 id = 1
@@ -473,11 +513,11 @@ peer = "127.0.0.1:7172"
         let error = ConfigFile::parse("node_id = \"two\"", "x.toml").expect_err("refused");
         assert!(error.to_string().contains("x.toml"), "{error}");
         let error = ConfigFile::parse(
-            &GOOD.replace("secret = \"correct horse battery\"", "secret = \"short\""),
+            &GOOD.replace("api = \"127.0.0.1:7072\"", "api = \"0.0.0.0:7072\""),
             "x.toml",
         )
-        .expect_err("refused");
-        assert!(error.to_string().contains("secret"), "{error}");
+        .expect_err("a non-loopback address without [security] is refused");
+        assert!(error.to_string().contains("[security]"), "{error}");
         let error = ConfigFile::parse(&format!("{GOOD}\nunknown_key = 1\n"), "x.toml")
             .expect_err("refused");
         assert!(error.to_string().contains("unknown"), "{error}");

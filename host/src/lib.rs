@@ -33,6 +33,7 @@ pub mod network;
 pub mod node;
 pub mod plugin;
 pub mod region;
+pub mod security;
 pub mod sim;
 pub mod state_machine;
 pub mod storage;

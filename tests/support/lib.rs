@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use synod::client::ApiClient;
+use synod::client::{ApiClient, Credentials};
 use synod::node::{Node, NodeConfig, NodeEnvironment};
 use tokio::sync::oneshot;
 
@@ -35,12 +35,35 @@ impl TestNode {
 
     async fn serve(node: Arc<Node>) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve_on(node, listener, &Credentials::none()).await
+    }
+
+    /// A node with `config.security` set (see [`secure`]); its client
+    /// presents `credentials`. `api` binds the API (`127.0.0.1:0`: any).
+    pub async fn start_secure(
+        config: NodeConfig,
+        api: &str,
+        credentials: &Credentials,
+    ) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(api).await?;
+        let node = Node::open(config).await?;
+        Self::serve_on(node, listener, credentials).await
+    }
+
+    async fn serve_on(
+        node: Arc<Node>,
+        listener: tokio::net::TcpListener,
+        credentials: &Credentials,
+    ) -> Result<Self> {
         let address = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(synod::api::serve(node.clone(), listener, async {
             let _ = stopped.await;
         }));
-        let client = ApiClient::new(&format!("http://{address}"));
+        let client = ApiClient::secure(
+            &format!("{}://{address}", credentials.scheme()),
+            credentials,
+        )?;
         client.wait_ready(READY_TIMEOUT).await?;
         Ok(Self {
             node,
@@ -63,6 +86,24 @@ impl TestNode {
 }
 
 pub use synod::tools::cluster::free_port;
+
+/// Gives `config` the TLS material and tokens of the cluster secrets in
+/// `secrets` (made by `cluster init` for `ids` on first use) and returns
+/// the admin's credentials.
+pub fn secure(config: &mut NodeConfig, secrets: &Path, ids: &[u64]) -> Result<Credentials> {
+    use synod::security::init;
+    if !secrets.join(init::CA_KEY).exists() {
+        init::init(secrets, ids, &["127.0.0.1".to_string()])?;
+    }
+    let (cert, key) = init::node_files(secrets, config.node_id);
+    let tls = synod::security::NodeTls::load(&secrets.join(init::CA_CERT), &cert, &key)?;
+    let tokens = synod::security::TokenStore::load(&secrets.join(init::TOKENS))?;
+    config.security = Some(synod::security::Security {
+        tls: Arc::new(tls),
+        tokens: Arc::new(tokens),
+    });
+    Ok(Credentials::from_profile(&secrets.join(init::PROFILE))?)
+}
 
 /// Path of the node binary; only integration tests know it at compile time.
 #[macro_export]

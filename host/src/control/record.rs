@@ -46,6 +46,9 @@ pub struct ComponentRecord {
     pub size_bytes: u64,
     pub published_by: NodeId,
     pub published_at_ms: u64,
+    /// The name of the token that published it (audit; `None` on a node
+    /// without security).
+    pub published_by_token: Option<String>,
 }
 
 /// Where a region is in its life.

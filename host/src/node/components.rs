@@ -78,6 +78,8 @@ pub struct ComponentSummary {
     /// Who published it (from the control plane's record), if recorded.
     pub published_by: Option<NodeId>,
     pub published_at_ms: Option<u64>,
+    /// The token that published it (its name), if recorded.
+    pub published_by_token: Option<String>,
 }
 
 /// Compares two version strings: dot-separated numbers numerically, any
@@ -151,6 +153,7 @@ impl Node {
             size_bytes: loaded.size_bytes,
             published_by: None,
             published_at_ms: None,
+            published_by_token: None,
         };
         self.lock_components()
             .insert(loaded.digest.clone(), summary.clone());
@@ -165,6 +168,7 @@ impl Node {
             size_bytes: summary.size_bytes as u64,
             published_by: self.config.node_id,
             published_at_ms: crate::control::wall_clock_ms(),
+            published_by_token: None,
         })
     }
 
@@ -223,6 +227,7 @@ impl Node {
             if let Some(summary) = local.get_mut(digest) {
                 summary.published_by = Some(record.published_by);
                 summary.published_at_ms = Some(record.published_at_ms);
+                summary.published_by_token = record.published_by_token.clone();
             }
         }
         let mut list: Vec<ComponentSummary> = local.into_values().collect();
@@ -237,6 +242,7 @@ impl Node {
                     size_bytes: record.size_bytes as usize,
                     published_by: Some(record.published_by),
                     published_at_ms: Some(record.published_at_ms),
+                    published_by_token: record.published_by_token.clone(),
                 });
             }
         }
@@ -429,6 +435,7 @@ mod tests {
             capabilities: vec![],
             size_bytes: 1,
             published_by: 1,
+            published_by_token: None,
             published_at_ms: at,
         }
     }

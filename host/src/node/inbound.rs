@@ -211,7 +211,7 @@ impl InboundHandler for NodeInbound {
                     node.control().rpc().reply(from, id, &answer);
                 });
             }
-            Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Proof { .. } => {}
+            Frame::Hello { .. } | Frame::Welcome { .. } => {}
         }
     }
 }

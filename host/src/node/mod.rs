@@ -74,8 +74,9 @@ pub struct NodeConfig {
     pub peer_listen: Option<std::net::SocketAddr>,
     /// Advertised transport address (`host:port`).
     pub peer_address: String,
-    /// Shared by every node of the cluster; a peer without it is refused.
-    pub secret: Vec<u8>,
+    /// TLS on the peer and API ports and the tokens clients present;
+    /// `None`: in the clear, unauthenticated (loopback only).
+    pub security: Option<crate::security::Security>,
     /// The initial member list (bootstrap): id → addresses.
     pub bootstrap: Vec<(NodeId, NodeRecord)>,
     /// Who votes in the control plane and its timings.
@@ -116,7 +117,7 @@ impl NodeConfig {
             api_address: String::new(),
             peer_listen: None,
             peer_address: String::new(),
-            secret: Vec::new(),
+            security: None,
             bootstrap: Vec::new(),
             control: ControlOptions::default(),
             swap_hold_requests_max: 10_000,
@@ -255,7 +256,7 @@ impl Node {
             Some(listen) => {
                 let transport = Transport::start(
                     config.node_id,
-                    &config.secret,
+                    config.security.as_ref().map(|s| s.tls.clone()),
                     listen,
                     config.transport.clone(),
                 )

@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// runtime: writes/s and latency percentiles per client count.
     #[arg(long)]
     cluster: bool,
+    /// With --cluster: measure again on a cluster without TLS and tokens
+    /// (loopback only) and print what security costs (ratios).
+    #[arg(long, requires = "cluster")]
+    insecure: bool,
     /// Client counts for --cluster, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,1000")]
     clients: Vec<usize>,
@@ -627,6 +631,51 @@ async fn cluster_bench(args: &BenchArgs) -> Result<()> {
     if leaderless {
         let mut cluster = cluster;
         super::bench_mm::one_down(&mut cluster, &points, args, floor).await?;
+    } else {
+        drop(cluster);
+    }
+    if args.insecure {
+        insecure_comparison(args, &params, &points, floor).await?;
+    }
+    Ok(())
+}
+
+/// The same measurement on a cluster without TLS or tokens, and the
+/// secured cluster's figures relative to it.
+async fn insecure_comparison(
+    args: &BenchArgs,
+    params: &[(String, String)],
+    secure: &[(usize, super::bench_mm::Point)],
+    floor: Duration,
+) -> Result<()> {
+    use crate::tools::cluster::LocalCluster;
+    let dir = tempfile::tempdir()?;
+    let binary = std::env::current_exe()?;
+    let cluster = LocalCluster::start_insecure(&binary, dir.path(), 3).await?;
+    cluster
+        .client(1)?
+        .create_region("bench", &args.protocol, params)
+        .await?;
+    let leaderless = super::bench_mm::wait_for_replicas(&cluster, "bench").await?;
+    let nodes: Vec<u64> = if leaderless {
+        cluster.nodes.keys().copied().collect()
+    } else {
+        vec![
+            cluster
+                .wait_for_leader("bench", Duration::from_secs(20))
+                .await?,
+        ]
+    };
+    println!("== The same cluster WITHOUT TLS and tokens (--insecure, for comparison only) ==");
+    for (clients, with_tls) in secure {
+        let plain = super::bench_mm::measure(&cluster, "bench", &nodes, *clients, args).await?;
+        plain.print(*clients, floor);
+        println!(
+            "         TLS + tokens: {:.2}x the writes/s, {:.2}x the p50, {:.2}x the p99 of the insecure cluster",
+            with_tls.writes_per_second / plain.writes_per_second.max(1e-9),
+            with_tls.p50_ms / plain.p50_ms.max(1e-9),
+            with_tls.p99_ms / plain.p99_ms.max(1e-9)
+        );
     }
     Ok(())
 }

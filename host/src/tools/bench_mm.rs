@@ -10,7 +10,6 @@ use anyhow::{Result, bail};
 use super::bench::BenchArgs;
 use crate::tools::cluster::LocalCluster;
 use crate::tools::workload::{Endpoint, Workload};
-use crate::wire::WireClient;
 
 /// One measured point.
 #[derive(Clone, Debug)]
@@ -82,19 +81,16 @@ pub async fn measure(
             .max(nodes.len().min(clients))
         {
             let node = nodes[i % nodes.len()];
-            let api = cluster.node(node)?.api.clone();
             endpoints.push(
-                WireClient::connect(&api, Duration::from_secs(30))
+                cluster
+                    .wire_client(node, Duration::from_secs(30))
                     .await?
                     .into(),
             );
         }
     } else {
         for node in nodes {
-            let api = cluster.node(*node)?.api.clone();
-            endpoints.push(
-                crate::client::ApiClient::with_pool(&format!("http://{api}"), clients + 16).into(),
-            );
+            endpoints.push(cluster.client_with_pool(*node, clients + 16)?.into());
         }
     }
     // Warm up connections and pipelines.

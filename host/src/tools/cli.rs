@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, Credentials};
 use crate::node::{Node, NodeConfig};
 use crate::tools::region_admin;
 
@@ -27,7 +27,7 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 struct Target {
-    /// Base URL of a node's HTTP API.
+    /// Base URL of a node's HTTP API (`https://` for a secured node).
     #[arg(
         long,
         global = true,
@@ -35,6 +35,40 @@ struct Target {
         default_value = "http://127.0.0.1:7070"
     )]
     node: String,
+    /// A client profile written by `synod cluster init` (CA and token).
+    #[arg(long, global = true, env = "SYNOD_PROFILE")]
+    profile: Option<PathBuf>,
+    /// Bearer token (overrides the profile's).
+    #[arg(long, global = true, env = "SYNOD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA bundle to trust (overrides the profile's).
+    #[arg(long, global = true, env = "SYNOD_CA")]
+    ca: Option<PathBuf>,
+}
+
+impl Target {
+    /// The client these flags describe.
+    fn client(&self) -> Result<ApiClient> {
+        let mut credentials = match &self.profile {
+            Some(path) => Credentials::from_profile(path)?,
+            None => Credentials::none(),
+        };
+        if let Some(token) = &self.token {
+            credentials.token = Some(token.clone());
+        }
+        if let Some(ca) = &self.ca {
+            credentials.ca_pem =
+                Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
+        }
+        let mut node = self.node.clone();
+        // A profile means TLS: accept the default's http:// scheme for it.
+        if credentials.ca_pem.is_some()
+            && let Some(rest) = node.strip_prefix("http://")
+        {
+            node = format!("https://{rest}");
+        }
+        Ok(ApiClient::secure(&node, &credentials)?)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -247,6 +281,43 @@ enum RegionCommand {
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
     Show,
+    /// Generate a cluster's secrets into DIR (0700): a CA, a certificate
+    /// per node (node-<id>.pem/.key), tokens.toml (hashed tokens) and
+    /// profile.toml (CA path and the admin token, for the CLI).
+    Init {
+        dir: PathBuf,
+        /// Nodes 1..=N get a certificate.
+        #[arg(long)]
+        nodes: u64,
+        /// Names or IP addresses clients dial, put in every certificate
+        /// (repeatable; default 127.0.0.1 and localhost).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Issue (or re-issue, to rotate) node ID's certificate with DIR's CA.
+    Cert {
+        dir: PathBuf,
+        #[arg(long)]
+        node: u64,
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Add a token to DIR/tokens.toml and print it (nodes read the file
+    /// at start).
+    Token {
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// read, write or admin.
+        #[arg(long)]
+        role: String,
+        /// Region name prefixes it covers (read/write; default all).
+        #[arg(long, value_delimiter = ',')]
+        regions: Option<Vec<String>>,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        expires_in_secs: Option<u64>,
+    },
     /// Announce a new node (start it with a config listing the cluster).
     AddNode {
         id: u64,
@@ -334,19 +405,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sim(args) => {
             tokio::task::spawn_blocking(move || crate::tools::sim_cli::run(args)).await?
         }
-        Command::Region { command, target } => region(command, &ApiClient::new(&target.node)).await,
-        Command::Component { command, target } => {
-            component(command, &ApiClient::new(&target.node)).await
-        }
+        Command::Region { command, target } => region(command, &target.client()?).await,
+        Command::Component { command, target } => component(command, &target.client()?).await,
         Command::Put {
             region,
             key,
             value,
             target,
         } => {
-            ApiClient::new(&target.node)
-                .put(&region, &key, &value)
-                .await?;
+            target.client()?.put(&region, &key, &value).await?;
             println!("ok");
             Ok(())
         }
@@ -356,10 +423,7 @@ async fn run(cli: Cli) -> Result<()> {
             consistency,
             target,
         } => {
-            match ApiClient::new(&target.node)
-                .get(&region, &key, &consistency)
-                .await?
-            {
+            match target.client()?.get(&region, &key, &consistency).await? {
                 Some(value) => println!("{value}"),
                 None => bail!("key {key:?} is not set in region {region}"),
             }
@@ -370,22 +434,92 @@ async fn run(cli: Cli) -> Result<()> {
             key,
             target,
         } => {
-            let existed = ApiClient::new(&target.node).delete(&region, &key).await?;
+            let existed = target.client()?.delete(&region, &key).await?;
             println!("{}", if existed { "deleted" } else { "absent" });
             Ok(())
         }
         Command::Cas(args) => cas(args).await,
-        Command::Cluster { command, target } => {
-            let client = ApiClient::new(&target.node);
-            match command {
-                ClusterCommand::Show => print_json(&client.cluster().await?),
-                ClusterCommand::AddNode { id, api, peer } => {
-                    print_json(&client.add_node(id, &api, &peer).await?)
-                }
-            }
-        }
-        Command::Status { target } => print_json(&ApiClient::new(&target.node).status().await?),
+        Command::Cluster { command, target } => cluster(command, &target).await,
+        Command::Status { target } => print_json(&target.client()?.status().await?),
         Command::Repair(args) => repair(args),
+    }
+}
+
+async fn cluster(command: ClusterCommand, target: &Target) -> Result<()> {
+    use crate::security::init;
+    let default_hosts = || vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    match command {
+        ClusterCommand::Show => print_json(&target.client()?.cluster().await?),
+        ClusterCommand::AddNode { id, api, peer } => {
+            print_json(&target.client()?.add_node(id, &api, &peer).await?)
+        }
+        ClusterCommand::Init { dir, nodes, hosts } => {
+            if nodes == 0 {
+                bail!("--nodes must be at least 1");
+            }
+            let hosts = if hosts.is_empty() {
+                default_hosts()
+            } else {
+                hosts
+            };
+            let ids: Vec<u64> = (1..=nodes).collect();
+            let made = init::init(&dir, &ids, &hosts)?;
+            println!("cluster secrets in {} (mode 0700):", made.dir.display());
+            println!("  CA            {}", made.ca.display());
+            for id in ids {
+                let (cert, key) = init::node_files(&made.dir, id);
+                println!("  node {id}        {} {}", cert.display(), key.display());
+            }
+            println!("  tokens        {} (hashes only)", made.tokens.display());
+            println!(
+                "  client profile {} (holds the admin token: keep it private)",
+                made.profile.display()
+            );
+            println!("Point each node's [security] section at these files (docs/OPERATIONS.md),");
+            println!(
+                "then: synod --profile {} --node https://HOST:PORT status",
+                made.profile.display()
+            );
+            Ok(())
+        }
+        ClusterCommand::Cert { dir, node, hosts } => {
+            let hosts = if hosts.is_empty() {
+                default_hosts()
+            } else {
+                hosts
+            };
+            init::issue_node_certificate(&dir, node, &hosts)?;
+            let (cert, key) = init::node_files(&dir, node);
+            println!("issued {} and {}", cert.display(), key.display());
+            Ok(())
+        }
+        ClusterCommand::Token {
+            dir,
+            name,
+            role,
+            regions,
+            expires_in_secs,
+        } => {
+            let role = match role.as_str() {
+                "read" => crate::security::Role::Read,
+                "write" => crate::security::Role::Write,
+                "admin" => crate::security::Role::Admin,
+                other => bail!("unknown role {other:?}: use read, write or admin"),
+            };
+            let expires_at = expires_in_secs.map(|secs| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+                    + secs
+            });
+            let token = init::add_token(&dir, &name, role, regions, expires_at)?;
+            println!("{token}");
+            eprintln!(
+                "added token {name:?} to {}; restart the nodes to load it",
+                dir.join(init::TOKENS).display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -410,7 +544,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let (config, listen) = match &args.config {
         Some(path) => {
             let file = crate::config::ConfigFile::load(path)?;
-            (file.node_config(), file.api)
+            let mut config = file.node_config();
+            config.security = file
+                .load_security()
+                .with_context(|| format!("loading the [security] files of {}", path.display()))?;
+            (config, file.api)
         }
         None => {
             let data_dir = args
@@ -420,11 +558,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let listen = args
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
+            if !listen.ip().is_loopback() {
+                bail!(
+                    "refusing to serve on {listen} without TLS and authentication: a non-loopback address needs --config with a [security] section (see `synod cluster init`)"
+                );
+            }
             let mut config = NodeConfig::new(args.node_id.unwrap_or(1), data_dir);
             config.api_address = listen.to_string();
             (config, listen)
         }
     };
+    if config.security.is_none() {
+        tracing::warn!(
+            %listen,
+            "SECURITY: this node runs WITHOUT TLS OR AUTHENTICATION; anyone who can reach its loopback ports may read, write, publish and administer. Use `synod cluster init` and a [security] section for anything but local experiments."
+        );
+    }
     let mut config = config;
     if let Some(bytes) = args.wal_checkpoint_bytes {
         config.wal_checkpoint_min_bytes = bytes;
@@ -439,7 +588,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding the API to {listen}"))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, data_dir = %data_dir.display(), "serving the HTTP API");
-    println!("synod node {node_id} listening on http://{address}");
+    let scheme = if node.config().security.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("synod node {node_id} listening on {scheme}://{address}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -540,7 +694,9 @@ async fn cas(args: CasArgs) -> Result<()> {
     if args.new.is_none() && !args.delete {
         bail!("say what to write: --new VALUE or --delete");
     }
-    let outcome = ApiClient::new(&args.target.node)
+    let outcome = args
+        .target
+        .client()?
         .cas(
             &args.region,
             &args.key,

@@ -1,6 +1,11 @@
 //! A cluster of `synod serve` processes on loopback, for the demo, the
 //! benchmarks and the multi-process tests: generates configs, starts, kills
 //! (SIGKILL), pauses (SIGSTOP) and restarts nodes, and adds new ones.
+//!
+//! Secure by default: [`LocalCluster::start`] runs `cluster init` into
+//! `<dir>/secrets` and every node serves TLS with tokens; clients get the
+//! admin token. [`LocalCluster::start_insecure`] (loopback only) exists
+//! for the TLS-cost comparison of `synod bench --cluster --insecure`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
@@ -11,8 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use synod_guest_sdk::NodeId;
 
-use crate::client::ApiClient;
-use crate::config::{ConfigFile, LimitsEntry, NodeEntry};
+use crate::client::{ApiClient, Credentials};
+use crate::config::{ConfigFile, LimitsEntry, NodeEntry, SecurityEntry};
+use crate::security::init::{self as secrets, Initialized};
 
 /// How long a node may take to come up.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,7 +49,10 @@ impl LocalNode {
 pub struct LocalCluster {
     dir: PathBuf,
     binary: PathBuf,
-    secret: String,
+    /// The cluster's CA, certificates and admin token; `None`: insecure.
+    secrets: Option<Initialized>,
+    /// What the cluster's clients present (the admin token).
+    credentials: Credentials,
     pub nodes: BTreeMap<NodeId, LocalNode>,
 }
 
@@ -112,10 +121,37 @@ impl LocalCluster {
         size: u64,
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_with(binary, dir, size, env, true).await
+    }
+
+    /// Nodes in the clear without tokens: only to measure what TLS and
+    /// authentication cost.
+    pub async fn start_insecure(binary: &Path, dir: &Path, size: u64) -> Result<Self> {
+        Self::start_with(binary, dir, size, &[], false).await
+    }
+
+    async fn start_with(
+        binary: &Path,
+        dir: &Path,
+        size: u64,
+        env: &[(&str, &str)],
+        secure: bool,
+    ) -> Result<Self> {
+        let (secrets, credentials) = if secure {
+            let ids: Vec<NodeId> = (1..=size).collect();
+            let made = secrets::init(&dir.join("secrets"), &ids, &["127.0.0.1".to_string()])
+                .context("generating the cluster's certificates and tokens")?;
+            let credentials = Credentials::new(&made.ca, &made.admin_token)
+                .with_context(|| format!("reading {}", made.ca.display()))?;
+            (Some(made), credentials)
+        } else {
+            (None, Credentials::none())
+        };
         let mut cluster = LocalCluster {
             dir: dir.to_path_buf(),
             binary: binary.to_path_buf(),
-            secret: format!("synod-local-{:016x}", rand::random::<u64>()),
+            secrets,
+            credentials,
             nodes: BTreeMap::new(),
         };
         for id in 1..=size {
@@ -135,14 +171,54 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// The cluster's secrets (CA, tokens file, admin token), if secure.
+    pub fn secrets(&self) -> Option<&Initialized> {
+        self.secrets.as_ref()
+    }
+
+    /// What clients of this cluster present (CA and admin token).
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The base URL of node `id`'s API (`https://` when secure).
+    pub fn url(&self, id: NodeId) -> Result<String> {
+        Ok(format!(
+            "{}://{}",
+            self.credentials.scheme(),
+            self.node(id)?.api
+        ))
+    }
+
+    /// A wire-protocol client of node `id`, with the cluster's credentials.
+    pub async fn wire_client(
+        &self,
+        id: NodeId,
+        timeout: Duration,
+    ) -> Result<crate::wire::WireClient> {
+        let api = &self.node(id)?.api;
+        Ok(crate::wire::WireClient::connect_with(api, timeout, &self.credentials).await?)
+    }
+
+    /// An HTTP client of node `id` keeping `idle_connections` open.
+    pub fn client_with_pool(&self, id: NodeId, idle_connections: usize) -> Result<ApiClient> {
+        Ok(ApiClient::secure_with_pool(
+            &self.url(id)?,
+            idle_connections,
+            &self.credentials,
+        )?)
+    }
+
     fn allocate(&mut self, id: NodeId) -> Result<()> {
         let api = format!("127.0.0.1:{}", free_port()?);
         let peer = format!("127.0.0.1:{}", free_port()?);
+        let base = format!("{}://{api}", self.credentials.scheme());
+        let client = ApiClient::secure(&base, &self.credentials)?;
         self.nodes.insert(
             id,
             LocalNode {
                 id,
-                client: ApiClient::new(&format!("http://{api}")),
+                client,
                 api,
                 peer,
                 config_path: self.dir.join(format!("node{id}.toml")),
@@ -156,12 +232,21 @@ impl LocalCluster {
 
     fn write_config(&self, id: NodeId) -> Result<()> {
         let node = self.node(id)?;
+        let security = self.secrets.as_ref().map(|made| {
+            let (cert, key) = secrets::node_files(&made.dir, id);
+            SecurityEntry {
+                ca: made.ca.clone(),
+                cert,
+                key,
+                tokens: made.tokens.clone(),
+            }
+        });
         let config = ConfigFile {
             node_id: id,
             data_dir: self.dir.join(format!("data{id}")),
             api: node.api.parse()?,
             peer: node.peer.parse()?,
-            secret: self.secret.clone(),
+            security,
             nodes: self
                 .nodes
                 .values()
@@ -401,6 +486,10 @@ impl LocalCluster {
     /// Starts node `id` with a config listing every node, and announces it
     /// to the cluster through `via`.
     pub async fn add_node(&mut self, id: NodeId, via: NodeId) -> Result<()> {
+        if let Some(made) = &self.secrets {
+            secrets::issue_node_certificate(&made.dir, id, &["127.0.0.1".to_string()])
+                .with_context(|| format!("issuing node {id}'s certificate"))?;
+        }
         self.allocate(id)?;
         self.write_config(id)?;
         self.spawn(id)?;

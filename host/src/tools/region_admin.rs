@@ -84,10 +84,13 @@ pub async fn status(client: &ApiClient, name: &str) -> Result<()> {
     let mut replicas = Vec::new();
     for id in hosts(&document["record"]) {
         let answer = match cluster["nodes"][id.to_string()]["api"].as_str() {
-            Some(api) => ApiClient::without_redirects(&format!("http://{api}"))
-                .region_status(name)
-                .await
-                .map_err(|error| error.to_string()),
+            Some(api) => match client.sibling_without_redirects(api) {
+                Ok(sibling) => sibling
+                    .region_status(name)
+                    .await
+                    .map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            },
             None => Err("the cluster record has no address for this node".to_string()),
         };
         replicas.push((id, answer));

@@ -81,7 +81,10 @@ impl Endpoint {
     /// The API address (`host:port`) this endpoint talks to.
     fn address(&self) -> &str {
         match self {
-            Endpoint::Http(client) => client.base().trim_start_matches("http://"),
+            Endpoint::Http(client) => client
+                .base()
+                .trim_start_matches("https://")
+                .trim_start_matches("http://"),
             Endpoint::Wire(client) => client.address(),
         }
     }

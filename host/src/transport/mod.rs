@@ -13,6 +13,14 @@
 //! is unreachable its frames are dropped: delivery is unreliable by
 //! contract and plugins retransmit.
 //!
+//! With TLS configured (always, outside loopback tests of the bare
+//! transport) every connection is mutual TLS: both ends present a
+//! certificate from the cluster's CA. The dialer checks the acceptor's
+//! certificate names the node it dialed (`node-<id>.synod`); the acceptor
+//! checks the id the dialer claims in its `Hello` is named by the
+//! dialer's certificate, is not its own and is a known peer, all before
+//! it answers or reads any other frame.
+//!
 //! Garbage, truncated, oversized or unauthenticated input closes that
 //! connection with a log line; it never panics the node or stalls others.
 //! Before the handshake a frame may be at most
@@ -30,7 +38,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rand::RngCore;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 use synod_guest_sdk::{Batch, NodeId};
@@ -42,12 +49,11 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 pub use self::chunks::{
     ArrivedSnapshot, Chunk, ChunkError, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, SnapshotAssembler,
 };
-pub use self::frame::{
-    FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, TRANSPORT_VERSION, proof as handshake_proof,
-};
+pub use self::frame::{FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, TRANSPORT_VERSION};
 pub use self::link::{Dropped, LinkBudget, LinkQueue, QUANTUM_BYTES};
 use crate::network::Network;
 use crate::region::RegionName;
+use crate::security::NodeTls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Redial delays to an unreachable peer: doubling from the first, capped
@@ -156,7 +162,11 @@ pub struct TransportStats {
     pub regions: BTreeMap<String, RegionTraffic>,
 }
 
-type Connection = Framed<TcpStream, LengthDelimitedCodec>;
+/// A peer connection's byte stream: TLS over TCP, or bare TCP.
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerIo for T {}
+
+type Connection = Framed<Box<dyn PeerIo>, LengthDelimitedCodec>;
 
 struct PeerLink {
     queue: Arc<LinkQueue>,
@@ -169,7 +179,8 @@ struct PeerLink {
 /// The node's transport endpoint.
 pub struct Transport {
     node_id: NodeId,
-    secret: Vec<u8>,
+    /// Mutual TLS with the cluster's CA; `None` runs bare TCP (loopback).
+    tls: Option<Arc<NodeTls>>,
     limits: TransportLimits,
     peers: Mutex<HashMap<NodeId, PeerLink>>,
     inbound: OnceLock<Arc<dyn InboundHandler>>,
@@ -206,8 +217,16 @@ enum HandshakeError {
     Unexpected,
     #[error("peer speaks transport version {0}, this node {TRANSPORT_VERSION}")]
     Version(u32),
-    #[error("peer does not know the cluster secret")]
-    BadProof,
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    #[error("the peer claims node id {claimed}, which its certificate does not name")]
+    CertificateMismatch { claimed: NodeId },
+    #[error("the peer claims this node's own id {0}")]
+    SelfId(NodeId),
+    #[error("the peer claims node id {0}, which is not a known peer")]
+    UnknownPeer(NodeId),
     #[error("connected to node {found}, expected node {expected}")]
     WrongPeer { expected: NodeId, found: NodeId },
 }
@@ -223,12 +242,6 @@ async fn next_frame(connection: &mut Connection) -> Result<Frame, HandshakeError
 async fn send_frame(connection: &mut Connection, frame: &Frame) -> Result<(), HandshakeError> {
     connection.send(Bytes::from(frame.encode())).await?;
     Ok(())
-}
-
-fn nonce() -> [u8; 32] {
-    let mut nonce = [0u8; 32];
-    rand::rng().fill_bytes(&mut nonce);
-    nonce
 }
 
 /// After the handshake, frames may be as large as [`FRAME_BYTES_MAX`].
@@ -248,7 +261,7 @@ impl Transport {
     /// Binds the peer listener and starts accepting.
     pub async fn start(
         node_id: NodeId,
-        secret: &[u8],
+        tls: Option<Arc<NodeTls>>,
         listen: SocketAddr,
         limits: TransportLimits,
     ) -> std::io::Result<Arc<Self>> {
@@ -256,7 +269,7 @@ impl Transport {
         let local_address = listener.local_addr()?;
         let transport = Arc::new(Transport {
             node_id,
-            secret: secret.to_vec(),
+            tls,
             limits,
             peers: Mutex::new(HashMap::new()),
             inbound: OnceLock::new(),
@@ -372,7 +385,7 @@ impl Transport {
                 return;
             }
             // Handshake frames never travel through the queue.
-            Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Proof { .. } => return,
+            Frame::Hello { .. } | Frame::Welcome { .. } => return,
         };
         let bytes = Bytes::from(frame.encode());
         let pushed = match self.queue_of(to) {
@@ -414,15 +427,14 @@ impl Transport {
             let transport = self.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
-                let mut connection = Framed::new(stream, handshake_codec());
                 let handshake = tokio::time::timeout(
                     transport.limits.handshake_timeout,
-                    transport.accept_handshake(&mut connection),
+                    transport.accept_handshake(stream),
                 );
                 let outcome = handshake.await.unwrap_or(Err(HandshakeError::Timeout));
                 drop(permit);
                 match outcome {
-                    Ok(peer) => {
+                    Ok((peer, connection)) => {
                         transport.link(peer);
                         let handoff = lock(&transport.peers)
                             .get(&peer)
@@ -443,57 +455,96 @@ impl Transport {
         }
     }
 
+    /// The acceptor's side: TLS first (the dialer's certificate must
+    /// chain to the CA), then the dialer's `Hello`, whose id must be named
+    /// by that certificate, be a known peer and not this node. Only then
+    /// does this node answer.
     async fn accept_handshake(
         &self,
-        connection: &mut Connection,
-    ) -> Result<NodeId, HandshakeError> {
+        stream: TcpStream,
+    ) -> Result<(NodeId, Connection), HandshakeError> {
+        let (stream, certificate): (Box<dyn PeerIo>, _) = match &self.tls {
+            Some(tls) => {
+                let stream = tls
+                    .peer_acceptor()
+                    .accept(stream)
+                    .await
+                    .map_err(HandshakeError::Tls)?;
+                let certificate = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .cloned()
+                    .ok_or(HandshakeError::NoCertificate)?;
+                (Box::new(stream), Some(certificate))
+            }
+            None => (Box::new(stream), None),
+        };
+        let mut connection = Framed::new(stream, handshake_codec());
         let Frame::Hello {
             version,
             node_id: peer,
-            nonce: peer_nonce,
-        } = next_frame(connection).await?
+        } = next_frame(&mut connection).await?
         else {
             return Err(HandshakeError::Unexpected);
         };
         if version != TRANSPORT_VERSION {
             return Err(HandshakeError::Version(version));
         }
-        let my_nonce = nonce();
+        if peer == self.node_id {
+            return Err(HandshakeError::SelfId(peer));
+        }
+        if let Some(certificate) = &certificate
+            && !crate::security::tls::certificate_names_node(certificate, peer)
+        {
+            return Err(HandshakeError::CertificateMismatch { claimed: peer });
+        }
+        if !lock(&self.peers).contains_key(&peer) {
+            return Err(HandshakeError::UnknownPeer(peer));
+        }
         let welcome = Frame::Welcome {
             node_id: self.node_id,
-            proof: frame::proof(&self.secret, "accept", self.node_id, &peer_nonce),
-            nonce: my_nonce,
         };
-        send_frame(connection, &welcome).await?;
-        let Frame::Proof { proof } = next_frame(connection).await? else {
-            return Err(HandshakeError::Unexpected);
-        };
-        if !frame::verify(&self.secret, "dial", peer, &my_nonce, &proof) {
-            return Err(HandshakeError::BadProof);
-        }
-        Ok(peer)
+        send_frame(&mut connection, &welcome).await?;
+        Ok((peer, authenticated(connection)))
     }
 
+    /// The dialer's side: TLS verifying the acceptor's certificate names
+    /// `peer`, then `Hello` and the acceptor's `Welcome`.
     async fn dial(&self, peer: NodeId, address: &str) -> Result<Connection, HandshakeError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
-            .await
-            .map_err(|_| HandshakeError::Timeout)??;
-        let _ = stream.set_nodelay(true);
-        let mut connection = Framed::new(stream, handshake_codec());
-        let my_nonce = nonce();
-        let hello = Frame::Hello {
-            version: TRANSPORT_VERSION,
-            node_id: self.node_id,
-            nonce: my_nonce,
-        };
         let exchange = async {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+                .await
+                .map_err(|_| HandshakeError::Timeout)??;
+            let _ = stream.set_nodelay(true);
+            let stream: Box<dyn PeerIo> = match &self.tls {
+                Some(tls) => {
+                    let name = rustls_pki_types::ServerName::try_from(
+                        crate::security::tls::node_name(peer),
+                    )
+                    .map_err(|e| {
+                        HandshakeError::Tls(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            e.to_string(),
+                        ))
+                    })?;
+                    let stream = tls
+                        .peer_connector()
+                        .connect(name, stream)
+                        .await
+                        .map_err(HandshakeError::Tls)?;
+                    Box::new(stream)
+                }
+                None => Box::new(stream),
+            };
+            let mut connection = Framed::new(stream, handshake_codec());
+            let hello = Frame::Hello {
+                version: TRANSPORT_VERSION,
+                node_id: self.node_id,
+            };
             send_frame(&mut connection, &hello).await?;
-            let Frame::Welcome {
-                node_id,
-                proof,
-                nonce: peer_nonce,
-            } = next_frame(&mut connection).await?
-            else {
+            let Frame::Welcome { node_id } = next_frame(&mut connection).await? else {
                 return Err(HandshakeError::Unexpected);
             };
             if node_id != peer {
@@ -502,13 +553,9 @@ impl Transport {
                     found: node_id,
                 });
             }
-            if !frame::verify(&self.secret, "accept", node_id, &my_nonce, &proof) {
-                return Err(HandshakeError::BadProof);
-            }
-            let proof = frame::proof(&self.secret, "dial", self.node_id, &peer_nonce);
-            send_frame(&mut connection, &Frame::Proof { proof }).await
+            Ok(connection)
         };
-        tokio::time::timeout(self.limits.handshake_timeout, exchange)
+        let connection = tokio::time::timeout(self.limits.handshake_timeout, exchange)
             .await
             .map_err(|_| HandshakeError::Timeout)??;
         Ok(authenticated(connection))
@@ -650,10 +697,7 @@ impl Transport {
                 Ok(frame) => frame,
                 Err(error) => return format!("undecodable frame: {error}"),
             };
-            if matches!(
-                frame,
-                Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Proof { .. }
-            ) {
+            if matches!(frame, Frame::Hello { .. } | Frame::Welcome { .. }) {
                 return "handshake frame after the handshake".into();
             }
             self.counters
@@ -716,21 +760,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_back_from_a_restart_is_reached_within_a_fraction_of_a_second()
     -> anyhow::Result<()> {
-        let secret = b"test secret";
         let port = crate::tools::cluster::free_port()?;
         let peer_address = format!("127.0.0.1:{port}");
-        let dialer = Transport::start(
-            1,
-            secret,
-            "127.0.0.1:0".parse()?,
-            TransportLimits::default(),
-        )
-        .await?;
+        let dialer =
+            Transport::start(1, None, "127.0.0.1:0".parse()?, TransportLimits::default()).await?;
         dialer.set_peer(2, &peer_address);
         // Away for long enough that an unbounded doubling would wait ~2 s.
         tokio::time::sleep(Duration::from_millis(3_200)).await;
         let back =
-            Transport::start(2, secret, peer_address.parse()?, TransportLimits::default()).await?;
+            Transport::start(2, None, peer_address.parse()?, TransportLimits::default()).await?;
         back.set_peer(1, &dialer.local_address().to_string());
         let listening = Instant::now();
         while dialer.stats().connections == 0 {

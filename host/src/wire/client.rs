@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::codec::FramedRead;
 
-use super::{CONNECTION_ERROR_ID, Consistency, Failure, MAGIC, Op, Response};
+use super::{ApiStream, CONNECTION_ERROR_ID, Consistency, Failure, Op, Response};
+use crate::client::Credentials;
 use crate::state_machine::KvOutcome;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +78,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Ends the connection for every caller waiting on it.
     fn close(&self, why: String) {
+        self.close_with(why, None);
+    }
+
+    /// Ends the connection; with `failure` (the node refused the
+    /// connection, e.g. its token) the callers get that failure, which
+    /// proves their requests never ran.
+    fn close_with(&self, why: String, failure: Option<Failure>) {
         let mut pending = lock(&self.pending);
         lock(&self.closed).get_or_insert(why.clone());
         for (_, answer) in pending.drain() {
-            let _ = answer.send(Err(WireClientError::ConnectionLost(why.clone())));
+            let error = match &failure {
+                Some(failure) => WireClientError::Failed(failure.clone()),
+                None => WireClientError::ConnectionLost(why.clone()),
+            };
+            let _ = answer.send(Err(error));
         }
     }
 }
@@ -104,15 +115,38 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(address: &str) -> Result<Self, WireClientError> {
+    async fn open(address: &str, credentials: &Credentials) -> Result<Self, WireClientError> {
         let failed = |source| WireClientError::Connect {
             address: address.to_string(),
             source,
         };
-        let mut stream = TcpStream::connect(address).await.map_err(failed)?;
-        stream.set_nodelay(true).map_err(failed)?;
-        stream.write_all(MAGIC).await.map_err(failed)?;
-        let (read, write) = stream.into_split();
+        let tcp = TcpStream::connect(address).await.map_err(failed)?;
+        tcp.set_nodelay(true).map_err(failed)?;
+        let mut stream: ApiStream = match &credentials.ca_pem {
+            Some(ca) => {
+                let invalid = |why: String| {
+                    failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, why))
+                };
+                let config =
+                    crate::security::tls::client_config(ca).map_err(|e| invalid(e.to_string()))?;
+                let host = address
+                    .rsplit_once(':')
+                    .map_or(address, |(host, _)| host)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| invalid(format!("{host:?}: {e}")))?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(failed)?;
+                Box::new(stream)
+            }
+            None => Box::new(tcp),
+        };
+        let opening = super::opening(credentials.token.as_deref());
+        stream.write_all(&opening).await.map_err(failed)?;
+        let (read, write) = tokio::io::split(stream);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
@@ -174,6 +208,7 @@ pub struct WireClient {
     address: Arc<str>,
     timeout: Duration,
     connection: Arc<RwLock<Arc<Connection>>>,
+    credentials: Credentials,
     /// Held while dialling, so callers that find the connection lost at
     /// once dial once between them, not once each.
     dialling: Arc<tokio::sync::Mutex<()>>,
@@ -191,10 +226,21 @@ impl WireClient {
     /// Connects to a node's API address (`host:port`); each call waits at
     /// most `timeout` for its answer.
     pub async fn connect(address: &str, timeout: Duration) -> Result<Self, WireClientError> {
-        let connection = Connection::open(address).await?;
+        Self::connect_with(address, timeout, &Credentials::none()).await
+    }
+
+    /// Like [`WireClient::connect`], over TLS with the credentials' CA
+    /// and presenting their token.
+    pub async fn connect_with(
+        address: &str,
+        timeout: Duration,
+        credentials: &Credentials,
+    ) -> Result<Self, WireClientError> {
+        let connection = Connection::open(address, credentials).await?;
         Ok(Self {
             address: address.into(),
             timeout,
+            credentials: credentials.clone(),
             connection: Arc::new(RwLock::new(Arc::new(connection))),
             dialling: Arc::new(tokio::sync::Mutex::new(())),
         })
@@ -224,7 +270,7 @@ impl WireClient {
             // Another caller dialled while this one waited.
             return Ok(current);
         }
-        let fresh = Arc::new(Connection::open(&self.address).await?);
+        let fresh = Arc::new(Connection::open(&self.address, &self.credentials).await?);
         *self
             .connection
             .write()
@@ -286,7 +332,7 @@ impl WireClient {
     }
 }
 
-async fn write_requests(mut write: OwnedWriteHalf, shared: Arc<Shared>) {
+async fn write_requests(mut write: WriteHalf<ApiStream>, shared: Arc<Shared>) {
     let mut sending = Vec::new();
     loop {
         shared.wake_writer.notified().await;
@@ -302,7 +348,7 @@ async fn write_requests(mut write: OwnedWriteHalf, shared: Arc<Shared>) {
     }
 }
 
-async fn read_responses(read: OwnedReadHalf, shared: Arc<Shared>) {
+async fn read_responses(read: ReadHalf<ApiStream>, shared: Arc<Shared>) {
     let mut frames = FramedRead::new(read, super::codec());
     let why = loop {
         let bytes = match frames.next().await {
@@ -315,10 +361,18 @@ async fn read_responses(read: OwnedReadHalf, shared: Arc<Shared>) {
             Err(error) => break format!("a response did not decode: {error}"),
         };
         if response.id == CONNECTION_ERROR_ID {
-            break match response.result {
-                Err(failure) => format!("the node ended the connection: {failure}"),
-                Ok(outcome) => format!("the node ended the connection ({outcome:?})"),
-            };
+            match response.result {
+                Err(failure) => {
+                    let why = format!("the node ended the connection: {failure}");
+                    let refused = matches!(
+                        failure.code.as_str(),
+                        "unauthenticated" | "invalid_token" | "token_expired"
+                    );
+                    shared.close_with(why, refused.then_some(failure));
+                    return;
+                }
+                Ok(outcome) => break format!("the node ended the connection ({outcome:?})"),
+            }
         }
         let answer = lock(&shared.pending).remove(&response.id);
         if let Some(answer) = answer {

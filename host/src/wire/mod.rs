@@ -1,8 +1,11 @@
 //! The binary client protocol: the same operations as the HTTP API's
 //! key-value routes, for clients that keep thousands of requests in flight.
 //!
-//! It shares the API port. A connection that opens with [`MAGIC`] speaks
-//! this protocol; any other connection is HTTP. After the magic, both
+//! It shares the API port (inside TLS on a secured node). A connection
+//! that opens with [`MAGIC`] speaks this protocol; any other connection
+//! is HTTP. The client's first frame is a [`Hello`] carrying its bearer
+//! token: the connection is authenticated once, each request authorized
+//! against the token's role (`forbidden` otherwise). After the magic, both
 //! directions carry frames: a 4-byte big-endian length, then a
 //! [postcard](https://docs.rs/postcard)-encoded [`Request`] (client to node)
 //! or [`Response`] (node to client). A client may send many requests
@@ -25,11 +28,22 @@ use crate::state_machine::{KvCommand, KvOutcome, KvQuery};
 
 pub use client::{WireClient, WireClientError};
 pub use server::{
-    ConnectionPlace, HttpConnection, SharedPortListener, request_frame_bytes_max, serve_connection,
+    ApiIo, ApiStream, ConnectionPlace, HttpConnection, Prefixed, SharedPortListener,
+    request_frame_bytes_max, serve_connection,
 };
 
 /// First bytes a client sends. No HTTP request starts like this.
-pub const MAGIC: &[u8; 8] = b"SYNOD/W1";
+/// (W2: a [`Hello`] frame follows.)
+pub const MAGIC: &[u8; 8] = b"SYNOD/W2";
+
+/// The first frame of a connection: the client's bearer token (`None`
+/// only for a node running without security). A refusal is a
+/// connection-level error (`unauthenticated`, `invalid_token`,
+/// `token_expired`), after which the node closes the connection.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub token: Option<String>,
+}
 
 /// Largest frame either side accepts; larger ones end the connection. A
 /// node accepts request frames only up to what its key and value limits
@@ -168,6 +182,17 @@ impl Failure {
             "timeout" | "unavailable" | "internal" | "connection_lost"
         )
     }
+}
+
+/// What a client sends first: [`MAGIC`], then its [`Hello`] frame.
+pub fn opening(token: Option<&str>) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    let hello = Hello {
+        token: token.map(str::to_string),
+    };
+    // A hello of a string is always encodable.
+    let _ = encode_frame(&hello, &mut bytes);
+    bytes
 }
 
 /// Appends one frame (length prefix, then `value` in postcard) to `buffer`.

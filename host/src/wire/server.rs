@@ -9,16 +9,17 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use std::sync::atomic::Ordering;
 use synod_guest_sdk::Rejection;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 
-use super::{CONNECTION_ERROR_ID, Failure, IN_FLIGHT_MAX, MAGIC, Op, Request, Response};
+use super::{CONNECTION_ERROR_ID, Failure, Hello, IN_FLIGHT_MAX, MAGIC, Op, Request, Response};
 use crate::api::ApiError;
 use crate::node::{Node, NodeError};
 use crate::region::driver::ClientError;
+use crate::security::{Permission, Principal};
 use crate::state_machine::KvOutcome;
 
 /// How long a new connection may take to show its first bytes before it
@@ -28,10 +29,18 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses gathered into one write, at most.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
+/// A client connection's byte stream: TLS over TCP, or bare TCP.
+pub trait ApiIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ApiIo for T {}
+
+/// A boxed client stream.
+pub type ApiStream = Box<dyn ApiIo>;
+
 /// An HTTP connection handed over by [`SharedPortListener`]; `permit`
-/// holds its place under `connections_max` until dropped.
+/// holds its place under `connections_max` until dropped. The stream
+/// replays the bytes read while telling wire from HTTP.
 pub struct HttpConnection {
-    pub stream: TcpStream,
+    pub stream: Prefixed<ApiStream>,
     pub remote: SocketAddr,
     pub permit: ConnectionPlace,
 }
@@ -120,13 +129,31 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>, http: mpsc::Sender<
         let node = node.clone();
         let http = http.clone();
         connections.spawn(async move {
-            if speaks_wire(&stream).await {
-                serve_connection(node, stream).await;
+            let stream: ApiStream = match &node.config().security {
+                Some(security) => {
+                    let accept = security.tls.api_acceptor().accept(stream);
+                    match tokio::time::timeout(SNIFF_TIMEOUT, accept).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "API TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "API TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+                None => Box::new(stream),
+            };
+            let (opening, stream) = sniff(stream).await;
+            if opening == MAGIC[..] {
+                serve_connection(node, stream, peer).await;
                 drop(place);
             } else {
                 let _ = http
                     .send(HttpConnection {
-                        stream,
+                        stream: Prefixed::new(opening, stream),
                         remote: peer,
                         permit: place,
                     })
@@ -136,28 +163,90 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>, http: mpsc::Sender<
     }
 }
 
-/// Whether the connection opens with [`MAGIC`], judged from the bytes
-/// available without consuming them.
-async fn speaks_wire(stream: &TcpStream) -> bool {
+/// Reads the connection's first bytes until they are [`MAGIC`] or stop
+/// being a prefix of it (an HTTP request does at its first byte), the
+/// client closes, or [`SNIFF_TIMEOUT`] passes. Returns what was read.
+async fn sniff(mut stream: ApiStream) -> (Vec<u8>, ApiStream) {
     let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
-    let mut opening = [0u8; MAGIC.len()];
-    loop {
-        let seen = match tokio::time::timeout_at(deadline, stream.peek(&mut opening)).await {
-            Ok(Ok(seen)) => seen,
-            Ok(Err(_)) | Err(_) => return false,
-        };
-        if seen == 0 || opening[..seen] != MAGIC[..seen] {
-            return false;
+    let mut opening = Vec::with_capacity(MAGIC.len());
+    while opening.len() < MAGIC.len() && MAGIC.starts_with(&opening) {
+        let mut buffer = [0u8; MAGIC.len()];
+        let want = MAGIC.len() - opening.len();
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer[..want])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(read)) => opening.extend_from_slice(&buffer[..read]),
         }
-        if seen == MAGIC.len() {
-            return true;
+    }
+    (opening, stream)
+}
+
+/// A stream that first replays `prefix`, then reads from `inner`.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            offset: 0,
+            inner,
         }
-        // A prefix of the magic so far: peek returns at once while any
-        // byte is buffered, so wait a little for the rest.
-        if tokio::time::Instant::now() >= deadline {
-            return false;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let rest = &self.prefix[self.offset..];
+            let count = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..count]);
+            self.offset += count;
+            return std::task::Poll::Ready(Ok(()));
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -169,26 +258,38 @@ pub fn request_frame_bytes_max(node: &Node) -> usize {
     (2 * config.value_bytes_max + config.key_bytes_max + 4096).min(super::FRAME_BYTES_MAX)
 }
 
-/// Serves one wire connection (opening with [`MAGIC`]) until the client
+/// Serves one wire connection (its [`MAGIC`] already read) until the client
 /// closes it, sends something undecodable, takes longer than
 /// `wire_frame_timeout` to complete a frame or to take a batch of answers,
 /// or stays idle past `wire_idle_timeout`. One task reads requests, drives them all, and
 /// writes each batch of answers that is ready: an answer wakes this task
 /// directly, with no hop through another. It stops reading while
 /// `wire_in_flight_bytes_max` bytes of requests await their answers.
-pub async fn serve_connection(node: Arc<Node>, mut stream: TcpStream) {
-    let peer = stream.peer_addr().ok();
+pub async fn serve_connection(node: Arc<Node>, stream: ApiStream, peer: SocketAddr) {
+    let peer = Some(peer);
     let limits = node.config().connections.clone();
-    let mut opening = [0u8; MAGIC.len()];
-    let opened = tokio::time::timeout(limits.wire_frame_timeout, stream.read_exact(&mut opening));
-    if !matches!(opened.await, Ok(Ok(_))) || &opening != MAGIC {
-        return;
-    }
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read, RequestDecoder::new(request_frame_bytes_max(&node)));
     let mut running = FuturesUnordered::new();
     let mut buffer = Vec::with_capacity(64 * 1024);
     let mut reading = true;
+    // The first frame authenticates the connection, once.
+    let principal = match hello(&node, &mut frames, limits.wire_frame_timeout).await {
+        Ok(principal) => principal.map(Arc::new),
+        Err(failure) => {
+            tracing::info!(?peer, code = %failure.code, "refused a wire connection");
+            push(
+                &Response {
+                    id: CONNECTION_ERROR_ID,
+                    result: Err(failure),
+                },
+                &mut buffer,
+            );
+            let _ = tokio::time::timeout(limits.wire_frame_timeout, write.write_all(&buffer)).await;
+            let _ = write.shutdown().await;
+            return;
+        }
+    };
     let mut in_flight_bytes = 0usize;
     // The last request read or answer written (idle timer), and when the
     // frame being read was first seen partial (frame timer).
@@ -212,7 +313,7 @@ pub async fn serve_connection(node: Arc<Node>, mut stream: TcpStream) {
                         node.api_counters()
                             .wire_in_flight_bytes_peak
                             .fetch_max(in_flight_bytes as u64, Ordering::Relaxed);
-                        running.push(answer(node.clone(), request, bytes));
+                        running.push(answer(node.clone(), principal.clone(), request, bytes));
                     }
                     Ok(None) => reading = false,
                     Err(failure) => {
@@ -364,9 +465,76 @@ fn decode(
     }
 }
 
+/// Reads the connection's first frame, a [`Hello`], and authenticates its
+/// token (a node without security takes any). The token is never logged.
+async fn hello<R: AsyncRead + Unpin>(
+    node: &Node,
+    frames: &mut FramedRead<R, RequestDecoder>,
+    timeout: Duration,
+) -> Result<Option<Principal>, Failure> {
+    let frame = match tokio::time::timeout(timeout, frames.next()).await {
+        Ok(Some(Ok(frame))) => frame,
+        Ok(Some(Err(error))) => return Err(Failure::new("malformed_frame", error.to_string())),
+        Ok(None) => return Err(Failure::new("unauthenticated", "closed before the hello")),
+        Err(_) => {
+            return Err(Failure::new(
+                "timeout",
+                format!("no hello frame within {timeout:?}"),
+            ));
+        }
+    };
+    let hello: Hello = postcard::from_bytes(&frame).map_err(|error| {
+        Failure::new(
+            "malformed_request",
+            format!("the first frame must be a hello: {error}"),
+        )
+    })?;
+    let Some(security) = &node.config().security else {
+        return Ok(None);
+    };
+    security
+        .tokens
+        .authenticate(hello.token.as_deref())
+        .map(Some)
+        .map_err(|error| Failure::new(error.code(), error.to_string()))
+}
+
 /// Runs one request; returns its answer and the request's frame bytes,
 /// which leave the in-flight count.
-async fn answer(node: Arc<Node>, request: Request, bytes: usize) -> (Response, usize) {
+async fn answer(
+    node: Arc<Node>,
+    principal: Option<Arc<Principal>>,
+    request: Request,
+    bytes: usize,
+) -> (Response, usize) {
+    let permission = match &request.op {
+        Op::Write(_) => Permission::Write(request.region.clone()),
+        Op::Read { .. } => Permission::Read(request.region.clone()),
+    };
+    if let Some(principal) = &principal
+        && !principal.may(&permission)
+    {
+        let failure = Failure::new(
+            "forbidden",
+            format!(
+                "the token {:?} may not {} region {}",
+                principal.name,
+                if matches!(permission, Permission::Write(_)) {
+                    "write"
+                } else {
+                    "read"
+                },
+                request.region
+            ),
+        );
+        return (
+            Response {
+                id: request.id,
+                result: Err(failure),
+            },
+            bytes,
+        );
+    }
     let result = execute(&node, &request.region, request.op).await;
     (
         Response {
