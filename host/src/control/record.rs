@@ -316,39 +316,7 @@ impl ControlResponse {
     }
 }
 
-/// The record as written before node capacities existed: control
-/// snapshots from those data directories still open (postcard has no
-/// field defaults, so the older layout is decoded on its own).
-#[derive(Deserialize)]
-struct ControlStateBeforeCapacity {
-    nodes: BTreeMap<NodeId, NodeRecord>,
-    components: BTreeMap<String, ComponentRecord>,
-    regions: BTreeMap<String, RegionRecord>,
-    audit: VecDeque<AuditEntry>,
-    answers: VecDeque<((NodeId, u64), ControlResponse)>,
-}
-
 impl ControlState {
-    /// Decodes a control snapshot, in today's layout or the one before
-    /// node capacities (which then start empty: every node announces its
-    /// own again at start-up).
-    pub fn decode(bytes: &[u8]) -> Result<ControlState, postcard::Error> {
-        match postcard::from_bytes::<ControlState>(bytes) {
-            Ok(state) => Ok(state),
-            Err(current) => match postcard::from_bytes::<ControlStateBeforeCapacity>(bytes) {
-                Ok(old) => Ok(ControlState {
-                    nodes: old.nodes,
-                    components: old.components,
-                    regions: old.regions,
-                    audit: old.audit,
-                    answers: old.answers,
-                    capacity: BTreeMap::new(),
-                }),
-                Err(_) => Err(current),
-            },
-        }
-    }
-
     /// Folds one committed command.
     pub fn apply(&mut self, index: u64, request: &ControlRequest) -> ControlResponse {
         let key = (request.actor, request.nonce);
@@ -950,42 +918,6 @@ mod tests {
             ControlResponse::Refused { code, .. } => Some(code),
             ControlResponse::Done => None,
         }
-    }
-
-    /// The layout control snapshots had before node capacities.
-    #[derive(Serialize)]
-    struct OldLayout<'a> {
-        nodes: &'a BTreeMap<NodeId, NodeRecord>,
-        components: &'a BTreeMap<String, ComponentRecord>,
-        regions: &'a BTreeMap<String, RegionRecord>,
-        audit: &'a VecDeque<AuditEntry>,
-        answers: &'a VecDeque<((NodeId, u64), ControlResponse)>,
-    }
-
-    #[test]
-    fn a_control_snapshot_from_before_capacities_still_decodes() {
-        let mut state = with_nodes();
-        let create = request(ControlCommand::CreateRegion {
-            spec: spec("r1", vec![1, 2, 3]),
-            requested: "raft".into(),
-        });
-        assert_eq!(state.apply(4, &create), ControlResponse::Done);
-        let old = postcard::to_allocvec(&OldLayout {
-            nodes: &state.nodes,
-            components: &state.components,
-            regions: &state.regions,
-            audit: &state.audit,
-            answers: &state.answers,
-        })
-        .expect("encode");
-        assert!(postcard::from_bytes::<ControlState>(&old).is_err());
-        assert_eq!(ControlState::decode(&old).expect("decodes"), state);
-
-        let mut with_capacity = state.clone();
-        with_capacity.capacity.insert(2, 5);
-        let new = postcard::to_allocvec(&with_capacity).expect("encode");
-        assert_eq!(ControlState::decode(&new).expect("decodes"), with_capacity);
-        assert!(ControlState::decode(&new[..new.len() / 2]).is_err());
     }
 
     #[test]

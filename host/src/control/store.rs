@@ -239,7 +239,7 @@ pub fn open(
     let mut last_applied = None;
     let mut membership = StoredMembership::default();
     if let Some((meta, data)) = &image.snapshot {
-        machine_state = ControlState::decode(data)
+        machine_state = postcard::from_bytes(data)
             .map_err(|e| format!("the control snapshot does not decode: {e}"))?;
         last_applied = meta.last_log_id;
         membership = meta.last_membership.clone();
@@ -472,7 +472,7 @@ impl RaftStateMachine<C> for ControlStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let state = ControlState::decode(&data)
+        let state: ControlState = postcard::from_bytes(&data)
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
         self.shared
             .persist(StoreRecord::Snapshot {
