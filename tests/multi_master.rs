@@ -28,7 +28,10 @@ async fn region(cluster: &LocalCluster, name: &str, params: &[(&str, &str)]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for (id, node) in &cluster.nodes {
         // Its own replica: a node without one redirects to a node with one.
-        let client = ApiClient::without_redirects(&format!("http://{}", node.api));
+        let client = node
+            .client
+            .sibling_without_redirects(&node.api)
+            .expect("client");
         while !client
             .region_status(name)
             .await

@@ -154,7 +154,15 @@ async fn every_route_refuses_missing_wrong_role_and_expired_tokens_and_changes_n
             false,
         ),
     ];
-    let reads = ["/v1/status", "/v1/regions", "/v1/regions/app-data/kv/k"];
+    let reads = [
+        "/v1/status",
+        "/v1/cluster",
+        "/v1/components",
+        "/v1/regions",
+        "/v1/regions/app-data",
+        "/v1/regions/app-data/record",
+        "/v1/regions/app-data/kv/k",
+    ];
     let send = |method: &str, path: &str, body: Vec<u8>, token: Option<&str>| {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = http
@@ -202,8 +210,15 @@ async fn every_route_refuses_missing_wrong_role_and_expired_tokens_and_changes_n
         }
     }
     for path in reads {
-        let response = send("GET", path, vec![], None).await.expect("sent");
-        expect(response, 401, "unauthenticated", format!("GET {path}")).await;
+        let attempts = [
+            (None, "unauthenticated"),
+            (Some("synod_not-a-token"), "invalid_token"),
+            (Some(tokens.expired.as_str()), "token_expired"),
+        ];
+        for (token, code) in attempts {
+            let response = send("GET", path, vec![], token).await.expect("sent");
+            expect(response, 401, code, format!("GET {path} with {code}")).await;
+        }
     }
     // A writer is confined to its prefix.
     node.client
@@ -386,6 +401,147 @@ async fn the_wire_protocol_authenticates_once_and_authorizes_each_request() {
     node.stop().await.expect("stop");
 }
 
+/// A read token limited to `app-` regions sees and reads only those, on
+/// HTTP (listings included) and on the wire; a writer limited to `app-`
+/// cannot write elsewhere over the wire; a wire connection whose token
+/// expires after it authenticated is refused from then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn region_limited_tokens_and_tokens_that_expire_mid_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets_dir = dir.path().join("secrets");
+    let tokens = secrets(&secrets_dir, &[1]);
+    let app_reader = init::add_token(
+        &secrets_dir,
+        "app-reader",
+        Role::Read,
+        Some(vec!["app-".into()]),
+        None,
+    )
+    .expect("token");
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 10;
+    let short =
+        init::add_token(&secrets_dir, "short", Role::Write, None, Some(soon)).expect("token");
+    let mut config = NodeConfig::new(1, dir.path().join("data"));
+    let credentials = secure(&mut config, &secrets_dir, &[1]).expect("security");
+    let node = TestNode::start_secure(config, "127.0.0.1:0", &credentials)
+        .await
+        .expect("node");
+    for region in ["app-data", "other"] {
+        node.client
+            .create_region(region, "standalone", &[])
+            .await
+            .expect("region");
+        node.client.put(region, "k", "v").await.expect("put");
+    }
+    let http = https_client(&secrets_dir.join(init::CA_CERT));
+    let base = node.client.base().to_string();
+    let get = |path: &str| {
+        http.get(format!("{base}{path}"))
+            .bearer_auth(&app_reader)
+            .send()
+    };
+    let listed: Value = get("/v1/regions")
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let names: Vec<&str> = listed["regions"]
+        .as_array()
+        .expect("regions")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["app-data"], "{listed}");
+    let cluster: Value = get("/v1/cluster")
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let names: Vec<&String> = cluster["regions"]
+        .as_object()
+        .expect("regions")
+        .keys()
+        .collect();
+    assert_eq!(names, ["app-data"], "{cluster}");
+    for path in [
+        "/v1/regions/other",
+        "/v1/regions/other/record",
+        "/v1/regions/other/kv/k",
+    ] {
+        let response = get(path).await.expect("sent");
+        assert_eq!(response.status().as_u16(), 403, "GET {path}");
+    }
+    let response = get("/v1/regions/app-data/kv/k").await.expect("sent");
+    assert!(response.status().is_success(), "its own region reads");
+
+    let address = base.trim_start_matches("https://").to_string();
+    let with = |token: &str| Credentials {
+        ca_pem: Some(std::fs::read(secrets_dir.join(init::CA_CERT)).expect("ca")),
+        token: Some(token.to_string()),
+    };
+    let code = |error: WireClientError| match error {
+        WireClientError::Failed(failure) => failure.code,
+        other => format!("{other}"),
+    };
+    let reader = WireClient::connect_with(&address, TIMEOUT, &with(&app_reader))
+        .await
+        .expect("connects");
+    let error = reader
+        .get("other", b"k", synod::wire::Consistency::Linearizable)
+        .await
+        .expect_err("outside its prefix");
+    assert_eq!(code(error), "forbidden");
+    assert!(
+        reader
+            .get("app-data", b"k", synod::wire::Consistency::Linearizable)
+            .await
+            .is_ok()
+    );
+    let writer = WireClient::connect_with(&address, TIMEOUT, &with(&tokens.writer))
+        .await
+        .expect("connects");
+    let error = writer
+        .put("other", b"k", b"evil")
+        .await
+        .expect_err("outside its prefix");
+    assert_eq!(code(error), "forbidden");
+
+    let expiring = WireClient::connect_with(&address, TIMEOUT, &with(&short))
+        .await
+        .expect("connects");
+    expiring
+        .put("other", b"k", b"before-expiry")
+        .await
+        .expect("valid for now");
+    let wait = soon.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    ) + 1;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let error = expiring
+        .put("other", b"k", b"after-expiry")
+        .await
+        .expect_err("expired on the open connection");
+    assert_eq!(code(error), "token_expired");
+    assert_eq!(
+        node.client
+            .get("other", "k", "linearizable")
+            .await
+            .expect("get"),
+        Some("before-expiry".into()),
+        "refusals changed nothing"
+    );
+    node.stop().await.expect("stop");
+}
+
 fn framed(payload: &[u8]) -> Vec<u8> {
     let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(payload);
@@ -465,6 +621,14 @@ async fn a_peer_cannot_join_as_another_node_or_with_another_cas_certificate() {
         !welcomed(port, &secrets_dir, 9, 9, 5).await,
         "a certificate of the CA for an unknown node id is refused"
     );
+    assert!(
+        closed_before_any_frame(port, &secrets_dir, 9, 5).await,
+        "a certificate naming no known peer is refused before any frame is read"
+    );
+    assert!(
+        !closed_before_any_frame(port, &secrets_dir, 2, 5).await,
+        "a known peer's certificate is given the time to send its hello (the control case)"
+    );
     let stranger = dir.path().join("stranger");
     init::init(&stranger, &[2], &[]).expect("another CA");
     assert!(
@@ -480,6 +644,29 @@ async fn a_peer_cannot_join_as_another_node_or_with_another_cas_certificate() {
         "every refusal is counted: {status}"
     );
     node.stop().await.expect("stop");
+}
+
+/// Dials node `acceptor` with the certificate of `cert_id` and sends
+/// nothing: whether the node closes the connection within two seconds
+/// (well inside its 5 s handshake timeout), i.e. without waiting for a
+/// `Hello` frame.
+async fn closed_before_any_frame(port: u16, secrets: &Path, cert_id: u64, acceptor: u64) -> bool {
+    let (cert, key) = init::node_files(secrets, cert_id);
+    let tls = synod::security::NodeTls::load(&secrets.join(init::CA_CERT), &cert, &key)
+        .expect("tls material");
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(synod::security::tls::node_name(acceptor))
+        .expect("name");
+    let Ok(mut stream) = tls.peer_connector().connect(name, tcp).await else {
+        return true;
+    };
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
 }
 
 /// A TCP proxy from `listen` to `target` recording every byte both ways.

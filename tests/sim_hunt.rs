@@ -132,6 +132,7 @@ fn key_mutants_are_each_caught_within_a_small_seed_budget() {
     let mut by_own_oracles = 0;
     for (mutant, profile, nodes, seeds) in cases {
         let oracle = catch(mutant, profile, nodes, seeds);
+        eprintln!("{mutant} ({profile}, {nodes} nodes): caught by {oracle}");
         if oracle != "plugin failure" {
             by_own_oracles += 1;
         }
@@ -153,8 +154,11 @@ fn a_seed_that_already_failed_is_not_held_up_by_the_checker() {
     let report = run_seed(&config, 1);
     let elapsed = started.elapsed();
     assert!(
-        report.violations[0].contains("did not converge"),
-        "{:?}",
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("did not converge")),
+        "a diverged history: {:?}",
         report.violations
     );
     assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");

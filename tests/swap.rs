@@ -195,6 +195,15 @@ async fn standalone_to_epaxos_on_its_node_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn epaxos_to_standalone_under_load_drops_the_other_replicas() {
+    let (cluster, _dir) = cluster(3).await;
+    swap_under_load(&cluster, "epaxos", &[1, 2, 3], "standalone", &[1]).await;
+    for id in [2, 3] {
+        assert_replica_deleted(&cluster, "r", id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn raft_to_standalone_under_load_drops_the_other_replicas() {
     let (cluster, _dir) = cluster(3).await;
     let record = swap_under_load(&cluster, "raft", &[1, 2, 3], "standalone", &[1]).await;
@@ -774,6 +783,18 @@ async fn raft_to_multi_master_under_puts() {
 async fn multi_master_to_standalone_under_puts() {
     let (cluster, _dir) = cluster(3).await;
     weak_swap(&cluster, "multi-master", &[1, 2, 3], "standalone", &[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_master_to_epaxos_under_puts() {
+    let (cluster, _dir) = cluster(3).await;
+    weak_swap(&cluster, "multi-master", &[1, 2, 3], "epaxos", &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn epaxos_to_multi_master_under_puts() {
+    let (cluster, _dir) = cluster(3).await;
+    weak_swap(&cluster, "epaxos", &[1, 2, 3], "multi-master", &[1, 2, 3]).await;
 }
 
 /// Standalone swaps onto its own node; replicas added afterwards start by

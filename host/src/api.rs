@@ -678,10 +678,23 @@ async fn swap_region(
     Ok((status, Json(outcome)).into_response())
 }
 
-async fn list_regions(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+/// The caller's principal, when the node checks tokens.
+type Caller = Option<axum::Extension<crate::security::Principal>>;
+
+/// Whether the caller may see region `name` in a listing: a token limited
+/// to some region prefixes sees only those regions.
+fn may_see(caller: &Caller, name: &str) -> bool {
+    caller.as_ref().is_none_or(|axum::Extension(principal)| {
+        principal.may(&crate::security::Permission::Read(name.to_string()))
+    })
+}
+
+async fn list_regions(State(node): State<Arc<Node>>, caller: Caller) -> Result<Response, ApiError> {
     let mut statuses = Vec::new();
     for region in node.regions().await {
-        statuses.push(region.status().await?);
+        if may_see(&caller, region.name()) {
+            statuses.push(region.status().await?);
+        }
     }
     Ok(Json(json!({ "regions": statuses })).into_response())
 }
@@ -1120,8 +1133,10 @@ async fn transfer_leader(
     }
 }
 
-async fn cluster(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
-    Ok(Json(node.cluster().await?).into_response())
+async fn cluster(State(node): State<Arc<Node>>, caller: Caller) -> Result<Response, ApiError> {
+    let mut view = node.cluster().await?;
+    view.regions.retain(|name, _| may_see(&caller, name));
+    Ok(Json(view).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -1155,7 +1170,7 @@ async fn list_components(State(node): State<Arc<Node>>) -> Response {
 
 async fn publish_component(
     State(node): State<Arc<Node>>,
-    principal: Option<axum::Extension<crate::security::Principal>>,
+    principal: Caller,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     if body.is_empty() {

@@ -63,13 +63,19 @@ pub struct StoreImage {
     snapshot: Option<(SnapshotMeta<NodeId, ControlNode>, Vec<u8>)>,
 }
 
+/// What an undecodable control record most likely means, and what to do.
+const FOREIGN_FORMAT: &str = "the data directory was written by another Synod version whose \
+control-plane format this build does not read (or the file is damaged); start this node \
+on an empty data directory and let it rejoin, or run the version that wrote it";
+
 impl StoreImage {
     /// Folds the WAL's entries as replayed at start.
     pub fn replay(entries: &[Vec<u8>]) -> Result<Self, String> {
         let mut image = StoreImage::default();
         for (i, entry) in entries.iter().enumerate() {
-            let record: StoreRecord = postcard::from_bytes(entry)
-                .map_err(|e| format!("control WAL entry {i} does not decode: {e}"))?;
+            let record: StoreRecord = postcard::from_bytes(entry).map_err(|e| {
+                format!("control WAL entry {i} does not decode ({e}): {FOREIGN_FORMAT}")
+            })?;
             image.fold(record);
         }
         Ok(image)
@@ -240,7 +246,7 @@ pub fn open(
     let mut membership = StoredMembership::default();
     if let Some((meta, data)) = &image.snapshot {
         machine_state = postcard::from_bytes(data)
-            .map_err(|e| format!("the control snapshot does not decode: {e}"))?;
+            .map_err(|e| format!("the control snapshot does not decode ({e}): {FOREIGN_FORMAT}"))?;
         last_applied = meta.last_log_id;
         membership = meta.last_membership.clone();
     }

@@ -66,9 +66,17 @@ pub struct Principal {
     pub name: String,
     pub role: Role,
     regions: Option<Vec<String>>,
+    /// Unix seconds after which the token is refused; a long-lived
+    /// connection (the wire protocol) checks it on every request.
+    expires_at: Option<u64>,
 }
 
 impl Principal {
+    /// Whether the token has expired since it was authenticated.
+    pub fn is_expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| now_seconds() >= at)
+    }
+
     fn covers(&self, region: &str) -> bool {
         self.regions
             .as_ref()
@@ -199,6 +207,7 @@ impl TokenStore {
             name: entry.name.clone(),
             role: entry.role,
             regions: entry.regions.clone(),
+            expires_at: entry.expires_at,
         })
     }
 

@@ -835,6 +835,7 @@ impl World {
         if let Some(runtime) = node.runtime.as_mut() {
             runtime.host.handle_events(vec![event]);
         }
+        self.observe_node(to);
         true
     }
 
@@ -1571,77 +1572,85 @@ impl World {
 
     fn observe(&mut self) {
         for id in 1..=self.config.nodes {
-            let Some(node) = self.nodes.get_mut(&id) else {
-                continue;
-            };
-            if node.paused {
-                continue;
-            }
-            let Some(runtime) = node.runtime.as_mut() else {
-                continue;
-            };
-            let status = runtime.host.status();
-            let Some(mut plugin) = status.plugin else {
-                continue;
-            };
-            self.trace
-                .role(self.time.now(), id, plugin.role, plugin.term, status.epoch);
-            let is_leader = plugin.role == "leader";
-            self.leaderless |= plugin.role == "replica";
-            self.counters_last
-                .insert(id, std::mem::take(&mut plugin.counters));
-            if status.epoch == 1 {
-                self.max_term = self.max_term.max(plugin.term);
-            }
-            // Terms start over in every epoch (a swap starts a new protocol).
-            let term = (status.epoch, plugin.term);
-            if is_leader && self.strong && self.config.nodes > 1 {
-                match self.term_leaders.get(&term) {
-                    Some(&first) if first != id => {
-                        let previous_is_first =
-                            self.last_leader.is_some_and(|(last_term, leader)| {
-                                last_term == term && leader == first
-                            });
-                        // Consecutive leaders are reported below already.
-                        if !previous_is_first {
-                            self.violation(format!(
-                                "two leaders in term {} of epoch {}: nodes {first} and {id}",
-                                term.1, term.0
-                            ));
-                        }
+            self.observe_node(id);
+        }
+    }
+
+    /// Reads node `id`'s status: its role and term for the one-leader
+    /// oracle, its counters. Called periodically for every node and right
+    /// after a node handles peer messages (where it may have won an
+    /// election), so a leader that lasts less than the sampling period is
+    /// still seen. Reading status changes nothing, so the run is the same.
+    fn observe_node(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.paused {
+            return;
+        }
+        let Some(runtime) = node.runtime.as_mut() else {
+            return;
+        };
+        let status = runtime.host.status();
+        let Some(mut plugin) = status.plugin else {
+            return;
+        };
+        self.trace
+            .role(self.time.now(), id, plugin.role, plugin.term, status.epoch);
+        let is_leader = plugin.role == "leader";
+        self.leaderless |= plugin.role == "replica";
+        self.counters_last
+            .insert(id, std::mem::take(&mut plugin.counters));
+        if status.epoch == 1 {
+            self.max_term = self.max_term.max(plugin.term);
+        }
+        // Terms start over in every epoch (a swap starts a new protocol).
+        let term = (status.epoch, plugin.term);
+        if is_leader && self.strong && self.config.nodes > 1 {
+            match self.term_leaders.get(&term) {
+                Some(&first) if first != id => {
+                    let previous_is_first = self
+                        .last_leader
+                        .is_some_and(|(last_term, leader)| last_term == term && leader == first);
+                    // Consecutive leaders are reported below already.
+                    if !previous_is_first {
+                        self.violation(format!(
+                            "two leaders in term {} of epoch {}: nodes {first} and {id}",
+                            term.1, term.0
+                        ));
                     }
-                    Some(_) => {}
-                    None => {
-                        self.term_leaders.insert(term, id);
-                    }
+                }
+                Some(_) => {}
+                None => {
+                    self.term_leaders.insert(term, id);
                 }
             }
-            let previous = self.leaders.insert(id, (term, is_leader));
-            if is_leader && previous != Some((term, true)) {
-                if let Some((last_term, leader)) = self.last_leader
-                    && self.strong
-                    && last_term == term
-                    && leader != id
-                    && self.config.nodes > 1
-                {
-                    self.violation(format!(
-                        "two leaders in term {} of epoch {}: nodes {leader} and {id}",
-                        term.1, term.0
-                    ));
-                }
-                if self
-                    .last_leader
-                    .is_none_or(|(last_term, leader)| last_term != term || leader != id)
-                {
-                    self.leader_changes += 1;
-                    self.last_leader = Some((term, id));
-                    let what = if term.0 == 1 {
-                        format!("leader (term {})", term.1)
-                    } else {
-                        format!("leader (term {}, epoch {})", term.1, term.0)
-                    };
-                    self.trace.record(self.now(), id, what);
-                }
+        }
+        let previous = self.leaders.insert(id, (term, is_leader));
+        if is_leader && previous != Some((term, true)) {
+            if let Some((last_term, leader)) = self.last_leader
+                && self.strong
+                && last_term == term
+                && leader != id
+                && self.config.nodes > 1
+            {
+                self.violation(format!(
+                    "two leaders in term {} of epoch {}: nodes {leader} and {id}",
+                    term.1, term.0
+                ));
+            }
+            if self
+                .last_leader
+                .is_none_or(|(last_term, leader)| last_term != term || leader != id)
+            {
+                self.leader_changes += 1;
+                self.last_leader = Some((term, id));
+                let what = if term.0 == 1 {
+                    format!("leader (term {})", term.1)
+                } else {
+                    format!("leader (term {}, epoch {})", term.1, term.0)
+                };
+                self.trace.record(self.now(), id, what);
             }
         }
     }

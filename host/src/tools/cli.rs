@@ -229,6 +229,7 @@ enum RegionCommand {
         #[arg(long, value_delimiter = ',')]
         replicas: Option<Vec<u64>>,
         /// Proceed without every replica of an eventually consistent region.
+        /// Risk: writes only an unreachable replica holds are lost.
         #[arg(long)]
         force: bool,
         /// How long to wait for the outcome.

@@ -538,7 +538,9 @@ impl LocalCluster {
     pub async fn digests(&self, region: &str) -> BTreeMap<NodeId, String> {
         let mut digests = BTreeMap::new();
         for node in self.nodes.values().filter(|n| n.is_running()) {
-            let own = ApiClient::without_redirects(&format!("http://{}", node.api));
+            let Ok(own) = node.client.sibling_without_redirects(&node.api) else {
+                continue;
+            };
             if let Ok(status) = own.region_status(region).await
                 && let Some(digest) = status["state_machine"]["digest"].as_str()
             {

@@ -296,11 +296,17 @@ async fn cluster_demo(args: DemoArgs) -> Result<()> {
     let mut cluster = LocalCluster::start(&binary, &dir, args.nodes).await?;
     for node in cluster.nodes.values() {
         println!(
-            "  node {} pid {:>7}  api http://{}  peer {}",
+            "  node {} pid {:>7}  api {}  peer {}",
             node.id,
             node.pid().unwrap_or(0),
-            node.api,
+            cluster.url(node.id)?,
             node.peer
+        );
+    }
+    if let Some(secrets) = cluster.secrets() {
+        println!(
+            "  TLS and tokens on; client profile {}",
+            secrets.profile.display()
         );
     }
     let entry = cluster.client(1)?;

@@ -116,7 +116,7 @@ pub async fn run_with(binary: &Path, args: DevArgs) -> Result<DevVerdict> {
     println!("  data and node logs in {}", dir.display());
     let mut cluster = LocalCluster::start(binary, &dir, args.nodes).await?;
     for node in cluster.nodes.values() {
-        println!("  node {} api http://{}", node.id, node.api);
+        println!("  node {} api {}", node.id, cluster.url(node.id)?);
     }
     // A published component is a cluster object: every node hosting a
     // replica fetches the bytes from a peer by digest.
@@ -224,9 +224,13 @@ pub async fn run_with(binary: &Path, args: DevArgs) -> Result<DevVerdict> {
     println!("  {} operations checked: {consistency}", operations.len());
     let passed = converged && consistent && report.completed() > 0;
     if args.keep_running && passed {
+        let profile = cluster
+            .secrets()
+            .map(|s| format!("--profile {} ", s.profile.display()))
+            .unwrap_or_default();
         println!(
-            "  the cluster keeps running; try: synod --node http://{} get {REGION} KEY  (Ctrl-C stops it)",
-            cluster.node(1)?.api
+            "  the cluster keeps running; try: synod {profile}--node {} get {REGION} KEY  (Ctrl-C stops it)",
+            cluster.url(1)?
         );
         let _ = tokio::signal::ctrl_c().await;
     }

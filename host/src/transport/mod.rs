@@ -229,6 +229,8 @@ enum HandshakeError {
     UnknownPeer(NodeId),
     #[error("connected to node {found}, expected node {expected}")]
     WrongPeer { expected: NodeId, found: NodeId },
+    #[error("the peer's certificate names no known peer of this node")]
+    CertificateNamesNoPeer,
 }
 
 async fn next_frame(connection: &mut Connection) -> Result<Frame, HandshakeError> {
@@ -456,9 +458,10 @@ impl Transport {
     }
 
     /// The acceptor's side: TLS first (the dialer's certificate must
-    /// chain to the CA), then the dialer's `Hello`, whose id must be named
-    /// by that certificate, be a known peer and not this node. Only then
-    /// does this node answer.
+    /// chain to the CA and name a known peer other than this node, checked
+    /// before any frame is read), then the dialer's `Hello`, whose id must
+    /// be named by that certificate, be a known peer and not this node.
+    /// Only then does this node answer.
     async fn accept_handshake(
         &self,
         stream: TcpStream,
@@ -477,6 +480,13 @@ impl Transport {
                     .and_then(|chain| chain.first())
                     .cloned()
                     .ok_or(HandshakeError::NoCertificate)?;
+                let names_a_peer = lock(&self.peers).keys().any(|id| {
+                    *id != self.node_id
+                        && crate::security::tls::certificate_names_node(&certificate, *id)
+                });
+                if !names_a_peer {
+                    return Err(HandshakeError::CertificateNamesNoPeer);
+                }
                 (Box::new(stream), Some(certificate))
             }
             None => (Box::new(stream), None),

@@ -62,7 +62,7 @@ type Answer = oneshot::Sender<Result<KvOutcome, WireClientError>>;
 struct Shared {
     pending: Mutex<HashMap<u64, Answer>>,
     /// Set once the connection has ended, with why; read under `pending`.
-    closed: Mutex<Option<String>>,
+    closed: Mutex<Option<Closed>>,
     /// Encoded requests waiting for the writer.
     outbox: Mutex<Vec<u8>>,
     wake_writer: Notify,
@@ -73,6 +73,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a connection ended, and the node's refusal if it refused it (a
+/// later call gets that refusal too: it proves the call never ran).
+#[derive(Clone)]
+struct Closed {
+    why: String,
+    failure: Option<Failure>,
+}
+
+impl Closed {
+    fn error(&self) -> WireClientError {
+        match &self.failure {
+            Some(failure) => WireClientError::Failed(failure.clone()),
+            None => WireClientError::ConnectionLost(self.why.clone()),
+        }
+    }
 }
 
 impl Shared {
@@ -86,13 +103,11 @@ impl Shared {
     /// proves their requests never ran.
     fn close_with(&self, why: String, failure: Option<Failure>) {
         let mut pending = lock(&self.pending);
-        lock(&self.closed).get_or_insert(why.clone());
+        let closed = lock(&self.closed)
+            .get_or_insert(Closed { why, failure })
+            .clone();
         for (_, answer) in pending.drain() {
-            let error = match &failure {
-                Some(failure) => WireClientError::Failed(failure.clone()),
-                None => WireClientError::ConnectionLost(why.clone()),
-            };
-            let _ = answer.send(Err(error));
+            let _ = answer.send(Err(closed.error()));
         }
     }
 }
@@ -146,6 +161,7 @@ impl Connection {
         };
         let opening = super::opening(credentials.token.as_deref());
         stream.write_all(&opening).await.map_err(failed)?;
+        stream.flush().await.map_err(failed)?;
         let (read, write) = tokio::io::split(stream);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
@@ -179,8 +195,8 @@ impl Connection {
         let (answer, answered) = oneshot::channel();
         {
             let mut pending = lock(&shared.pending);
-            if let Some(why) = lock(&shared.closed).clone() {
-                return Err(WireClientError::ConnectionLost(why));
+            if let Some(closed) = lock(&shared.closed).as_ref() {
+                return Err(closed.error());
             }
             pending.insert(id, answer);
         }
@@ -340,7 +356,13 @@ async fn write_requests(mut write: WriteHalf<ApiStream>, shared: Arc<Shared>) {
         if sending.is_empty() {
             continue;
         }
-        if let Err(error) = write.write_all(&sending).await {
+        // Flushed too: over TLS a write may leave records buffered in the
+        // session when the socket is full, until a flush pushes them.
+        let written = match write.write_all(&sending).await {
+            Ok(()) => write.flush().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
             shared.close(format!("write failed: {error}"));
             return;
         }

@@ -285,7 +285,8 @@ pub async fn serve_connection(node: Arc<Node>, stream: ApiStream, peer: SocketAd
                 },
                 &mut buffer,
             );
-            let _ = tokio::time::timeout(limits.wire_frame_timeout, write.write_all(&buffer)).await;
+            let _ = tokio::time::timeout(limits.wire_frame_timeout, write_out(&mut write, &buffer))
+                .await;
             let _ = write.shutdown().await;
             return;
         }
@@ -377,7 +378,9 @@ pub async fn serve_connection(node: Arc<Node>, stream: ApiStream, peer: SocketAd
         if !buffer.is_empty() {
             // A client that stops reading its answers is not waited for
             // longer than it may take to send a frame.
-            match tokio::time::timeout(limits.wire_frame_timeout, write.write_all(&buffer)).await {
+            match tokio::time::timeout(limits.wire_frame_timeout, write_out(&mut write, &buffer))
+                .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::debug!(%error, "a client connection closed while answering");
@@ -507,35 +510,10 @@ async fn answer(
     request: Request,
     bytes: usize,
 ) -> (Response, usize) {
-    let permission = match &request.op {
-        Op::Write(_) => Permission::Write(request.region.clone()),
-        Op::Read { .. } => Permission::Read(request.region.clone()),
+    let result = match principal.as_deref().and_then(|p| refusal(p, &request)) {
+        Some(failure) => Err(failure),
+        None => execute(&node, &request.region, request.op).await,
     };
-    if let Some(principal) = &principal
-        && !principal.may(&permission)
-    {
-        let failure = Failure::new(
-            "forbidden",
-            format!(
-                "the token {:?} may not {} region {}",
-                principal.name,
-                if matches!(permission, Permission::Write(_)) {
-                    "write"
-                } else {
-                    "read"
-                },
-                request.region
-            ),
-        );
-        return (
-            Response {
-                id: request.id,
-                result: Err(failure),
-            },
-            bytes,
-        );
-    }
-    let result = execute(&node, &request.region, request.op).await;
     (
         Response {
             id: request.id,
@@ -543,6 +521,34 @@ async fn answer(
         },
         bytes,
     )
+}
+
+/// Why `principal` may not run `request`, if it may not: its token expired
+/// after the connection authenticated, or its role or regions do not cover
+/// the request.
+fn refusal(principal: &Principal, request: &Request) -> Option<Failure> {
+    if principal.is_expired() {
+        return Some(Failure::new(
+            "token_expired",
+            format!(
+                "the token {:?} expired after this connection authenticated; reconnect with a valid token",
+                principal.name
+            ),
+        ));
+    }
+    let (permission, verb) = match &request.op {
+        Op::Write(_) => (Permission::Write(request.region.clone()), "write"),
+        Op::Read { .. } => (Permission::Read(request.region.clone()), "read"),
+    };
+    (!principal.may(&permission)).then(|| {
+        Failure::new(
+            "forbidden",
+            format!(
+                "the token {:?} may not {verb} region {}",
+                principal.name, request.region
+            ),
+        )
+    })
 }
 
 fn push(response: &Response, buffer: &mut Vec<u8>) {
@@ -631,4 +637,12 @@ fn client_failure(node: &Node, error: ClientError) -> Failure {
 
 fn failure_of(error: ApiError) -> Failure {
     Failure::new(error.code, error.message)
+}
+
+/// Writes `bytes` and flushes them: over TLS a write can leave encrypted
+/// records buffered in the session when the socket is full, and only a
+/// flush is sure to push them out (without it answers stall under load).
+async fn write_out<W: AsyncWrite + Unpin>(write: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    write.write_all(bytes).await?;
+    write.flush().await
 }
