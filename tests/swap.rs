@@ -27,8 +27,9 @@ async fn create(cluster: &LocalCluster, region: &str, protocol: &str, replicas: 
         .create_region_on(region, protocol, &[], Some(replicas))
         .await
         .expect("create region");
-    if protocol == "multi-master" || protocol == "epaxos" {
-        // Leaderless: wait until every replica runs.
+    if protocol != "standalone" {
+        // Every replica runs (a node that does not host it yet cannot
+        // answer or redirect a client).
         for id in replicas {
             let client = cluster.client(*id).expect("client");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -44,7 +45,8 @@ async fn create(cluster: &LocalCluster, region: &str, protocol: &str, replicas: 
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    } else if protocol != "standalone" {
+    }
+    if protocol != "standalone" && protocol != "multi-master" && protocol != "epaxos" {
         cluster
             .wait_for_leader(region, Duration::from_secs(20))
             .await
@@ -657,6 +659,9 @@ async fn put_everywhere(
                 let key = format!("k{}", (i + id as usize) % 8);
                 let value = format!("{tag}-n{id}-{i}");
                 let answer = client.put_stamped(&region, &key, &value).await;
+                if let Err(error) = &answer {
+                    eprintln!("put {key}={value} through node {id}: {error}");
+                }
                 let acked = answer.is_ok();
                 puts.push((key, value, answer.ok().flatten(), acked));
             }

@@ -165,10 +165,6 @@ enum Seal {
     Sealed {
         position: u64,
         ticket: u64,
-        /// The state's digest and applied position when it sealed, computed
-        /// while the WAL syncs the seal rather than after.
-        digest: [u8; 32],
-        digest_at: u64,
     },
 }
 
@@ -314,11 +310,15 @@ impl ReplicaHost {
     /// wait for it. Equivalent to a crash between the two steps of a switch
     /// (the old epoch restarts from it). Returns the position saved.
     pub fn save_boundary(&mut self) -> Result<u64, ClientError> {
+        let position = self.replica.core().state().applied_position();
+        // Saved already (a step retried), and the state has not moved since.
+        if self.epoch.boundary_saved == Some(position) {
+            return Ok(position);
+        }
         // A periodic save still in flight must not land over the boundary.
         self.join_snapshot_save();
         let started = std::time::Instant::now();
         let state = self.replica.core().state();
-        let position = state.applied_position();
         // Streamed from the live state: the swap's stall would otherwise
         // grow with the copies of a large state (page faults, not I/O,
         // dominated: 33-46 ms to build a 2.5 MB image under load).
@@ -483,14 +483,13 @@ impl ReplicaHost {
                 // far (its seal marker included) is durable.
                 self.submit_round_records();
                 tracing::info!(region = %self.name, epoch = self.spec.epoch, position, "protocol sealed");
-                // The state no longer changes: its digest is computed now,
-                // while the commit thread syncs the seal.
-                let state = self.replica.core().state();
+                // The state's digest is taken when the report is due, not
+                // now: on a leader, computing it here would hold back the
+                // seal's messages to the followers (they leave when this
+                // round's records are durable and the driver is free).
                 self.epoch.seal = Seal::Sealed {
                     position,
                     ticket: self.last_ticket,
-                    digest: state.digest(),
-                    digest_at: state.applied_position(),
                 };
             }
             Delivery::Done(_, effects) => self.stage(effects),
@@ -502,13 +501,7 @@ impl ReplicaHost {
 
     /// The seal report, once the plugin sealed and its writes are durable.
     pub fn seal_report(&self) -> Option<Result<SealReport, ClientError>> {
-        let Seal::Sealed {
-            position,
-            ticket,
-            digest,
-            digest_at,
-        } = self.epoch.seal
-        else {
+        let Seal::Sealed { position, ticket } = self.epoch.seal else {
             return None;
         };
         if ticket > self.context.commit.durable_ticket() {
@@ -521,17 +514,10 @@ impl ReplicaHost {
                 state.applied_position()
             ))));
         }
-        // The state changed since the seal only if something replaced it
-        // (a shipped snapshot): then the digest is taken again.
-        let digest = if state.applied_position() == digest_at {
-            digest
-        } else {
-            state.digest()
-        };
         Some(Ok(SealReport {
             epoch: self.spec.epoch,
             position,
-            digest: digest.to_vec(),
+            digest: state.digest().to_vec(),
         }))
     }
 

@@ -52,10 +52,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), InitError> {
         .mode(0o600)
         .open(path)
         .map_err(io(path))?;
-    file.write_all(bytes).map_err(io(path))?;
-    // An existing file keeps its old mode through open(2): set it.
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(io(path))
+    // An existing file keeps its old mode through open(2): tighten it
+    // before the secret is written into it.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io(path))?;
+    file.write_all(bytes).map_err(io(path))
 }
 
 /// A node's certificate and key paths in a cluster directory.
