@@ -154,7 +154,13 @@ async fn every_route_refuses_missing_wrong_role_and_expired_tokens_and_changes_n
             false,
         ),
     ];
-    let reads = ["/v1/status", "/v1/regions", "/v1/regions/app-data/kv/k"];
+    let reads = [
+        "/v1/status",
+        "/metrics",
+        "/v1/metrics",
+        "/v1/regions",
+        "/v1/regions/app-data/kv/k",
+    ];
     let send = |method: &str, path: &str, body: Vec<u8>, token: Option<&str>| {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = http
