@@ -254,8 +254,11 @@ where
 {
     let mut metric = encoder.encode_descriptor(name, help, unit, kind)?;
     for (labels, value) in samples {
-        let mut sample = metric.encode_family(&labels)?;
-        value.encode(&mut sample, kind)?;
+        if labels.is_empty() {
+            value.encode(&mut metric, kind)?;
+        } else {
+            value.encode(&mut metric.encode_family(&labels)?, kind)?;
+        }
     }
     Ok(())
 }
@@ -845,6 +848,7 @@ mod tests {
 
     fn parse(text: &str) -> Vec<Line> {
         assert!(text.ends_with("# EOF\n"), "no EOF marker");
+        assert!(!text.contains("{}"), "empty label sets");
         text.lines()
             .filter(|line| !line.starts_with('#'))
             .map(|line| parse_line(line).unwrap_or_else(|why| panic!("{why}")))
