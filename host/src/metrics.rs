@@ -886,6 +886,37 @@ mod tests {
         );
     }
 
+    /// What the instruments add to one request: `Instant::now`, the
+    /// elapsed time, and three relaxed additions. Run with `--ignored
+    /// --nocapture` to print the cost per request, alone and with two
+    /// threads recording into the same region at once.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cost_per_request() {
+        const N: u32 = 2_000_000;
+        let metrics = std::sync::Arc::new(RegionMetrics::default());
+        let run = |metrics: &RegionMetrics| {
+            for _ in 0..N {
+                let started = Instant::now();
+                metrics.writes.record(std::hint::black_box(true), started);
+            }
+        };
+        let started = Instant::now();
+        run(&metrics);
+        let alone = started.elapsed().as_nanos() as f64 / f64::from(N);
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| run(&metrics));
+            }
+        });
+        let shared = started.elapsed().as_nanos() as f64 / f64::from(N);
+        println!(
+            "instruments per write: {alone:.1} ns alone, {shared:.1} ns per write with 2 threads (wall / N per thread)"
+        );
+        assert_eq!(metrics.writes.snapshot().latency.count(), u64::from(N) * 3);
+    }
+
     /// A real node with one region: the rendered text parses line by
     /// line, and the region's request counters and histogram count what
     /// was done.
