@@ -487,3 +487,100 @@ async fn a_client_that_does_not_read_its_responses_is_closed() {
     drop(stream);
     node.stop().await.expect("stop");
 }
+
+/// The value of the sample `name{labels}` (labels in the order rendered)
+/// in a Prometheus text exposition, 0 when absent.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            (series == name_and_labels).then(|| value.parse().expect("a number"))
+        })
+        .unwrap_or(0.0)
+}
+
+/// `GET /metrics` and `GET /v1/metrics`: after some puts and gets the
+/// region's counters moved by exactly that much, and so did its latency
+/// histogram's count; the WAL counted fsyncs.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_a_regions_puts_and_gets() {
+    let (node, _dir) = node().await;
+    let client = &node.client;
+    client
+        .create_region("counted", "standalone", &[])
+        .await
+        .expect("create");
+    let http = reqwest::Client::new();
+    let scrape = |path: &'static str| {
+        let http = http.clone();
+        let url = format!("{}{path}", client.base());
+        async move {
+            let response = http.get(url).send().await.expect("scrape");
+            assert_eq!(response.status().as_u16(), 200);
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                content_type.starts_with("application/openmetrics-text"),
+                "{content_type}"
+            );
+            response.text().await.expect("text")
+        }
+    };
+    let before = scrape("/metrics").await;
+    for i in 0..5 {
+        client
+            .put("counted", &format!("k{i}"), "v")
+            .await
+            .expect("put");
+    }
+    for key in ["k0", "k1", "missing"] {
+        client
+            .get("counted", key, "linearizable")
+            .await
+            .expect("get");
+    }
+    let after = scrape("/v1/metrics").await;
+    let delta = |series: &str| sample(&after, series) - sample(&before, series);
+    assert_eq!(
+        delta(r#"synod_region_writes_total{region="counted",result="ok"}"#),
+        5.0,
+        "{after}"
+    );
+    assert_eq!(
+        delta(r#"synod_region_writes_total{region="counted",result="error"}"#),
+        0.0
+    );
+    assert_eq!(
+        delta(r#"synod_region_reads_total{region="counted",result="ok"}"#),
+        3.0
+    );
+    assert_eq!(
+        delta(r#"synod_region_write_latency_seconds_count{region="counted"}"#),
+        5.0
+    );
+    assert_eq!(
+        delta(r#"synod_region_write_latency_seconds_bucket{le="+Inf",region="counted"}"#),
+        5.0
+    );
+    assert_eq!(
+        delta(r#"synod_region_read_latency_seconds_count{region="counted"}"#),
+        3.0
+    );
+    assert!(delta(r#"synod_region_write_latency_seconds_sum{region="counted"}"#) > 0.0);
+    assert!(delta("synod_wal_fsyncs_total") >= 1.0);
+    assert!(delta("synod_wal_written_bytes_total") > 0.0);
+    assert!(delta(r#"synod_plugin_calls_total{region="counted"}"#) >= 1.0);
+    assert!(delta(r#"synod_plugin_fuel_total{region="counted"}"#) > 0.0);
+    assert_eq!(sample(&after, r#"synod_region_up{region="counted"}"#), 1.0);
+    assert_eq!(
+        sample(&after, r#"synod_region_quota_kv_keys{region="counted"}"#),
+        0.0
+    );
+    assert!(sample(&after, r#"synod_region_quota_log_bytes{region="counted"}"#) > 0.0);
+    node.stop().await.expect("stop");
+}

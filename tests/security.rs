@@ -156,6 +156,8 @@ async fn every_route_refuses_missing_wrong_role_and_expired_tokens_and_changes_n
     ];
     let reads = [
         "/v1/status",
+        "/metrics",
+        "/v1/metrics",
         "/v1/cluster",
         "/v1/components",
         "/v1/regions",
@@ -469,6 +471,16 @@ async fn region_limited_tokens_and_tokens_that_expire_mid_connection() {
         .keys()
         .collect();
     assert_eq!(names, ["app-data"], "{cluster}");
+    let scraped = get("/metrics")
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        scraped.contains("region=\"app-data\"") && !scraped.contains("region=\"other\""),
+        "metrics show only the token's regions: {scraped}"
+    );
     for path in [
         "/v1/regions/other",
         "/v1/regions/other/record",

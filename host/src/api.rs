@@ -329,6 +329,8 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/status", get(node_status))
+        .route("/v1/metrics", get(metrics))
+        .route("/metrics", get(metrics))
         .route(
             "/v1/regions",
             get(list_regions)
@@ -512,6 +514,30 @@ async fn not_found() -> ApiError {
 
 async fn node_status(State(node): State<Arc<Node>>) -> Response {
     Json(node.status().await).into_response()
+}
+
+/// The Prometheus exposition of the node and the regions the caller may
+/// see (a token limited to some region prefixes gets only those series).
+async fn metrics(State(node): State<Arc<Node>>, caller: Caller) -> Result<Response, ApiError> {
+    let mut scrape = crate::metrics::scrape(&node).await;
+    scrape
+        .regions
+        .retain(|region| may_see(&caller, &region.name));
+    let text = crate::metrics::render(scrape).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the metrics could not be rendered",
+        )
+    })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

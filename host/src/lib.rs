@@ -17,6 +17,7 @@
 //! - [`node`]: start-up, recovery, components, replicas, admin commands;
 //! - [`api`] and [`client`]: HTTP/JSON API and its client; [`wire`]: the
 //!   binary client protocol on the same port;
+//! - [`metrics`]: the Prometheus endpoint's instruments and rendering;
 //! - [`tools`]: built on the runtime, not part of it: the `synod` command
 //!   line, the demo, benchmarks, the local cluster launcher, workloads.
 
@@ -29,6 +30,7 @@ pub mod control;
 pub mod engine;
 pub mod failpoint;
 pub mod journal;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod plugin;

@@ -77,6 +77,12 @@ pub enum PluginFailure {
 /// duration of one export call.
 pub trait PluginInstance: Send {
     fn call(&mut self, core: &mut RegionCore, call: Call) -> Result<CallResult, PluginFailure>;
+
+    /// Wasm fuel consumed since the last time this was asked (0 for
+    /// instances that do not meter fuel).
+    fn take_fuel_used(&mut self) -> u64 {
+        0
+    }
 }
 
 /// How to (re)build a region's plugin instance.

@@ -317,6 +317,7 @@ impl PluginEngine {
             plugin: None,
             limits: self.limits.clone(),
             uses_wasi: component.uses_wasi,
+            fuel_used: 0,
         };
         instance
             .arm()
@@ -460,6 +461,8 @@ pub struct WasmInstance {
     plugin: Option<Plugin>,
     limits: SandboxLimits,
     uses_wasi: bool,
+    /// Fuel consumed by calls since [`PluginInstance::take_fuel_used`].
+    fuel_used: u64,
 }
 
 impl WasmInstance {
@@ -555,11 +558,18 @@ impl PluginInstance for WasmInstance {
                 .map(|s| CallResult::Status(convert::status_from_wit(s))),
         });
         std::mem::swap(core, &mut self.store.data_mut().core);
+        if let Ok(left) = self.store.get_fuel() {
+            self.fuel_used += self.limits.fuel_per_call.saturating_sub(left);
+        }
         match result {
             Ok(result) => Ok(result),
             // A panic message, if any, was logged into the real core.
             Err(error) => Err(self.classify(error, core.take_last_panic())),
         }
+    }
+
+    fn take_fuel_used(&mut self) -> u64 {
+        std::mem::take(&mut self.fuel_used)
     }
 }
 

@@ -78,6 +78,7 @@ pub struct CpuAccount {
     /// When the region last did something heavy (bucket empty or a heavy call).
     heavy_at: Option<Instant>,
     total: Duration,
+    calls: u64,
     background_calls: u64,
 }
 
@@ -90,6 +91,7 @@ impl CpuAccount {
             lane: Lane::Inline,
             heavy_at: None,
             total: Duration::ZERO,
+            calls: 0,
             background_calls: 0,
         }
     }
@@ -107,6 +109,7 @@ impl CpuAccount {
 
     fn charge_at(&mut self, used: Duration, lane_used: Lane, now: Instant) {
         self.total += used;
+        self.calls += 1;
         if lane_used == Lane::Background {
             self.background_calls += 1;
         }
@@ -136,6 +139,11 @@ impl CpuAccount {
     /// CPU used by every call so far.
     pub fn total(&self) -> Duration {
         self.total
+    }
+
+    /// Calls charged so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
     }
 
     pub fn background_calls(&self) -> u64 {

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::journal::JournalRecord;
+use crate::metrics::RegionMetrics;
 use crate::network::Network;
 use crate::plugin::{Call, CallResult, PluginFailure};
 use crate::region::core::{Effects, Output, PinnedImage, QuotaUsage, Reply, TimerChange};
@@ -173,7 +174,13 @@ pub struct CpuStatus {
     pub lane: &'static str,
     /// CPU time used by plugin calls since the replica was created.
     pub used_ms: u64,
+    /// The same, in microseconds.
+    pub used_us: u64,
+    /// Plugin calls since the replica was created.
+    pub calls: u64,
     pub background_calls: u64,
+    /// Wasm fuel the calls consumed (0 for a native plugin).
+    pub fuel: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -250,6 +257,8 @@ pub struct RegionHandle {
     pub(super) sender: mpsc::Sender<RegionEvent>,
     /// Bytes of peer messages in the inbox (see [`INBOX_MESSAGE_BYTES_MAX`]).
     inbox_message_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests through this replica's handles, for `/metrics`.
+    metrics: Arc<RegionMetrics>,
 }
 
 impl RegionHandle {
@@ -287,32 +296,45 @@ impl RegionHandle {
 
     /// Orders and applies a write; answers after it is durable.
     pub async fn write(&self, command: &KvCommand, timeout: Duration) -> ClientReply {
+        let started = std::time::Instant::now();
         let keys = vec![conflict_key(command.key())];
         let command = command.encode();
-        self.ask(
-            |reply| RegionEvent::Write {
-                command,
-                keys,
-                reply,
+        let reply = self
+            .ask(
+                |reply| RegionEvent::Write {
+                    command,
+                    keys,
+                    reply,
+                    timeout,
+                },
                 timeout,
-            },
-            timeout,
-        )
-        .await
+            )
+            .await;
+        self.metrics.writes.record(reply.is_ok(), started);
+        reply
     }
 
     pub async fn read(&self, query: &KvQuery, level: ReadLevel, timeout: Duration) -> ClientReply {
+        let started = std::time::Instant::now();
         let query = query.encode();
-        self.ask(
-            |reply| RegionEvent::Read {
-                query,
-                level,
-                reply,
+        let reply = self
+            .ask(
+                |reply| RegionEvent::Read {
+                    query,
+                    level,
+                    reply,
+                    timeout,
+                },
                 timeout,
-            },
-            timeout,
-        )
-        .await
+            )
+            .await;
+        self.metrics.reads.record(reply.is_ok(), started);
+        reply
+    }
+
+    /// The request counters and latency histograms of this replica.
+    pub fn metrics(&self) -> &RegionMetrics {
+        &self.metrics
     }
 
     pub async fn status(&self) -> Result<RegionStatus, ClientError> {
@@ -499,6 +521,8 @@ pub struct ReplicaHost {
     stopped: Option<oneshot::Sender<()>>,
     /// Every released reply, when observed (the simulator's invariants).
     tap: Option<Vec<(RequestId, Reply)>>,
+    /// Shared with the handles: what `/metrics` shows of this replica.
+    pub(super) metrics: Arc<RegionMetrics>,
 }
 
 /// A region driver on tokio: an inbox, a durability watch and timers
@@ -529,6 +553,7 @@ impl RegionDriver {
         let save_done = Arc::new(tokio::sync::Notify::new());
         host.use_background_saves(save_done.clone());
         let shared_spec = host.shared_spec.clone();
+        let metrics = host.metrics.clone();
         let name: Arc<str> = Arc::from(host.name.as_str());
         let inbox_message_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut driver = RegionDriver {
@@ -548,6 +573,7 @@ impl RegionDriver {
             name,
             sender,
             inbox_message_bytes,
+            metrics,
         }
     }
 
@@ -667,6 +693,7 @@ impl ReplicaHost {
             save_wake: None,
             stopped: None,
             tap: None,
+            metrics: Arc::default(),
         }
     }
 
@@ -1330,6 +1357,7 @@ impl ReplicaHost {
                 }
             }
             Output::Send { to, messages } | Output::SendEager { to, messages } => {
+                self.metrics.sent(messages.data.len());
                 self.context.network.send(
                     &self.name,
                     self.spec.epoch,
@@ -1343,14 +1371,17 @@ impl ReplicaHost {
                 metadata,
                 image,
             } => match image {
-                PinnedImage::Pinned(image) => self.context.network.send_snapshot(
-                    &self.name,
-                    self.spec.epoch,
-                    self.context.node_id,
-                    to,
-                    metadata,
-                    Arc::unwrap_or_clone(image),
-                ),
+                PinnedImage::Pinned(image) => {
+                    self.metrics.sent(metadata.len() + image.len());
+                    self.context.network.send_snapshot(
+                        &self.name,
+                        self.spec.epoch,
+                        self.context.node_id,
+                        to,
+                        metadata,
+                        Arc::unwrap_or_clone(image),
+                    )
+                }
                 PinnedImage::LatestSaved => {
                     tracing::error!(region = %self.name, to, "a snapshot shipment was never pinned; dropped")
                 }
@@ -1479,7 +1510,10 @@ impl ReplicaHost {
             cpu: CpuStatus {
                 lane: self.replica.running_lane().name(),
                 used_ms: u64::try_from(self.replica.cpu().total().as_millis()).unwrap_or(u64::MAX),
+                used_us: u64::try_from(self.replica.cpu().total().as_micros()).unwrap_or(u64::MAX),
+                calls: self.replica.cpu().calls(),
                 background_calls: self.replica.cpu().background_calls(),
+                fuel: self.replica.fuel_used(),
             },
             hibernation: self.replica.hibernation().status(),
         }

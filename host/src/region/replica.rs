@@ -103,6 +103,8 @@ pub struct RegionReplica {
     /// says otherwise).
     running_lane: Lane,
     hibernation: Hibernation,
+    /// Wasm fuel every instance of this replica consumed.
+    fuel_used: u64,
 }
 
 impl RegionReplica {
@@ -132,6 +134,7 @@ impl RegionReplica {
             cpu: CpuAccount::new(CpuPolicy::default()),
             running_lane: Lane::Inline,
             hibernation: Hibernation::default(),
+            fuel_used: 0,
         }
     }
 
@@ -177,6 +180,7 @@ impl RegionReplica {
         let core = &mut self.core;
         let (result, used) = measure(|| instance.call(core, Call::Init(config)));
         self.cpu.charge(used, self.running_lane);
+        self.fuel_used += instance.take_fuel_used();
         result?;
         if let Some(why) = self.core.take_violation() {
             return Err(PluginFailure::Contract(why));
@@ -204,6 +208,11 @@ impl RegionReplica {
     /// The replica's CPU account: its lane and the CPU its calls used.
     pub fn cpu(&self) -> &CpuAccount {
         &self.cpu
+    }
+
+    /// Wasm fuel this replica's calls consumed.
+    pub fn fuel_used(&self) -> u64 {
+        self.fuel_used
     }
 
     pub fn core(&self) -> &RegionCore {
@@ -296,6 +305,7 @@ impl RegionReplica {
         let core = &mut self.core;
         let (result, used) = measure(|| instance.call(core, call));
         self.cpu.charge(used, self.running_lane);
+        self.fuel_used += instance.take_fuel_used();
         let result = result.and_then(|result| match self.core.take_violation() {
             Some(why) => Err(PluginFailure::Contract(why)),
             None => Ok(result),

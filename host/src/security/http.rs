@@ -30,7 +30,14 @@ pub fn permission_for(method: &Method, path: &str) -> Permission {
     };
     let read = method == Method::GET || method == Method::HEAD;
     match segments.as_slice() {
-        ["v1", "status"] | ["v1", "cluster"] | ["v1", "components"] | ["v1", "regions"] if read => {
+        ["v1", "status"]
+        | ["v1", "metrics"]
+        | ["metrics"]
+        | ["v1", "cluster"]
+        | ["v1", "components"]
+        | ["v1", "regions"]
+            if read =>
+        {
             Permission::Any
         }
         ["v1", "regions", name] | ["v1", "regions", name, "record"] if read => {
@@ -153,5 +160,8 @@ mod tests {
         assert_eq!(permission_for(&Method::GET, "/v1/regions/r/kv/k"), read);
         assert_eq!(permission_for(&Method::GET, "/v1/regions/r"), read);
         assert_eq!(permission_for(&Method::GET, "/v1/status"), Permission::Any);
+        assert_eq!(permission_for(&Method::GET, "/metrics"), Permission::Any);
+        assert_eq!(permission_for(&Method::GET, "/v1/metrics"), Permission::Any);
+        assert_eq!(permission_for(&Method::POST, "/metrics"), Permission::Admin);
     }
 }
