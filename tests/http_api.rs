@@ -371,6 +371,89 @@ async fn region_specs_over_the_size_limits_are_refused() {
     node.stop().await.expect("stop");
 }
 
+/// Sends `method path` with a body of `length` bytes (a JSON prefix, then
+/// spaces), stopping early if the node stops reading; returns the answer
+/// read within 5 s.
+async fn announce_body(node: &TestNode, method: &str, path: &str, length: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address_of(node))
+        .await
+        .expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let filler = vec![b' '; 64 * 1024];
+    let mut left = length - 1;
+    while left > 0 {
+        let chunk = left.min(filler.len());
+        if stream.write_all(&filler[..chunk]).await.is_err() {
+            break;
+        }
+        left -= chunk;
+    }
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer without the rest of the body"))
+        .expect("read");
+    String::from_utf8_lossy(&answer[..read]).to_string()
+}
+
+/// Goal: every route has its own body limit (key-value writes 8 MiB,
+/// region specs and swaps 1 MiB, small admin bodies 64 KiB), and a body
+/// over it is refused with 413 `body_too_large`, changing nothing. (A
+/// route that takes no body, like restart, does not read one.)
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_over_each_routes_limit_are_refused() {
+    let (node, _dir) = node().await;
+    node.client
+        .create_region("r", "standalone", &[])
+        .await
+        .expect("region");
+    let cases = [
+        ("PUT", "/v1/regions/r/kv/k", synod::api::KV_BODY_BYTES_MAX),
+        ("POST", "/v1/regions/r/cas", synod::api::KV_BODY_BYTES_MAX),
+        (
+            "POST",
+            "/v1/regions/r/swap",
+            synod::api::REGION_BODY_BYTES_MAX,
+        ),
+        (
+            "POST",
+            "/v1/regions/r/membership",
+            synod::api::SMALL_BODY_BYTES_MAX,
+        ),
+        (
+            "POST",
+            "/v1/cluster/nodes",
+            synod::api::SMALL_BODY_BYTES_MAX,
+        ),
+        ("POST", "/v1/regions", synod::api::REGION_BODY_BYTES_MAX),
+    ];
+    for (method, path, limit) in cases {
+        let answer = announce_body(&node, method, path, limit + 1).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            answer.contains("body_too_large"),
+            "{method} {path}: {answer}"
+        );
+    }
+    assert_eq!(
+        node.client
+            .get("r", "k", "linearizable")
+            .await
+            .expect("get"),
+        None
+    );
+    let status = node.client.region_status("r").await.expect("status");
+    assert_eq!(status["epoch"], 1, "no swap began: {status}");
+    node.stop().await.expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_cap_are_closed_at_once() {
     let (node, _dir) = node_with(|config| config.connections.connections_max = 3).await;
