@@ -446,12 +446,16 @@ async fn region_limited_tokens_and_tokens_that_expire_mid_connection() {
             .bearer_auth(&app_reader)
             .send()
     };
-    let listed: Value = get("/v1/regions")
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let get = &get;
+    let get_json = |path: &'static str| async move {
+        get(path)
+            .await
+            .expect("sent")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    let listed = get_json("/v1/regions").await;
     let names: Vec<&str> = listed["regions"]
         .as_array()
         .expect("regions")
@@ -459,12 +463,7 @@ async fn region_limited_tokens_and_tokens_that_expire_mid_connection() {
         .filter_map(|r| r["name"].as_str())
         .collect();
     assert_eq!(names, ["app-data"], "{listed}");
-    let cluster: Value = get("/v1/cluster")
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let cluster = get_json("/v1/cluster").await;
     let names: Vec<&String> = cluster["regions"]
         .as_object()
         .expect("regions")
@@ -560,9 +559,14 @@ fn framed(payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Dials node `acceptor` on `port` with the certificate of `cert_id` from
-/// `secrets`, claims to be `claim`; whether the node welcomed it.
-async fn welcomed(port: u16, secrets: &Path, cert_id: u64, claim: u64, acceptor: u64) -> bool {
+/// A TLS connection to node `acceptor`'s peer port presenting the
+/// certificate of `cert_id` from `secrets`; `None` if TLS refused it.
+async fn dial_as(
+    port: u16,
+    secrets: &Path,
+    cert_id: u64,
+    acceptor: u64,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
     let (cert, key) = init::node_files(secrets, cert_id);
     let tls = synod::security::NodeTls::load(&secrets.join(init::CA_CERT), &cert, &key)
         .expect("tls material");
@@ -571,7 +575,13 @@ async fn welcomed(port: u16, secrets: &Path, cert_id: u64, claim: u64, acceptor:
         .expect("connect");
     let name = rustls_pki_types::ServerName::try_from(synod::security::tls::node_name(acceptor))
         .expect("name");
-    let Ok(mut stream) = tls.peer_connector().connect(name, tcp).await else {
+    tls.peer_connector().connect(name, tcp).await.ok()
+}
+
+/// Dials node `acceptor` on `port` with the certificate of `cert_id` from
+/// `secrets`, claims to be `claim`; whether the node welcomed it.
+async fn welcomed(port: u16, secrets: &Path, cert_id: u64, claim: u64, acceptor: u64) -> bool {
+    let Some(mut stream) = dial_as(port, secrets, cert_id, acceptor).await else {
         return false;
     };
     let hello = Frame::Hello {
@@ -663,15 +673,7 @@ async fn a_peer_cannot_join_as_another_node_or_with_another_cas_certificate() {
 /// (well inside its 5 s handshake timeout), i.e. without waiting for a
 /// `Hello` frame.
 async fn closed_before_any_frame(port: u16, secrets: &Path, cert_id: u64, acceptor: u64) -> bool {
-    let (cert, key) = init::node_files(secrets, cert_id);
-    let tls = synod::security::NodeTls::load(&secrets.join(init::CA_CERT), &cert, &key)
-        .expect("tls material");
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let name = rustls_pki_types::ServerName::try_from(synod::security::tls::node_name(acceptor))
-        .expect("name");
-    let Ok(mut stream) = tls.peer_connector().connect(name, tcp).await else {
+    let Some(mut stream) = dial_as(port, secrets, cert_id, acceptor).await else {
         return true;
     };
     let mut byte = [0u8; 1];
