@@ -285,7 +285,7 @@ async fn region_here(
 ) -> Result<crate::region::driver::RegionHandle, ApiError> {
     match node.region(region).await {
         Ok(handle) => Ok(handle),
-        Err(error) => match node.region_host_elsewhere(region) {
+        Err(error) => match node.region_host_elsewhere_agreed(region).await {
             Some((id, api)) => Err(ApiError::redirect(
                 node,
                 id,

@@ -513,6 +513,24 @@ impl Node {
     /// where to send a client that asked a node without one.
     pub fn region_host_elsewhere(&self, region: &str) -> Option<(NodeId, String)> {
         let spec = self.region_spec(region)?;
+        self.other_host(&spec)
+    }
+
+    /// Like [`Node::region_host_elsewhere`], but a region this node's view
+    /// of the control record does not hold yet (created a moment ago) is
+    /// looked up again with a linearizable read, so a region that exists
+    /// is never answered as unknown.
+    pub async fn region_host_elsewhere_agreed(&self, region: &str) -> Option<(NodeId, String)> {
+        if let Some(found) = self.region_host_elsewhere(region) {
+            return Some(found);
+        }
+        let state = self.control.read().await.ok()?;
+        let spec = &state.regions.get(region)?.spec;
+        self.other_host(spec)
+    }
+
+    /// A node other than this one hosting `spec`, with its API address.
+    fn other_host(&self, spec: &RegionSpec) -> Option<(NodeId, String)> {
         spec.voters
             .iter()
             .chain(spec.learners.iter())

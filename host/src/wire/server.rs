@@ -563,7 +563,7 @@ async fn execute(node: &Node, region: &str, op: Op) -> Result<KvOutcome, Failure
     check_limits(node, &op)?;
     let handle = match node.region(region).await {
         Ok(handle) => handle,
-        Err(error) => return Err(region_failure(node, region, error)),
+        Err(error) => return Err(region_failure(node, region, error).await),
     };
     let timeout = node.config().request_timeout;
     let reply = match op {
@@ -607,8 +607,8 @@ fn check_limits(node: &Node, op: &Op) -> Result<(), Failure> {
 }
 
 /// The region is not here: point at a node that hosts it, if known.
-fn region_failure(node: &Node, region: &str, error: NodeError) -> Failure {
-    match node.region_host_elsewhere(region) {
+async fn region_failure(node: &Node, region: &str, error: NodeError) -> Failure {
+    match node.region_host_elsewhere_agreed(region).await {
         Some((id, api)) => Failure {
             code: "region_not_hosted".into(),
             message: format!("region {region} has no replica here; node {id} hosts it"),
